@@ -1,0 +1,7 @@
+"""bebr: binary embedding compression with versioned compatibility and a SIMD SDC kernel."""
+
+from ._C import simd_level
+from .codes import CodeSpec
+
+__all__ = ["CodeSpec", "simd_level"]
+__version__ = "0.1.0"

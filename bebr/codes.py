@@ -1,0 +1,155 @@
+"""Multi-bit binary code format: ``CodeSpec`` and pack/unpack.
+
+Layout (the single source of truth; documented in docs/FORMAT.md):
+
+A code has ``dim`` dimensions of ``bits`` bits. Dimension j holds a level
+``l_j in [0, 2**bits)`` whose value is ``v_j = (2*l_j - (2**bits - 1)) / 2**(bits-1)``,
+which equals ``sum_t 2**-t * b_t`` with ``b_t in {-1, +1}``. Bit t of the level counted
+from the most significant end (``beta_t = (l >> (bits-1-t)) & 1``) is the sign bit of
+``b_t`` (1 means +1).
+
+A packed code is ``bits`` bit-planes, one after the other; plane t holds ``beta_t`` of
+every dimension in ``plane_bytes = ceil(dim / 8)`` bytes, dimension j at byte ``j // 8``,
+bit ``j % 8`` (little-endian bit order, as ``np.packbits(..., bitorder="little")``).
+Padding bits past ``dim`` in each plane are zero. ``code_bytes = bits * plane_bytes``.
+With ``bits == 1`` a packed code is exactly a sign-bit vector for Hamming search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_BITS = 4
+MAX_DIM = 1 << 16
+
+__all__ = ["CodeSpec", "MAX_BITS", "MAX_DIM"]
+
+
+@dataclass(frozen=True)
+class CodeSpec:
+    """The shape of a multi-bit binary code: ``dim`` dimensions of ``bits`` bits each."""
+
+    dim: int
+    bits: int
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "bits"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"CodeSpec.{name} must be an int, got {type(value).__name__}")
+            object.__setattr__(self, name, int(value))
+        if not 1 <= self.dim <= MAX_DIM:
+            raise ValueError(f"CodeSpec.dim must be in [1, {MAX_DIM}], got {self.dim}")
+        if not 1 <= self.bits <= MAX_BITS:
+            raise ValueError(f"CodeSpec.bits must be in [1, {MAX_BITS}], got {self.bits}")
+
+    @property
+    def plane_bytes(self) -> int:
+        """Bytes of one bit-plane: ``ceil(dim / 8)``."""
+        return (self.dim + 7) // 8
+
+    @property
+    def code_bytes(self) -> int:
+        """Bytes of one packed code: ``bits * plane_bytes``."""
+        return self.bits * self.plane_bytes
+
+    @property
+    def n_levels(self) -> int:
+        """Number of levels a dimension can take: ``2**bits``."""
+        return 1 << self.bits
+
+    @property
+    def scale(self) -> int:
+        """Integer scale ``2**(bits-1)``: ``value * scale`` is an odd integer."""
+        return 1 << (self.bits - 1)
+
+    def level_values(self) -> np.ndarray:
+        """Float values of the levels 0..2**bits-1, ascending (bits=2: -1.5, -0.5, 0.5, 1.5)."""
+        levels = np.arange(self.n_levels, dtype=np.int64)
+        return ((2 * levels - (self.n_levels - 1)) / self.scale).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form, inverse of :meth:`from_dict`."""
+        return {"dim": self.dim, "bits": self.bits}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CodeSpec":
+        """Build from ``{"dim": int, "bits": int}``; raises ValueError on other keys."""
+        if not isinstance(d, dict) or set(d) != {"dim", "bits"}:
+            raise ValueError(f"code spec must be a dict with keys 'dim' and 'bits', got {d!r}")
+        return cls(d["dim"], d["bits"])
+
+    # ------------------------------------------------------------------ pack / unpack
+    def pack(self, levels: np.ndarray) -> np.ndarray:
+        """Pack levels ``(n, dim)`` (integers in ``[0, 2**bits)``) into uint8 ``(n, code_bytes)``."""
+        arr = np.asarray(levels)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"levels must be an integer array, got dtype {arr.dtype}")
+        if arr.ndim != 2 or arr.shape[1] != self.dim:
+            raise ValueError(f"levels must have shape (n, {self.dim}), got {arr.shape}")
+        if arr.size and (arr.min() < 0 or arr.max() >= self.n_levels):
+            raise ValueError(
+                f"levels must lie in [0, {self.n_levels}) for bits={self.bits}, "
+                f"got range [{arr.min()}, {arr.max()}]"
+            )
+        lv = arr.astype(np.uint8, copy=False)
+        n = lv.shape[0]
+        out = np.empty((n, self.code_bytes), dtype=np.uint8)
+        pb = self.plane_bytes
+        for t in range(self.bits):
+            plane = (lv >> (self.bits - 1 - t)) & 1
+            out[:, t * pb:(t + 1) * pb] = np.packbits(plane, axis=1, bitorder="little")
+        return out
+
+    def unpack(self, packed: np.ndarray) -> np.ndarray:
+        """Unpack uint8 ``(n, code_bytes)`` codes into uint8 levels ``(n, dim)``."""
+        arr = self.check_packed(packed, "packed")
+        n = arr.shape[0]
+        out = np.zeros((n, self.dim), dtype=np.uint8)
+        pb = self.plane_bytes
+        for t in range(self.bits):
+            plane = np.unpackbits(arr[:, t * pb:(t + 1) * pb], axis=1, count=self.dim,
+                                  bitorder="little")
+            out |= plane << (self.bits - 1 - t)
+        return out
+
+    def values(self, packed: np.ndarray) -> np.ndarray:
+        """Float32 code values ``(n, dim)`` (``sum_t 2**-t b_t``) of packed codes."""
+        return self.level_values()[self.unpack(packed)]
+
+    def quantize(self, values: np.ndarray) -> np.ndarray:
+        """Levels ``(n, dim)`` of the nearest code value to each float in ``values``."""
+        v = np.asarray(values, dtype=np.float64)
+        if v.ndim != 2 or v.shape[1] != self.dim:
+            raise ValueError(f"values must have shape (n, {self.dim}), got {v.shape}")
+        lv = np.rint((v * self.scale + (self.n_levels - 1)) / 2.0)
+        return np.clip(lv, 0, self.n_levels - 1).astype(np.uint8)
+
+    def check_packed(self, packed: np.ndarray, name: str = "codes") -> np.ndarray:
+        """Validate packed codes: uint8, shape ``(n, code_bytes)``, zero padding bits.
+
+        Returns the array as a C-contiguous uint8 view (no copy when already so).
+        Raises TypeError for a wrong dtype and ValueError for a wrong shape or padding.
+        """
+        if not isinstance(packed, np.ndarray):
+            packed = np.asarray(packed)
+        if packed.dtype != np.uint8:
+            raise TypeError(f"{name} must be uint8 packed codes, got dtype {packed.dtype}")
+        if packed.ndim == 1 and packed.shape[0] == self.code_bytes:
+            packed = packed[None, :]
+        if packed.ndim != 2 or packed.shape[1] != self.code_bytes:
+            raise ValueError(
+                f"{name} must have shape (n, {self.code_bytes}) for {self}, got {packed.shape}"
+            )
+        pad = self.plane_bytes * 8 - self.dim
+        if pad and packed.shape[0]:
+            mask = np.uint8((0xFF << (8 - pad)) & 0xFF)
+            last = packed[:, self.plane_bytes - 1::self.plane_bytes]
+            if np.any(last & mask):
+                raise ValueError(
+                    f"{name} has non-zero padding bits past dim={self.dim}; "
+                    "codes were not made by CodeSpec.pack for this spec"
+                )
+        return np.ascontiguousarray(packed)

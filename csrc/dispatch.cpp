@@ -1,0 +1,4 @@
+#include "dispatch.h"
+namespace bebr {
+std::string simd_level_name() { return "scalar"; }
+}
