@@ -2,6 +2,7 @@
 
 from ._C import simd_level
 from .codes import CodeSpec
+from . import metrics
 
-__all__ = ["CodeSpec", "simd_level"]
+__all__ = ["CodeSpec", "metrics", "simd_level"]
 __version__ = "0.1.0"
