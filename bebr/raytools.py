@@ -1,0 +1,88 @@
+"""Ray plumbing shared by the Ray engine of ``bebr.jobs`` and ``bebr.distributed``.
+
+Ray is an optional extra (``pip install "bebr[ray]"``); nothing here is imported unless a
+Ray engine is asked for. Tasks travel as small picklable descriptions (paths and row ranges,
+never torch modules); each Ray worker loads the model from its file, writes its shard to the
+shared output directory, and returns the shard's manifest entry to the driver.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+
+__all__ = ["require_ray", "ensure_ray", "run_tasks_ray", "unwrap_ray_error"]
+
+
+def require_ray():
+    """Import ray, or raise ImportError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError('the Ray engine needs Ray: pip install "bebr[ray]" '
+                          '(or pip install "ray[data]")') from None
+    return ray
+
+
+def ensure_ray(address: Optional[str] = None, **kwargs):
+    """Connect to the Ray cluster at ``address`` (None: reuse the running instance, or start
+    a local one) and return the ray module."""
+    ray = require_ray()
+    if not ray.is_initialized():
+        kwargs.setdefault("include_dashboard", False)
+        kwargs.setdefault("log_to_driver", False)
+        kwargs.setdefault("configure_logging", False)
+        ray.init(address=address, **kwargs)
+    return ray
+
+
+def unwrap_ray_error(e: BaseException) -> BaseException:
+    """The user exception inside a Ray task error (Ray wraps it once or twice)."""
+    seen = 0
+    while seen < 5:
+        cause = getattr(e, "cause", None) or e.__cause__
+        if cause is None or cause is e:
+            break
+        e, seen = cause, seen + 1
+    return e
+
+
+def run_tasks_ray(tasks: Sequence[Any], rows: Sequence[int], fn: Callable[[Any], Any], *,
+                  address: Optional[str] = None,
+                  init: bool = True) -> Iterator[Tuple[Any, int]]:
+    """Run ``fn(task)`` for every task with Ray Data, one block per task; yield
+    ``(result, rows[i])`` as tasks finish (any order). ``fn`` returns a ShardEntry."""
+    if not tasks:
+        return
+    ray = ensure_ray(address) if init else require_ray()
+    import ray.data
+    from .io.manifest import ShardEntry
+
+    with warnings.catch_warnings():  # Ray Data's own default config trips its deprecations
+        warnings.filterwarnings("ignore", message=".*is deprecated", category=DeprecationWarning,
+                                module="ray")
+        ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = False
+    ctx.print_on_execution_start = False
+    task_list: List[Any] = list(tasks)
+
+    def work(row):
+        return {"i": row["i"], **asdict(fn(task_list[row["i"]]))}
+
+    ds = ray.data.from_items([{"i": i} for i in range(len(task_list))],
+                             override_num_blocks=len(task_list))
+    try:
+        for row in ds.map(work, num_cpus=getattr(task_list[0], "threads", 1)).iter_rows():
+            row = dict(row)
+            i = int(row.pop("i"))
+            entry = ShardEntry.from_dict({k: (v.item() if hasattr(v, "item") else v)
+                                          for k, v in row.items()})
+            yield entry, rows[i]
+    except Exception as e:  # surface the worker's own error (BadRowError, ...) unwrapped
+        inner = unwrap_ray_error(e)
+        if inner is e:
+            raise
+        raise inner from None
+    del ray
