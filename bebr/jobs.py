@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from .io.manifest import MANIFEST_NAME, Manifest, ShardEntry
 from .io.readers import open_source
 from .io.validate import check_rows
 
-__all__ = ["JobMismatchError", "encode_shards", "upgrade_shards", "load_model", "plan_units",
+__all__ = ["JobMismatchError", "JobResult", "encode_shards", "upgrade_shards", "load_model", "plan_units",
            "DEFAULT_CHUNK_ROWS", "DEFAULT_SHARD_ROWS"]
 
 DEFAULT_CHUNK_ROWS = 65536
@@ -45,6 +46,18 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 class JobMismatchError(ValueError):
     """The output directory holds a different job (other model, inputs or settings)."""
+
+
+@dataclass
+class JobResult:
+    """What a job did: the final manifest, shards found complete and skipped (``resumed``),
+    shards written by this run, and wall-clock seconds."""
+
+    manifest: "Manifest"
+    out_dir: Path
+    resumed: int
+    written: int
+    seconds: float
 
 
 # --------------------------------------------------------------------------- models
@@ -260,9 +273,10 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def _execute(tasks: List[Any], rows: List[int], manifest: Manifest, out_dir: Path, *,
              engine: str, workers: int, address: Optional[str], progress: bool,
-             desc: str, model=None, init_ray: bool = True) -> Manifest:
+             desc: str, model=None, init_ray: bool = True, resumed: int = 0) -> JobResult:
     """Run ``tasks`` (rows[i] input rows each) on the engine, recording each finished shard."""
     bar = _progress(sum(rows), desc, progress)
+    t0 = time.perf_counter()
 
     def record(entry: ShardEntry) -> None:
         manifest.shards[entry.index] = entry
@@ -294,7 +308,7 @@ def _execute(tasks: List[Any], rows: List[int], manifest: Manifest, out_dir: Pat
             raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
     finally:
         bar.close()
-    return manifest
+    return JobResult(manifest, out_dir, resumed, len(tasks), time.perf_counter() - t0)
 
 
 def encode_shards(model: Union[PathLike, Any], inputs, out_dir: PathLike, *,
@@ -302,8 +316,8 @@ def encode_shards(model: Union[PathLike, Any], inputs, out_dir: PathLike, *,
                   skip_bad: bool = False, engine: str = "local", address: Optional[str] = None,
                   workers: int = 1, threads: int = 1, progress: bool = True,
                   column: Optional[str] = None, id_column: Optional[str] = None,
-                  overwrite: bool = False) -> Manifest:
-    """Encode float embedding shards into a code-shard directory; returns its manifest.
+                  overwrite: bool = False) -> JobResult:
+    """Encode float embedding shards into a code-shard directory (see ``JobResult``).
 
     ``model`` is a saved Binarizer file (required for ``workers > 1`` and Ray: each worker
     loads it from the path) or a loaded Binarizer (in-process local engine only).
@@ -334,20 +348,20 @@ def encode_shards(model: Union[PathLike, Any], inputs, out_dir: PathLike, *,
            "skip_bad": bool(skip_bad), "model_sha256": model_sha}
     fresh = Manifest(model_version=_version_of(model_obj), spec=model_obj.spec, job=job,
                      inputs=[_abs_fingerprint(s) for s in sources], units=len(units))
-    manifest, _ = _prepare(out_dir, fresh, overwrite)
+    manifest, resumed = _prepare(out_dir, fresh, overwrite)
     todo = [u for u in units if u.index not in manifest.shards]
     tasks = [EncodeTask(model_path, str(sources[u.source].path.resolve()), column, id_column,
                         u, str(out_dir.resolve()), chunk_rows, bool(skip_bad), threads)
              for u in todo]
     return _execute(tasks, [u.stop - u.start for u in todo], manifest, out_dir, engine=engine,
                     workers=workers, address=address, progress=progress, desc="encode",
-                    model=model_obj)
+                    model=model_obj, resumed=resumed)
 
 
 def upgrade_shards(upgrader: PathLike, in_dir: PathLike, out_dir: PathLike, *,
                    chunk_rows: int = DEFAULT_CHUNK_ROWS, engine: str = "local",
                    address: Optional[str] = None, workers: int = 1, threads: int = 1,
-                   progress: bool = True, overwrite: bool = False) -> Manifest:
+                   progress: bool = True, overwrite: bool = False) -> JobResult:
     """Upgrade a complete code-shard directory to a new model version with a saved upgrader
     (old codes -> new codes, no floats needed); one output shard per input shard, same ids."""
     src = CodeShards(in_dir)
@@ -370,14 +384,14 @@ def upgrade_shards(upgrader: PathLike, in_dir: PathLike, out_dir: PathLike, *,
     fresh = Manifest(model_version=_version_of(up), spec=up.spec, job=job, inputs=inputs,
                      units=len(units))
     out_dir = Path(out_dir)
-    manifest, _ = _prepare(out_dir, fresh, overwrite)
+    manifest, resumed = _prepare(out_dir, fresh, overwrite)
     todo = [u for u in units if u.index not in manifest.shards]
     tasks = [UpgradeTask(model_path, str(src.directory.resolve()), m.shards[u.index].codes,
                          m.shards[u.index].ids, m.shards[u.index].count, src.spec.code_bytes,
                          u, str(out_dir.resolve()), chunk_rows, threads) for u in todo]
     return _execute(tasks, [u.stop for u in todo], manifest, out_dir, engine=engine,
                     workers=workers, address=address, progress=progress, desc="upgrade",
-                    model=up)
+                    model=up, resumed=resumed)
 
 
 def _version_of(model) -> Any:

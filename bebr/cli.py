@@ -1,0 +1,660 @@
+"""The ``bebr`` command line: train, encode, upgrade, index, search, eval, bench, demo.
+
+Every subcommand has ``--help``. Errors in the input (missing files, wrong dims, NaN/inf rows,
+empty input, corrupted shards, manifests or models, version or code-spec mismatches) print one
+line ``bebr: error: ...`` on stderr and exit with status 1; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["main", "build_parser"]
+
+FORMATS_HELP = """\
+input formats (embeddings):
+  .npy              2-D numeric array (n, dim), memory-mapped
+  .fvecs / .bvecs   ANN-benchmark vector files (int32 dim header + float32 / uint8 values)
+  .parquet / .pq    a list<float> or fixed_size_list<float> column (--column, default: the
+                    first list column) and an optional integer id column (--id-column,
+                    default: a column named "id")
+  DIR or GLOB       every such file in a directory, or matching a quoted glob; sorted by name,
+                    each file one shard
+Without an id column an item's id is its row number across all inputs, in order."""
+
+SHARDS_HELP = """\
+code shards (output of encode/upgrade, docs/FORMAT.md section 2): a directory with
+codes-NNNNN.npy (uint8 packed codes), ids-NNNNN.npy (int64) and manifest.json (model
+version, code spec, per-shard counts and SHA-256 checksums)."""
+
+
+class CliError(Exception):
+    """A usage error detected by the CLI itself (printed as ``bebr: error: ...``)."""
+
+
+# ----------------------------------------------------------------------------- helpers
+def _api(name: str):
+    """``bebr.<name>``, or a clear error if this build does not have it (yet)."""
+    import bebr
+
+    obj = getattr(bebr, name, None)
+    if obj is None:
+        raise CliError(f"this bebr build has no bebr.{name}; the command needs it")
+    return obj
+
+
+def _say(args, msg: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(msg, file=sys.stderr)
+
+
+def _load_model(path: str):
+    from .jobs import load_model
+
+    return load_model(path)
+
+
+def _read_rows(inputs: Sequence[str], *, max_rows: Optional[int], skip_bad: bool,
+               column: Optional[str] = None, dim: Optional[int] = None) -> np.ndarray:
+    """Read up to ``max_rows`` float rows from the inputs into memory (for training/eval)."""
+    from .io import check_rows, open_inputs
+
+    sources = open_inputs(list(inputs), column=column, dim=dim)
+    parts, have = [], 0
+    for s in sources:
+        for ch in s.read(0, s.n, 65536):
+            keep, _ = check_rows(ch.x, where=str(s.path), first_row=ch.offset,
+                                 skip_bad=skip_bad)
+            x = ch.x if keep is None else ch.x[keep]
+            if max_rows is not None:
+                x = x[:max_rows - have]
+            parts.append(x)
+            have += x.shape[0]
+            if max_rows is not None and have >= max_rows:
+                return np.concatenate(parts)
+    if not have:
+        raise ValueError("empty input: no valid rows left")
+    return np.concatenate(parts)
+
+
+def _read_queries(path: str, *, dim: Optional[int] = None, column: Optional[str] = None):
+    return _read_rows([path], max_rows=None, skip_bad=False, column=column, dim=dim)
+
+
+def _check_versions(model, index, allow: bool) -> None:
+    """Refuse a query model whose version the index does not hold (unless allowed)."""
+    versions = getattr(index, "versions", None)
+    if allow or versions is None:
+        return
+    held = versions() if callable(versions) else versions
+    held = set(held) if held is not None else set()
+    if not held:
+        return
+    compatible = {str(model.version)}
+    compatible |= {str(v) for v in (getattr(model, "compatible_versions", None) or ())}
+    lineage = getattr(getattr(model, "config", None), "compatible_with", None)
+    if lineage:
+        compatible |= {str(v) for v in (lineage if isinstance(lineage, (list, tuple))
+                                        else [lineage])}
+    if not compatible & {str(v) for v in held}:
+        raise CliError(f"model version {model.version!r} is not compatible with the index's "
+                       f"versions {sorted(map(str, held))}; pass --any-version to search anyway")
+
+
+def _index_load(path: str, mmap: bool = True):
+    from .distributed import load_index
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such index file")
+    return load_index(path, mmap=mmap)
+
+
+def _add_shards(index, dirs: Sequence[str], args) -> int:
+    """Add every complete, verified code-shard directory to ``index``; returns items added."""
+    import inspect
+
+    from .io import CodeShards
+
+    takes_version = "version" in inspect.signature(index.add).parameters
+    added = 0
+    for d in dirs:
+        cs = CodeShards(d)
+        if cs.spec != index.spec:
+            raise CliError(f"{d}: codes are {cs.spec}, the index holds {index.spec}")
+        for entry, codes, ids in cs.shards():
+            if not entry.count:
+                continue
+            kw = {"version": cs.model_version} if takes_version else {}
+            index.add(np.ascontiguousarray(codes), np.ascontiguousarray(ids), **kw)
+            added += entry.count
+        _say(args, f"added {len(cs)} codes of model version {cs.model_version} from {d}")
+    return added
+
+
+def _write_results(args, scores: np.ndarray, ids: np.ndarray) -> None:
+    if args.ids_out or args.scores_out:
+        from .fileio import atomic_writer
+
+        for path, arr in ((args.ids_out, ids), (args.scores_out, scores)):
+            if path:
+                with atomic_writer(path) as f:
+                    np.save(f, arr, allow_pickle=False)
+        _say(args, f"wrote {ids.shape[0]} x {ids.shape[1]} results")
+        return
+    out = open(args.out, "w") if args.out else sys.stdout
+    try:
+        for q in range(ids.shape[0]):
+            keep = ids[q] >= 0
+            out.write(json.dumps({"query": q, "ids": ids[q][keep].tolist(),
+                                  "scores": [float(s) for s in scores[q][keep]]}) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_train(args) -> int:
+    train_binarizer = _api("train_binarizer")
+    x = _read_rows(args.inputs, max_rows=args.max_rows, skip_bad=args.skip_bad,
+                   column=args.column)
+    kw = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
+                            ("lr", args.lr), ("version", args.version),
+                            ("max_time_s", args.max_time)) if v is not None}
+    t0 = time.perf_counter()
+    if args.compatible_with:
+        if not args.old_input:
+            raise CliError("--compatible-with needs --old-input: the old model's embeddings "
+                           "of the same items, row for row")
+        train_compatible = _api("train_compatible")
+        old = _load_model(args.compatible_with)
+        x_old = _read_rows(args.old_input, max_rows=args.max_rows, skip_bad=False,
+                           column=args.column, dim=old.in_dim)
+        if x_old.shape[0] != x.shape[0]:
+            raise CliError(f"--old-input has {x_old.shape[0]} rows but the new input has "
+                           f"{x.shape[0]}; they must be the same items, row for row")
+        model = train_compatible(x, x_old, old, dim=args.dim, bits=args.bits, seed=args.seed,
+                                 progress=not args.no_progress, **kw)
+    else:
+        if args.old_input:
+            raise CliError("--old-input is only used with --compatible-with")
+        model = train_binarizer(x, args.dim or 64, args.bits or 2, seed=args.seed,
+                                progress=not args.no_progress, **kw)
+    model.save(args.out)
+    _say(args, f"trained {model.spec} on {x.shape[0]} x {x.shape[1]} rows in "
+               f"{time.perf_counter() - t0:.1f} s; model version {model.version} -> {args.out}")
+    return 0
+
+
+def _engine_kw(args) -> dict:
+    return dict(chunk_rows=args.chunk_rows, engine=args.engine, address=args.address,
+                workers=args.workers, threads=args.threads, progress=not args.no_progress,
+                overwrite=args.overwrite)
+
+
+def _job_summary(args, verb: str, res) -> None:
+    m = res.manifest
+    rate = m.count / res.seconds if res.seconds > 0 and res.written else 0.0
+    extra = f", {m.skipped} bad rows skipped" if m.skipped else ""
+    _say(args, f"{verb} {m.count} vectors ({m.spec}, model version {m.model_version}) into "
+               f"{m.units} shards: {res.written} written, {res.resumed} already complete"
+               f"{extra}; {res.seconds:.1f} s ({rate:,.0f} vec/s) -> {res.out_dir}")
+
+
+def cmd_encode(args) -> int:
+    from .jobs import encode_shards
+
+    res = encode_shards(args.model, list(args.inputs), args.out, shard_rows=args.shard_rows,
+                        skip_bad=args.skip_bad, column=args.column, id_column=args.id_column,
+                        **_engine_kw(args))
+    _job_summary(args, "encoded", res)
+    return 0
+
+
+def cmd_upgrade(args) -> int:
+    from .jobs import upgrade_shards
+
+    res = upgrade_shards(args.upgrader, args.shards, args.out, **_engine_kw(args))
+    _job_summary(args, "upgraded", res)
+    return 0
+
+
+def cmd_index_build(args) -> int:
+    from .io import CodeShards
+
+    first = CodeShards(args.shards[0], verify=False)
+    if args.hamming:
+        if first.spec.bits != 1:
+            raise CliError(f"--hamming needs 1-bit codes, {args.shards[0]} holds {first.spec}")
+        index = _api("HammingIndex")(first.spec.dim)
+    else:
+        index = _api("Index")(first.spec, metric=args.metric)
+    n = _add_shards(index, args.shards, args)
+    index.save(args.out)
+    _say(args, f"built index of {n} codes ({first.spec}) -> {args.out}")
+    return 0
+
+
+def cmd_index_add(args) -> int:
+    index = _index_load(args.index, mmap=False)
+    n = _add_shards(index, args.shards, args)
+    index.save(args.index)
+    _say(args, f"added {n} codes; index now holds {len(index)} -> {args.index}")
+    return 0
+
+
+def cmd_index_remove(args) -> int:
+    if (args.ids is None) == (args.ids_file is None):
+        raise CliError("give the ids to remove with exactly one of --ids or --ids-file")
+    if args.ids_file:
+        ids = np.load(args.ids_file, allow_pickle=False)
+        if ids.dtype.kind not in "iu":
+            raise CliError(f"{args.ids_file}: ids must be integers, got dtype {ids.dtype}")
+        ids = ids.astype(np.int64).ravel()
+    else:
+        try:
+            ids = np.array([int(t) for t in args.ids.split(",") if t.strip()], dtype=np.int64)
+        except ValueError:
+            raise CliError(f"--ids must be comma-separated integers, got {args.ids!r}") from None
+    index = _index_load(args.index, mmap=False)
+    before = len(index)
+    index.remove(ids)
+    index.save(args.index)
+    _say(args, f"removed {before - len(index)} of {ids.size} ids; index now holds "
+               f"{len(index)} -> {args.index}")
+    return 0
+
+
+def cmd_index_info(args) -> int:
+    index = _index_load(args.index, mmap=True)
+    info = {"path": args.index, "kind": type(index).__name__, "count": len(index)}
+    spec = getattr(index, "spec", None)
+    if spec is not None:
+        info["spec"] = spec.to_dict()
+    for name in ("metric",):
+        if hasattr(index, name):
+            info[name] = getattr(index, name)
+    if hasattr(index, "versions"):
+        v = index.versions()
+        info["versions"] = {str(k): int(c) for k, c in dict(v).items()}
+    print(json.dumps(info))
+    return 0
+
+
+def cmd_search(args) -> int:
+    if (args.model is None) == (not args.codes):
+        raise CliError("give float queries with --model MODEL, or packed code queries "
+                       "with --codes (exactly one)")
+    index = _index_load(args.index, mmap=True)
+    spec = index.spec
+    if args.model:
+        model = _load_model(args.model)
+        if model.spec != spec:
+            raise CliError(f"model {args.model} makes {model.spec} codes, the index holds {spec}")
+        _check_versions(model, index, args.any_version)
+        x = _read_queries(args.queries, dim=model.in_dim, column=args.column)
+        q = model.encode(x)
+    else:
+        p = Path(args.queries)
+        if p.is_dir():
+            from .io import CodeShards
+
+            cs = CodeShards(p)
+            if cs.spec != spec:
+                raise CliError(f"{p}: codes are {cs.spec}, the index holds {spec}")
+            q, _ = cs.load_all()
+        else:
+            if not p.exists():
+                raise FileNotFoundError(f"{p}: no such file")
+            q = np.load(p, allow_pickle=False)
+            q = spec.check_packed(q, f"{p}")
+    t0 = time.perf_counter()
+    scores, ids = index.search(q, args.k, threads=args.threads)
+    dt = time.perf_counter() - t0
+    _write_results(args, scores, ids)
+    _say(args, f"searched {q.shape[0]} queries, k={args.k}, over {len(index)} codes in "
+               f"{dt * 1e3:.1f} ms ({dt / max(q.shape[0], 1) * 1e6:.0f} us/query)")
+    return 0
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    k = truth.shape[1]
+    hits = sum(len(set(f[:k].tolist()) & set(t.tolist())) for f, t in zip(found, truth))
+    return hits / truth.size
+
+
+def cmd_eval(args) -> int:
+    from .datasets import exact_topk, l2_normalize, query_split
+
+    model = _load_model(args.model)
+    base = _read_rows(args.base, max_rows=args.max_rows, skip_bad=False, column=args.column,
+                      dim=model.in_dim)
+    if args.queries:
+        queries = _read_queries(args.queries, dim=model.in_dim, column=args.column)
+        base_ids = np.arange(base.shape[0])
+    else:
+        qi, base_ids = query_split(base.shape[0], args.num_queries, seed=args.seed)
+        queries, base = base[qi], base[base_ids]
+    if args.k > base.shape[0]:
+        raise CliError(f"-k {args.k} is larger than the base ({base.shape[0]} rows)")
+    truth = exact_topk(l2_normalize(queries), l2_normalize(base), args.k)
+    Index = _api("Index")
+    index = Index(model.spec, metric=args.metric)
+    index.add(model.encode(base), np.arange(base.shape[0], dtype=np.int64))
+    qc = model.encode(queries)
+    rows = []
+    for r in sorted({args.k, *args.recall_at}):
+        if r < args.k:
+            continue
+        _, found = index.search(qc, r)
+        rows.append({"metric": f"R{args.k}@{r}", "value": round(_recall(found, truth), 4)})
+    out = {"model": args.model, "version": model.version, "spec": model.spec.to_dict(),
+           "n_base": int(base.shape[0]), "n_queries": int(queries.shape[0]), "recall": rows}
+    print(json.dumps(out))
+    return 0
+
+
+def _tools_dir() -> Path:
+    d = Path(__file__).resolve().parent.parent / "tools"
+    if not d.is_dir():
+        raise CliError("bebr bench runs the studies in tools/ of a bebr source checkout; "
+                       f"none found at {d}")
+    return d
+
+
+def cmd_bench(args, extra: List[str]) -> int:
+    tools = _tools_dir()
+    studies = {p.stem[len("bench_"):]: p for p in sorted(tools.glob("bench_*.py"))}
+    studies.update({p.stem[len("eval_"):]: p for p in sorted(tools.glob("eval_*.py"))})
+    if not args.study or args.study == "list":
+        for name, p in sorted(studies.items()):
+            print(f"{name:12s} {p.relative_to(tools.parent)}")
+        return 0
+    if args.study not in studies:
+        raise CliError(f"unknown study {args.study!r}; available: {', '.join(sorted(studies))}")
+    cmd = [sys.executable, str(studies[args.study]), *extra]
+    _say(args, "running: " + " ".join(cmd))
+    return subprocess.call(cmd)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(n_words=args.words, dim=args.dim, bits=args.bits, epochs=args.epochs,
+                    max_time=args.max_time, queries=args.words_query,
+                    progress=not args.no_progress, workdir=args.workdir)
+
+
+# ----------------------------------------------------------------------------- parser
+def _add_common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("general")
+    g.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    g.add_argument("-q", "--quiet", action="store_true", help="no summary lines on stderr")
+
+
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("job engine")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this machine (in process, or --workers processes); ray: Ray "
+                        "Data tasks over the shards on a Ray cluster (needs bebr[ray]); both "
+                        "write byte-identical output (default: local)")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster address (e.g. auto, ray://head:10001); default: start a "
+                        "local Ray instance. Workers must see the same filesystem paths")
+    g.add_argument("--workers", type=int, default=1,
+                   help="local engine: number of worker processes (default: 1, in process)")
+    g.add_argument("--threads", type=int, default=1,
+                   help="torch threads per worker (default: 1; fixed so output is "
+                        "deterministic)")
+    g.add_argument("--chunk-rows", type=int, default=65536,
+                   help="rows encoded at a time; bounds memory (default: 65536)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start over in an output directory that holds a different job")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    ap = argparse.ArgumentParser(
+        prog="bebr", formatter_class=fmt,
+        description="bebr: binary embedding compression with versioned compatibility.\n"
+                    "Train a Binarizer on float embeddings, encode them into compact "
+                    "multi-bit codes\n(sharded, resumable, locally or on Ray), index and "
+                    "search them.",
+        epilog="Start with `bebr demo`. Every command has --help.\n\n" + FORMATS_HELP)
+    _add_common(ap)
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", formatter_class=fmt, help="train a Binarizer on embeddings",
+                       description="Train a Binarizer (float embeddings -> dim x bits codes) "
+                                   "and save it as a model directory (config.json + "
+                                   "model.safetensors).\nWith --compatible-with, train a new "
+                                   "version whose codes are searchable against the old "
+                                   "model's codes.",
+                       epilog=FORMATS_HELP + "\n\nexample:\n  bebr train emb.npy -o model "
+                              "--dim 64 --bits 2")
+    p.add_argument("inputs", nargs="+", help="embedding files, directories or globs")
+    p.add_argument("-o", "--out", required=True, help="model directory to write")
+    p.add_argument("--dim", type=int, default=None, help="code dimensions (default 64)")
+    p.add_argument("--bits", type=int, default=None, help="bits per dimension, 1..4 (default 2)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: auto)")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch size")
+    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--max-rows", type=int, default=1_000_000,
+                   help="read at most this many rows for training (default 1000000)")
+    p.add_argument("--max-time", type=float, default=None, help="stop training after N s")
+    p.add_argument("--version", default=None, help="version id to give the model "
+                                                    "(default: a random uuid)")
+    p.add_argument("--column", default=None, help="parquet embedding column")
+    p.add_argument("--skip-bad", action="store_true", help="drop NaN/inf rows instead of "
+                                                           "refusing the input")
+    p.add_argument("--compatible-with", metavar="OLD_MODEL", default=None,
+                   help="train a new version compatible with this deployed model")
+    p.add_argument("--old-input", nargs="+", default=None,
+                   help="the old model's embeddings of the same items (row for row)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("encode", formatter_class=fmt, help="encode embeddings into code shards",
+                       description="Encode float embeddings with a trained model into code "
+                                   "shards + manifest.json, streaming in chunks (bounded "
+                                   "memory).\nResumable: rerunning the same command skips "
+                                   "shards that are complete and verified.",
+                       epilog=FORMATS_HELP + "\n\n" + SHARDS_HELP + "\n\nexamples:\n"
+                              "  bebr encode --model model emb/ -o codes/\n"
+                              "  bebr encode --model model 'emb/*.parquet' -o codes/ "
+                              "--workers 2\n"
+                              "  bebr encode --model model emb/ -o codes/ --engine ray "
+                              "--address auto")
+    p.add_argument("inputs", nargs="+", help="embedding files, directories or globs")
+    p.add_argument("--model", required=True, help="trained model directory (bebr train)")
+    p.add_argument("-o", "--out", required=True, help="output code-shard directory")
+    p.add_argument("--shard-rows", type=int, default=1 << 20,
+                   help="max rows per output shard; each input file is cut into shards of "
+                        "at most this many rows (default 1048576)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="drop NaN/inf rows (counted in the manifest) instead of refusing")
+    p.add_argument("--column", default=None, help="parquet embedding column")
+    p.add_argument("--id-column", default=None, help="parquet id column (default: 'id')")
+    _add_engine(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("upgrade", formatter_class=fmt,
+                       help="upgrade old code shards to a new model version",
+                       description="Convert old-version code shards into new-version codes "
+                                   "with a trained upgrader (no floats needed); one output "
+                                   "shard per input shard, same ids. Resumable.",
+                       epilog=SHARDS_HELP)
+    p.add_argument("shards", help="complete code-shard directory of the old version")
+    p.add_argument("--upgrader", required=True, help="trained upgrader model")
+    p.add_argument("-o", "--out", required=True, help="output code-shard directory")
+    _add_engine(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_upgrade)
+
+    p = sub.add_parser("index", formatter_class=fmt, help="build and edit index files",
+                       description="Build a bebr.Index file from code shards, add or remove "
+                                   "items, show what an index holds.")
+    isub = p.add_subparsers(dest="index_command", metavar="ACTION")
+    q = isub.add_parser("build", formatter_class=fmt, help="new index from code shards",
+                        description="Build a new index file from one or more complete code-"
+                                    "shard directories (checksums verified).",
+                        epilog=SHARDS_HELP)
+    q.add_argument("shards", nargs="+", help="code-shard directories")
+    q.add_argument("-o", "--out", required=True, help="index file to write")
+    q.add_argument("--metric", choices=("ip", "cosine"), default="ip",
+                   help="score: inner product of code values, or cosine (default ip)")
+    q.add_argument("--hamming", action="store_true",
+                   help="build a HammingIndex (1-bit codes only) instead of an SDC Index")
+    _add_common(q)
+    q.set_defaults(func=cmd_index_build)
+    q = isub.add_parser("add", help="add code shards to an index",
+                        description="Add code-shard directories to an existing index file "
+                                    "(rewritten atomically).")
+    q.add_argument("index", help="index file")
+    q.add_argument("shards", nargs="+", help="code-shard directories")
+    _add_common(q)
+    q.set_defaults(func=cmd_index_add)
+    q = isub.add_parser("remove", help="remove ids from an index",
+                        description="Remove items by id from an index file (rewritten "
+                                    "atomically).")
+    q.add_argument("index", help="index file")
+    q.add_argument("--ids", default=None, help="comma-separated ids, e.g. 3,17,42")
+    q.add_argument("--ids-file", default=None, help=".npy file of integer ids")
+    _add_common(q)
+    q.set_defaults(func=cmd_index_remove)
+    q = isub.add_parser("info", help="what an index holds (JSON)",
+                        description="Print an index's kind, size, code spec, metric and "
+                                    "per-version counts as one JSON line.")
+    q.add_argument("index", help="index file")
+    _add_common(q)
+    q.set_defaults(func=cmd_index_info)
+
+    p = sub.add_parser("search", formatter_class=fmt, help="search an index",
+                       description="Search an index with float queries (encoded by --model) "
+                                   "or packed code queries (--codes).\nOutput: JSON lines "
+                                   '{"query": i, "ids": [...], "scores": [...]} on stdout or '
+                                   "--out, or .npy files with --ids-out/--scores-out.",
+                       epilog=FORMATS_HELP + "\n\nCode queries: a .npy of uint8 packed codes "
+                                             "(n, code_bytes) or a code-shard directory.\n\n"
+                                             "example:\n  bebr search --index idx.bebr "
+                                             "--model model queries.npy -k 10")
+    p.add_argument("queries", help="query embeddings (with --model) or codes (with --codes)")
+    p.add_argument("--index", required=True, help="index file")
+    p.add_argument("--model", default=None, help="model that encodes float queries")
+    p.add_argument("--codes", action="store_true", help="queries are packed codes")
+    p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("--threads", type=int, default=None, help="search threads")
+    p.add_argument("--column", default=None, help="parquet embedding column")
+    p.add_argument("--any-version", action="store_true",
+                   help="allow a query model whose version the index does not hold")
+    p.add_argument("-o", "--out", default=None, help="JSON lines file (default: stdout)")
+    p.add_argument("--ids-out", default=None, help="write ids (nq, k) int64 to this .npy")
+    p.add_argument("--scores-out", default=None,
+                   help="write scores (nq, k) float32 to this .npy")
+    _add_common(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("eval", formatter_class=fmt, help="recall of a model against float search",
+                       description="Recall of code search with a model against exact float "
+                                   "(cosine) search on given data: R{k}@{r} = the share of "
+                                   "the float top-k found in the code top-r. Prints one JSON "
+                                   "line.",
+                       epilog=FORMATS_HELP)
+    p.add_argument("base", nargs="+", help="base embeddings")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--queries", default=None,
+                   help="query embeddings (default: --num-queries rows held out of the base)")
+    p.add_argument("--num-queries", type=int, default=1000, help="held-out queries")
+    p.add_argument("-k", type=int, default=10, help="float top-k ground truth (default 10)")
+    p.add_argument("--recall-at", type=int, nargs="*", default=[10, 100],
+                   help="code result depths r (default 10 100)")
+    p.add_argument("--metric", choices=("ip", "cosine"), default="ip")
+    p.add_argument("--max-rows", type=int, default=None, help="use at most N base rows")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--column", default=None, help="parquet embedding column")
+    _add_common(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", formatter_class=fmt, help="run a benchmark study from tools/",
+                       description="Run one benchmark study of tools/ (bench_*.py, "
+                                   "eval_*.py) in a source checkout; arguments after the "
+                                   "study name go to the study (e.g. --quick). `bebr bench "
+                                   "list` lists them.")
+    p.add_argument("study", nargs="?", default=None, help="study name, or list")
+    _add_common(p)
+    p.set_defaults(func=cmd_bench, passthrough=True)
+
+    p = sub.add_parser("demo", formatter_class=fmt, help="the whole job on real GloVe words",
+                       description="Train a Binarizer on real GloVe word vectors, encode "
+                                   "them into code shards, build an index, answer word "
+                                   "queries, and print recall@10 and latency next to exact "
+                                   "float search.")
+    p.add_argument("--words", type=int, default=100_000, help="GloVe words (default 100000)")
+    p.add_argument("--dim", type=int, default=128, help="code dimensions (default 128)")
+    p.add_argument("--bits", type=int, default=2, help="bits per dimension (default 2)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default auto)")
+    p.add_argument("--max-time", type=float, default=90.0,
+                   help="training time budget in seconds (default 90)")
+    p.add_argument("--words-query", nargs="*", default=["king", "france", "computer",
+                                                        "music", "river"],
+                   help="words whose neighbours to show")
+    p.add_argument("--workdir", default=None, help="keep model, shards and index here "
+                                                   "(default: a temporary directory)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_common(p)
+    p.set_defaults(func=cmd_demo)
+    return ap
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e) or type(e).__name__
+    if isinstance(e, KeyError):
+        msg = f"missing key {msg}"
+    return " ".join(msg.split())
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``bebr`` command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    extra: List[str] = []
+    if argv and argv[0] == "bench":  # everything after the study name goes to the study
+        head = [a for a in argv[:2]]
+        extra = argv[2:]
+        args = parser.parse_args(head)
+    else:
+        args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or "--debug" in argv
+    if not getattr(args, "func", None):
+        sub = {"index": "index"}.get(getattr(args, "command", None))
+        parser.parse_args([sub, "--help"] if sub else ["--help"])
+        return 2
+    try:
+        if getattr(args, "passthrough", False):
+            return args.func(args, extra)
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("bebr: interrupted", file=sys.stderr)
+        return 130
+    except (CliError, ValueError, TypeError, OSError, ImportError, IndexError, KeyError,
+            RuntimeError, MemoryError) as e:
+        if debug:
+            raise
+        print(f"bebr: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # python -m bebr.cli
+    sys.exit(main())
