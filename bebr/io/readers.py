@@ -208,8 +208,8 @@ class ParquetSource(Source):
         if vals.null_count:
             raise ValueError(f"{self.path}: column {self.column!r} has null components near "
                              f"row {first_row}")
-        return vals.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(
-            len(arr), self.d)
+        return np.array(vals.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(
+            len(arr), self.d)  # an owned, writable copy
 
     def _blocks(self, start, stop, chunk_rows):
         md = self._pf.metadata
@@ -237,7 +237,7 @@ class ParquetSource(Source):
                     if idc.null_count:
                         raise ValueError(f"{self.path}: id column {self.id_column!r} has nulls "
                                          f"near row {lo}")
-                    ids = idc.to_numpy().astype(np.int64, copy=False)
+                    ids = np.array(idc.to_numpy(), dtype=np.int64)
                 yield x, ids
                 if pos >= stop:
                     return

@@ -84,6 +84,6 @@ def write_vecs(path: Union[str, Path], x: np.ndarray) -> None:
     n, d = x.shape
     rec = np.empty((n, 4 + d * dtype.itemsize), dtype=np.uint8)
     rec[:, :4] = np.frombuffer(np.int32(d).astype("<i4").tobytes(), dtype=np.uint8)
-    rec[:, 4:] = np.ascontiguousarray(x, dtype=dtype).view(np.uint8).reshape(n, -1)
+    rec[:, 4:] = np.ascontiguousarray(x, dtype=dtype).view(np.uint8).reshape(n, d * dtype.itemsize)
     with atomic_writer(path) as f:
         f.write(rec.tobytes())
