@@ -32,9 +32,9 @@ input formats (embeddings):
 Without an id column an item's id is its row number across all inputs, in order."""
 
 SHARDS_HELP = """\
-code shards (output of encode/upgrade, docs/FORMAT.md section 2): a directory with
-codes-NNNNN.npy (uint8 packed codes), ids-NNNNN.npy (int64) and manifest.json (model
-version, code spec, per-shard counts and SHA-256 checksums)."""
+code shards (output of encode/upgrade; docs/FORMAT.md, "Code shards and manifest"): a
+directory with codes-NNNNN.npy (uint8 packed codes), ids-NNNNN.npy (int64) and
+manifest.json (model version, code spec, per-shard counts and SHA-256 checksums)."""
 
 
 class CliError(Exception):

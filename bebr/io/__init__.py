@@ -5,7 +5,8 @@
 - ``inputs``: a path, directory or glob (or a list of them) -> the sorted list of sources.
 - ``validate``: NaN/inf rows refused (naming shard and row) or skipped and counted.
 - ``vecs``: the ANN-benchmark .fvecs/.bvecs/.ivecs format, memory-mapped.
-- ``manifest`` / ``codeshards``: the code-shard directory format of docs/FORMAT.md section 2.
+- ``manifest`` / ``codeshards``: the code-shard directory format (docs/FORMAT.md,
+  "Code shards and manifest").
 """
 
 from .codeshards import CodeShards, write_code_shard

@@ -1,4 +1,5 @@
-"""The ``manifest.json`` of a code-shard directory (docs/FORMAT.md section 2).
+"""The ``manifest.json`` of a code-shard directory (docs/FORMAT.md, "Code shards and
+manifest").
 
 The manifest is the only authority on what is complete: a shard file counts only when the
 manifest lists it with a matching SHA-256. It is rewritten atomically after every finished
