@@ -22,7 +22,7 @@ __all__ = ["main", "build_parser"]
 
 FORMATS_HELP = """\
 input formats (embeddings):
-  .npy              2-D numeric array (n, dim), memory-mapped
+  .npy              2-D numeric array (n, dim), read chunk by chunk (never whole)
   .fvecs / .bvecs   ANN-benchmark vector files (int32 dim header + float32 / uint8 values)
   .parquet / .pq    a list<float> or fixed_size_list<float> column (--column, default: the
                     first list column) and an optional integer id column (--id-column,

@@ -8,11 +8,12 @@ shared output directory, and returns the shard's manifest entry to the driver.
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import asdict
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
-__all__ = ["require_ray", "ensure_ray", "run_tasks_ray", "unwrap_ray_error"]
+__all__ = ["require_ray", "ensure_ray", "run_tasks_ray"]
 
 
 def require_ray():
@@ -37,15 +38,15 @@ def ensure_ray(address: Optional[str] = None, **kwargs):
     return ray
 
 
-def unwrap_ray_error(e: BaseException) -> BaseException:
-    """The user exception inside a Ray task error (Ray wraps it once or twice)."""
-    seen = 0
-    while seen < 5:
-        cause = getattr(e, "cause", None) or e.__cause__
-        if cause is None or cause is e:
-            break
-        e, seen = cause, seen + 1
-    return e
+def _error_class(name: str) -> type:
+    """The exception class a worker error is raised as on the driver (by its name)."""
+    from .fileio import CorruptFileError
+    from .io.inputs import InputError
+    from .io.validate import BadRowError
+
+    known = {c.__name__: c for c in (BadRowError, CorruptFileError, InputError, ValueError,
+                                     TypeError, FileNotFoundError, PermissionError, OSError)}
+    return known.get(name, RuntimeError)
 
 
 def run_tasks_ray(tasks: Sequence[Any], rows: Sequence[int], fn: Callable[[Any], Any], *,
@@ -68,21 +69,17 @@ def run_tasks_ray(tasks: Sequence[Any], rows: Sequence[int], fn: Callable[[Any],
     ctx.print_on_execution_start = False
     task_list: List[Any] = list(tasks)
 
-    def work(row):
-        return {"i": row["i"], **asdict(fn(task_list[row["i"]]))}
+    def work(row):  # errors travel back as data: Ray Data does not keep exception types
+        try:
+            entry = json.dumps(asdict(fn(task_list[row["i"]])))
+            return {"i": row["i"], "entry": entry, "error_type": "", "error": ""}
+        except (ValueError, TypeError, OSError) as e:
+            return {"i": row["i"], "entry": "", "error_type": type(e).__name__,
+                    "error": str(e)}
 
     ds = ray.data.from_items([{"i": i} for i in range(len(task_list))],
                              override_num_blocks=len(task_list))
-    try:
-        for row in ds.map(work, num_cpus=getattr(task_list[0], "threads", 1)).iter_rows():
-            row = dict(row)
-            i = int(row.pop("i"))
-            entry = ShardEntry.from_dict({k: (v.item() if hasattr(v, "item") else v)
-                                          for k, v in row.items()})
-            yield entry, rows[i]
-    except Exception as e:  # surface the worker's own error (BadRowError, ...) unwrapped
-        inner = unwrap_ray_error(e)
-        if inner is e:
-            raise
-        raise inner from None
-    del ray
+    for row in ds.map(work, num_cpus=getattr(task_list[0], "threads", 1)).iter_rows():
+        if row["error_type"]:
+            raise _error_class(row["error_type"])(row["error"])
+        yield ShardEntry.from_dict(json.loads(row["entry"])), rows[int(row["i"])]

@@ -96,29 +96,59 @@ class Source:
         return f"{type(self).__name__}({str(self.path)!r}, n={self.n}, d={self.d})"
 
 
+def _pread(path: Path, offset: int, nbytes: int) -> np.ndarray:
+    """``nbytes`` bytes of ``path`` from ``offset`` into fresh memory (a short read is an
+    error: the file was truncated under us)."""
+    buf = np.empty(nbytes, dtype=np.uint8)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(offset)
+        got = f.readinto(memoryview(buf))
+    if got != nbytes:
+        raise CorruptFileError(f"{path}: truncated (wanted {nbytes} bytes at offset {offset}, "
+                               f"got {got})")
+    return buf
+
+
 class NpySource(Source):
-    """A 2-D numeric .npy file, memory-mapped (``np.load(mmap_mode="r")``)."""
+    """A 2-D numeric .npy file. The header is read once; C-order files are read chunk by
+    chunk with plain reads (no mapping stays resident, so memory stays bounded however big
+    the file); Fortran-order files through ``np.load(mmap_mode="r")``."""
 
     format = "npy"
 
     def __init__(self, path: Union[str, Path]):
         self.path = Path(path)
         try:
-            self._arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            with open(self.path, "rb") as f:
+                major, _ = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                               else np.lib.format.read_array_header_2_0)
+                read_header(f)
+                self._data_offset = f.tell()
         except ValueError as e:
             raise CorruptFileError(f"{self.path}: not a readable .npy file ({e})") from None
-        if self._arr.ndim != 2:
+        if arr.ndim != 2:
             raise ValueError(f"{self.path}: embeddings must be a 2-D array (n, dim), "
-                             f"got shape {self._arr.shape}")
-        if self._arr.dtype.kind not in "fiu":
-            raise TypeError(f"{self.path}: embeddings must be numeric, got dtype "
-                            f"{self._arr.dtype}")
-        self.n, self.d = (int(s) for s in self._arr.shape)
+                             f"got shape {arr.shape}")
+        if arr.dtype.kind not in "fiu":
+            raise TypeError(f"{self.path}: embeddings must be numeric, got dtype {arr.dtype}")
+        self.n, self.d = (int(s) for s in arr.shape)
+        self._dtype = arr.dtype
+        self._fortran = bool(arr.flags.f_contiguous and not arr.flags.c_contiguous)
+        self._arr = arr if self._fortran else None
+        del arr
 
     def _blocks(self, start, stop, chunk_rows):
+        row_bytes = self.d * self._dtype.itemsize
         for a in range(start, stop, chunk_rows):
             b = min(a + chunk_rows, stop)
-            yield _as_float32(self._arr[a:b], str(self.path)), None
+            if self._fortran:
+                block = self._arr[a:b]
+            else:
+                raw = _pread(self.path, self._data_offset + a * row_bytes, (b - a) * row_bytes)
+                block = raw.view(self._dtype).reshape(b - a, self.d)
+            yield _as_float32(block, str(self.path)), None
 
 
 class VecsSource(Source):

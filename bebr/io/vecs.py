@@ -1,4 +1,4 @@
-"""The ANN-benchmark vector formats (.fvecs, .bvecs, .ivecs), memory-mapped.
+"""The ANN-benchmark vector formats (.fvecs, .bvecs, .ivecs), read in row ranges.
 
 Layout: a file is a sequence of records, one per vector; a record is a little-endian int32
 ``d`` (the dimension) followed by ``d`` components: float32 (.fvecs), uint8 (.bvecs) or
@@ -28,15 +28,15 @@ def _kind(path: Path) -> np.dtype:
 
 
 class VecsFile:
-    """A memory-mapped .fvecs/.bvecs/.ivecs file: ``n`` rows of ``d`` components."""
+    """A .fvecs/.bvecs/.ivecs file: ``n`` rows of ``d`` components, validated from its size
+    and first header; ``rows`` reads a range and checks every header in it."""
 
     def __init__(self, path: Union[str, Path]):
         self.path = Path(path)
         self.dtype = _kind(self.path)
         size = self.path.stat().st_size
         if size == 0:
-            self.n, self.d = 0, 0
-            self._rec = None
+            self.n, self.d, self._rec_bytes = 0, 0, 4
             return
         if size < 4:
             raise CorruptFileError(f"{self.path}: truncated ({size} bytes, no dimension header)")
@@ -50,13 +50,23 @@ class VecsFile:
                 f"{self.path}: truncated or corrupted: {size} bytes is not a multiple of the "
                 f"record size {rec_bytes} (dim {d}); last record incomplete")
         self.n, self.d = size // rec_bytes, d
-        self._rec = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.n, rec_bytes))
+        self._rec_bytes = rec_bytes
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` as a fresh array of the file's dtype; checks their headers."""
-        if self._rec is None or start >= stop:
+        if not self.n or start >= stop:
             return np.empty((0, self.d), dtype=self.dtype)
-        block = np.array(self._rec[start:stop])  # one copy out of the map
+        if not 0 <= start < stop <= self.n:
+            raise ValueError(f"{self.path}: rows [{start}, {stop}) outside [0, {self.n})")
+        # plain reads, not a mapping: nothing stays resident after the rows are copied
+        nbytes = (stop - start) * self._rec_bytes
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(start * self._rec_bytes)
+            block = np.empty(nbytes, dtype=np.uint8)
+            got = f.readinto(memoryview(block))
+        if got != nbytes:
+            raise CorruptFileError(f"{self.path}: truncated while reading rows {start}..{stop}")
+        block = block.reshape(stop - start, self._rec_bytes)
         heads = block[:, :4].copy().view("<i4").ravel()
         if (heads != self.d).any():
             r = int(np.flatnonzero(heads != self.d)[0])
