@@ -197,7 +197,7 @@ def cmd_train(args) -> int:
 def _engine_kw(args) -> dict:
     return dict(chunk_rows=args.chunk_rows, engine=args.engine, address=args.address,
                 workers=args.workers, threads=args.threads, progress=not args.no_progress,
-                overwrite=args.overwrite)
+                overwrite=args.overwrite, ray_cpus=args.ray_cpus)
 
 
 def _job_summary(args, verb: str, res) -> None:
@@ -409,6 +409,9 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
     g.add_argument("--address", default=None,
                    help="Ray cluster address (e.g. auto, ray://head:10001); default: start a "
                         "local Ray instance. Workers must see the same filesystem paths")
+    g.add_argument("--ray-cpus", type=int, default=None,
+                   help="CPUs of the local Ray instance started when --address is not given "
+                        "(default: all)")
     g.add_argument("--workers", type=int, default=1,
                    help="local engine: number of worker processes (default: 1, in process)")
     g.add_argument("--threads", type=int, default=1,

@@ -273,7 +273,8 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def _execute(tasks: List[Any], rows: List[int], manifest: Manifest, out_dir: Path, *,
              engine: str, workers: int, address: Optional[str], progress: bool,
-             desc: str, model=None, init_ray: bool = True, resumed: int = 0) -> JobResult:
+             desc: str, model=None, ray_cpus: Optional[int] = None,
+             resumed: int = 0) -> JobResult:
     """Run ``tasks`` (rows[i] input rows each) on the engine, recording each finished shard."""
     bar = _progress(sum(rows), desc, progress)
     t0 = time.perf_counter()
@@ -301,7 +302,7 @@ def _execute(tasks: List[Any], rows: List[int], manifest: Manifest, out_dir: Pat
             from .raytools import run_tasks_ray
 
             for entry, r in run_tasks_ray(tasks, rows, _run_task, address=address,
-                                          init=init_ray):
+                                          num_cpus=ray_cpus):
                 record(entry)
                 bar.update(r)
         else:
@@ -316,13 +317,14 @@ def encode_shards(model: Union[PathLike, Any], inputs, out_dir: PathLike, *,
                   skip_bad: bool = False, engine: str = "local", address: Optional[str] = None,
                   workers: int = 1, threads: int = 1, progress: bool = True,
                   column: Optional[str] = None, id_column: Optional[str] = None,
-                  overwrite: bool = False) -> JobResult:
+                  overwrite: bool = False, ray_cpus: Optional[int] = None) -> JobResult:
     """Encode float embedding shards into a code-shard directory (see ``JobResult``).
 
     ``model`` is a saved Binarizer file (required for ``workers > 1`` and Ray: each worker
     loads it from the path) or a loaded Binarizer (in-process local engine only).
     ``inputs``: a file, directory, glob or list of them (.npy, .fvecs, .bvecs, parquet).
-    Raises BadRowError on a NaN/inf row unless ``skip_bad`` (then they are dropped and
+    ``ray_cpus``: CPUs of the local Ray instance started when no ``address`` is given and
+    none is running. Raises BadRowError on a NaN/inf row unless ``skip_bad`` (then they are dropped and
     counted in the manifest), InputError on empty or inconsistent input.
     """
     if chunk_rows < 1:
@@ -355,13 +357,14 @@ def encode_shards(model: Union[PathLike, Any], inputs, out_dir: PathLike, *,
              for u in todo]
     return _execute(tasks, [u.stop - u.start for u in todo], manifest, out_dir, engine=engine,
                     workers=workers, address=address, progress=progress, desc="encode",
-                    model=model_obj, resumed=resumed)
+                    model=model_obj, ray_cpus=ray_cpus, resumed=resumed)
 
 
 def upgrade_shards(upgrader: PathLike, in_dir: PathLike, out_dir: PathLike, *,
                    chunk_rows: int = DEFAULT_CHUNK_ROWS, engine: str = "local",
                    address: Optional[str] = None, workers: int = 1, threads: int = 1,
-                   progress: bool = True, overwrite: bool = False) -> JobResult:
+                   progress: bool = True, overwrite: bool = False,
+                   ray_cpus: Optional[int] = None) -> JobResult:
     """Upgrade a complete code-shard directory to a new model version with a saved upgrader
     (old codes -> new codes, no floats needed); one output shard per input shard, same ids."""
     src = CodeShards(in_dir)
@@ -391,7 +394,7 @@ def upgrade_shards(upgrader: PathLike, in_dir: PathLike, out_dir: PathLike, *,
                          u, str(out_dir.resolve()), chunk_rows, threads) for u in todo]
     return _execute(tasks, [u.stop for u in todo], manifest, out_dir, engine=engine,
                     workers=workers, address=address, progress=progress, desc="upgrade",
-                    model=up, resumed=resumed)
+                    model=up, ray_cpus=ray_cpus, resumed=resumed)
 
 
 def _version_of(model) -> Any:

@@ -51,12 +51,12 @@ def _error_class(name: str) -> type:
 
 def run_tasks_ray(tasks: Sequence[Any], rows: Sequence[int], fn: Callable[[Any], Any], *,
                   address: Optional[str] = None,
-                  init: bool = True) -> Iterator[Tuple[Any, int]]:
+                  num_cpus: Optional[int] = None) -> Iterator[Tuple[Any, int]]:
     """Run ``fn(task)`` for every task with Ray Data, one block per task; yield
     ``(result, rows[i])`` as tasks finish (any order). ``fn`` returns a ShardEntry."""
     if not tasks:
         return
-    ray = ensure_ray(address) if init else require_ray()
+    ray = ensure_ray(address, **({"num_cpus": num_cpus} if num_cpus else {}))
     import ray.data
     from .io.manifest import ShardEntry
 
