@@ -1,0 +1,390 @@
+"""Recurrent binarization model (BEBR, REFERENCE.md section 1): ``Binarizer``.
+
+Forward pass for input x (n, D), output ``bits`` sign vectors of ``dim`` dims:
+    b_0 = sign(W(x));  c_0 = b_0
+    for t = 1 .. bits-1:
+        x_hat_t = normalize(B_t(c_{t-1}))        (reconstruction of x from the code so far)
+        r_t     = x - x_hat_t
+        b_t     = sign(R_t(r_t))
+        c_t     = c_{t-1} + 2^-t b_t
+W, B_t, R_t are residual MLP stacks (``ResidualMLP``). sign() is straight-through: forward
+sign (0 -> +1), backward passes the gradient where |pre-activation| <= 1.
+
+Code layout: the level of dimension j is ``sum_t beta_t 2^(bits-1-t)`` with ``beta_t = b_t > 0``,
+so the code value ``(2 l - (2^bits-1)) / 2^(bits-1)`` equals ``c_{bits-1}``; packed codes are
+exactly ``CodeSpec(dim, bits).pack(levels)`` (docs/FORMAT.md section 1).
+
+Saved form (a directory): ``config.json`` (format version, registered model name, config,
+code spec, version id, SHA-256 of the weights file) + ``model.safetensors``. No pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .codes import MAX_BITS, MAX_DIM, CodeSpec
+from .fileio import CorruptFileError, atomic_write_bytes, sha256_bytes
+
+__all__ = ["Binarizer", "BinarizerConfig", "BinarizerOutput", "ResidualMLP", "sign_ste",
+           "MODEL_REGISTRY", "register_model", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class _SignSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (x.abs() <= 1).to(g.dtype)
+
+
+def sign_ste(x: torch.Tensor) -> torch.Tensor:
+    """Sign with a straight-through gradient (passed where |x| <= 1); sign(0) = +1."""
+    return _SignSTE.apply(x)
+
+
+class MLP(nn.Module):
+    """Linear(a, h) -> BatchNorm1d(h) -> ReLU -> Linear(h, c)."""
+
+    def __init__(self, a: int, c: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(a, hidden)
+        self.bn = nn.BatchNorm1d(hidden)
+        self.fc2 = nn.Linear(hidden, c)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.bn(self.fc1(x))))
+
+
+class ResidualMLP(nn.Module):
+    """Map a -> c: a linear skip plus ``depth`` MLP blocks with skip connections.
+
+    y = skip(x) + MLP_0(x);  y = y + MLP_i(y) for i = 1 .. depth-1.  depth = 0: linear only.
+    """
+
+    def __init__(self, a: int, c: int, hidden: int, depth: int):
+        super().__init__()
+        self.skip = nn.Linear(a, c, bias=False)
+        self.blocks = nn.ModuleList(
+            [MLP(a if i == 0 else c, c, hidden) for i in range(depth)])
+        for blk in self.blocks:  # start close to the linear map: residual branches small
+            nn.init.normal_(blk.fc2.weight, std=0.01 / max(1, hidden) ** 0.5)
+            nn.init.zeros_(blk.fc2.bias)
+
+    def forward(self, x):
+        y = self.skip(x)
+        for i, blk in enumerate(self.blocks):
+            y = y + blk(x if i == 0 else y)
+        return y
+
+
+@dataclass
+class BinarizerConfig:
+    """Everything needed to rebuild a Binarizer's architecture."""
+
+    in_dim: int
+    dim: int
+    bits: int
+    hidden: int = 512
+    depth: int = 1
+    version: str = ""
+
+    def validate(self) -> None:
+        for name in ("in_dim", "dim", "bits", "hidden", "depth"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+        if self.in_dim < 1:
+            raise ValueError(f"in_dim must be >= 1, got {self.in_dim}")
+        if not 1 <= self.dim <= MAX_DIM:
+            raise ValueError(f"dim must be in [1, {MAX_DIM}], got {self.dim}")
+        if not 1 <= self.bits <= MAX_BITS:
+            raise ValueError(f"bits must be in [1, {MAX_BITS}], got {self.bits}")
+        if self.hidden < 1 or self.depth < 0:
+            raise ValueError(f"need hidden >= 1 and depth >= 0, got {self.hidden}, {self.depth}")
+        if not isinstance(self.version, str):
+            raise TypeError(f"version must be a str, got {type(self.version).__name__}")
+
+
+@dataclass
+class BinarizerOutput:
+    """Forward result. ``codes``: differentiable code values c (n, dim) in the level grid;
+    ``bits``: the per-step sign tensors b_t (n, dim) in {-1, +1}; ``pre``: the pre-activations
+    of each step; ``recon``: the normalised reconstructions x_hat_t, t = 1 .. bits-1."""
+
+    codes: torch.Tensor
+    bits: List[torch.Tensor] = field(default_factory=list)
+    pre: List[torch.Tensor] = field(default_factory=list)
+    recon: List[torch.Tensor] = field(default_factory=list)
+
+
+MODEL_REGISTRY: Dict[str, type] = {}
+
+
+def register_model(name: str):
+    """Class decorator: register a model class under ``name`` for :meth:`Binarizer.load`."""
+    def deco(cls):
+        if name in MODEL_REGISTRY and MODEL_REGISTRY[name] is not cls:
+            raise ValueError(f"model name {name!r} already registered")
+        MODEL_REGISTRY[name] = cls
+        cls.model_name = name
+        return cls
+    return deco
+
+
+def _as_float_rows(x, in_dim: Optional[int], name: str = "x") -> np.ndarray:
+    """Validate an (n, D) real array-like (memmaps stay memmaps); raises TypeError/ValueError."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.dtype.kind not in "fiu" or x.dtype == np.bool_:
+        raise TypeError(f"{name} must be a real numeric array, got dtype {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-d (n, D), got shape {x.shape}")
+    if in_dim is not None and x.shape[1] != in_dim:
+        raise ValueError(f"{name} has {x.shape[1]} columns, the model expects in_dim={in_dim}")
+    return x
+
+
+@register_model("recurrent_binarizer")
+class Binarizer(nn.Module):
+    """Recurrent binarization: float embeddings (n, in_dim) -> multi-bit codes (dim x bits).
+
+    ``forward`` (training) returns a :class:`BinarizerOutput` with straight-through code values;
+    ``encode`` returns packed uint8 codes in ``CodeSpec(dim, bits).pack`` format.
+    """
+
+    model_name = "recurrent_binarizer"
+
+    def __init__(self, in_dim: int, dim: int, bits: int, *, hidden: int = 512, depth: int = 1,
+                 version: Optional[str] = None):
+        super().__init__()
+        cfg = BinarizerConfig(in_dim, dim, bits, hidden, depth,
+                              version if version is not None else uuid.uuid4().hex)
+        cfg.validate()
+        self.config = cfg
+        self.spec = CodeSpec(dim, bits)
+        self.W = ResidualMLP(in_dim, dim, hidden, depth)
+        self.B = nn.ModuleList([ResidualMLP(dim, in_dim, hidden, depth) for _ in range(bits - 1)])
+        self.R = nn.ModuleList([ResidualMLP(in_dim, dim, hidden, depth) for _ in range(bits - 1)])
+        # Per-dimension input normalisation (set from data by the trainer; identity by default).
+        self.register_buffer("in_mean", torch.zeros(in_dim))
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def in_dim(self) -> int:
+        return self.config.in_dim
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    @property
+    def bits(self) -> int:
+        return self.config.bits
+
+    @property
+    def version(self) -> str:
+        """The version id (uuid hex by default, or the name given at construction)."""
+        return self.config.version
+
+    @version.setter
+    def version(self, value: str) -> None:
+        if not isinstance(value, str) or not value:
+            raise ValueError("version must be a non-empty str")
+        self.config.version = value
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Binarizer(in_dim={c.in_dim}, dim={c.dim}, bits={c.bits}, hidden={c.hidden}, "
+                f"depth={c.depth}, version={c.version!r})")
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> BinarizerOutput:
+        """Straight-through forward: code values c (n, dim), per-step b_t, pre-activations."""
+        x = x - self.in_mean
+        pre0 = self.W(x)
+        b = sign_ste(pre0)
+        c = b
+        out = BinarizerOutput(codes=c, bits=[b], pre=[pre0])
+        xn = F.normalize(x, dim=1)
+        for t in range(1, self.bits):
+            x_hat = F.normalize(self.B[t - 1](c), dim=1)
+            r = xn - x_hat
+            pre = self.R[t - 1](r)
+            b = sign_ste(pre)
+            c = c + (2.0 ** -t) * b
+            out.bits.append(b)
+            out.pre.append(pre)
+            out.recon.append(x_hat)
+        out.codes = c
+        return out
+
+    # ------------------------------------------------------------------ encode
+    def _batches(self, x, batch_size: int):
+        arr = _as_float_rows(x, self.in_dim)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        for s in range(0, arr.shape[0], batch_size):
+            chunk = np.ascontiguousarray(arr[s:s + batch_size], dtype=np.float32)
+            if not np.isfinite(chunk).all():
+                raise ValueError(f"x has NaN or inf values in rows [{s}, {s + len(chunk)})")
+            yield s, torch.from_numpy(chunk)
+
+    def encode_levels(self, x, batch_size: int = 8192) -> np.ndarray:
+        """Levels (n, dim) uint8 in [0, 2^bits): level = sum_t beta_t 2^(bits-1-t)."""
+        arr = _as_float_rows(x, self.in_dim)
+        n = arr.shape[0]
+        out = np.empty((n, self.dim), dtype=np.uint8)
+        was_training = self.training
+        self.eval()
+        dev = next(self.parameters()).device
+        try:
+            with torch.inference_mode():
+                for s, xb in self._batches(arr, batch_size):
+                    o = self.forward(xb.to(dev))
+                    lv = torch.zeros(o.codes.shape, dtype=torch.uint8, device=dev)
+                    for t, b in enumerate(o.bits):
+                        lv |= (b > 0).to(torch.uint8) << (self.bits - 1 - t)
+                    out[s:s + len(xb)] = lv.cpu().numpy()
+        finally:
+            self.train(was_training)
+        return out
+
+    def encode(self, x, batch_size: int = 8192) -> np.ndarray:
+        """Packed uint8 codes (n, spec.code_bytes) in ``CodeSpec.pack`` format, streamed in
+        batches of ``batch_size`` rows (x may be a memmap), without autograd."""
+        arr = _as_float_rows(x, self.in_dim)
+        out = np.empty((arr.shape[0], self.spec.code_bytes), dtype=np.uint8)
+        step = 1 << 16
+        for s in range(0, arr.shape[0], step):
+            out[s:s + step] = self.spec.pack(self.encode_levels(arr[s:s + step], batch_size))
+        return out
+
+    def encode_values(self, x, batch_size: int = 8192) -> np.ndarray:
+        """Float32 code values (n, dim), i.e. ``spec.values(encode(x))``."""
+        return self.spec.level_values()[self.encode_levels(x, batch_size)]
+
+    def encode_query(self, x, batch_size: int = 8192) -> np.ndarray:
+        """Asymmetric query representation (n, dim) float32: the continuous first-step
+        projection ``W(x)`` (before the sign). Score it by inner product against stored code
+        values divided by their norm (the per-query scale does not change the ranking)."""
+        arr = _as_float_rows(x, self.in_dim)
+        out = np.empty((arr.shape[0], self.dim), dtype=np.float32)
+        was_training = self.training
+        self.eval()
+        dev = next(self.parameters()).device
+        try:
+            with torch.inference_mode():
+                for s, xb in self._batches(arr, batch_size):
+                    out[s:s + len(xb)] = self.W(xb.to(dev) - self.in_mean).cpu().numpy()
+        finally:
+            self.train(was_training)
+        return out
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path) -> Path:
+        """Write ``path/config.json`` and ``path/model.safetensors`` (atomically, each)."""
+        from safetensors.torch import save as st_save
+
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"{p} exists and is not a directory")
+        p.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        blob = st_save(state, metadata={"format": "pt", "model": self.model_name})
+        header = {
+            "format": "bebr.binarizer",
+            "format_version": FORMAT_VERSION,
+            "model": self.model_name,
+            "config": asdict(self.config),
+            "code_spec": self.spec.to_dict(),
+            "version": self.version,
+            "weights": WEIGHTS_NAME,
+            "weights_sha256": sha256_bytes(blob),
+            "weights_bytes": len(blob),
+        }
+        atomic_write_bytes(p / WEIGHTS_NAME, blob)
+        atomic_write_bytes(p / CONFIG_NAME, (json.dumps(header, indent=2) + "\n").encode())
+        return p
+
+    @classmethod
+    def load(cls, path, map_location: str = "cpu") -> "Binarizer":
+        """Load a model saved by :meth:`save`; refuses corrupted, truncated or unknown files
+        with :class:`bebr.fileio.CorruptFileError` (a ValueError). Never unpickles."""
+        from safetensors.torch import load as st_load
+
+        p = Path(path)
+        if not p.is_dir():
+            raise FileNotFoundError(f"{p} is not a saved Binarizer directory")
+        cfg_path = p / CONFIG_NAME
+        try:
+            header = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CorruptFileError(f"{cfg_path}: not valid JSON ({e})") from e
+        if not isinstance(header, dict) or header.get("format") != "bebr.binarizer":
+            raise CorruptFileError(f"{cfg_path}: not a bebr Binarizer header")
+        if header.get("format_version") != FORMAT_VERSION:
+            raise CorruptFileError(f"{cfg_path}: format_version {header.get('format_version')!r}"
+                                   f" is not supported (this bebr reads {FORMAT_VERSION})")
+        name = header.get("model")
+        if name not in MODEL_REGISTRY:
+            raise CorruptFileError(f"{cfg_path}: unknown model name {name!r}; registered: "
+                                   f"{sorted(MODEL_REGISTRY)}")
+        model_cls = MODEL_REGISTRY[name]
+        try:
+            config = BinarizerConfig(**header["config"])
+            config.validate()
+            spec = CodeSpec.from_dict(header["code_spec"])
+            want_sha = str(header["weights_sha256"])
+            want_bytes = int(header["weights_bytes"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptFileError(f"{cfg_path}: bad header field ({e})") from e
+        if spec != CodeSpec(config.dim, config.bits) or header.get("version") != config.version:
+            raise CorruptFileError(f"{cfg_path}: code_spec/version disagree with the config")
+        wpath = p / WEIGHTS_NAME
+        blob = wpath.read_bytes()
+        if len(blob) != want_bytes:
+            raise CorruptFileError(f"{wpath}: {len(blob)} bytes, header says {want_bytes} "
+                                   "(truncated or replaced file)")
+        if sha256_bytes(blob) != want_sha:
+            raise CorruptFileError(f"{wpath}: SHA-256 mismatch (corrupted file)")
+        try:
+            state = st_load(blob)
+        except Exception as e:  # safetensors raises its own error types
+            raise CorruptFileError(f"{wpath}: unreadable safetensors ({e})") from e
+        model = model_cls(config.in_dim, config.dim, config.bits, hidden=config.hidden,
+                          depth=config.depth, version=config.version)
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise CorruptFileError(f"{wpath}: weights do not match {name}: missing keys "
+                                   f"{missing}, unexpected keys {unexpected}")
+        for k, v in state.items():
+            if v.shape != expected[k].shape:
+                raise CorruptFileError(f"{wpath}: {k} has shape {tuple(v.shape)}, expected "
+                                       f"{tuple(expected[k].shape)}")
+        model.load_state_dict(state, strict=True)
+        model.eval()
+        return model.to(map_location)

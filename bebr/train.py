@@ -1,0 +1,344 @@
+"""Embedding-to-embedding training of a ``Binarizer`` (REFERENCE.md section 2): no labels.
+
+The training signal is the float space itself. Each batch is built from random anchors plus
+some of their mined float nearest neighbours (so every batch holds hard negatives and true
+neighbours), and the loss is one of
+- ``"distill"``: neighbour-ranking distillation, row-wise KL(softmax(float cos / tau_t) ||
+  softmax(s * code cos)) over the batch, s a learned scale;
+- ``"nce"``: symmetric InfoNCE code-vs-float of the same item (float projected to the code
+  space by a train-only linear head), positive + the ``hard_negatives`` hardest negatives;
+- ``"both"``: their sum;
+plus any ``extra_loss(model, out, xb, idx)`` a caller adds (compatible training builds on it).
+
+x may be a memory-mapped .npy larger than RAM: training reads a random sample of at most
+``max_train_rows`` rows (sorted row indices, one pass), never the whole array.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model import Binarizer, _as_float_rows
+
+__all__ = ["train_binarizer", "check_training_input", "mine_neighbors", "init_projection",
+           "distill_loss", "nce_loss", "code_recall"]
+
+
+# ---------------------------------------------------------------------- input checks
+def check_training_input(x, name: str = "x", min_rows: int = 2):
+    """Validate a training array: real numeric, 2-d, non-empty, finite (checked in chunks)."""
+    arr = _as_float_rows(x, None, name)
+    if arr.shape[0] < min_rows or arr.shape[1] < 1:
+        raise ValueError(f"{name} must have at least {min_rows} rows and 1 column, "
+                         f"got shape {arr.shape}")
+    for s in range(0, arr.shape[0], 1 << 16):
+        if not np.isfinite(arr[s:s + (1 << 16)]).all():
+            raise ValueError(f"{name} has NaN or inf values (rows [{s}, {s + (1 << 16)}))")
+    return arr
+
+
+def _check_pos_int(v, name):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return int(v)
+
+
+# ---------------------------------------------------------------------- helpers
+def _normalize_np(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def mine_neighbors(x: torch.Tensor, k: int, chunk: int = 512, max_dim: int = 64) -> torch.Tensor:
+    """Top-k cosine neighbours (excluding self) of every row of x (n, D): int64 (n, k).
+
+    Rows above ``max_dim`` dims are first reduced by PCA to ``max_dim`` (approximate mining).
+    """
+    xn = F.normalize(x, dim=1)
+    if xn.shape[1] > max_dim:
+        xc = xn - xn.mean(0)
+        cov = xc.T @ xc
+        _, vecs = torch.linalg.eigh(cov.double())
+        xn = F.normalize(xn @ vecs[:, -max_dim:].float(), dim=1)
+    n = xn.shape[0]
+    k = min(k, n - 1)
+    out = torch.empty((n, k), dtype=torch.int64)
+    for s in range(0, n, chunk):
+        sims = xn[s:s + chunk] @ xn.T
+        rows = torch.arange(s, min(s + chunk, n))
+        sims[torch.arange(len(rows)), rows] = -float("inf")
+        out[s:s + chunk] = sims.topk(k, dim=1).indices
+    return out
+
+
+def init_projection(x: torch.Tensor, dim: int, gen: torch.Generator) -> torch.Tensor:
+    """(dim, D) projection: PCA directions (top-dim, or all D then more random orthonormal
+    ones when dim > D) mixed by a random rotation so variance spreads evenly over the dims,
+    scaled so projections have unit standard deviation."""
+    xc = x - x.mean(0)
+    D = x.shape[1]
+    cov = (xc.T @ xc).double() / max(1, x.shape[0] - 1)
+    _, vecs = torch.linalg.eigh(cov)
+    vecs = vecs.flip(1).float()  # (D, D), columns by decreasing variance
+    if dim <= D:
+        basis = vecs[:, :dim].T  # (dim, D)
+        rot = torch.linalg.qr(torch.randn(dim, dim, generator=gen))[0]
+        P = rot @ basis
+    else:
+        q = torch.linalg.qr(torch.randn(dim, dim, generator=gen))[0]  # (dim, dim)
+        P = q[:, :D] @ vecs.T  # (dim, D): rows a tight frame over the PCA basis
+    std = (xc @ P.T).std(0).mean().clamp_min(1e-8)
+    return P / std
+
+
+def _init_model(model: Binarizer, x: torch.Tensor, gen: torch.Generator, center: bool) -> None:
+    with torch.no_grad():
+        if center:
+            model.in_mean.copy_(x.mean(0))
+        xc = x - model.in_mean
+        P = init_projection(xc, model.dim, gen)
+        model.W.skip.weight.copy_(P)
+        xn = F.normalize(xc, dim=1)
+        c = torch.sign(xc @ P.T)
+        c[c == 0] = 1
+        for t in range(1, model.bits):
+            # B_t: least-squares decoder from the code so far to x; R_t: projection of the
+            # residual, scaled to unit std (a learned recurrent scalar quantizer at init).
+            sol = torch.linalg.lstsq(c, xn).solution  # (dim, D)
+            model.B[t - 1].skip.weight.copy_(sol.T)
+            x_hat = F.normalize(c @ sol, dim=1)
+            r = xn - x_hat
+            Pr = P * (xc @ P.T).std(0).mean() / (r @ P.T).std(0).mean().clamp_min(1e-8)
+            Pr = Pr / (r @ Pr.T).std(0).mean().clamp_min(1e-8)
+            model.R[t - 1].skip.weight.copy_(Pr)
+            b = torch.sign(r @ Pr.T)
+            b[b == 0] = 1
+            c = c + (2.0 ** -t) * b
+
+
+# ---------------------------------------------------------------------- losses
+def distill_loss(codes: torch.Tensor, x: torch.Tensor, scale: torch.Tensor,
+                 tau: float = 0.05) -> torch.Tensor:
+    """Row-wise KL(softmax(cos(x)/tau) || softmax(scale * cos(codes))), diagonal excluded."""
+    xn = F.normalize(x, dim=1)
+    cn = F.normalize(codes, dim=1)
+    n = x.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=x.device)
+    t = (xn @ xn.T / tau).masked_fill(eye, -1e4)
+    s = (cn @ cn.T * scale).masked_fill(eye, -1e4)
+    p = F.softmax(t, dim=1)
+    return (p * (F.log_softmax(t, dim=1) - F.log_softmax(s, dim=1))).sum(1).mean()
+
+
+def nce_loss(codes: torch.Tensor, proj_x: torch.Tensor, tau: float = 0.05,
+             hard_negatives: int = 5) -> torch.Tensor:
+    """Symmetric InfoNCE, code of item i vs projected float of item i, keeping the positive
+    and the ``hard_negatives`` hardest in-batch negatives per row."""
+    cn = F.normalize(codes, dim=1)
+    pn = F.normalize(proj_x, dim=1)
+    logits = cn @ pn.T / tau
+    n = logits.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=codes.device)
+
+    def one_side(lg):
+        pos = lg.diagonal()
+        neg = lg.masked_fill(eye, -float("inf"))
+        k = min(hard_negatives, n - 1)
+        hard = neg.topk(k, dim=1).values
+        full = torch.cat([pos[:, None], hard], dim=1)
+        return -F.log_softmax(full, dim=1)[:, 0].mean()
+
+    return 0.5 * (one_side(logits) + one_side(logits.T))
+
+
+# ---------------------------------------------------------------------- validation
+@torch.no_grad()
+def _code_values(model: Binarizer, x: torch.Tensor, bs: int = 8192) -> torch.Tensor:
+    was = model.training
+    model.eval()
+    out = torch.cat([model(x[s:s + bs]).codes for s in range(0, len(x), bs)])
+    model.train(was)
+    return out
+
+
+@torch.no_grad()
+def code_recall(cq: torch.Tensor, cb: torch.Tensor, truth: torch.Tensor, r: int = 10) -> float:
+    """R10@r of cosine search of codes ``cq`` against ``cb`` (ties: smaller index first)."""
+    s = F.normalize(cq.float(), dim=1) @ F.normalize(cb.float(), dim=1).T
+    top = s.topk(r, dim=1).indices
+    hits = (top[:, :, None] == truth[:, None, :]).any(1).float().sum()
+    return float(hits / truth.numel())
+
+
+# ---------------------------------------------------------------------- training
+def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
+                    batch_size: Optional[int] = None, lr: Optional[float] = None,
+                    device: str = "cpu", seed: int = 0, progress: bool = True,
+                    val_fraction: float = 0.02, loss: str = "distill", hidden: int = 512,
+                    depth: int = 1, tau: float = 0.05, neighbors: int = 3,
+                    mined_k: int = 10, patience: int = 3, center: bool = True,
+                    init: str = "pca", max_train_rows: int = 200_000,
+                    max_time_s: Optional[float] = None, version: Optional[str] = None,
+                    model: Optional[Binarizer] = None,
+                    extra_loss: Optional[Callable] = None,
+                    nce_weight: float = 1.0, hard_negatives: int = 5,
+                    log: Optional[list] = None) -> Binarizer:
+    """Train a :class:`Binarizer` from float embeddings ``x`` (n, D); returns it in eval mode.
+
+    Batches: ``batch_size`` rows = anchors + ``neighbors`` of each anchor's ``mined_k`` float
+    nearest neighbours. Loss: ``loss`` in {"distill", "nce", "both"} (module docstring) plus
+    ``extra_loss(model, out, xb, idx)`` if given (``idx``: the batch's row indices into x).
+    Validation: ``val_fraction`` of the rows (at most 2000) are held out as queries against
+    the rest (at most 20000); R10@10 of code search against the float top-10 is tracked each
+    epoch; early stopping after ``patience`` epochs without gain, the best epoch is kept.
+    ``model``: continue from a given Binarizer (its dim/bits/in_dim must match).
+    ``max_time_s``: stop after this many seconds of training (checked per step).
+    Deterministic for a given ``seed`` on CPU.
+    """
+    arr = check_training_input(x)
+    dim = _check_pos_int(dim, "dim")
+    bits = _check_pos_int(bits, "bits")
+    if loss not in ("distill", "nce", "both"):
+        raise ValueError(f"loss must be 'distill', 'nce' or 'both', got {loss!r}")
+    if init not in ("pca", "random"):
+        raise ValueError(f"init must be 'pca' or 'random', got {init!r}")
+    if not 0.0 < float(val_fraction) < 0.5:
+        raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
+    if extra_loss is not None and not callable(extra_loss):
+        raise TypeError("extra_loss must be callable(model, out, xb, idx) -> tensor")
+    n_all, D = arr.shape
+    if n_all < 20:
+        raise ValueError(f"x needs at least 20 rows to train and validate, got {n_all}")
+    batch_size = _check_pos_int(batch_size if batch_size is not None else 1024, "batch_size")
+    neighbors = int(neighbors)
+    if neighbors < 0:
+        raise ValueError(f"neighbors must be >= 0, got {neighbors}")
+    lr = float(lr) if lr is not None else 2e-3
+    dev = torch.device(device)
+
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(int(seed))
+    # ---- training pool: at most max_train_rows rows read from x (memmap friendly)
+    if n_all > max_train_rows:
+        rows = np.sort(rng.choice(n_all, size=max_train_rows, replace=False))
+    else:
+        rows = np.arange(n_all)
+    pool = torch.from_numpy(_normalize_np(np.asarray(arr[rows], dtype=np.float32)))
+    n = len(rows)
+    nval = int(min(2000, max(10, round(val_fraction * n))))
+    perm = rng.permutation(n)
+    val_q, train_ids = perm[:nval], np.sort(perm[nval:])
+    val_b = np.sort(rng.choice(train_ids, size=min(20000, len(train_ids)), replace=False))
+    xq, xb_val = pool[val_q], pool[val_b]
+    kt = min(10, len(val_b))
+    truth = (xq @ xb_val.T).topk(kt, dim=1).indices
+    # ---- mined neighbours among the training rows
+    xtr = pool[train_ids]
+    nbrs = mine_neighbors(xtr, mined_k) if neighbors > 0 else None
+    anchors_per_batch = max(1, batch_size // (1 + neighbors))
+    steps_per_epoch = max(1, math.ceil(len(train_ids) / anchors_per_batch))
+    if epochs is None:
+        # ~ 2.5M anchor visits, between 3 and 30 epochs; early stopping trims it
+        epochs = int(min(30, max(3, round(2.5e6 / len(train_ids)))))
+    epochs = _check_pos_int(epochs, "epochs")
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        if model is None:
+            model = Binarizer(D, dim, bits, hidden=hidden, depth=depth, version=version)
+            if init == "pca":
+                _init_model(model, xtr, gen, center)
+            elif center:
+                model.in_mean.copy_(xtr.mean(0))
+        else:
+            if (model.in_dim, model.dim, model.bits) != (D, dim, bits):
+                raise ValueError(f"model is {model}, incompatible with in_dim={D}, dim={dim}, "
+                                 f"bits={bits}")
+        model = model.to(dev)
+        scale = torch.nn.Parameter(torch.tensor(1.0 / tau, device=dev))
+        head = None
+        params = list(model.parameters()) + [scale]
+        if loss in ("nce", "both"):
+            head = torch.nn.Linear(D, dim, bias=False).to(dev)
+            with torch.no_grad():
+                head.weight.copy_(model.W.skip.weight)
+            params += list(head.parameters())
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+        total = epochs * steps_per_epoch
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+
+        def val_recall():
+            return code_recall(_code_values(model, xq.to(dev)),
+                               _code_values(model, xb_val.to(dev)), truth.to(dev))
+
+        best = val_recall()
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if log is not None:
+            log.append({"epoch": 0, "val_r10@10": best, "loss": float("nan"), "time_s": 0.0})
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, disable=not progress, desc=f"bebr {dim}x{bits}",
+                   dynamic_ncols=True)
+        t0 = time.perf_counter()
+        bad = 0
+        stop = False
+        for ep in range(1, epochs + 1):
+            model.train()
+            order = torch.randperm(len(train_ids), generator=gen)
+            ema = None
+            for st in range(steps_per_epoch):
+                a = order[st * anchors_per_batch:(st + 1) * anchors_per_batch]
+                if len(a) < 2:
+                    continue
+                if nbrs is not None:
+                    pick = torch.randint(0, nbrs.shape[1], (len(a), neighbors), generator=gen)
+                    nb = nbrs[a][torch.arange(len(a))[:, None], pick].reshape(-1)
+                    bidx = torch.cat([a, nb])
+                else:
+                    bidx = a
+                xb = xtr[bidx].to(dev)
+                out = model(xb)
+                lv = 0.0
+                if loss in ("distill", "both"):
+                    lv = lv + distill_loss(out.codes, xb, scale, tau)
+                if loss in ("nce", "both"):
+                    lv = lv + nce_weight * nce_loss(out.codes, head(xb - model.in_mean), tau,
+                                                    hard_negatives)
+                if extra_loss is not None:
+                    idx = rows[train_ids[bidx.numpy()]]
+                    lv = lv + extra_loss(model, out, xb, idx)
+                opt.zero_grad(set_to_none=True)
+                lv.backward()
+                opt.step()
+                sched.step()
+                lval = float(lv.detach())
+                ema = lval if ema is None else 0.95 * ema + 0.05 * lval
+                bar.update(1)
+                if st % 20 == 0:
+                    bar.set_postfix(epoch=ep, loss=f"{ema:.4f}", val_r10=f"{best:.4f}")
+                if max_time_s is not None and time.perf_counter() - t0 > max_time_s:
+                    stop = True
+                    break
+            rec = val_recall()
+            if log is not None:
+                log.append({"epoch": ep, "val_r10@10": rec, "loss": ema,
+                            "time_s": time.perf_counter() - t0})
+            if rec > best:
+                best, bad = rec, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+            bar.set_postfix(epoch=ep, loss=f"{ema:.4f}", val_r10=f"{rec:.4f}")
+            if stop or bad >= patience:
+                break
+        bar.close()
+        model.load_state_dict(best_state)
+    model.eval()
+    model.train_info = {"val_r10@10": best, "epochs_run": ep, "train_rows": int(len(train_ids)),
+                        "time_s": time.perf_counter() - t0}
+    return model
