@@ -1,7 +1,8 @@
-#include <pybind11/pybind11.h>
-#include "dispatch.h"
-namespace py = pybind11;
+// The one PYBIND11_MODULE of bebr._C: registers each concept's bindings.
+#include "common.h"
+
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "bebr compiled core";
-  m.def("simd_level", &bebr::simd_level_name, "The SIMD level the kernels run at.");
+  m.doc() = "bebr compiled core (private; use the bebr package)";
+  bebr::register_simd(m);
+  bebr::register_index(m);
 }

@@ -1,0 +1,443 @@
+"""Search indexes over packed codes: ``Index`` (SDC inner product / cosine) and ``HammingIndex``.
+
+Both wrap the private compiled ``bebr._C.SdcIndex``: this module normalises and validates
+inputs (raising TypeError / ValueError that name the argument and what was expected), the C++
+core re-checks, stores codes in 64-item transposed blocks and scans them with the SIMD level
+reported by ``bebr.simd_level()`` with the GIL released.
+
+Contract of ``search`` (both classes):
+
+* results are best first; ties are broken by the smaller id, so results are deterministic;
+* a query with fewer than k eligible items gets id -1 and the pad score (``-inf`` for
+  ``Index``, ``+inf`` for ``HammingIndex``) in the tail;
+* ``filter`` restricts the candidates to an allow-list, ``exclude`` removes candidates. Each is
+  either a sequence/array of int ids, or a boolean numpy mask indexed by id (``mask[id]``; ids
+  at or past ``len(mask)`` read as False). Ids in an allow/exclude list that are not in the
+  index are ignored. Both may be given: an item must be allowed and not excluded.
+
+Ids are non-negative int64 (-1 is the "no result" sentinel). ``add`` without ids continues
+from one past the largest id ever added (0, 1, 2, ... for a fresh index).
+
+Concurrency: an index may be searched from several threads while another thread adds,
+upserts or removes; a readers-writer lock in the C++ core serialises changes against searches,
+so a search sees the index either before or after a change, never in between.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _C
+from .codes import CodeSpec
+from .fileio import CorruptFileError, atomic_writer, sha256_bytes
+
+__all__ = ["Index", "HammingIndex", "simd_level", "simd_levels", "set_simd_level",
+           "INDEX_FORMAT_VERSION"]
+
+#: Version of the ``.bebr`` index file layout written by ``Index.save`` (docs/FORMAT.md).
+INDEX_FORMAT_VERSION = 1
+_MAGIC = b"BEBRIDX\x00"
+_METRICS = ("ip", "cosine")
+
+
+def simd_level() -> str:
+    """Name of the active SIMD level ("scalar", "avx2" or "avx512")."""
+    return _C.simd_level()
+
+
+def simd_levels() -> list:
+    """SIMD levels available on this CPU and build, lowest first."""
+    return list(_C.simd_levels())
+
+
+def set_simd_level(level: str) -> None:
+    """Force a SIMD level for every index (ValueError if unavailable). Also: env BEBR_SIMD."""
+    if not isinstance(level, str):
+        raise TypeError(f"level must be a str, got {type(level).__name__}")
+    _C.set_simd_level(level)
+
+
+# ---------------------------------------------------------------------------- input checks
+def _check_codes(spec: CodeSpec, codes: Any, name: str) -> np.ndarray:
+    arr = codes if isinstance(codes, np.ndarray) else np.asarray(codes)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"{name} must be uint8 packed codes (CodeSpec.pack), got dtype {arr.dtype}")
+    if arr.ndim == 1 and arr.shape[0] == spec.code_bytes:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != spec.code_bytes:
+        raise ValueError(f"{name} must have shape (n, {spec.code_bytes}) (code width of "
+                         f"CodeSpec(dim={spec.dim}, bits={spec.bits})), got {arr.shape}")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous; pass numpy.ascontiguousarray({name})")
+    return spec.check_packed(arr, name)
+
+
+def _check_ids(ids: Any, name: str, n: Optional[int] = None) -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.size == 0:
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-d, got shape {arr.shape}")
+    if n is not None and arr.shape[0] != n:
+        raise ValueError(f"{name} must have one id per code ({n}), got {arr.shape[0]}")
+    if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} must fit in int64")
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"{name} must be >= 0 (-1 is the 'no result' id), got {arr.min()}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _check_version(version: Any) -> int:
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)):
+        raise TypeError(f"version must be an int, got {type(version).__name__}")
+    v = int(version)
+    if not 0 <= v < 2**31:
+        raise ValueError(f"version must be in [0, 2**31), got {v}")
+    return v
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if k <= 0:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return int(k)
+
+
+def _check_threads(threads: Any) -> int:
+    if threads is None:
+        return os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads must be an int or None, got {type(threads).__name__}")
+    if threads <= 0:
+        raise ValueError(f"threads must be >= 1 (or None for all cores), got {threads}")
+    return int(threads)
+
+
+def _filter_args(value: Any, name: str):
+    """(ids, mask) for one filter argument: a bool mask indexed by id, or a collection of ids."""
+    if value is None:
+        return None, None
+    if isinstance(value, (set, frozenset)):
+        value = sorted(value)
+    arr = np.asarray(value)
+    if arr.dtype == np.bool_:
+        if arr.ndim != 1:
+            raise ValueError(f"{name} mask must be 1-d (indexed by id), got shape {arr.shape}")
+        return None, np.ascontiguousarray(arr)
+    if arr.size == 0:
+        return np.zeros(0, np.int64), None
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be a boolean mask indexed by id or a collection of int "
+                        f"ids, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name} ids must be 1-d, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.int64), None
+
+
+class _Base:
+    _core: Any
+    spec: CodeSpec
+
+    def __len__(self) -> int:
+        return len(self._core)
+
+    def __contains__(self, id_: int) -> bool:
+        return int(id_) in self._core
+
+    @property
+    def ntotal(self) -> int:
+        """Number of live items (same as ``len(index)``)."""
+        return len(self._core)
+
+    def ids(self) -> np.ndarray:
+        """Live ids (int64), in storage order."""
+        return self._core.ids()
+
+    def remove(self, ids: Any) -> None:
+        """Remove ids. ValueError (and nothing removed) if any id is not in the index."""
+        arr = _check_ids(ids, "ids")
+        self._core.remove(arr)
+
+    def compact(self) -> None:
+        """Drop removed slots now (also done automatically when over half are removed)."""
+        self._core.compact()
+
+    def get_codes(self, ids: Any) -> np.ndarray:
+        """Packed codes (n, code_bytes) of ids; ValueError if one is absent."""
+        return self._core.get_codes(_check_ids(ids, "ids"))[0]
+
+    def _search(self, queries: Any, k: Any, threads: Any, filter: Any, exclude: Any):
+        q = _check_codes(self.spec, queries, "queries")
+        k = _check_k(k)
+        threads = _check_threads(threads)
+        ai, am = _filter_args(filter, "filter")
+        ei, em = _filter_args(exclude, "exclude")
+        return self._core.search(q, k, threads, ai, am, ei, em)
+
+
+class Index(_Base):
+    """Exact SDC search over multi-bit codes of one ``CodeSpec``, with item versions.
+
+    ``metric="ip"``: score = inner product of the code values, exact (an integer divided by
+    ``4**(bits-1)``). ``metric="cosine"``: that inner product divided by both codes' norms
+    (float32, within a few ulp of the float64 value; ties at that precision may order either
+    way). Larger is better.
+
+    Every item carries a version tag (int, default 0): codes of every version share the
+    ``CodeSpec`` and are searched together in one pass.
+    """
+
+    def __init__(self, spec: CodeSpec, metric: str = "ip") -> None:
+        if not isinstance(spec, CodeSpec):
+            raise TypeError(f"spec must be a bebr.CodeSpec, got {type(spec).__name__}")
+        if metric not in _METRICS:
+            raise ValueError(f"metric must be 'ip' or 'cosine', got {metric!r}")
+        self.spec = spec
+        self.metric = metric
+        self._core = _C.SdcIndex(spec.dim, spec.bits, metric)
+        self._mmap: Optional[np.memmap] = None
+
+    def __repr__(self) -> str:
+        return (f"Index(CodeSpec(dim={self.spec.dim}, bits={self.spec.bits}), "
+                f"metric={self.metric!r}, n={len(self)})")
+
+    def add(self, packed: Any, ids: Any = None, version: int = 0) -> np.ndarray:
+        """Add packed codes ``(n, code_bytes)`` uint8 with int64 ids (default: continuing).
+
+        ValueError (and nothing added) if an id is negative, repeated, or already present
+        (use ``upsert`` to replace). Returns the ids added.
+        """
+        codes = _check_codes(self.spec, packed, "packed")
+        v = _check_version(version)
+        if ids is None:
+            start = self._core.next_id
+            arr = np.arange(start, start + codes.shape[0], dtype=np.int64)
+        else:
+            arr = _check_ids(ids, "ids", codes.shape[0])
+        self._core.add(codes, arr, v)
+        return arr
+
+    def upsert(self, packed: Any, ids: Any, version: int = 0) -> None:
+        """Replace the codes and version of present ids and add the absent ones."""
+        codes = _check_codes(self.spec, packed, "packed")
+        arr = _check_ids(ids, "ids", codes.shape[0])
+        self._core.upsert(codes, arr, _check_version(version))
+
+    def versions(self) -> dict:
+        """Number of live items per version: ``{version: count}``."""
+        return dict(self._core.versions())
+
+    def ids_of_version(self, version: int) -> np.ndarray:
+        """Live ids (int64) whose version is ``version`` (e.g. to drive a backfill)."""
+        return self._core.ids_of_version(_check_version(version))
+
+    def search(self, queries: Any, k: int, threads: Optional[int] = None, filter: Any = None,
+               exclude: Any = None):
+        """Top-k of each packed query: ``(scores float32 (nq, k), ids int64 (nq, k))``.
+
+        Best first, ties to the smaller id, tail padded with id -1 / score -inf.
+        ``threads``: worker threads (None: all cores). ``filter`` / ``exclude``: see module doc.
+        """
+        return self._search(queries, k, threads, filter, exclude)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: "os.PathLike[str] | str") -> None:
+        """Write the index to ``path`` atomically (docs/FORMAT.md, section "Index file").
+
+        Compacts first. A crash mid-save leaves any previous file at ``path`` intact.
+        """
+        codes, ids, versions, invn, next_id, n = self._core.export_dense()
+        sections = [("codes", codes), ("ids", ids), ("versions", versions), ("invn", invn)]
+        _write_index_file(path, {
+            "kind": "Index", "spec": self.spec.to_dict(), "metric": self.metric,
+            "n": int(n), "next_id": int(next_id), "block": 64,
+        }, sections)
+
+    @classmethod
+    def load(cls, path: "os.PathLike[str] | str", mmap: bool = True, verify: bool = True) -> "Index":
+        """Load an index written by ``save``.
+
+        ``mmap=True``: the codes are memory-mapped read-only and searched in place (not read
+        into RAM); the first change that rewrites codes (``add``, ``upsert``, ``compact`` after
+        removals) copies them into memory first (copy-on-write; the file is never modified).
+        ``remove`` alone does not copy. ``verify``: check every section's SHA-256 (streams
+        the file once through the page cache; the codes still are not loaded into the
+        process). Raises ``bebr.fileio.CorruptFileError`` for truncated, corrupted or
+        wrong-version files.
+        """
+        header, arrays, mm = _read_index_file(path, mmap=mmap, verify=verify, kind="Index")
+        spec = CodeSpec.from_dict(header["spec"])
+        metric = header["metric"]
+        if metric not in _METRICS:
+            raise CorruptFileError(f"{path}: unknown metric {metric!r}")
+        idx = cls(spec, metric)
+        _assign(idx, header, arrays, mm)
+        return idx
+
+
+class HammingIndex(_Base):
+    """Hamming search over 1-bit codes of ``nbits`` bits (``CodeSpec(nbits, 1).pack``).
+
+    Scores are Hamming distances (float32, ascending); ties go to the smaller id; the tail of
+    a short result is id -1 / score +inf. Same add/remove/search shape as ``Index``.
+    """
+
+    def __init__(self, nbits: int) -> None:
+        if isinstance(nbits, bool) or not isinstance(nbits, (int, np.integer)):
+            raise TypeError(f"nbits must be an int, got {type(nbits).__name__}")
+        self.spec = CodeSpec(int(nbits), 1)
+        self.nbits = int(nbits)
+        self._core = _C.SdcIndex(self.spec.dim, 1, "hamming")
+        self._mmap: Optional[np.memmap] = None
+
+    def __repr__(self) -> str:
+        return f"HammingIndex(nbits={self.nbits}, n={len(self)})"
+
+    def add(self, packed: Any, ids: Any = None) -> np.ndarray:
+        """Add bit codes ``(n, ceil(nbits/8))`` uint8 (zero padding bits). Returns the ids."""
+        codes = _check_codes(self.spec, packed, "packed")
+        if ids is None:
+            start = self._core.next_id
+            arr = np.arange(start, start + codes.shape[0], dtype=np.int64)
+        else:
+            arr = _check_ids(ids, "ids", codes.shape[0])
+        self._core.add(codes, arr, 0)
+        return arr
+
+    def search(self, queries: Any, k: int, threads: Optional[int] = None, filter: Any = None,
+               exclude: Any = None):
+        """Top-k smallest Hamming distances: ``(float32 (nq, k), int64 (nq, k))``."""
+        return self._search(queries, k, threads, filter, exclude)
+
+
+# ---------------------------------------------------------------------------- file format
+_FIXED = struct.Struct("<8sII")  # magic, format version, header length
+
+
+def _write_index_file(path, header: dict, sections) -> None:
+    align = 64
+    entries = []
+    # offsets are relative to the start of the data area (after the padded header)
+    off = 0
+    for name, arr in sections:
+        arr = np.ascontiguousarray(arr)
+        entries.append({"name": name, "dtype": arr.dtype.str, "count": int(arr.size),
+                        "offset": off, "nbytes": int(arr.nbytes),
+                        "sha256": sha256_bytes(memoryview(arr).cast("B"))})
+        off += (arr.nbytes + align - 1) // align * align
+    header = dict(header, format_version=INDEX_FORMAT_VERSION, sections=entries)
+    hbytes = json.dumps(header, sort_keys=True).encode()
+    hsum = sha256_bytes(hbytes).encode()  # 64 hex chars
+    start = _FIXED.size + 64 + len(hbytes)
+    data_start = (start + align - 1) // align * align
+    with atomic_writer(path) as f:
+        f.write(_FIXED.pack(_MAGIC, INDEX_FORMAT_VERSION, len(hbytes)))
+        f.write(hsum)
+        f.write(hbytes)
+        f.write(b"\x00" * (data_start - start))
+        pos = 0
+        for (name, arr), e in zip(sections, entries):
+            f.write(b"\x00" * (e["offset"] - pos))
+            f.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
+            pos = e["offset"] + e["nbytes"]
+        total = off
+        f.write(b"\x00" * (total - pos))
+
+
+def _read_index_file(path, mmap: bool, verify: bool, kind: str):
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        fixed = f.read(_FIXED.size)
+        if len(fixed) < _FIXED.size:
+            raise CorruptFileError(f"{path}: truncated (no header)")
+        magic, version, hlen = _FIXED.unpack(fixed)
+        if magic != _MAGIC:
+            raise CorruptFileError(f"{path}: not a bebr index file (bad magic {magic!r})")
+        if version != INDEX_FORMAT_VERSION:
+            raise CorruptFileError(f"{path}: index format version {version} is not supported "
+                                   f"(this bebr reads version {INDEX_FORMAT_VERSION})")
+        hsum = f.read(64)
+        hbytes = f.read(hlen)
+        if len(hbytes) != hlen or len(hsum) != 64:
+            raise CorruptFileError(f"{path}: truncated header")
+        if sha256_bytes(hbytes).encode() != hsum:
+            raise CorruptFileError(f"{path}: header checksum mismatch (corrupted)")
+        try:
+            header = json.loads(hbytes)
+        except ValueError as e:
+            raise CorruptFileError(f"{path}: unreadable header: {e}") from None
+        if header.get("kind") != kind or header.get("format_version") != INDEX_FORMAT_VERSION:
+            raise CorruptFileError(f"{path}: not a {kind} file of format version "
+                                   f"{INDEX_FORMAT_VERSION}")
+        start = _FIXED.size + 64 + hlen
+        data_start = (start + 63) // 64 * 64
+        arrays = {}
+        mm = None
+        for e in header["sections"]:
+            begin = data_start + e["offset"]
+            if begin + e["nbytes"] > size:
+                raise CorruptFileError(f"{path}: truncated: section {e['name']!r} needs bytes "
+                                       f"[{begin}, {begin + e['nbytes']}) but the file has {size}")
+            dt = np.dtype(e["dtype"])
+            if dt.itemsize * e["count"] != e["nbytes"]:
+                raise CorruptFileError(f"{path}: section {e['name']!r} size is inconsistent")
+            use_mmap = mmap and e["name"] == "codes" and e["nbytes"] > 0
+            if verify:
+                f.seek(begin)
+                import hashlib
+                h = hashlib.sha256()
+                left = e["nbytes"]
+                buf = None
+                if not use_mmap:
+                    buf = bytearray(e["nbytes"])
+                    view = memoryview(buf)
+                    got = f.readinto(view)
+                    if got != e["nbytes"]:
+                        raise CorruptFileError(f"{path}: truncated section {e['name']!r}")
+                    h.update(view)
+                else:
+                    while left:
+                        chunk = f.read(min(left, 1 << 22))
+                        if not chunk:
+                            raise CorruptFileError(f"{path}: truncated section {e['name']!r}")
+                        h.update(chunk)
+                        left -= len(chunk)
+                if h.hexdigest() != e["sha256"]:
+                    raise CorruptFileError(f"{path}: checksum mismatch in section "
+                                           f"{e['name']!r} (corrupted)")
+            if use_mmap:
+                mm = np.memmap(path, dtype=dt, mode="r", offset=begin, shape=(e["count"],))
+                arrays[e["name"]] = mm
+            else:
+                if not verify:
+                    f.seek(begin)
+                    buf = f.read(e["nbytes"])
+                    if len(buf) != e["nbytes"]:
+                        raise CorruptFileError(f"{path}: truncated section {e['name']!r}")
+                arrays[e["name"]] = np.frombuffer(buf, dtype=dt).copy()
+    for name in ("codes", "ids", "versions", "invn"):
+        if name not in arrays:
+            raise CorruptFileError(f"{path}: missing section {name!r}")
+    return header, arrays, mm
+
+
+def _assign(idx, header: dict, arrays: dict, mm) -> None:
+    try:
+        idx._core.assign_dense(arrays["codes"], arrays["ids"], arrays["versions"],
+                               arrays["invn"], int(header["next_id"]), mm is not None)
+    except (ValueError, TypeError) as e:
+        raise CorruptFileError(f"index file content is inconsistent: {e}") from None
+    if len(idx) != header["n"]:
+        raise CorruptFileError("index file: item count does not match the header")
+    idx._mmap = mm

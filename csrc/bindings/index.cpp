@@ -1,0 +1,208 @@
+// Bindings of SdcIndex (private class _C.SdcIndex behind bebr.Index / bebr.HammingIndex).
+// Inputs are checked and outputs allocated (pre-filled with id -1 and the pad score) while
+// holding the GIL; the compute runs with the GIL released and touches no Python object.
+#include <pybind11/stl.h>
+
+#include <optional>
+
+#include "common.h"
+#include "index.h"
+
+namespace bebr {
+namespace {
+
+// Keeps an external (e.g. numpy.memmap) code buffer alive while the index reads it in place.
+struct PyIndex : SdcIndex {
+  using SdcIndex::SdcIndex;
+  py::object keepalive;
+};
+
+Metric parse_metric(const std::string& s) {
+  if (s == "ip") return Metric::kIP;
+  if (s == "cosine") return Metric::kCosine;
+  if (s == "hamming") return Metric::kHamming;
+  throw py::value_error("metric must be 'ip', 'cosine' or 'hamming', got '" + s + "'");
+}
+
+const char* metric_name(Metric m) {
+  return m == Metric::kIP ? "ip" : m == Metric::kCosine ? "cosine" : "hamming";
+}
+
+py::array_t<int64_t> checked_ids(const py::array& ids, const char* name, py::ssize_t n) {
+  auto a = checked_array<int64_t>(ids, name, 1);
+  if (n >= 0 && a.shape(0) != n)
+    throw py::value_error(std::string(name) + " must have length " + std::to_string(n) + " (one per code), got " +
+                          std::to_string(a.shape(0)));
+  return a;
+}
+
+template <class T>
+py::array_t<T> to_array(const std::vector<T>& v) {
+  py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
+  std::copy(v.begin(), v.end(), out.mutable_data());
+  return out;
+}
+
+}  // namespace
+
+void register_index(py::module_& m) {
+  py::class_<PyIndex>(m, "SdcIndex", "Blocked multi-bit code store with SIMD SDC search (private).")
+      .def(py::init([](int dim, int bits, const std::string& metric) {
+             return std::make_unique<PyIndex>(dim, bits, parse_metric(metric));
+           }),
+           py::arg("dim"), py::arg("bits"), py::arg("metric") = "ip")
+      .def_property_readonly("dim", [](const PyIndex& s) { return s.geometry().dim; })
+      .def_property_readonly("bits", [](const PyIndex& s) { return s.geometry().bits; })
+      .def_property_readonly("code_bytes", [](const PyIndex& s) { return s.geometry().code_bytes; })
+      .def_property_readonly("metric", [](const PyIndex& s) { return std::string(metric_name(s.metric())); })
+      .def_property_readonly("next_id", &PyIndex::next_id)
+      .def_property_readonly("codes_external", &PyIndex::codes_external)
+      .def("__len__", &PyIndex::size)
+      .def(
+          "add",
+          [](PyIndex& s, const py::array& codes, std::optional<py::array> ids, int32_t version) {
+            auto c = checked_array<uint8_t>(codes, "codes", 2, s.geometry().code_bytes);
+            std::optional<py::array_t<int64_t>> i;
+            if (ids) i = checked_ids(*ids, "ids", c.shape(0));
+            const uint8_t* cp = c.data();
+            const int64_t* ip = i ? i->data() : nullptr;
+            py::gil_scoped_release nogil;
+            s.add(cp, c.shape(0), ip, version);
+          },
+          py::arg("codes"), py::arg("ids") = py::none(), py::arg("version") = 0)
+      .def(
+          "upsert",
+          [](PyIndex& s, const py::array& codes, const py::array& ids, int32_t version) {
+            auto c = checked_array<uint8_t>(codes, "codes", 2, s.geometry().code_bytes);
+            auto i = checked_ids(ids, "ids", c.shape(0));
+            py::gil_scoped_release nogil;
+            s.upsert(c.data(), c.shape(0), i.data(), version);
+          },
+          py::arg("codes"), py::arg("ids"), py::arg("version") = 0)
+      .def(
+          "remove",
+          [](PyIndex& s, const py::array& ids) {
+            auto i = checked_ids(ids, "ids", -1);
+            py::gil_scoped_release nogil;
+            s.remove(i.data(), i.shape(0));
+          },
+          py::arg("ids"))
+      .def("compact", [](PyIndex& s) {
+        py::gil_scoped_release nogil;
+        s.compact();
+      })
+      .def(
+          "search",
+          [](const PyIndex& s, const py::array& queries, int k, int threads, std::optional<py::array> allow_ids,
+             std::optional<py::array> allow_mask, std::optional<py::array> exclude_ids,
+             std::optional<py::array> exclude_mask) {
+            auto q = checked_array<uint8_t>(queries, "queries", 2, s.geometry().code_bytes);
+            if (k <= 0) throw py::value_error("k must be >= 1, got " + std::to_string(k));
+            if (threads <= 0) throw py::value_error("threads must be >= 1, got " + std::to_string(threads));
+            FilterSpec f;
+            std::optional<py::array_t<int64_t>> ai, ei;
+            std::optional<py::array_t<bool>> am, em;
+            if (allow_ids) {
+              ai = checked_ids(*allow_ids, "filter ids", -1);
+              f.allow_ids = ai->data();
+              f.n_allow_ids = ai->shape(0);
+            }
+            if (allow_mask) {
+              am = checked_array<bool>(*allow_mask, "filter mask", 1);
+              f.allow_mask = reinterpret_cast<const uint8_t*>(am->data());
+              f.allow_mask_len = am->shape(0);
+            }
+            if (exclude_ids) {
+              ei = checked_ids(*exclude_ids, "exclude ids", -1);
+              f.exclude_ids = ei->data();
+              f.n_exclude_ids = ei->shape(0);
+            }
+            if (exclude_mask) {
+              em = checked_array<bool>(*exclude_mask, "exclude mask", 1);
+              f.exclude_mask = reinterpret_cast<const uint8_t*>(em->data());
+              f.exclude_mask_len = em->shape(0);
+            }
+            const py::ssize_t nq = q.shape(0);
+            py::array_t<float> scores({nq, static_cast<py::ssize_t>(k)});
+            py::array_t<int64_t> ids({nq, static_cast<py::ssize_t>(k)});
+            const float pad = s.metric() == Metric::kHamming ? std::numeric_limits<float>::infinity()
+                                                             : -std::numeric_limits<float>::infinity();
+            std::fill_n(scores.mutable_data(), nq * k, pad);
+            std::fill_n(ids.mutable_data(), nq * k, int64_t(-1));
+            float* sp = scores.mutable_data();
+            int64_t* ip = ids.mutable_data();
+            {
+              py::gil_scoped_release nogil;
+              s.search(q.data(), nq, k, threads, f, sp, ip);
+            }
+            return py::make_tuple(scores, ids);
+          },
+          py::arg("queries"), py::arg("k"), py::arg("threads") = 1, py::arg("allow_ids") = py::none(),
+          py::arg("allow_mask") = py::none(), py::arg("exclude_ids") = py::none(),
+          py::arg("exclude_mask") = py::none())
+      .def("versions", &PyIndex::versions)
+      .def("ids_of_version", [](const PyIndex& s, int32_t v) { return to_array(s.ids_of_version(v)); })
+      .def("ids", [](const PyIndex& s) { return to_array(s.ids()); })
+      .def("__contains__", &PyIndex::contains)
+      .def(
+          "get_codes",
+          [](const PyIndex& s, const py::array& ids) {
+            auto i = checked_ids(ids, "ids", -1);
+            const py::ssize_t n = i.shape(0);
+            py::array_t<uint8_t> out({n, static_cast<py::ssize_t>(s.geometry().code_bytes)});
+            py::array_t<int32_t> vers(n);
+            uint8_t* op = out.mutable_data();
+            int32_t* vp = vers.mutable_data();
+            {
+              py::gil_scoped_release nogil;
+              s.get_codes(i.data(), n, op, vp);
+            }
+            return py::make_tuple(out, vers);
+          },
+          py::arg("ids"), "Packed codes and versions of ids (ValueError if one is absent).")
+      .def(
+          "export_dense",
+          [](PyIndex& s) {
+            // compact, then copy out the dense arrays (under the index's own lock via compact)
+            {
+              py::gil_scoped_release nogil;
+              s.compact();
+            }
+            const int64_t n = s.n_slots();
+            py::array_t<uint8_t> codes(static_cast<py::ssize_t>(s.codes_nbytes()));
+            std::copy_n(s.codes_data(), s.codes_nbytes(), codes.mutable_data());
+            py::array_t<float> invn(static_cast<py::ssize_t>(s.slot_invn().size()));
+            std::copy(s.slot_invn().begin(), s.slot_invn().end(), invn.mutable_data());
+            return py::make_tuple(codes, to_array(s.slot_ids()), to_array(s.slot_versions()), invn, s.next_id(), n);
+          },
+          "Compact, then return (blocked codes, ids, versions, inverse norms, next_id, n).")
+      .def(
+          "assign_dense",
+          [](PyIndex& s, const py::array& codes, const py::array& ids, const py::array& versions,
+             const py::array& invn, int64_t next_id, bool external) {
+            auto c = checked_array<uint8_t>(codes, "codes", 1);
+            auto i = checked_ids(ids, "ids", -1);
+            auto v = checked_array<int32_t>(versions, "versions", 1);
+            auto f = checked_array<float>(invn, "inverse norms", 1);
+            const int64_t n = i.shape(0);
+            const int64_t nb = (n + kBlock - 1) / kBlock;
+            if (c.shape(0) != static_cast<py::ssize_t>(nb * s.geometry().block_bytes))
+              throw py::value_error("codes must hold " + std::to_string(nb * s.geometry().block_bytes) + " bytes for " +
+                                    std::to_string(n) + " items, got " + std::to_string(c.shape(0)));
+            if (v.shape(0) != n) throw py::value_error("versions must have one entry per id");
+            const int64_t want_invn = s.metric() == Metric::kCosine ? nb * kBlock : 0;
+            if (f.shape(0) != want_invn)
+              throw py::value_error("inverse norms must have " + std::to_string(want_invn) + " entries, got " +
+                                    std::to_string(f.shape(0)));
+            {
+              py::gil_scoped_release nogil;
+              s.assign(c.data(), external, n, i.data(), v.data(), f.data(), next_id);
+            }
+            s.keepalive = external ? py::object(codes) : py::object();
+          },
+          py::arg("codes"), py::arg("ids"), py::arg("versions"), py::arg("invn"), py::arg("next_id"),
+          py::arg("external"),
+          "Replace the content with dense arrays (from export_dense); external=True reads codes in place.");
+}
+
+}  // namespace bebr

@@ -1,0 +1,430 @@
+// SdcIndex implementation: storage management, filters, threaded search (see index.h).
+#include "index.h"
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <limits>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+#include "dispatch.h"
+
+namespace bebr {
+
+float inverse_norm(const Geometry& geo, const uint8_t* packed) {
+  // sum_j v_j^2 = sum_{s,t} w_s w_t (dim - 2 popcount(d_s ^ d_t))
+  const int P = geo.plane_bytes, b = geo.bits;
+  int64_t s = 0;
+  for (int x = 0; x < b; ++x)
+    for (int y = 0; y < b; ++y) {
+      int pc = 0;
+      for (int p = 0; p < P; ++p) pc += __builtin_popcount(packed[x * P + p] ^ packed[y * P + p]);
+      s += static_cast<int64_t>(geo.dim - 2 * pc) << ((b - 1 - x) + (b - 1 - y));
+    }
+  return static_cast<float>(1.0 / std::sqrt(static_cast<double>(s)));
+}
+
+SdcIndex::SdcIndex(int dim, int bits, Metric metric) : geo_(dim, bits), metric_(metric) {
+  if (dim < 1 || dim > (1 << 16)) throw std::invalid_argument("dim must be in [1, 65536], got " + std::to_string(dim));
+  if (bits < 1 || bits > 4) throw std::invalid_argument("bits must be in [1, 4], got " + std::to_string(bits));
+  if (metric == Metric::kHamming && bits != 1) throw std::invalid_argument("hamming metric needs bits == 1");
+}
+
+int64_t SdcIndex::size() const {
+  std::shared_lock lk(mu_);
+  return nalive_;
+}
+
+int64_t SdcIndex::next_id() const {
+  std::shared_lock lk(mu_);
+  return next_id_;
+}
+
+size_t SdcIndex::codes_nbytes() const {
+  return static_cast<size_t>((nslots_ + kBlock - 1) / kBlock) * geo_.block_bytes;
+}
+
+void SdcIndex::ensure_owned_capacity(int64_t slots) {
+  const size_t need = static_cast<size_t>((slots + kBlock - 1) / kBlock) * geo_.block_bytes;
+  if (external_) {
+    std::vector<uint8_t> copy;
+    copy.reserve(std::max(need, codes_nbytes()));
+    copy.assign(codes_, codes_ + codes_nbytes());
+    owned_.swap(copy);
+    external_ = false;
+  }
+  if (owned_.size() < need) {
+    if (owned_.capacity() < need) owned_.reserve(std::max(need, owned_.capacity() * 2));
+    owned_.resize(need, 0);
+  }
+  codes_ = owned_.data();
+  const int64_t nb = (slots + kBlock - 1) / kBlock;
+  if (static_cast<int64_t>(alive_.size()) < nb) alive_.resize(nb, 0);
+  if (metric_ == Metric::kCosine && static_cast<int64_t>(invn_.size()) < nb * kBlock)
+    invn_.resize(nb * kBlock, 0.f);
+}
+
+void SdcIndex::write_slot(int64_t slot, const uint8_t* code) {
+  const int64_t blk = slot / kBlock;
+  const int it = static_cast<int>(slot % kBlock);
+  uint8_t* B = owned_.data() + blk * geo_.block_bytes;
+  for (int j = 0; j < geo_.code_bytes; ++j) B[static_cast<size_t>(j) * kBlock + it] = code[j];
+  if (metric_ == Metric::kCosine) invn_[blk * kBlock + kR.r_of_item[it]] = inverse_norm(geo_, code);
+}
+
+void SdcIndex::check_new_ids(const int64_t* ids, int64_t n, bool allow_present) const {
+  std::unordered_map<int64_t, int64_t> seen;
+  seen.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    if (ids[i] < 0) throw std::invalid_argument("ids must be >= 0, got " + std::to_string(ids[i]) + " at position " + std::to_string(i));
+    if (!seen.emplace(ids[i], i).second)
+      throw std::invalid_argument("duplicate id " + std::to_string(ids[i]) + " in ids (positions " +
+                                  std::to_string(seen[ids[i]]) + " and " + std::to_string(i) + ")");
+    if (!allow_present && slot_of_.count(ids[i]))
+      throw std::invalid_argument("id " + std::to_string(ids[i]) + " is already in the index (use upsert to replace it)");
+  }
+}
+
+void SdcIndex::append(const uint8_t* codes, int64_t n, const int64_t* ids, int32_t version) {
+  ensure_owned_capacity(nslots_ + n);
+  ids_.resize(nslots_ + n);
+  versions_.resize(nslots_ + n);
+  slot_of_.reserve(slot_of_.size() + n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t s = nslots_ + i;
+    write_slot(s, codes + i * geo_.code_bytes);
+    ids_[s] = ids[i];
+    versions_[s] = version;
+    alive_[s / kBlock] |= uint64_t(1) << kR.r_of_item[s % kBlock];
+    slot_of_[ids[i]] = s;
+    next_id_ = std::max(next_id_, ids[i] + 1);
+  }
+  nslots_ += n;
+  nalive_ += n;
+}
+
+void SdcIndex::add(const uint8_t* codes, int64_t n, const int64_t* ids, int32_t version) {
+  std::unique_lock lk(mu_);
+  std::vector<int64_t> gen;
+  if (!ids) {
+    gen.resize(n);
+    for (int64_t i = 0; i < n; ++i) gen[i] = next_id_ + i;
+    ids = gen.data();
+  }
+  check_new_ids(ids, n, false);
+  if (n) append(codes, n, ids, version);
+}
+
+void SdcIndex::upsert(const uint8_t* codes, int64_t n, const int64_t* ids, int32_t version) {
+  std::unique_lock lk(mu_);
+  check_new_ids(ids, n, true);
+  std::vector<int64_t> new_pos;
+  bool touched = false;
+  for (int64_t i = 0; i < n; ++i) {
+    auto it = slot_of_.find(ids[i]);
+    if (it == slot_of_.end()) {
+      new_pos.push_back(i);
+      continue;
+    }
+    if (!touched) {
+      ensure_owned_capacity(nslots_);  // copy-on-write of external codes
+      touched = true;
+    }
+    write_slot(it->second, codes + i * geo_.code_bytes);
+    versions_[it->second] = version;
+  }
+  if (!new_pos.empty()) {
+    std::vector<uint8_t> c(new_pos.size() * geo_.code_bytes);
+    std::vector<int64_t> d(new_pos.size());
+    for (size_t j = 0; j < new_pos.size(); ++j) {
+      std::copy_n(codes + new_pos[j] * geo_.code_bytes, geo_.code_bytes, c.data() + j * geo_.code_bytes);
+      d[j] = ids[new_pos[j]];
+    }
+    append(c.data(), static_cast<int64_t>(d.size()), d.data(), version);
+  }
+}
+
+void SdcIndex::remove(const int64_t* ids, int64_t n) {
+  std::unique_lock lk(mu_);
+  for (int64_t i = 0; i < n; ++i)
+    if (!slot_of_.count(ids[i]))
+      throw std::invalid_argument("cannot remove id " + std::to_string(ids[i]) + " (position " + std::to_string(i) +
+                                  "): it is not in the index");
+  for (int64_t i = 0; i < n; ++i) {
+    auto it = slot_of_.find(ids[i]);
+    if (it == slot_of_.end()) continue;  // duplicate in ids
+    const int64_t s = it->second;
+    alive_[s / kBlock] &= ~(uint64_t(1) << kR.r_of_item[s % kBlock]);
+    ids_[s] = -1;
+    slot_of_.erase(it);
+    --nalive_;
+  }
+  if (nslots_ - nalive_ > std::max<int64_t>(nslots_ / 2, 4 * kBlock)) compact_locked();
+}
+
+void SdcIndex::compact() {
+  std::unique_lock lk(mu_);
+  compact_locked();
+}
+
+void SdcIndex::compact_locked() {
+  if (nalive_ == nslots_) return;  // nothing dead: also keeps external codes in place
+  const int64_t nb_new = (nalive_ + kBlock - 1) / kBlock;
+  std::vector<uint8_t> codes(static_cast<size_t>(nb_new) * geo_.block_bytes, 0);
+  std::vector<int64_t> ids(nalive_);
+  std::vector<int32_t> vers(nalive_);
+  std::vector<uint64_t> alive(nb_new, 0);
+  std::vector<float> invn(metric_ == Metric::kCosine ? nb_new * kBlock : 0, 0.f);
+  int64_t d = 0;
+  for (int64_t s = 0; s < nslots_; ++s) {
+    if (ids_[s] < 0) continue;
+    const int64_t sb = s / kBlock, db = d / kBlock;
+    const int si = static_cast<int>(s % kBlock), di = static_cast<int>(d % kBlock);
+    const uint8_t* S = codes_ + sb * geo_.block_bytes;
+    uint8_t* D = codes.data() + db * geo_.block_bytes;
+    for (int j = 0; j < geo_.code_bytes; ++j) D[static_cast<size_t>(j) * kBlock + di] = S[static_cast<size_t>(j) * kBlock + si];
+    if (!invn.empty()) invn[db * kBlock + kR.r_of_item[di]] = invn_[sb * kBlock + kR.r_of_item[si]];
+    ids[d] = ids_[s];
+    vers[d] = versions_[s];
+    alive[db] |= uint64_t(1) << kR.r_of_item[di];
+    slot_of_[ids_[s]] = d;
+    ++d;
+  }
+  owned_.swap(codes);
+  codes_ = owned_.data();
+  external_ = false;
+  ids_.swap(ids);
+  versions_.swap(vers);
+  alive_.swap(alive);
+  invn_.swap(invn);
+  nslots_ = nalive_;
+}
+
+void SdcIndex::assign(const uint8_t* codes, bool external, int64_t n, const int64_t* ids,
+                      const int32_t* versions, const float* invn, int64_t next_id) {
+  std::unique_lock lk(mu_);
+  const int64_t nb = (n + kBlock - 1) / kBlock;
+  const size_t nbytes = static_cast<size_t>(nb) * geo_.block_bytes;
+  std::unordered_map<int64_t, int64_t> map;
+  map.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    if (ids[i] < 0 || !map.emplace(ids[i], i).second)
+      throw std::invalid_argument("stored ids are negative or duplicated (id " + std::to_string(ids[i]) + ")");
+  }
+  slot_of_.swap(map);
+  if (external) {
+    owned_.clear();
+    owned_.shrink_to_fit();
+    codes_ = codes;
+  } else {
+    owned_.assign(codes, codes + nbytes);
+    codes_ = owned_.data();
+  }
+  external_ = external;
+  ids_.assign(ids, ids + n);
+  versions_.assign(versions, versions + n);
+  alive_.assign(nb, 0);
+  for (int64_t s = 0; s < n; ++s) alive_[s / kBlock] |= uint64_t(1) << kR.r_of_item[s % kBlock];
+  if (metric_ == Metric::kCosine) invn_.assign(invn, invn + nb * kBlock);
+  else invn_.clear();
+  nslots_ = nalive_ = n;
+  next_id_ = next_id;
+  for (int64_t i = 0; i < n; ++i) next_id_ = std::max(next_id_, ids[i] + 1);
+}
+
+std::vector<uint64_t> SdcIndex::build_filter(const FilterSpec& f) const {
+  const int64_t nb = (nslots_ + kBlock - 1) / kBlock;
+  std::vector<uint64_t> m(nb, 0);
+  const bool has_allow = f.n_allow_ids >= 0 || f.allow_mask_len >= 0;
+  if (!has_allow) std::fill(m.begin(), m.end(), ~uint64_t(0));
+  auto set_slot = [&](int64_t s, bool on) {
+    const uint64_t bit = uint64_t(1) << kR.r_of_item[s % kBlock];
+    if (on) m[s / kBlock] |= bit;
+    else m[s / kBlock] &= ~bit;
+  };
+  if (f.n_allow_ids >= 0)
+    for (int64_t i = 0; i < f.n_allow_ids; ++i) {
+      auto it = slot_of_.find(f.allow_ids[i]);
+      if (it != slot_of_.end()) set_slot(it->second, true);
+    }
+  if (f.allow_mask_len >= 0) {
+    // allow-mask combined with an allow-list: an id must be in both
+    const bool both = f.n_allow_ids >= 0;
+    for (int64_t s = 0; s < nslots_; ++s) {
+      const int64_t id = ids_[s];
+      const bool ok = id >= 0 && id < f.allow_mask_len && f.allow_mask[id];
+      if (!ok) set_slot(s, false);
+      else if (!both) set_slot(s, true);
+    }
+  }
+  if (f.n_exclude_ids >= 0)
+    for (int64_t i = 0; i < f.n_exclude_ids; ++i) {
+      auto it = slot_of_.find(f.exclude_ids[i]);
+      if (it != slot_of_.end()) set_slot(it->second, false);
+    }
+  if (f.exclude_mask_len >= 0)
+    for (int64_t s = 0; s < nslots_; ++s) {
+      const int64_t id = ids_[s];
+      if (id >= 0 && id < f.exclude_mask_len && f.exclude_mask[id]) set_slot(s, false);
+    }
+  return m;
+}
+
+void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, const FilterSpec& filter,
+                      float* out_scores, int64_t* out_ids) const {
+  if (k <= 0) throw std::invalid_argument("k must be >= 1, got " + std::to_string(k));
+  if (threads <= 0) throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
+  const float pad = metric_ == Metric::kHamming ? std::numeric_limits<float>::infinity()
+                                                : -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < nq * k; ++i) {
+    out_scores[i] = pad;
+    out_ids[i] = -1;
+  }
+  std::shared_lock lk(mu_);
+  if (nq == 0 || nalive_ == 0) return;
+  const KernelTable& kt = active_kernels();
+  const int64_t nb = (nslots_ + kBlock - 1) / kBlock;
+  const size_t lut_bytes = static_cast<size_t>(2 * geo_.plane_bytes) * 16;
+  std::vector<uint8_t> luts(nq * lut_bytes);
+  for (int64_t q = 0; q < nq; ++q) build_query_lut(geo_, queries + q * geo_.code_bytes, luts.data() + q * lut_bytes);
+  std::vector<uint64_t> fm;
+  if (filter.any()) fm = build_filter(filter);
+
+  ScanArgs base;
+  base.geo = geo_;
+  base.codes = codes_;
+  base.alive = alive_.data();
+  base.filter = fm.empty() ? nullptr : fm.data();
+  base.ids = ids_.data();
+  base.invn = invn_.empty() ? nullptr : invn_.data();
+  base.kind = metric_ == Metric::kCosine ? ScoreKind::kCosine : ScoreKind::kInnerProduct;
+
+  // Blocks per cache chunk: each chunk is scanned for every query group while it sits in L2.
+  const int64_t chunk = std::max<int64_t>(1, (256 << 10) / static_cast<int64_t>(geo_.block_bytes));
+  auto run = [&](int64_t q0, int64_t q1, int64_t b0, int64_t b1, TopK* heaps) {
+    for (int64_t c0 = b0; c0 < b1; c0 += chunk) {
+      ScanArgs a = base;
+      a.block_begin = c0;
+      a.block_end = std::min(b1, c0 + chunk);
+      for (int64_t q = q0; q < q1; q += kMaxGroup) {
+        QueryGroup qg;
+        qg.g = static_cast<int>(std::min<int64_t>(kMaxGroup, q1 - q));
+        for (int g = 0; g < qg.g; ++g) {
+          qg.packed[g] = queries + (q + g) * geo_.code_bytes;
+          qg.lut[g] = luts.data() + (q + g) * lut_bytes;
+        }
+        kt.scan(a, qg, heaps + (q - q0));
+      }
+    }
+  };
+
+  TopKSet res(nq, k);
+  int T = static_cast<int>(std::min<int64_t>(threads, std::max<int64_t>(1, nb)));
+  const bool split_queries = nq >= static_cast<int64_t>(T) * kMaxGroup;
+  if (split_queries) T = static_cast<int>(std::min<int64_t>(T, (nq + kMaxGroup - 1) / kMaxGroup));
+  std::vector<std::exception_ptr> errs(T);
+  if (T == 1) {
+    run(0, nq, 0, nb, res.heaps.data());
+  } else if (split_queries) {
+    // contiguous query ranges, multiples of the group size
+    const int64_t groups = (nq + kMaxGroup - 1) / kMaxGroup;
+    std::vector<std::thread> ws;
+    for (int t = 0; t < T; ++t) {
+      const int64_t q0 = std::min(nq, groups * t / T * kMaxGroup), q1 = std::min(nq, groups * (t + 1) / T * kMaxGroup);
+      ws.emplace_back([&, t, q0, q1] {
+        try {
+          if (q1 > q0) run(q0, q1, 0, nb, res.heaps.data() + q0);
+        } catch (...) {
+          errs[t] = std::current_exception();
+        }
+      });
+    }
+    for (auto& w : ws) w.join();
+  } else {
+    std::vector<TopKSet> local;
+    local.reserve(T);
+    for (int t = 0; t < T; ++t) local.emplace_back(nq, k);
+    std::vector<std::thread> ws;
+    for (int t = 0; t < T; ++t) {
+      const int64_t b0 = nb * t / T, b1 = nb * (t + 1) / T;
+      ws.emplace_back([&, t, b0, b1] {
+        try {
+          run(0, nq, b0, b1, local[t].heaps.data());
+        } catch (...) {
+          errs[t] = std::current_exception();
+        }
+      });
+    }
+    for (auto& w : ws) w.join();
+    for (auto& e : errs) if (e) std::rethrow_exception(e);
+    for (int t = 0; t < T; ++t)
+      for (int64_t q = 0; q < nq; ++q) res.heaps[q].merge_from(local[t].heaps[q]);
+  }
+  for (auto& e : errs) if (e) std::rethrow_exception(e);
+
+  const double s2 = static_cast<double>(1 << (geo_.bits - 1)) * (1 << (geo_.bits - 1));
+  std::vector<std::pair<float, int64_t>> srt;
+  for (int64_t q = 0; q < nq; ++q) {
+    res.heaps[q].sorted(srt);
+    float invq = 1.f;
+    if (metric_ == Metric::kCosine) invq = inverse_norm(geo_, queries + q * geo_.code_bytes);
+    for (int i = 0; i < k; ++i) {
+      if (srt[i].second == TopK::kNoId) break;
+      out_ids[q * k + i] = srt[i].second;
+      const float key = srt[i].first;
+      float sc;
+      switch (metric_) {
+        case Metric::kIP: sc = static_cast<float>(key / s2); break;
+        case Metric::kCosine: sc = key * invq; break;
+        default: sc = (static_cast<float>(geo_.dim) - key) * 0.5f; break;
+      }
+      out_scores[q * k + i] = sc;
+    }
+  }
+}
+
+std::map<int32_t, int64_t> SdcIndex::versions() const {
+  std::shared_lock lk(mu_);
+  std::map<int32_t, int64_t> m;
+  for (int64_t s = 0; s < nslots_; ++s)
+    if (ids_[s] >= 0) ++m[versions_[s]];
+  return m;
+}
+
+std::vector<int64_t> SdcIndex::ids_of_version(int32_t v) const {
+  std::shared_lock lk(mu_);
+  std::vector<int64_t> out;
+  for (int64_t s = 0; s < nslots_; ++s)
+    if (ids_[s] >= 0 && versions_[s] == v) out.push_back(ids_[s]);
+  return out;
+}
+
+std::vector<int64_t> SdcIndex::ids() const {
+  std::shared_lock lk(mu_);
+  std::vector<int64_t> out;
+  out.reserve(nalive_);
+  for (int64_t s = 0; s < nslots_; ++s)
+    if (ids_[s] >= 0) out.push_back(ids_[s]);
+  return out;
+}
+
+bool SdcIndex::contains(int64_t id) const {
+  std::shared_lock lk(mu_);
+  return slot_of_.count(id) > 0;
+}
+
+void SdcIndex::get_codes(const int64_t* ids, int64_t n, uint8_t* out, int32_t* versions) const {
+  std::shared_lock lk(mu_);
+  for (int64_t i = 0; i < n; ++i) {
+    auto it = slot_of_.find(ids[i]);
+    if (it == slot_of_.end()) throw std::invalid_argument("id " + std::to_string(ids[i]) + " is not in the index");
+    const int64_t s = it->second;
+    const uint8_t* B = codes_ + (s / kBlock) * geo_.block_bytes;
+    for (int j = 0; j < geo_.code_bytes; ++j) out[i * geo_.code_bytes + j] = B[static_cast<size_t>(j) * kBlock + s % kBlock];
+    if (versions) versions[i] = versions_[s];
+  }
+}
+
+}  // namespace bebr

@@ -1,0 +1,68 @@
+// Kernel interface: one function table per SIMD level (scalar, avx2, avx512), filled by the
+// per-ISA files kernel_<isa>.cpp, chosen once at load time by dispatch.cpp.
+//
+// Data layout: see layout.h (blocks of 64 transposed codes, r-ordered masks / norms).
+// Query LUT layout (built by build_query_lut): for nibble group g in [0, 2P), 16 bytes
+// lut[g*16 + n] = B0 + sum_{j<4} qv[4g+j] * (bit j of n ? +1 : -1), where qv are the query's
+// scaled values (odd integers, 0 past dim) and B0 = 4 * (2^bits - 1) keeps entries unsigned.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "layout.h"
+#include "topk.h"
+
+namespace bebr {
+
+enum class ScoreKind : int { kInnerProduct = 0, kCosine = 1 };
+
+constexpr int kMaxGroup = 4;  // queries scanned together over one loaded block
+
+struct ScanArgs {
+  Geometry geo;
+  const uint8_t* codes = nullptr;     // blocked codes
+  int64_t block_begin = 0, block_end = 0;
+  const uint64_t* alive = nullptr;    // per block r-mask of live slots
+  const uint64_t* filter = nullptr;   // optional per block r-mask of allowed slots
+  const int64_t* ids = nullptr;       // per slot (natural order)
+  const float* invn = nullptr;        // per block 64 r-ordered inverse norms (cosine only)
+  ScoreKind kind = ScoreKind::kInnerProduct;
+};
+
+struct QueryGroup {
+  int g = 0;                                // number of queries, 1..kMaxGroup
+  const uint8_t* packed[kMaxGroup] = {};    // public packed query codes
+  const uint8_t* lut[kMaxGroup] = {};       // 2P * 16 bytes each
+};
+
+using scan_fn = void (*)(const ScanArgs&, const QueryGroup&, TopK* heaps);
+using read_fn = uint64_t (*)(const uint8_t* data, size_t bytes);
+
+struct KernelTable {
+  const char* name;
+  scan_fn scan;   // scans blocks [block_begin, block_end) for every query of the group
+  read_fn read;   // streaming read of `bytes` bytes (memory-bandwidth probe); returns a checksum
+};
+
+// Per-ISA tables (nullptr-free; a level exists only if compiled in).
+const KernelTable& kernels_scalar();
+#ifdef BEBR_HAVE_AVX2
+const KernelTable& kernels_avx2();
+#endif
+#ifdef BEBR_HAVE_AVX512
+const KernelTable& kernels_avx512();
+#endif
+
+// Build the biased query LUT (2P*16 bytes) of one packed query.
+void build_query_lut(const Geometry& geo, const uint8_t* packed, uint8_t* lut);
+// Scaled query values qv (odd ints, length dim) of one packed code.
+void scaled_values(const Geometry& geo, const uint8_t* packed, int32_t* out);
+// Sum of squared scaled values of one packed code.
+int64_t sum_squares(const Geometry& geo, const uint8_t* packed);
+// Total LUT bias of one item's score: (2^bits-1) * 2P * B0.
+inline int32_t lut_bias(const Geometry& geo) {
+  const int m = (1 << geo.bits) - 1;
+  return m * 2 * geo.plane_bytes * 4 * m;
+}
+
+}  // namespace bebr

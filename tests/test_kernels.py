@@ -1,0 +1,133 @@
+"""Every SIMD level against the numpy reference (bit-exact for ip / Hamming) on awkward sizes."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bebr
+from bebr import CodeSpec, reference
+from bebr import _C
+
+LEVELS = bebr.simd_levels()
+AWKWARD_DIMS = [1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 127, 128, 129, 256]
+
+
+@pytest.fixture(params=LEVELS)
+def level(request):
+    """Run the test at one SIMD level, restoring the previous level afterwards."""
+    before = bebr.simd_level()
+    bebr.set_simd_level(request.param)
+    yield request.param
+    bebr.set_simd_level(before)
+
+
+def random_codes(rng, spec, n):
+    return spec.pack(rng.integers(0, spec.n_levels, (n, spec.dim)))
+
+
+def test_levels_listed_and_active():
+    assert LEVELS[0] == "scalar"
+    assert bebr.simd_level() in LEVELS
+    assert set(LEVELS) <= {"scalar", "avx2", "avx512"}
+
+
+def test_unknown_level_refused():
+    with pytest.raises(ValueError, match="not available"):
+        bebr.set_simd_level("sse9")
+    with pytest.raises(TypeError, match="str"):
+        bebr.set_simd_level(3)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_awkward_dims_exact(level, bits):
+    rng = np.random.default_rng(bits)
+    for dim in AWKWARD_DIMS:
+        spec = CodeSpec(dim, bits)
+        n = int(rng.integers(60, 200))  # crosses the 64-slot block boundary
+        codes = random_codes(rng, spec, n)
+        queries = random_codes(rng, spec, 5)
+        idx = bebr.Index(spec)
+        idx.add(codes)
+        got = idx.search(queries, 7, threads=1)
+        want = reference.search_codes(spec, queries, codes, np.arange(n), 7)
+        np.testing.assert_array_equal(got[1], want[1], err_msg=f"dim={dim} bits={bits}")
+        np.testing.assert_array_equal(got[0], want[0], err_msg=f"dim={dim} bits={bits}")
+
+
+def test_extreme_values_exact(level):
+    """All-max / all-min levels reach the largest |scores|: no u8/u16 overflow anywhere."""
+    for bits in (1, 2, 3, 4):
+        for dim in (8, 255, 256, 2049, 4100):  # > 256 byte rows per plane -> u16 flushes
+            spec = CodeSpec(dim, bits)
+            top = spec.n_levels - 1
+            levels = np.array([np.full(dim, top), np.zeros(dim, int), np.arange(dim) % spec.n_levels])
+            codes = spec.pack(levels)
+            idx = bebr.Index(spec)
+            idx.add(codes)
+            got = idx.search(codes, 3, threads=1)
+            want = reference.search_codes(spec, codes, codes, np.arange(3), 3)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+
+
+@settings(max_examples=40, deadline=None)
+@given(dim=st.integers(1, 140), bits=st.integers(1, 4), n=st.integers(0, 200),
+       nq=st.integers(1, 9), k=st.integers(1, 30), seed=st.integers(0, 2**32 - 1))
+def test_levels_agree_with_scalar(dim, bits, n, nq, k, seed):
+    rng = np.random.default_rng(seed)
+    spec = CodeSpec(dim, bits)
+    codes = random_codes(rng, spec, n)
+    queries = random_codes(rng, spec, nq)
+    ids = rng.permutation(3 * n + 5)[:n]
+    before = bebr.simd_level()
+    results = {}
+    try:
+        for lvl in LEVELS:
+            bebr.set_simd_level(lvl)
+            for metric in ("ip", "cosine"):
+                idx = bebr.Index(spec, metric)
+                idx.add(codes, ids)
+                results[lvl, metric] = idx.search(queries, k, threads=2)
+    finally:
+        bebr.set_simd_level(before)
+    for lvl in LEVELS:
+        for metric in ("ip", "cosine"):  # same float ops at every level: bit-identical
+            np.testing.assert_array_equal(results[lvl, metric][0], results["scalar", metric][0])
+            np.testing.assert_array_equal(results[lvl, metric][1], results["scalar", metric][1])
+
+
+def test_hamming_every_level(level):
+    rng = np.random.default_rng(5)
+    for nbits in (1, 7, 8, 64, 65, 256):
+        spec = CodeSpec(nbits, 1)
+        codes = random_codes(rng, spec, 150)
+        queries = random_codes(rng, spec, 4)
+        h = bebr.HammingIndex(nbits)
+        h.add(codes)
+        got = h.search(queries, 9, threads=1)
+        want = reference.hamming_search(queries, codes, np.arange(150), 9)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_read_bandwidth_probe(level):
+    buf = np.arange(1 << 16, dtype=np.uint64).view(np.uint8)
+    secs, checksum = _C.read_bandwidth(buf, 2, 2)
+    assert len(secs) == 2 and all(s > 0 for s in secs)
+    assert checksum != 0
+
+
+def test_env_var_forces_level():
+    for lvl in LEVELS:
+        out = subprocess.run(
+            [sys.executable, "-c", "import bebr; print(bebr.simd_level())"],
+            env=dict(os.environ, BEBR_SIMD=lvl), capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == lvl
+    bad = subprocess.run([sys.executable, "-c", "import bebr"],
+                         env=dict(os.environ, BEBR_SIMD="nope"), capture_output=True, text=True)
+    assert bad.returncode != 0 and "not available" in bad.stderr
