@@ -104,6 +104,7 @@ class BinarizerConfig:
     hidden: int = 512
     depth: int = 1
     version: str = ""
+    compatible_with: str = ""  # version id of the parent this model was trained compatible with
 
     def validate(self) -> None:
         for name in ("in_dim", "dim", "bits", "hidden", "depth"):
@@ -120,6 +121,9 @@ class BinarizerConfig:
             raise ValueError(f"need hidden >= 1 and depth >= 0, got {self.hidden}, {self.depth}")
         if not isinstance(self.version, str):
             raise TypeError(f"version must be a str, got {type(self.version).__name__}")
+        if not isinstance(self.compatible_with, str):
+            raise TypeError(f"compatible_with must be a str, got "
+                            f"{type(self.compatible_with).__name__}")
 
 
 @dataclass
@@ -174,10 +178,11 @@ class Binarizer(nn.Module):
     model_name = "recurrent_binarizer"
 
     def __init__(self, in_dim: int, dim: int, bits: int, *, hidden: int = 512, depth: int = 1,
-                 version: Optional[str] = None):
+                 version: Optional[str] = None, compatible_with: str = ""):
         super().__init__()
         cfg = BinarizerConfig(in_dim, dim, bits, hidden, depth,
-                              version if version is not None else uuid.uuid4().hex)
+                              version if version is not None else uuid.uuid4().hex,
+                              compatible_with)
         cfg.validate()
         self.config = cfg
         self.spec = CodeSpec(dim, bits)
@@ -210,6 +215,11 @@ class Binarizer(nn.Module):
         if not isinstance(value, str) or not value:
             raise ValueError("version must be a non-empty str")
         self.config.version = value
+
+    @property
+    def compatible_with(self) -> str:
+        """Version id of the model whose code space this one was trained to share ("" if none)."""
+        return self.config.compatible_with
 
     def __repr__(self) -> str:
         c = self.config
@@ -374,7 +384,8 @@ class Binarizer(nn.Module):
         except Exception as e:  # safetensors raises its own error types
             raise CorruptFileError(f"{wpath}: unreadable safetensors ({e})") from e
         model = model_cls(config.in_dim, config.dim, config.bits, hidden=config.hidden,
-                          depth=config.depth, version=config.version)
+                          depth=config.depth, version=config.version,
+                          compatible_with=config.compatible_with)
         expected = model.state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
