@@ -184,6 +184,45 @@ class _Base:
         ei, em = _filter_args(exclude, "exclude")
         return self._core.search(q, k, threads, ai, am, ei, em)
 
+    # ------------------------------------------------------------------ persistence
+    def _header(self) -> dict:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def save(self, path: "os.PathLike[str] | str") -> None:
+        """Write the index to ``path`` atomically (docs/FORMAT.md, section "Index file").
+
+        Compacts first. A crash mid-save leaves any previous file at ``path`` intact.
+        """
+        codes, ids, versions, invn, next_id, n = self._core.export_dense()
+        sections = [("codes", codes), ("ids", ids), ("versions", versions), ("invn", invn)]
+        _write_index_file(path, dict(self._header(), kind=type(self).__name__, n=int(n),
+                                     next_id=int(next_id), block=64), sections)
+
+    @classmethod
+    def load(cls, path: "os.PathLike[str] | str", mmap: bool = True, verify: bool = True):
+        """Load an index written by ``save`` of the same class.
+
+        ``mmap=True``: the codes are memory-mapped read-only and searched in place (not read
+        into RAM); the first change that rewrites codes (``add``, ``upsert``, ``compact`` after
+        removals) copies them into memory first (copy-on-write; the file is never modified,
+        and ``save`` over it replaces the file while the old one stays mapped). ``remove``
+        alone does not copy. ``verify``: check every section's SHA-256 (streams the file once
+        through the page cache; the codes are still not loaded into the process).
+        Raises ``bebr.fileio.CorruptFileError`` for truncated, corrupted or wrong-version files.
+        """
+        header, arrays, mm = _read_index_file(path, mmap=mmap, verify=verify, kind=cls.__name__)
+        try:
+            idx = cls._from_header(header)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptFileError(f"{path}: bad index header: {e}") from None
+        _assign(idx, header, arrays, mm)
+        return idx
+
+    @property
+    def is_mmapped(self) -> bool:
+        """True while the codes are read in place from a memory-mapped file."""
+        return bool(self._core.codes_external)
+
 
 class Index(_Base):
     """Exact SDC search over multi-bit codes of one ``CodeSpec``, with item versions.
@@ -250,39 +289,14 @@ class Index(_Base):
         """
         return self._search(queries, k, threads, filter, exclude)
 
-    # ------------------------------------------------------------------ persistence
-    def save(self, path: "os.PathLike[str] | str") -> None:
-        """Write the index to ``path`` atomically (docs/FORMAT.md, section "Index file").
-
-        Compacts first. A crash mid-save leaves any previous file at ``path`` intact.
-        """
-        codes, ids, versions, invn, next_id, n = self._core.export_dense()
-        sections = [("codes", codes), ("ids", ids), ("versions", versions), ("invn", invn)]
-        _write_index_file(path, {
-            "kind": "Index", "spec": self.spec.to_dict(), "metric": self.metric,
-            "n": int(n), "next_id": int(next_id), "block": 64,
-        }, sections)
+    def _header(self) -> dict:
+        return {"spec": self.spec.to_dict(), "metric": self.metric}
 
     @classmethod
-    def load(cls, path: "os.PathLike[str] | str", mmap: bool = True, verify: bool = True) -> "Index":
-        """Load an index written by ``save``.
-
-        ``mmap=True``: the codes are memory-mapped read-only and searched in place (not read
-        into RAM); the first change that rewrites codes (``add``, ``upsert``, ``compact`` after
-        removals) copies them into memory first (copy-on-write; the file is never modified).
-        ``remove`` alone does not copy. ``verify``: check every section's SHA-256 (streams
-        the file once through the page cache; the codes still are not loaded into the
-        process). Raises ``bebr.fileio.CorruptFileError`` for truncated, corrupted or
-        wrong-version files.
-        """
-        header, arrays, mm = _read_index_file(path, mmap=mmap, verify=verify, kind="Index")
-        spec = CodeSpec.from_dict(header["spec"])
-        metric = header["metric"]
-        if metric not in _METRICS:
-            raise CorruptFileError(f"{path}: unknown metric {metric!r}")
-        idx = cls(spec, metric)
-        _assign(idx, header, arrays, mm)
-        return idx
+    def _from_header(cls, header: dict) -> "Index":
+        if header["metric"] not in _METRICS:
+            raise ValueError(f"unknown metric {header['metric']!r}")
+        return cls(CodeSpec.from_dict(header["spec"]), header["metric"])
 
 
 class HammingIndex(_Base):
@@ -318,6 +332,13 @@ class HammingIndex(_Base):
                exclude: Any = None):
         """Top-k smallest Hamming distances: ``(float32 (nq, k), int64 (nq, k))``."""
         return self._search(queries, k, threads, filter, exclude)
+
+    def _header(self) -> dict:
+        return {"nbits": self.nbits, "metric": "hamming"}
+
+    @classmethod
+    def _from_header(cls, header: dict) -> "HammingIndex":
+        return cls(header["nbits"])
 
 
 # ---------------------------------------------------------------------------- file format

@@ -321,7 +321,10 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   };
 
   TopKSet res(nq, k);
-  int T = static_cast<int>(std::min<int64_t>(threads, std::max<int64_t>(1, nb)));
+  // Starting a thread costs far more than a small scan (and much more on a loaded machine):
+  // every thread gets at least kMinWork block-queries (~256K item-queries) or is not started.
+  constexpr int64_t kMinWork = 4096;
+  int T = static_cast<int>(std::min<int64_t>(threads, std::max<int64_t>(1, nb * nq / kMinWork)));
   const bool split_queries = nq >= static_cast<int64_t>(T) * kMaxGroup;
   if (split_queries) T = static_cast<int>(std::min<int64_t>(T, (nq + kMaxGroup - 1) / kMaxGroup));
   std::vector<std::exception_ptr> errs(T);

@@ -1,0 +1,197 @@
+"""Kernel throughput: bebr.Index (SDC) vs faiss IndexPQFastScan, bebr.HammingIndex vs faiss
+IndexBinaryFlat, and the machine's streaming read bandwidth, all in one process.
+
+    python tools/bench_kernels.py                 # 1M items, dim 256, bits 1/2/4, nq 1/64, threads 1/2
+    python tools/bench_kernels.py --quick         # tiny sizes (smoke test; numbers meaningless)
+    python tools/bench_kernels.py --write BENCHMARKS.md   # also replace section 1 of that file
+
+Same bytes per vector on both sides: bebr codes of dim*bits/8 bytes against faiss PQ with
+M = dim*bits/4 sub-quantizers of 4 bits (trained on a small random sample: fast-scan speed
+does not depend on the data), and 1-bit codes against IndexBinaryFlat(dim). Every figure is the
+median over interleaved repeats (bebr, faiss, bebr, faiss, ...) so load spikes hit both.
+GB/s = code bytes scanned per second (each search streams the whole database once, whatever nq).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import bebr
+from bebr import CodeSpec, _C
+
+
+def median_times(fns, repeats):
+    """Interleave the callables `repeats` times; median seconds of each."""
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for j, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            times[j].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def measure_bandwidth(nbytes, threads, repeats):
+    buf = np.ones(nbytes, dtype=np.uint8)
+    _C.read_bandwidth(buf, threads, 1)  # fault the pages in
+    secs, _ = _C.read_bandwidth(buf, threads, repeats)
+    return nbytes / statistics.median(secs) / 1e9
+
+
+def build_faiss_pq(faiss, dim, bits, n, rng, ntrain, chunk=100_000):
+    m = dim * bits // 4
+    d = m  # one float per sub-quantizer: fastest to encode; scan speed depends on M only
+    index = faiss.IndexPQFastScan(d, m, 4)
+    index.train(rng.standard_normal((ntrain, d)).astype(np.float32))
+    for s in range(0, n, chunk):
+        index.add(rng.standard_normal((min(chunk, n - s), d)).astype(np.float32))
+    return index, d
+
+
+def run(args):
+    import faiss
+
+    rng = np.random.default_rng(0)
+    n, dim, k = args.n, args.dim, args.k
+    load0 = os.getloadavg()
+    rows, ham_rows = [], []
+    bw = {t: measure_bandwidth(args.bw_bytes, t, args.repeats) for t in args.threads}
+    print(f"# streaming read bandwidth ({args.bw_bytes >> 20} MiB buffer, simd={bebr.simd_level()}): "
+          + ", ".join(f"{t} thread(s) {v:.2f} GB/s" for t, v in bw.items()), flush=True)
+
+    for bits in args.bits:
+        spec = CodeSpec(dim, bits)
+        codes = rng.integers(0, 256, (n, spec.code_bytes), dtype=np.uint8)
+        if dim % 8:
+            codes = spec.pack(spec.unpack(codes))
+        index = bebr.Index(spec)
+        index.add(codes)
+        fidx, fd = build_faiss_pq(faiss, dim, bits, n, rng, args.train)
+        for nq in args.nq:
+            q = rng.integers(0, 256, (nq, spec.code_bytes), dtype=np.uint8)
+            if dim % 8:
+                q = spec.pack(spec.unpack(q))
+            fq = rng.standard_normal((nq, fd)).astype(np.float32)
+            for t in args.threads:
+                faiss.omp_set_num_threads(t)
+                tb, tf = median_times([lambda: index.search(q, k, threads=t),
+                                       lambda: fidx.search(fq, k)], args.repeats)
+                rows.append(dict(bits=bits, nq=nq, threads=t, bytes=spec.code_bytes,
+                                 qps=nq / tb, faiss_qps=nq / tf, items_s=n * nq / tb,
+                                 gbs=n * spec.code_bytes / tb / 1e9, bw=bw[t]))
+                r = rows[-1]
+                print(f"sdc bits={bits} nq={nq:3d} threads={t}: bebr {r['qps']:10.1f} QPS "
+                      f"({r['items_s'] / 1e9:6.2f} G codes/s, {r['gbs']:6.2f} GB/s) | "
+                      f"faiss PQ{dim * bits // 4}x4fs {r['faiss_qps']:10.1f} QPS | "
+                      f"ratio {r['qps'] / r['faiss_qps']:5.2f}", flush=True)
+        del index, fidx
+        if bits == 1:
+            ham = bebr.HammingIndex(dim)
+            ham.add(codes)
+            fb = faiss.IndexBinaryFlat(dim)
+            fb.add(codes)
+            for nq in args.nq:
+                q = rng.integers(0, 256, (nq, spec.code_bytes), dtype=np.uint8)
+                if dim % 8:
+                    q = spec.pack(spec.unpack(q))
+                for t in args.threads:
+                    faiss.omp_set_num_threads(t)
+                    tb, tf = median_times([lambda: ham.search(q, k, threads=t),
+                                           lambda: fb.search(q, k)], args.repeats)
+                    ham_rows.append(dict(nq=nq, threads=t, bytes=spec.code_bytes, qps=nq / tb,
+                                         faiss_qps=nq / tf, items_s=n * nq / tb,
+                                         gbs=n * spec.code_bytes / tb / 1e9, bw=bw[t]))
+                    r = ham_rows[-1]
+                    print(f"hamming nq={nq:3d} threads={t}: bebr {r['qps']:10.1f} QPS "
+                          f"({r['gbs']:6.2f} GB/s) | faiss IndexBinaryFlat {r['faiss_qps']:10.1f}"
+                          f" QPS | ratio {r['qps'] / r['faiss_qps']:5.2f}", flush=True)
+            del ham, fb
+    load1 = os.getloadavg()
+    return dict(rows=rows, ham=ham_rows, bw=bw, load=(load0, load1))
+
+
+def to_markdown(res, args, command):
+    n, dim = args.n, args.dim
+    lines = [
+        f"Command: `{command}`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, bebr SIMD level "
+        f"`{bebr.simd_level()}` (available: {', '.join(bebr.simd_levels())}), faiss "
+        f"{__import__('faiss').__version__}. Load average (1 min) at start / end: "
+        f"{res['load'][0][0]:.2f} / {res['load'][1][0]:.2f} (cores shared with model training, "
+        "so absolute figures are noisy; bebr and faiss are timed interleaved, medians of "
+        f"{args.repeats} repeats).",
+        "",
+        f"{n:,} random codes, dim {dim}, k {args.k}. Streaming read bandwidth measured in the same "
+        "run (C++ read kernel, `bebr._C.read_bandwidth`): "
+        + ", ".join(f"{t} thread(s) **{v:.2f} GB/s**" for t, v in res["bw"].items()) + ".",
+        "",
+        "SDC (`bebr.Index`, metric ip, exact) vs faiss `IndexPQFastScan(M=dim*bits/4, nbits=4)` "
+        "at the same bytes per vector:",
+        "",
+        "| bits | bytes/vec | nq | threads | bebr QPS | faiss QPS | ratio | bebr codes/s | bebr GB/s | "
+        "GB/s / bandwidth |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["rows"]:
+        lines.append(f"| {r['bits']} | {r['bytes']} | {r['nq']} | {r['threads']} | {r['qps']:.1f} | "
+                     f"{r['faiss_qps']:.1f} | **{r['qps'] / r['faiss_qps']:.2f}** | "
+                     f"{r['items_s'] / 1e9:.2f} G | {r['gbs']:.2f} | {r['gbs'] / r['bw']:.2f} |")
+    lines += ["", f"`bebr.HammingIndex({dim})` vs faiss `IndexBinaryFlat({dim})`:", "",
+              "| nq | threads | bebr QPS | faiss QPS | ratio | bebr GB/s | GB/s / bandwidth |",
+              "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in res["ham"]:
+        lines.append(f"| {r['nq']} | {r['threads']} | {r['qps']:.1f} | {r['faiss_qps']:.1f} | "
+                     f"**{r['qps'] / r['faiss_qps']:.2f}** | {r['gbs']:.2f} | "
+                     f"{r['gbs'] / r['bw']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, body: str) -> None:
+    text = path.read_text()
+    marker = "<!-- section: kernels"
+    start = text.index(marker)
+    head_end = text.index("\n## 1. Kernel throughput", start)
+    head_end = text.index("\n", head_end + 1) + 1
+    nxt = text.find("<!-- section:", head_end)
+    nxt = len(text) if nxt < 0 else nxt
+    path.write_text(text[:head_end] + "\n" + body + "\n" + text[nxt:])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--bits", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--nq", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--bw-bytes", type=int, default=1 << 30)
+    p.add_argument("--train", type=int, default=4096, help="faiss PQ training sample size")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a benchmark")
+    p.add_argument("--write", type=Path, default=None, help="replace section 1 of this BENCHMARKS.md")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.repeats, args.bw_bytes, args.train = 3000, 1, 1 << 22, 256
+        args.bits, args.nq = [1, 2], [1, 4]
+    command = "python tools/bench_kernels.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    res = run(args)
+    md = to_markdown(res, args, command.strip())
+    print()
+    print(md)
+    if args.write:
+        write_section(args.write, md)
+    return res
+
+
+if __name__ == "__main__":
+    main()
