@@ -91,23 +91,25 @@ def _read_queries(path: str, *, dim: Optional[int] = None, column: Optional[str]
 
 
 def _check_versions(model, index, allow: bool) -> None:
-    """Refuse a query model whose version the index does not hold (unless allowed)."""
+    """Refuse a query model whose version (or a version it is compatible with) the index
+    does not hold, unless allowed. Index version tags are ``bebr.jobs.version_tag`` ids."""
+    from .jobs import version_tag
+
     versions = getattr(index, "versions", None)
     if allow or versions is None:
         return
-    held = versions() if callable(versions) else versions
-    held = set(held) if held is not None else set()
+    held = {int(v) for v, c in dict(versions()).items() if c}
     if not held:
         return
-    compatible = {str(model.version)}
-    compatible |= {str(v) for v in (getattr(model, "compatible_versions", None) or ())}
+    names = [model.version]
+    names += list(getattr(model, "compatible_versions", None) or ())
     lineage = getattr(getattr(model, "config", None), "compatible_with", None)
     if lineage:
-        compatible |= {str(v) for v in (lineage if isinstance(lineage, (list, tuple))
-                                        else [lineage])}
-    if not compatible & {str(v) for v in held}:
-        raise CliError(f"model version {model.version!r} is not compatible with the index's "
-                       f"versions {sorted(map(str, held))}; pass --any-version to search anyway")
+        names += list(lineage) if isinstance(lineage, (list, tuple)) else [lineage]
+    if not {version_tag(v) for v in names} & held:
+        raise CliError(f"model version {model.version!r} (tag {version_tag(model.version)}) is "
+                       f"not compatible with the index's version tags {sorted(held)}; pass "
+                       "--any-version to search anyway")
 
 
 def _index_load(path: str, mmap: bool = True):
@@ -123,6 +125,7 @@ def _add_shards(index, dirs: Sequence[str], args) -> int:
     import inspect
 
     from .io import CodeShards
+    from .jobs import version_tag
 
     takes_version = "version" in inspect.signature(index.add).parameters
     added = 0
@@ -133,10 +136,11 @@ def _add_shards(index, dirs: Sequence[str], args) -> int:
         for entry, codes, ids in cs.shards():
             if not entry.count:
                 continue
-            kw = {"version": cs.model_version} if takes_version else {}
+            kw = {"version": version_tag(cs.model_version)} if takes_version else {}
             index.add(np.ascontiguousarray(codes), np.ascontiguousarray(ids), **kw)
             added += entry.count
-        _say(args, f"added {len(cs)} codes of model version {cs.model_version} from {d}")
+        _say(args, f"added {len(cs)} codes of model version {cs.model_version} (index tag "
+                   f"{version_tag(cs.model_version)}) from {d}")
     return added
 
 

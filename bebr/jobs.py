@@ -18,6 +18,7 @@ number across all inputs in order (input 0 rows first).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -35,7 +36,7 @@ from .io.manifest import MANIFEST_NAME, Manifest, ShardEntry
 from .io.readers import open_source
 from .io.validate import check_rows
 
-__all__ = ["JobMismatchError", "JobResult", "encode_shards", "upgrade_shards", "load_model", "plan_units",
+__all__ = ["JobMismatchError", "JobResult", "version_tag", "encode_shards", "upgrade_shards", "load_model", "plan_units",
            "DEFAULT_CHUNK_ROWS", "DEFAULT_SHARD_ROWS"]
 
 DEFAULT_CHUNK_ROWS = 65536
@@ -61,16 +62,16 @@ class JobResult:
 
 
 # --------------------------------------------------------------------------- models
-_MODEL_CACHE: Dict[Tuple[str, str], Any] = {}
+_MODEL_CACHE: Dict[Tuple[str, str, str], Any] = {}
 
 
 def load_model(path: PathLike, kind: str = "binarizer"):
     """Load a saved model file (``bebr.Binarizer.load`` or, for ``kind="upgrader"``, the
     upgrader loader); cached per process so a worker loads each file once."""
-    key = (str(Path(path).resolve()), kind)
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such model file")
+    key = (str(Path(path).resolve()), model_digest(path), kind)  # rewritten: reload
     if key not in _MODEL_CACHE:
-        if not Path(path).exists():
-            raise FileNotFoundError(f"{path}: no such model file")
         if kind == "binarizer":
             from . import model as _model
 
@@ -87,6 +88,16 @@ def model_digest(path: PathLike) -> str:
     checksum) for a model directory, else of the file."""
     p = Path(path)
     return sha256_file(p / "config.json" if p.is_dir() else p)
+
+
+def version_tag(version: Any) -> int:
+    """The int tag under which ``bebr.Index`` stores items of model version ``version``:
+    the number itself for a non-negative int (or decimal string) below 2**31, else the first
+    31 bits of the SHA-256 of the version string (a uuid hex id maps to a stable tag)."""
+    s = str(version)
+    if s.isdigit() and int(s) < 2**31:
+        return int(s)
+    return int(hashlib.sha256(s.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
 def model_input_dim(model) -> Optional[int]:

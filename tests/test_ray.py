@@ -55,7 +55,7 @@ def ray_local():
 def job(tmp_path_factory):
     import torch
 
-    from bebr.model import Binarizer
+    from bebr import Binarizer
     from bebr.datasets import glove_words
 
     d = tmp_path_factory.mktemp("rayjob")
@@ -108,7 +108,7 @@ def test_ray_engine_reports_worker_errors(ray_local, job, tmp_path):
         encode_shards(d / "model", tmp_path / "bad.npy", tmp_path / "o", engine="ray",
                       progress=False)
     with pytest.raises(ValueError, match="pass the saved model file's path"):
-        from bebr.model import Binarizer
+        from bebr import Binarizer
 
         encode_shards(Binarizer.load(d / "model"), d / "in", tmp_path / "o2", engine="ray")
 

@@ -1,0 +1,251 @@
+"""The ``bebr`` command line end to end on real GloVe rows: train -> encode (npy / parquet /
+fvecs shards) -> index -> search through real subprocesses, resume after a killed process,
+and a clear one-line error for every bad input. (The many error cases call ``bebr.cli.main``
+in this process, the same code a subprocess runs, to keep the suite fast; a few run as real
+processes to show no traceback escapes.)"""
+
+import contextlib
+import filecmp
+import io
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bebr.cli import main
+from bebr.datasets import glove_words
+from bebr.io import CodeShards, Manifest, write_vecs
+from bebr.io.codeshards import CRASH_ENV
+
+N_BASE = 3000
+
+
+def bebr(*args, env=None, check=True):
+    """Run ``python -m bebr.cli ARGS``; returns the CompletedProcess."""
+    e = dict(os.environ)
+    e.update(env or {})
+    p = subprocess.run([sys.executable, "-m", "bebr.cli", *map(str, args)],
+                       capture_output=True, text=True, env=e, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"bebr {args} failed ({p.returncode}):\n{p.stderr}")
+    return p
+
+
+def cli(*args, check=False):
+    """Run ``bebr.cli.main(ARGS)`` in this process; returns returncode/stdout/stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:  # --help and argparse usage errors
+            rc = e.code
+    p = SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())
+    if check and rc != 0:
+        raise AssertionError(f"bebr {args} failed ({rc}):\n{p.stderr}")
+    return p
+
+
+def assert_clean_error(p, match):
+    """Exit status 1 and exactly one stderr line ``bebr: error: ...`` containing ``match``."""
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1, p.stderr
+    assert len(lines) == 1 and lines[0].startswith("bebr: error: "), p.stderr
+    assert "Traceback" not in p.stderr
+    assert match in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """GloVe rows as .npy shards, a parquet file with ids, an .fvecs file; a trained model."""
+    d = tmp_path_factory.mktemp("cli")
+    x = glove_words(N_BASE + 200)[1]
+    (d / "npy").mkdir()
+    np.save(d / "npy" / "part-0.npy", x[:1800])
+    np.save(d / "npy" / "part-1.npy", x[1800:N_BASE])
+    np.save(d / "queries.npy", x[N_BASE:])
+    flat = pa.array(x[:N_BASE].ravel(), type=pa.float32())
+    pq.write_table(pa.table({"id": np.arange(N_BASE, dtype=np.int64),
+                             "emb": pa.FixedSizeListArray.from_arrays(flat, 50)}),
+                   d / "base.parquet", row_group_size=700)
+    write_vecs(d / "base.fvecs", x[:N_BASE])
+    bebr("train", d / "npy", "-o", d / "model", "--dim", 32, "--bits", 2, "--epochs", 2,
+         "--version", "v1", "--no-progress")
+    return d, x
+
+
+def test_help_for_every_command():
+    for cmd in (["--help"], ["train", "--help"], ["encode", "--help"], ["upgrade", "--help"],
+                ["index", "--help"], ["index", "build", "--help"], ["index", "add", "--help"],
+                ["index", "remove", "--help"], ["index", "info", "--help"],
+                ["search", "--help"], ["eval", "--help"], ["bench", "--help"],
+                ["demo", "--help"]):
+        p = cli(*cmd)
+        assert p.returncode == 0 and "usage: bebr" in p.stdout and len(p.stdout) > 200, cmd
+    assert ".fvecs" in cli("encode", "--help").stdout
+    assert ".parquet" in bebr("search", "--help").stdout  # and as a real process
+
+
+def test_train_encode_index_search(work, tmp_path):
+    d, x = work
+    from bebr import Binarizer
+    from bebr.reference import search_codes
+
+    model = Binarizer.load(d / "model")
+    assert model.version == "v1" and model.spec.to_dict() == {"dim": 32, "bits": 2}
+    outs = {}
+    for name, inp in (("npy", d / "npy"), ("parquet", d / "base.parquet"),
+                      ("fvecs", d / "base.fvecs")):
+        out = tmp_path / name
+        run = bebr if name == "npy" else cli
+        p = run("encode", "--model", d / "model", inp, "-o", out, "--chunk-rows", 512,
+                "--shard-rows", 1000, "--no-progress")
+        assert "encoded 3000 vectors" in p.stderr
+        outs[name] = CodeShards(out).load_all()
+    ref = model.encode(x[:N_BASE], batch_size=512)
+    for name, (codes, ids) in outs.items():
+        np.testing.assert_array_equal(codes, ref, err_msg=name)
+        np.testing.assert_array_equal(ids, np.arange(N_BASE), err_msg=name)
+
+    idx = tmp_path / "index.bebr"
+    bebr("index", "build", tmp_path / "npy", "-o", idx)
+    info = json.loads(bebr("index", "info", idx).stdout)
+    assert info["count"] == N_BASE and info["spec"] == {"dim": 32, "bits": 2}
+
+    p = bebr("search", "--index", idx, "--model", d / "model", d / "queries.npy", "-k", 5)
+    rows = [json.loads(line) for line in p.stdout.splitlines()]
+    assert len(rows) == 200 and all(len(r["ids"]) == 5 for r in rows)
+    q = model.encode(x[N_BASE:])
+    want_s, want_i = search_codes(model.spec, q, ref, np.arange(N_BASE), 5)
+    np.testing.assert_array_equal(np.array([r["ids"] for r in rows]), want_i)
+    np.testing.assert_allclose(np.array([r["scores"] for r in rows]), want_s)
+
+    np.save(tmp_path / "q.npy", q)
+    cli("search", "--index", idx, "--codes", tmp_path / "q.npy", "-k", 5,
+        "--ids-out", tmp_path / "ids.npy", "--scores-out", tmp_path / "s.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "ids.npy"), want_i)
+
+    gone = want_i[0]
+    cli("index", "remove", idx, "--ids", ",".join(map(str, gone)), check=True)
+    assert json.loads(cli("index", "info", idx).stdout)["count"] == N_BASE - 5
+    p = cli("search", "--index", idx, "--codes", tmp_path / "q.npy", "-k", 5)
+    assert not set(json.loads(p.stdout.splitlines()[0])["ids"]) & set(gone.tolist())
+    flat = pa.array(x[gone].ravel(), type=pa.float32())
+    pq.write_table(pa.table({"id": gone, "emb": pa.FixedSizeListArray.from_arrays(flat, 50)}),
+                   tmp_path / "back.parquet")
+    cli("encode", "--model", d / "model", tmp_path / "back.parquet", "-o", tmp_path / "back",
+        "--no-progress", check=True)
+    cli("index", "add", idx, tmp_path / "back", check=True)
+    assert json.loads(cli("index", "info", idx).stdout)["count"] == N_BASE
+    p = cli("search", "--index", idx, "--codes", tmp_path / "q.npy", "-k", 5)
+    np.testing.assert_array_equal([json.loads(r)["ids"] for r in p.stdout.splitlines()],
+                                  want_i)
+
+    p = cli("eval", d / "npy", "--model", d / "model", "--num-queries", 200, check=True)
+    ev = json.loads(p.stdout)
+    r = {row["metric"]: row["value"] for row in ev["recall"]}
+    assert 0.2 < r["R10@10"] <= r["R10@100"] <= 1.0
+
+
+def test_resume_after_killed_job(work, tmp_path):
+    d, _ = work
+    args = ["encode", "--model", d / "model", d / "npy", "-o", tmp_path / "out",
+            "--chunk-rows", 256, "--shard-rows", 600, "--no-progress"]
+    p = bebr(*args, env={CRASH_ENV: "2"}, check=False)
+    assert p.returncode == 70, p.stderr
+    m = Manifest.load(tmp_path / "out")
+    assert sorted(m.shards) == [0, 1] and not m.complete
+    assert [f for f in os.listdir(tmp_path / "out") if f.endswith(".tmp")]  # half-written
+    assert not (tmp_path / "out" / "codes-00002.npy").exists()
+    assert_clean_error(cli("index", "build", tmp_path / "out", "-o", tmp_path / "i"),
+                       "incomplete job (2 of 5 shards done)")
+    p = bebr(*args)
+    assert "3 written, 2 already complete" in p.stderr
+    cli(*args[:5], tmp_path / "fresh", *args[6:], check=True)
+    names = sorted(f for f in os.listdir(tmp_path / "fresh"))
+    assert names == sorted(os.listdir(tmp_path / "out"))
+    assert filecmp.cmpfiles(tmp_path / "out", tmp_path / "fresh", names, shallow=False)[0] \
+        == names
+
+
+def test_bad_inputs_give_one_line_errors(work, tmp_path):
+    d, x = work
+    m = d / "model"
+    enc = ["encode", "--model", m, "-o", tmp_path / "o", "--no-progress"]
+    assert_clean_error(bebr(*enc, tmp_path / "missing.npy", check=False),
+                       "missing.npy: no such file")
+    assert_clean_error(cli("encode", "--model", tmp_path / "nomodel", d / "npy", "-o",
+                            tmp_path / "o"), "no such model file")
+    np.save(tmp_path / "wide.npy", np.zeros((10, 64), np.float32))
+    assert_clean_error(cli(*enc, tmp_path / "wide.npy"),
+                       "dim 64, expected 50 (the model's input dim)")
+    bad = x[:300].copy()
+    bad[77, 3] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    assert_clean_error(bebr(*enc, tmp_path / "nan.npy", check=False),
+                       "nan.npy: row 77 contains NaN")
+    p = cli(*enc[:-1], tmp_path / "nan.npy", "--skip-bad", "-o", tmp_path / "skip", check=True)
+    assert "1 bad rows skipped" in p.stderr and len(CodeShards(tmp_path / "skip")) == 299
+    np.save(tmp_path / "empty.npy", np.zeros((0, 50), np.float32))
+    assert_clean_error(cli(*enc, tmp_path / "empty.npy"), "empty input")
+    (tmp_path / "t.fvecs").write_bytes((d / "base.fvecs").read_bytes()[:1000])
+    assert_clean_error(cli(*enc, tmp_path / "t.fvecs"), "truncated")
+
+    # corrupted shard, corrupted manifest
+    good = tmp_path / "good"
+    cli("encode", "--model", m, d / "npy", "-o", good, "--shard-rows", 1000, "--no-progress",
+        check=True)
+    data = bytearray((good / "codes-00001.npy").read_bytes())
+    data[-5] ^= 0xFF
+    (good / "codes-00001.npy").write_bytes(bytes(data))
+    assert_clean_error(cli("index", "build", good, "-o", tmp_path / "i"),
+                       "codes-00001.npy: checksum mismatch")
+    (good / "manifest.json").write_text("{ not json")
+    assert_clean_error(cli("index", "build", good, "-o", tmp_path / "i"),
+                       "corrupted manifest")
+    assert_clean_error(cli("encode", "--model", m, d / "npy", "-o", good),
+                       "corrupted manifest")
+
+    # a different job in the same directory; a corrupted model
+    out = tmp_path / "o2"
+    cli("encode", "--model", m, d / "npy", "-o", out, "--no-progress", check=True)
+    assert_clean_error(cli("encode", "--model", m, d / "npy", "-o", out, "--chunk-rows", 99,
+                            check=False), "holds a different job")
+    bad_model = tmp_path / "badmodel"
+    bad_model.mkdir()
+    for f in os.listdir(m):
+        (bad_model / f).write_bytes((m / f).read_bytes())
+    w = bad_model / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-10])
+    assert_clean_error(cli("encode", "--model", bad_model, d / "npy", "-o", tmp_path / "o3",
+                            check=False), "truncated")
+
+    # model/index version and spec mismatch
+    idx = tmp_path / "idx"
+    cli("index", "build", out, "-o", idx, check=True)
+    cli("train", d / "npy", "-o", tmp_path / "m2", "--dim", 32, "--bits", 2, "--epochs", 1,
+         "--version", "v2", "--max-rows", 500, "--no-progress", check=True)
+    assert_clean_error(cli("search", "--index", idx, "--model", tmp_path / "m2",
+                            d / "queries.npy"),
+                       "model version 'v2' (tag")
+    cli("train", d / "npy", "-o", tmp_path / "m3", "--dim", 16, "--bits", 2, "--epochs", 1,
+         "--max-rows", 500, "--no-progress", check=True)
+    assert_clean_error(cli("search", "--index", idx, "--model", tmp_path / "m3",
+                            d / "queries.npy"), "the index holds")
+    assert_clean_error(cli("search", "--index", tmp_path / "noidx", "--model", m,
+                            d / "queries.npy"), "no such index file")
+    (tmp_path / "junk.bebr").write_bytes(b"\0" * 100)
+    p = bebr("index", "info", tmp_path / "junk.bebr", check=False)
+    assert p.returncode == 1 and p.stderr.startswith("bebr: error: ")
+    assert "Traceback" not in p.stderr
+
+
+def test_debug_shows_traceback(tmp_path):
+    p = bebr("encode", "--model", tmp_path / "m", tmp_path / "x.npy", "-o", tmp_path / "o",
+             "--debug", check=False)
+    assert p.returncode != 0 and "Traceback" in p.stderr
