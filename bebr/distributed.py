@@ -89,7 +89,13 @@ class _ShardServer:
                 "descending": type(idx).__name__ != "HammingIndex"}
 
     def search(self, queries, k, threads=None):
-        return self.index.search(queries, k, threads=threads)
+        # Arrays unpickled from Ray's object store carry a non-canonical dtype instance that
+        # bebr._C's identity dtype check refuses ("must have dtype uint8, got uint8");
+        # a view with the canonical dtype fixes that without a copy.
+        q = np.ascontiguousarray(queries)
+        if q.dtype == np.uint8:
+            q = q.view(np.uint8)
+        return self.index.search(q, k, threads=threads)
 
 
 class ShardedIndex:
