@@ -35,8 +35,21 @@ class _FloatSearch:
             self.index = faiss.IndexFlatIP(base.shape[1])
             self.index.add(self.base)
             self.name = "faiss IndexFlatIP"
+            self._default_threads = faiss.omp_get_max_threads()
         except ImportError:
             self.index, self.name = None, "numpy exact"
+
+    def set_threads(self, n: Optional[int]) -> None:
+        """Threads for faiss (None: its default)."""
+        if self.index is not None:
+            import faiss
+
+            if n is None:
+                faiss.omp_set_num_threads(self._default_threads)
+            else:
+                self._default_threads = getattr(self, "_default_threads",
+                                                faiss.omp_get_max_threads())
+                faiss.omp_set_num_threads(n)
 
     def search(self, q: np.ndarray, k: int):
         q = np.ascontiguousarray(q, dtype=np.float32)
@@ -144,9 +157,18 @@ def run_demo(*, n_words: int = 100_000, dim: int = 128, bits: int = 2,
         _, found100 = index.search(qc, 100)
         recall100 = np.mean([len(set(f) & set(t)) / k for f, t in zip(found100, truth)])
         n_lat = min(200, qv.shape[0])
-        t_float = _per_query_us(lambda q: flt.search(q, k), qv[:n_lat])
-        t_code = _per_query_us(lambda q: index.search(q, k, threads=1), qc[:n_lat])
-        t_enc = _per_query_us(lambda q: model.encode(q), qv[:n_lat])
+        import torch
+
+        torch_threads = torch.get_num_threads()
+        flt.set_threads(1)  # nq=1: one thread each, as a serving process would
+        torch.set_num_threads(1)
+        try:
+            t_float = _per_query_us(lambda q: flt.search(q, k), qv[:n_lat])
+            t_code = _per_query_us(lambda q: index.search(q, k, threads=1), qc[:n_lat])
+            t_enc = _per_query_us(lambda q: model.encode(q), qv[:n_lat])
+        finally:
+            flt.set_threads(None)
+            torch.set_num_threads(torch_threads)
         t0 = time.perf_counter()
         flt.search(qv, k)
         tb_float = (time.perf_counter() - t0) / qv.shape[0] * 1e6
@@ -160,9 +182,12 @@ def run_demo(*, n_words: int = 100_000, dim: int = 128, bits: int = 2,
              f"{'us/query (nq=1)':>16s} {'us/query (batch)':>17s}")
         _out(f"  {flt.name:28s} {base.shape[1] * 4:9d} {1.0:7.3f} {1.0:8.3f} "
              f"{t_float:16.1f} {tb_float:17.1f}")
-        _out(f"  {'bebr ' + str(model.spec):28s} {model.spec.code_bytes:9d} {recall:7.3f} "
+        label = f"bebr SDC, {model.spec.dim} dims x {model.spec.bits} bits"
+        _out(f"  {label:28s} {model.spec.code_bytes:9d} {recall:7.3f} "
              f"{recall100:8.3f} {t_code:16.1f} {tb_code:17.1f}")
-        _out(f"  (bebr nq=1 latency excludes encoding the query: {t_enc:.0f} us/query)")
+        _out(f"  (nq=1: one thread each; bebr's figure excludes encoding the query, "
+             f"{t_enc:.0f} us/query with torch on 1 thread; batch: {qv.shape[0]} queries at "
+             "once, default threads)")
         return 0
     finally:
         if tmp is not None:

@@ -249,3 +249,16 @@ def test_debug_shows_traceback(tmp_path):
     p = bebr("encode", "--model", tmp_path / "m", tmp_path / "x.npy", "-o", tmp_path / "o",
              "--debug", check=False)
     assert p.returncode != 0 and "Traceback" in p.stderr
+
+
+def test_demo_runs_the_whole_job(tmp_path):
+    p = cli("demo", "--words", 3000, "--dim", 32, "--epochs", 1, "--max-time", 5, "--no-progress",
+            "--workdir", tmp_path, "--words-query", "king", "notawordxyz", check=True)
+    out = p.stdout
+    assert "king       float:" in out and "bebr :" in out
+    assert "'notawordxyz': not among the 3000 words" in out
+    row = [line for line in out.splitlines() if line.strip().startswith("bebr SDC")][0]
+    r10, r100 = (float(v) for v in row.split()[-4:-2])
+    assert 0.05 < r10 <= r100 <= 1.0
+    assert len(CodeShards(tmp_path / "codes")) == 3000 - 300
+    assert (tmp_path / "index.bebr").exists() and (tmp_path / "model" / "config.json").exists()
