@@ -47,6 +47,10 @@ def _api(name: str):
     import bebr
 
     obj = getattr(bebr, name, None)
+    if obj is None and name in ("train_compatible", "train_upgrader"):
+        from . import compat
+
+        obj = getattr(compat, name, None)
     if obj is None:
         raise CliError(f"this bebr build has no bebr.{name}; the command needs it")
     return obj
@@ -195,6 +199,27 @@ def cmd_train(args) -> int:
     model.save(args.out)
     _say(args, f"trained {model.spec} on {x.shape[0]} x {x.shape[1]} rows in "
                f"{time.perf_counter() - t0:.1f} s; model version {model.version} -> {args.out}")
+    return 0
+
+
+def cmd_train_upgrader(args) -> int:
+    train_upgrader = _api("train_upgrader")
+    old, new = _load_model(args.old), _load_model(args.new)
+    x_old = _read_rows(args.old_input, max_rows=args.max_rows, skip_bad=False,
+                       column=args.column, dim=old.in_dim)
+    x_new = _read_rows(args.new_input, max_rows=args.max_rows, skip_bad=False,
+                       column=args.column, dim=new.in_dim)
+    if x_old.shape[0] != x_new.shape[0]:
+        raise CliError(f"--old-input has {x_old.shape[0]} rows but --new-input has "
+                       f"{x_new.shape[0]}; they must be the same items, row for row")
+    kw = {k: v for k, v in (("epochs", args.epochs), ("max_time_s", args.max_time))
+          if v is not None}
+    t0 = time.perf_counter()
+    up = train_upgrader(old, new, x_new, x_old=x_old, seed=args.seed,
+                        progress=not args.no_progress, **kw)
+    up.save(args.out)
+    _say(args, f"trained upgrader {old.version} -> {new.version} on {x_new.shape[0]} items in "
+               f"{time.perf_counter() - t0:.1f} s -> {args.out}")
     return 0
 
 
@@ -497,6 +522,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_encode)
 
+    p = sub.add_parser("train-upgrader", formatter_class=fmt,
+                       help="train an upgrader: old-version codes -> new-version codes",
+                       description="Learn a light model that turns stored codes of the OLD "
+                                   "model into codes of the NEW model, from a paired sample "
+                                   "(both models' embeddings of the same items). `bebr "
+                                   "upgrade` then upgrades stored code shards with it, "
+                                   "without floats.",
+                       epilog=FORMATS_HELP)
+    p.add_argument("--old", required=True, help="old model directory")
+    p.add_argument("--new", required=True, help="new model directory")
+    p.add_argument("--old-input", nargs="+", required=True,
+                   help="old model's embeddings of the sample items")
+    p.add_argument("--new-input", nargs="+", required=True,
+                   help="new model's embeddings of the same items, row for row")
+    p.add_argument("-o", "--out", required=True, help="upgrader directory to write")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs")
+    p.add_argument("--max-rows", type=int, default=200_000, help="sample size (default 200000)")
+    p.add_argument("--max-time", type=float, default=None, help="stop training after N s")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--column", default=None, help="parquet embedding column")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_common(p)
+    p.set_defaults(func=cmd_train_upgrader)
+
     p = sub.add_parser("upgrade", formatter_class=fmt,
                        help="upgrade old code shards to a new model version",
                        description="Convert old-version code shards into new-version codes "
@@ -504,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "shard per input shard, same ids. Resumable.",
                        epilog=SHARDS_HELP)
     p.add_argument("shards", help="complete code-shard directory of the old version")
-    p.add_argument("--upgrader", required=True, help="trained upgrader model")
+    p.add_argument("--upgrader", required=True, help="trained upgrader (bebr train-upgrader)")
     p.add_argument("-o", "--out", required=True, help="output code-shard directory")
     _add_engine(p)
     _add_common(p)
@@ -655,6 +704,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("bebr: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a reader that stopped (e.g. `| head`)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (CliError, ValueError, TypeError, OSError, ImportError, IndexError, KeyError,
             RuntimeError, MemoryError) as e:
         if debug:

@@ -66,8 +66,8 @@ _MODEL_CACHE: Dict[Tuple[str, str, str], Any] = {}
 
 
 def load_model(path: PathLike, kind: str = "binarizer"):
-    """Load a saved model file (``bebr.Binarizer.load`` or, for ``kind="upgrader"``, the
-    upgrader loader); cached per process so a worker loads each file once."""
+    """Load a saved model (``bebr.Binarizer.load``, or ``bebr.compat.CodeUpgrader.load`` for
+    ``kind="upgrader"``); cached per process so a worker loads each model once."""
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no such model file")
     key = (str(Path(path).resolve()), model_digest(path), kind)  # rewritten: reload
@@ -77,9 +77,9 @@ def load_model(path: PathLike, kind: str = "binarizer"):
 
             _MODEL_CACHE[key] = _model.Binarizer.load(path)
         else:
-            from . import load_upgrader
+            from .compat import CodeUpgrader
 
-            _MODEL_CACHE[key] = load_upgrader(path)
+            _MODEL_CACHE[key] = CodeUpgrader.load(path)
     return _MODEL_CACHE[key]
 
 
@@ -217,10 +217,10 @@ def _upgrade_unit(task: UpgradeTask, model=None,
     with _torch_threads(task.threads):
         for a in range(0, task.count, task.chunk_rows):
             b = min(a + task.chunk_rows, task.count)
-            out.append(np.asarray(model.upgrade(np.ascontiguousarray(old[a:b]))))
+            out.append(np.asarray(model.upgrade(np.array(old[a:b]), batch_size=task.chunk_rows)))
             if on_chunk is not None:
                 on_chunk(b - a)
-    c = np.concatenate(out) if out else np.empty((0, model.spec.code_bytes), np.uint8)
+    c = np.concatenate(out) if out else np.empty((0, model.out_spec.code_bytes), np.uint8)
     return write_code_shard(task.out_dir, task.unit.index, c, np.asarray(old_ids),
                             source=task.unit.source, start=0, stop=task.count)
 
@@ -381,13 +381,13 @@ def upgrade_shards(upgrader: PathLike, in_dir: PathLike, out_dir: PathLike, *,
     src = CodeShards(in_dir)
     model_path = str(Path(upgrader).resolve())
     up = load_model(model_path, "upgrader")
-    from_version = getattr(up, "from_version", None)
-    if from_version is not None and from_version != src.model_version:
+    if up.from_version and up.from_version != str(src.model_version):
         raise ValueError(f"{in_dir}: codes are model version {src.model_version!r}, but the "
-                         f"upgrader converts version {from_version!r}")
-    in_spec = getattr(up, "in_spec", None)
-    if in_spec is not None and in_spec != src.spec:
-        raise ValueError(f"{in_dir}: codes are {src.spec}, the upgrader expects {in_spec}")
+                         f"upgrader converts version {up.from_version!r}")
+    if up.in_spec != src.spec:
+        raise ValueError(f"{in_dir}: codes are {src.spec}, the upgrader expects {up.in_spec}")
+    if not up.to_version:
+        raise ValueError(f"{upgrader}: the upgrader does not name the version it makes")
     m = src.manifest
     units = [Unit(i, i, 0, m.shards[i].count, 0) for i in range(m.units)]
     job = {"kind": "upgrade", "chunk_rows": chunk_rows, "model_sha256": model_digest(model_path),
@@ -395,7 +395,7 @@ def upgrade_shards(upgrader: PathLike, in_dir: PathLike, out_dir: PathLike, *,
     inputs = [{"path": str((src.directory / m.shards[i].codes).resolve()),
                "sha256": m.shards[i].sha256, "rows": m.shards[i].count}
               for i in range(m.units)]
-    fresh = Manifest(model_version=_version_of(up), spec=up.spec, job=job, inputs=inputs,
+    fresh = Manifest(model_version=up.to_version, spec=up.out_spec, job=job, inputs=inputs,
                      units=len(units))
     out_dir = Path(out_dir)
     manifest, resumed = _prepare(out_dir, fresh, overwrite)
