@@ -254,7 +254,7 @@ class Binarizer(nn.Module):
                 or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         for s in range(0, arr.shape[0], batch_size):
-            chunk = np.ascontiguousarray(arr[s:s + batch_size], dtype=np.float32)
+            chunk = np.array(arr[s:s + batch_size], dtype=np.float32, order="C", copy=True)
             if not np.isfinite(chunk).all():
                 raise ValueError(f"x has NaN or inf values in rows [{s}, {s + len(chunk)})")
             yield s, torch.from_numpy(chunk)

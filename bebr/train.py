@@ -96,12 +96,15 @@ def init_projection(x: torch.Tensor, dim: int, gen: torch.Generator) -> torch.Te
     return P / std
 
 
-def _init_model(model: Binarizer, x: torch.Tensor, gen: torch.Generator, center: bool) -> None:
+def _init_model(model: Binarizer, x: torch.Tensor, gen: torch.Generator, center: bool,
+                projection: Optional[Callable] = None) -> None:
+    """PCA-style init; ``projection(xc) -> (dim, D)`` replaces the first-step projection
+    (compatible training regresses it onto the old codes)."""
     with torch.no_grad():
         if center:
             model.in_mean.copy_(x.mean(0))
         xc = x - model.in_mean
-        P = init_projection(xc, model.dim, gen)
+        P = init_projection(xc, model.dim, gen) if projection is None else projection(xc)
         model.W.skip.weight.copy_(P)
         xn = F.normalize(xc, dim=1)
         c = torch.sign(xc @ P.T)
@@ -186,7 +189,9 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
                     max_time_s: Optional[float] = None, version: Optional[str] = None,
                     model: Optional[Binarizer] = None,
                     extra_loss: Optional[Callable] = None,
+                    val_score: Optional[Callable] = None,
                     nce_weight: float = 1.0, hard_negatives: int = 5,
+                    threads: Optional[int] = None,
                     log: Optional[list] = None) -> Binarizer:
     """Train a :class:`Binarizer` from float embeddings ``x`` (n, D); returns it in eval mode.
 
@@ -196,9 +201,16 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
     Validation: ``val_fraction`` of the rows (at most 2000) are held out as queries against
     the rest (at most 20000); R10@10 of code search against the float top-10 is tracked each
     epoch; early stopping after ``patience`` epochs without gain, the best epoch is kept.
+    ``val_score(model, recall, q_rows, b_rows, truth) -> float``: optional selection score
+    replacing the validation recall (``q_rows``/``b_rows``: row indices into x of the
+    validation queries and base, ``truth``: their float top-10 as indices into ``b_rows``);
+    compatible training uses it to also count cross-version recall.
     ``model``: continue from a given Binarizer (its dim/bits/in_dim must match).
     ``max_time_s``: stop after this many seconds of training (checked per step).
-    Deterministic for a given ``seed`` on CPU.
+    ``threads``: torch CPU threads while training (default: torch's current setting; use 1
+    on a loaded machine, where several spinning threads per core slow training down).
+    ``log``: a list that receives one dict per epoch (epoch, val_r10@10, loss, time_s).
+    Deterministic for a given ``seed`` on CPU (and a given ``threads``).
     """
     arr = check_training_input(x)
     dim = _check_pos_int(dim, "dim")
@@ -211,10 +223,12 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
         raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
     if extra_loss is not None and not callable(extra_loss):
         raise TypeError("extra_loss must be callable(model, out, xb, idx) -> tensor")
+    if val_score is not None and not callable(val_score):
+        raise TypeError("val_score must be callable(model, recall, q_rows, b_rows, truth)")
     n_all, D = arr.shape
     if n_all < 20:
         raise ValueError(f"x needs at least 20 rows to train and validate, got {n_all}")
-    batch_size = _check_pos_int(batch_size if batch_size is not None else 1024, "batch_size")
+    batch_size = _check_pos_int(batch_size if batch_size is not None else 512, "batch_size")
     neighbors = int(neighbors)
     if neighbors < 0:
         raise ValueError(f"neighbors must be >= 0, got {neighbors}")
@@ -247,6 +261,20 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
         epochs = int(min(30, max(3, round(2.5e6 / len(train_ids)))))
     epochs = _check_pos_int(epochs, "epochs")
 
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(_check_pos_int(threads, "threads"))
+    try:
+        return _train(**locals())
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train(*, arr, rows, pool, n, nval, val_q, train_ids, val_b, xq, xb_val, truth, xtr, nbrs,
+           anchors_per_batch, steps_per_epoch, epochs, seed, gen, model, D, dim, bits, hidden,
+           depth, version, init, center, dev, tau, loss, lr, progress, log, neighbors,
+           extra_loss, val_score, nce_weight, hard_negatives, patience, max_time_s,
+           **_unused):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         if model is None:
@@ -274,8 +302,11 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
             opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
 
         def val_recall():
-            return code_recall(_code_values(model, xq.to(dev)),
-                               _code_values(model, xb_val.to(dev)), truth.to(dev))
+            r = code_recall(_code_values(model, xq.to(dev)),
+                            _code_values(model, xb_val.to(dev)), truth.to(dev))
+            if val_score is None:
+                return r
+            return float(val_score(model, r, rows[val_q], rows[val_b], truth))
 
         best = val_recall()
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
