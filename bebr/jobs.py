@@ -41,6 +41,7 @@ __all__ = ["JobMismatchError", "JobResult", "version_tag", "encode_shards", "upg
 
 DEFAULT_CHUNK_ROWS = 65536
 DEFAULT_SHARD_ROWS = 1 << 20
+ENCODE_BATCH = 4096  # rows per model forward pass inside a chunk (bounds activation memory)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -181,7 +182,7 @@ def _encode_unit(task: EncodeTask, model=None,
             if keep is not None:
                 x, chunk_ids, skipped = x[keep], chunk_ids[keep], skipped + bad
             if x.shape[0]:
-                codes.append(np.asarray(model.encode(x, batch_size=task.chunk_rows)))
+                codes.append(np.asarray(model.encode(x, batch_size=ENCODE_BATCH)))
                 ids.append(chunk_ids)
             if on_chunk is not None:
                 on_chunk(ch.x.shape[0])

@@ -10,7 +10,7 @@ memory do not depend on the values). Model: a ``bebr.Binarizer(dim_in, 256, 2)``
 default architecture (hidden 512, depth 1), weights untrained (encode cost does not depend on
 them). Every job runs in a fresh subprocess through the real CLI (``python -m bebr.cli
 encode``); peak memory is that process tree's peak resident set (ru_maxrss of the waited-for
-children, the largest single process) and the input size for comparison.
+child, measured by a wrapper process whose only child is the job) next to the input size.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -45,20 +44,25 @@ def make_input(path: Path, n: int, d: int, seed: int = 0) -> None:
     del arr
 
 
+_WRAPPER = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+            "sys.exit(p.returncode)")
+
+
 def run_job(args: list, env=None) -> dict:
-    """Run ``python -m bebr.cli encode ARGS`` in a fresh process; wall time, max RSS."""
+    """Run ``python -m bebr.cli encode ARGS`` under a fresh wrapper process whose only child
+    is the job, so its ru_maxrss is the job's own peak RSS; wall time, job time, max RSS."""
     cmd = [sys.executable, "-m", "bebr.cli", "encode", *map(str, args), "--no-progress"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    p = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], capture_output=True,
+                       text=True, env=env, cwd=ROOT)
     wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if p.returncode != 0:
         raise SystemExit(f"job failed: {' '.join(cmd)}\n{p.stderr}")
+    maxrss_kb = int(p.stderr.strip().splitlines()[-1])
     m = re.search(r"; ([0-9.]+) s \(([0-9,]+) vec/s\)", p.stderr)
     job_s = float(m.group(1)) if m else float("nan")
-    return {"wall_s": wall, "job_s": job_s, "maxrss_mb": max(after, before) / 1024,
-            "rss_new": after > before}
+    return {"wall_s": wall, "job_s": job_s, "maxrss_mb": maxrss_kb / 1024}
 
 
 def main(argv=None) -> int:
@@ -102,6 +106,15 @@ def main(argv=None) -> int:
         del src
         base = [f"--model", model, "--chunk-rows", a.chunk_rows,
                 "--shard-rows", max(half // 2, 1)]
+        load0 = os.getloadavg()
+        mem = run_job(["--model", model, big, "-o", tmp / "bigout", "--chunk-rows",
+                       a.chunk_rows])
+        n_out = json.loads((tmp / "bigout" / "manifest.json").read_text())["count"]
+        assert n_out == a.n, n_out
+        shutil.rmtree(tmp / "bigout")
+        print(f"memory job: {a.n} x {a.dim_in} ({big.stat().st_size / 1e9:.2f} GB input): "
+              f"peak RSS {mem['maxrss_mb']:.0f} MB, {mem['job_s']:.1f} s "
+              f"({a.n / mem['job_s']:,.0f} vec/s)", flush=True)
         rows = []
         configs = [("local, 1 process", ["--workers", "1"]),
                    ("local, 2 processes", ["--workers", "2"])]
@@ -123,21 +136,16 @@ def main(argv=None) -> int:
                 if not same:
                     raise SystemExit("engines disagree")
                 shutil.rmtree(out)
-        mem = run_job(["--model", model, big, "-o", tmp / "bigout", "--chunk-rows",
-                       a.chunk_rows])
-        n_out = json.loads((tmp / "bigout" / "manifest.json").read_text())["count"]
-        assert n_out == a.n, n_out
-        print(f"memory job: {a.n} x {a.dim_in} ({big.stat().st_size / 1e9:.2f} GB input): "
-              f"peak RSS {mem['maxrss_mb']:.0f} MB, {mem['job_s']:.1f} s "
-              f"({a.n / mem['job_s']:,.0f} vec/s)", flush=True)
+        load1 = os.getloadavg()
+        print(f"load average at start {load0[0]:.1f}, at end {load1[0]:.1f}", flush=True)
         if a.write:
-            write_section(Path(a.write), a, rows, mem, big.stat().st_size)
+            write_section(Path(a.write), a, rows, mem, big.stat().st_size, (load0, load1))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
-def write_section(path: Path, a, rows, mem, input_bytes: int) -> None:
+def write_section(path: Path, a, rows, mem, input_bytes: int, loads) -> None:
     cpu = platform.processor() or platform.machine()
     try:
         for line in open("/proc/cpuinfo"):
@@ -149,7 +157,9 @@ def write_section(path: Path, a, rows, mem, input_bytes: int) -> None:
     lines = [
         f"Command: `python tools/bench_jobs.py --write BENCHMARKS.md` (n={a.n}, "
         f"dim_in={a.dim_in}, chunk_rows={a.chunk_rows}); {os.cpu_count()} cores ({cpu}), "
-        "shared with other work, so rates are indicative.",
+        f"shared with other work: 1-minute load average {loads[0][0]:.1f} at the start and "
+        f"{loads[1][0]:.1f} at the end of the run, so rates are indicative, lower than on an "
+        "idle machine.",
         "",
         f"Encode throughput: `bebr encode` of {a.throughput_rows} random float32 rows "
         f"(2 .npy input shards) with a `Binarizer({a.dim_in}, 256, 2)` (hidden 512), 1 torch "

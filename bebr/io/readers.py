@@ -148,6 +148,9 @@ class NpySource(Source):
             else:
                 raw = _pread(self.path, self._data_offset + a * row_bytes, (b - a) * row_bytes)
                 block = raw.view(self._dtype).reshape(b - a, self.d)
+                if self._dtype == np.float32 and self._dtype.isnative:
+                    yield block, None  # already a fresh, owned float32 buffer: no copy
+                    continue
             yield _as_float32(block, str(self.path)), None
 
 
