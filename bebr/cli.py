@@ -403,7 +403,11 @@ def cmd_bench(args, extra: List[str]) -> int:
     tools = _tools_dir()
     studies = {p.stem[len("bench_"):]: p for p in sorted(tools.glob("bench_*.py"))}
     studies.update({p.stem[len("eval_"):]: p for p in sorted(tools.glob("eval_*.py"))})
-    if not args.study or args.study == "list":
+    if not args.study:  # the whole suite (tools/bench_suite.py): studies, plots, report
+        cmd = [sys.executable, str(tools / "bench_suite.py"), *extra]
+        _say(args, "running: " + " ".join(cmd))
+        return subprocess.call(cmd)
+    if args.study == "list":
         for name, p in sorted(studies.items()):
             print(f"{name:12s} {p.relative_to(tools.parent)}")
         return 0
@@ -644,7 +648,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", formatter_class=fmt, help="run a benchmark study from tools/",
-                       description="Run one benchmark study of tools/ (bench_*.py, "
+                       description="Without a study name: the benchmark suite "
+                                   "(tools/bench_suite.py), `bebr bench [--quick] [--study "
+                                   "NAME ...] [--out DIR]`, which writes the BENCHMARKS.md "
+                                   "sections, docs/*.png plots and the README table. With "
+                                   "a name: one benchmark script of tools/ (bench_*.py, "
                                    "eval_*.py) in a source checkout; arguments after the "
                                    "study name go to the study (e.g. --quick). `bebr bench "
                                    "list` lists them.")
@@ -687,8 +695,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     extra: List[str] = []
     if argv and argv[0] == "bench":  # everything after the study name goes to the study
-        head = [a for a in argv[:2]]
-        extra = argv[2:]
+        if len(argv) > 1 and (argv[1] in ("-h", "--help") or not argv[1].startswith("-")):
+            head, extra = argv[:2], argv[2:]
+        else:  # bebr bench [--quick] [--study NAME ...]: options of the whole suite
+            head, extra = argv[:1], argv[1:]
         args = parser.parse_args(head)
     else:
         args = parser.parse_args(argv)
