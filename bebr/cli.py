@@ -176,7 +176,8 @@ def cmd_train(args) -> int:
                    column=args.column)
     kw = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
                             ("lr", args.lr), ("version", args.version),
-                            ("max_time_s", args.max_time)) if v is not None}
+                            ("max_time_s", args.max_time), ("threads", args.threads))
+          if v is not None}
     t0 = time.perf_counter()
     if args.compatible_with:
         if not args.old_input:
@@ -488,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=int, default=1_000_000,
                    help="read at most this many rows for training (default 1000000)")
     p.add_argument("--max-time", type=float, default=None, help="stop training after N s")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads while training (default: torch's; 1 is faster on a "
+                        "loaded machine)")
     p.add_argument("--version", default=None, help="version id to give the model "
                                                     "(default: a random uuid)")
     p.add_argument("--column", default=None, help="parquet embedding column")
