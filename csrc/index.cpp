@@ -2,6 +2,7 @@
 #include "index.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <exception>
 #include <limits>
@@ -49,16 +50,14 @@ size_t SdcIndex::codes_nbytes() const {
 void SdcIndex::ensure_owned_capacity(int64_t slots) {
   const size_t need = static_cast<size_t>((slots + kBlock - 1) / kBlock) * geo_.block_bytes;
   if (external_) {
-    std::vector<uint8_t> copy;
+    CodeBuffer copy;
     copy.reserve(std::max(need, codes_nbytes()));
-    copy.assign(codes_, codes_ + codes_nbytes());
+    copy.resize(codes_nbytes());
+    if (codes_nbytes()) std::memcpy(copy.data(), codes_, codes_nbytes());
     owned_.swap(copy);
     external_ = false;
   }
-  if (owned_.size() < need) {
-    if (owned_.capacity() < need) owned_.reserve(std::max(need, owned_.capacity() * 2));
-    owned_.resize(need, 0);
-  }
+  if (owned_.size() < need) owned_.resize(need);
   codes_ = owned_.data();
   const int64_t nb = (slots + kBlock - 1) / kBlock;
   if (static_cast<int64_t>(alive_.size()) < nb) alive_.resize(nb, 0);
@@ -70,7 +69,9 @@ void SdcIndex::write_slot(int64_t slot, const uint8_t* code) {
   const int64_t blk = slot / kBlock;
   const int it = static_cast<int>(slot % kBlock);
   uint8_t* B = owned_.data() + blk * geo_.block_bytes;
-  for (int j = 0; j < geo_.code_bytes; ++j) B[static_cast<size_t>(j) * kBlock + it] = code[j];
+  uint8_t item[4 * 8192 + 64];
+  encode_item(geo_, code, item);
+  for (int j = 0; j < geo_.item_bytes; ++j) B[geo_.offset(it, j)] = item[j];
   if (metric_ == Metric::kCosine) invn_[blk * kBlock + kR.r_of_item[it]] = inverse_norm(geo_, code);
 }
 
@@ -172,7 +173,8 @@ void SdcIndex::compact() {
 void SdcIndex::compact_locked() {
   if (nalive_ == nslots_) return;  // nothing dead: also keeps external codes in place
   const int64_t nb_new = (nalive_ + kBlock - 1) / kBlock;
-  std::vector<uint8_t> codes(static_cast<size_t>(nb_new) * geo_.block_bytes, 0);
+  CodeBuffer codes;
+  codes.resize(static_cast<size_t>(nb_new) * geo_.block_bytes);
   std::vector<int64_t> ids(nalive_);
   std::vector<int32_t> vers(nalive_);
   std::vector<uint64_t> alive(nb_new, 0);
@@ -184,7 +186,7 @@ void SdcIndex::compact_locked() {
     const int si = static_cast<int>(s % kBlock), di = static_cast<int>(d % kBlock);
     const uint8_t* S = codes_ + sb * geo_.block_bytes;
     uint8_t* D = codes.data() + db * geo_.block_bytes;
-    for (int j = 0; j < geo_.code_bytes; ++j) D[static_cast<size_t>(j) * kBlock + di] = S[static_cast<size_t>(j) * kBlock + si];
+    for (int j = 0; j < geo_.item_bytes; ++j) D[geo_.offset(di, j)] = S[geo_.offset(si, j)];
     if (!invn.empty()) invn[db * kBlock + kR.r_of_item[di]] = invn_[sb * kBlock + kR.r_of_item[si]];
     ids[d] = ids_[s];
     vers[d] = versions_[s];
@@ -215,11 +217,10 @@ void SdcIndex::assign(const uint8_t* codes, bool external, int64_t n, const int6
   }
   slot_of_.swap(map);
   if (external) {
-    owned_.clear();
-    owned_.shrink_to_fit();
+    owned_.release();
     codes_ = codes;
   } else {
-    owned_.assign(codes, codes + nbytes);
+    owned_.assign(codes, nbytes);
     codes_ = owned_.data();
   }
   external_ = external;
@@ -425,7 +426,9 @@ void SdcIndex::get_codes(const int64_t* ids, int64_t n, uint8_t* out, int32_t* v
     if (it == slot_of_.end()) throw std::invalid_argument("id " + std::to_string(ids[i]) + " is not in the index");
     const int64_t s = it->second;
     const uint8_t* B = codes_ + (s / kBlock) * geo_.block_bytes;
-    for (int j = 0; j < geo_.code_bytes; ++j) out[i * geo_.code_bytes + j] = B[static_cast<size_t>(j) * kBlock + s % kBlock];
+    uint8_t item[4 * 8192 + 64];
+    for (int j = 0; j < geo_.item_bytes; ++j) item[j] = B[geo_.offset(static_cast<int>(s % kBlock), j)];
+    decode_item(geo_, item, out + i * geo_.code_bytes);
     if (versions) versions[i] = versions_[s];
   }
 }

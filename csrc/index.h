@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "buffer.h"
 #include "kernels.h"
 
 namespace bebr {
@@ -93,7 +94,7 @@ class SdcIndex {
 
   Geometry geo_;
   Metric metric_;
-  std::vector<uint8_t> owned_;
+  CodeBuffer owned_;
   const uint8_t* codes_ = nullptr;
   bool external_ = false;
   int64_t nslots_ = 0;

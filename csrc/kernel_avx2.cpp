@@ -35,6 +35,10 @@ static inline V v_sll32(V a, int s) { return _mm256_sll_epi32(a, _mm_cvtsi32_si1
 static inline V v_shuffle(V lut, V idx) { return _mm256_shuffle_epi8(lut, idx); }
 static inline V v_unpacklo16z(V a) { return _mm256_unpacklo_epi16(a, _mm256_setzero_si256()); }
 static inline V v_unpackhi16z(V a) { return _mm256_unpackhi_epi16(a, _mm256_setzero_si256()); }
+static inline V v_dp(V acc, V u8, int32_t s8x4) {  // acc += dot4(u8, s8); |pair| <= 450
+  const __m256i p16 = _mm256_maddubs_epi16(u8, _mm256_set1_epi32(s8x4));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
 static inline uint32_t v_mask_ge_i32(V x, int32_t thr) {
   const __m256i lt = _mm256_cmpgt_epi32(_mm256_set1_epi32(thr), x);
   return ~static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(lt))) & 0xffu;

@@ -1,4 +1,4 @@
-// AVX-512 (F/BW/VL/DQ) instantiation of kernel_body.inc: one 64-byte row = 64 slots = one zmm.
+// AVX-512 (F/BW/VL/DQ + VNNI) instantiation of kernel_body.inc: one 64-byte row = 64 slots = one zmm.
 // Compiled with per-file flags from CMakeLists.txt; called only after dispatch checks the CPU.
 #include <immintrin.h>
 
@@ -35,6 +35,9 @@ static inline V v_sll32(V a, int s) { return _mm512_sll_epi32(a, _mm_cvtsi32_si1
 static inline V v_shuffle(V lut, V idx) { return _mm512_shuffle_epi8(lut, idx); }
 static inline V v_unpacklo16z(V a) { return _mm512_unpacklo_epi16(a, _mm512_setzero_si512()); }
 static inline V v_unpackhi16z(V a) { return _mm512_unpackhi_epi16(a, _mm512_setzero_si512()); }
+static inline V v_dp(V acc, V u8, int32_t s8x4) {  // VNNI: acc += dot4(u8, s8)
+  return _mm512_dpbusd_epi32(acc, u8, _mm512_set1_epi32(s8x4));
+}
 static inline uint32_t v_mask_ge_i32(V x, int32_t thr) {
   return _mm512_cmpge_epi32_mask(x, _mm512_set1_epi32(thr));
 }

@@ -1,5 +1,6 @@
 // ISA-independent helpers: query values, LUT construction, norms. Baseline flags only.
 #include <cstring>
+#include <vector>
 
 #include "kernels.h"
 
@@ -26,7 +27,49 @@ int64_t sum_squares(const Geometry& geo, const uint8_t* packed) {
   return s;
 }
 
+void encode_item(const Geometry& geo, const uint8_t* packed, uint8_t* item) {
+  if (!geo.nibbles) {
+    std::memcpy(item, packed, geo.code_bytes);
+    return;
+  }
+  const int P = geo.plane_bytes;
+  std::memset(item, 0, geo.item_bytes);
+  for (int j = 0; j < geo.dim; ++j) {
+    int level = 0;
+    for (int t = 0; t < geo.bits; ++t) level = (level << 1) | ((packed[t * P + j / 8] >> (j % 8)) & 1);
+    item[j / 2] |= static_cast<uint8_t>(level << (4 * (j % 2)));
+  }
+}
+
+void decode_item(const Geometry& geo, const uint8_t* item, uint8_t* packed) {
+  if (!geo.nibbles) {
+    std::memcpy(packed, item, geo.code_bytes);
+    return;
+  }
+  const int P = geo.plane_bytes;
+  std::memset(packed, 0, geo.code_bytes);
+  for (int j = 0; j < geo.dim; ++j) {
+    const int level = (item[j / 2] >> (4 * (j % 2))) & 15;
+    for (int t = 0; t < geo.bits; ++t)
+      packed[t * P + j / 8] |= static_cast<uint8_t>(((level >> (geo.bits - 1 - t)) & 1) << (j % 8));
+  }
+}
+
 void build_query_lut(const Geometry& geo, const uint8_t* packed, uint8_t* lut) {
+  if (geo.nibbles) {
+    // per row c: int8 qv of dims 8c+{0,2,4,6} then 8c+{1,3,5,7}; then int32 sum of qv
+    std::vector<int32_t> qv(static_cast<size_t>(geo.chunks) * 8, 0);
+    scaled_values(geo, packed, qv.data());
+    int32_t sum = 0;
+    for (int j = 0; j < geo.dim; ++j) sum += qv[j];
+    for (int c = 0; c < geo.chunks; ++c)
+      for (int b = 0; b < 4; ++b) {
+        lut[c * 8 + b] = static_cast<uint8_t>(static_cast<int8_t>(qv[8 * c + 2 * b]));
+        lut[c * 8 + 4 + b] = static_cast<uint8_t>(static_cast<int8_t>(qv[8 * c + 2 * b + 1]));
+      }
+    std::memcpy(lut + 8 * geo.chunks, &sum, 4);
+    return;
+  }
   const int groups = 2 * geo.plane_bytes;
   const int b0 = 4 * ((1 << geo.bits) - 1);
   int32_t qv[4];

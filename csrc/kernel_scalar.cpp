@@ -1,6 +1,6 @@
 // Scalar reference kernel (baseline flags, no SIMD): exact bit-plane popcount SDC,
 //   <q,d> * 4^(bits-1) = sum_{s,t} 2^(bits-1-s) 2^(bits-1-t) (dim - 2 popcount(q_s ^ d_t)),
-// over the blocked layout of layout.h (it gathers each item's bytes back into a row).
+// over the blocked layouts of layout.h (it gathers each item's bytes back into a public code).
 // Every SIMD level must match it bit for bit.
 #include <cstring>
 #include <vector>
@@ -15,7 +15,7 @@ inline int popcount8(uint8_t x) { return __builtin_popcount(x); }
 void scan_scalar(const ScanArgs& a, const QueryGroup& qg, TopK* heaps) {
   const Geometry& geo = a.geo;
   const int P = geo.plane_bytes, bits = geo.bits, cb = geo.code_bytes;
-  std::vector<uint8_t> row(cb);
+  std::vector<uint8_t> row(cb), item(geo.item_bytes);
   for (int64_t blk = a.block_begin; blk < a.block_end; ++blk) {
     uint64_t m = a.alive[blk] & (a.filter ? a.filter[blk] : ~uint64_t(0));
     const uint8_t* B = a.codes + blk * geo.block_bytes;
@@ -23,7 +23,8 @@ void scan_scalar(const ScanArgs& a, const QueryGroup& qg, TopK* heaps) {
       const int r = __builtin_ctzll(m);
       m &= m - 1;
       const int it = kR.item_of_r[r];
-      for (int j = 0; j < cb; ++j) row[j] = B[static_cast<size_t>(j) * kBlock + it];
+      for (int j = 0; j < geo.item_bytes; ++j) item[j] = B[geo.offset(it, j)];
+      decode_item(geo, item.data(), row.data());
       const int64_t id = a.ids[blk * kBlock + it];
       for (int g = 0; g < qg.g; ++g) {
         const uint8_t* q = qg.packed[g];

@@ -2,9 +2,13 @@
 // per-ISA files kernel_<isa>.cpp, chosen once at load time by dispatch.cpp.
 //
 // Data layout: see layout.h (blocks of 64 transposed codes, r-ordered masks / norms).
-// Query LUT layout (built by build_query_lut): for nibble group g in [0, 2P), 16 bytes
-// lut[g*16 + n] = B0 + sum_{j<4} qv[4g+j] * (bit j of n ? +1 : -1), where qv are the query's
-// scaled values (odd integers, 0 past dim) and B0 = 4 * (2^bits - 1) keeps entries unsigned.
+// Query table (built by build_query_lut, 32P bytes reserved), qv = the query's scaled values
+// (odd integers, 0 past dim):
+//  * planes layout (bits <= 2): for nibble group g in [0, 2P), 16 bytes
+//    lut[g*16 + n] = B0 + sum_{j<4} qv[4g+j] * (bit j of n ? +1 : -1), B0 = 4 * (2^bits - 1)
+//    keeping entries unsigned;
+//  * nibbles layout (bits >= 3): for row c, int8 qv of dims 8c+{0,2,4,6} then 8c+{1,3,5,7}
+//    (8 bytes per row), then the int32 sum of qv at byte 8C.
 #pragma once
 #include <cstddef>
 #include <cstdint>

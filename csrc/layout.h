@@ -40,17 +40,37 @@ struct RTables {
 };
 inline constexpr RTables kR{};
 
-// Code geometry derived from (dim, bits).
+// Code geometry derived from (dim, bits), and the internal block layout it implies:
+//  * bits <= 2, "planes": the byte transpose above; item_bytes = code_bytes.
+//  * bits >= 3, "nibbles": each dimension's level as a 4-bit nibble, for int8 dot products
+//    (VNNI vpdpbusd / maddubs). A 64-slot block holds 4 groups of 16 lanes; slot `it` sits in
+//    lane pos = r_of_item(it) (group pos / 16, lane pos % 16), so lane order is r order.
+//    Group s is C = ceil(dim/8) rows of 64 bytes; row c holds, for each of the 16 lanes, 4
+//    bytes: byte b = level(dim 8c+2b) | level(dim 8c+2b+1) << 4. item_bytes = 4C.
 struct Geometry {
   int dim = 0;
   int bits = 0;
   int plane_bytes = 0;   // P
-  int code_bytes = 0;    // bits * P
-  size_t block_bytes = 0;  // 64 * code_bytes
+  int code_bytes = 0;    // bits * P (public packed code)
+  bool nibbles = false;  // internal layout (see above)
+  int chunks = 0;        // C = ceil(dim / 8), nibble layout rows per group
+  int item_bytes = 0;    // internal bytes per slot
+  size_t block_bytes = 0;  // 64 * item_bytes
   Geometry() = default;
   Geometry(int d, int b)
-      : dim(d), bits(b), plane_bytes((d + 7) / 8), code_bytes(b * ((d + 7) / 8)),
-        block_bytes(static_cast<size_t>(kBlock) * b * ((d + 7) / 8)) {}
+      : dim(d), bits(b), plane_bytes((d + 7) / 8), code_bytes(b * ((d + 7) / 8)), nibbles(b >= 3),
+        chunks((d + 7) / 8), item_bytes(b >= 3 ? 4 * ((d + 7) / 8) : b * ((d + 7) / 8)),
+        block_bytes(static_cast<size_t>(kBlock) * item_bytes) {}
+  // Byte offset inside a block of internal byte k (0..item_bytes-1) of slot `it`.
+  size_t offset(int it, int k) const {
+    if (!nibbles) return static_cast<size_t>(k) * kBlock + it;
+    const int pos = kR.r_of_item[it];
+    return (static_cast<size_t>(pos / 16) * chunks + k / 4) * 64 + (pos % 16) * 4 + k % 4;
+  }
 };
+
+// Public packed code -> internal item bytes (item_bytes) and back.
+void encode_item(const Geometry& geo, const uint8_t* packed, uint8_t* item);
+void decode_item(const Geometry& geo, const uint8_t* item, uint8_t* packed);
 
 }  // namespace bebr
