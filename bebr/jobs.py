@@ -421,11 +421,3 @@ def _abs_fingerprint(src) -> dict:
     fp["path"] = str(Path(fp["path"]).resolve())
     fp["has_ids"] = bool(src.has_ids)
     return fp
-
-
-def iter_entries(manifest: Manifest) -> Iterator[ShardEntry]:
-    """Shard entries in order."""
-    for i in sorted(manifest.shards):
-        yield manifest.shards[i]
-
-
