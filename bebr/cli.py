@@ -355,18 +355,15 @@ def cmd_search(args) -> int:
     return 0
 
 
-def _recall(found: np.ndarray, truth: np.ndarray) -> float:
-    k = truth.shape[1]
-    hits = sum(len(set(f[:k].tolist()) & set(t.tolist())) for f, t in zip(found, truth))
-    return hits / truth.size
-
-
 def cmd_eval(args) -> int:
     from .datasets import exact_topk, l2_normalize, query_split
+    from .metrics import recall_at_k
 
     model = _load_model(args.model)
     base = _read_rows(args.base, max_rows=args.max_rows, skip_bad=False, column=args.column,
                       dim=model.in_dim)
+    if args.index and not args.queries:
+        raise CliError("--index needs --queries (held-out queries would be in the index)")
     if args.queries:
         queries = _read_queries(args.queries, dim=model.in_dim, column=args.column)
         base_ids = np.arange(base.shape[0])
@@ -375,19 +372,26 @@ def cmd_eval(args) -> int:
         queries, base = base[qi], base[base_ids]
     if args.k > base.shape[0]:
         raise CliError(f"-k {args.k} is larger than the base ({base.shape[0]} rows)")
-    truth = exact_topk(l2_normalize(queries), l2_normalize(base), args.k)
-    Index = _api("Index")
-    index = Index(model.spec, metric=args.metric)
-    index.add(model.encode(base), np.arange(base.shape[0], dtype=np.int64))
+    truth = base_ids[exact_topk(l2_normalize(queries), l2_normalize(base), args.k)]
+    if args.index:
+        index = _index_load(args.index, mmap=True)
+        if index.spec != model.spec:
+            raise CliError(f"model {args.model} makes {model.spec} codes, the index holds "
+                           f"{index.spec}")
+        _check_versions(model, index, False)
+    else:
+        index = _api("Index")(model.spec, metric=args.metric)
+        index.add(model.encode(base), base_ids.astype(np.int64))
     qc = model.encode(queries)
     rows = []
     for r in sorted({args.k, *args.recall_at}):
         if r < args.k:
             continue
         _, found = index.search(qc, r)
-        rows.append({"metric": f"R{args.k}@{r}", "value": round(_recall(found, truth), 4)})
-    out = {"model": args.model, "version": model.version, "spec": model.spec.to_dict(),
-           "n_base": int(base.shape[0]), "n_queries": int(queries.shape[0]), "recall": rows}
+        rows.append({"metric": f"R{args.k}@{r}", "value": round(recall_at_k(found, truth), 4)})
+    out = {"model": args.model, "index": args.index, "version": model.version,
+           "spec": model.spec.to_dict(), "n_base": int(base.shape[0]),
+           "n_queries": int(queries.shape[0]), "recall": rows}
     print(json.dumps(out))
     return 0
 
@@ -631,8 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("eval", formatter_class=fmt, help="recall of a model against float search",
-                       description="Recall of code search with a model against exact float "
-                                   "(cosine) search on given data: R{k}@{r} = the share of "
+                       description="Recall of code search with a model (and optionally a "
+                                   "built index) against exact float (cosine) search on "
+                                   "given data: R{k}@{r} = the share of "
                                    "the float top-k found in the code top-r. Prints one JSON "
                                    "line.",
                        epilog=FORMATS_HELP)
@@ -641,6 +646,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", default=None,
                    help="query embeddings (default: --num-queries rows held out of the base)")
     p.add_argument("--num-queries", type=int, default=1000, help="held-out queries")
+    p.add_argument("--index", default=None,
+                   help="search this index (its ids = row numbers of BASE, as `bebr encode` "
+                        "gives without an id column) instead of encoding BASE; needs "
+                        "--queries")
     p.add_argument("-k", type=int, default=10, help="float top-k ground truth (default 10)")
     p.add_argument("--recall-at", type=int, nargs="*", default=[10, 100],
                    help="code result depths r (default 10 100)")
