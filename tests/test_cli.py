@@ -75,7 +75,7 @@ def work(tmp_path_factory):
                    d / "base.parquet", row_group_size=700)
     write_vecs(d / "base.fvecs", x[:N_BASE])
     bebr("train", d / "npy", "-o", d / "model", "--dim", 32, "--bits", 2, "--epochs", 2,
-         "--version", "v1", "--no-progress")
+         "--version", "v1", "--threads", 1, "--no-progress")
     return d, x
 
 
@@ -149,7 +149,11 @@ def test_train_encode_index_search(work, tmp_path):
     p = cli("eval", d / "npy", "--model", d / "model", "--num-queries", 200, check=True)
     ev = json.loads(p.stdout)
     r = {row["metric"]: row["value"] for row in ev["recall"]}
-    assert 0.2 < r["R10@10"] <= r["R10@100"] <= 1.0
+    assert 0.2 < r["R10@10"] < r["R10@100"] <= 1.0
+    args = ("--model", d / "model", "--queries", d / "queries.npy", "--recall-at", 10)
+    built = json.loads(cli("eval", d / "npy", *args, "--index", idx, check=True).stdout)
+    fresh = json.loads(cli("eval", d / "npy", *args, check=True).stdout)
+    assert built["recall"] == fresh["recall"] and 0.2 < built["recall"][0]["value"] <= 1.0
 
 
 def test_resume_after_killed_job(work, tmp_path):
@@ -229,12 +233,12 @@ def test_bad_inputs_give_one_line_errors(work, tmp_path):
     idx = tmp_path / "idx"
     cli("index", "build", out, "-o", idx, check=True)
     cli("train", d / "npy", "-o", tmp_path / "m2", "--dim", 32, "--bits", 2, "--epochs", 1,
-         "--version", "v2", "--max-rows", 500, "--no-progress", check=True)
+         "--version", "v2", "--max-rows", 500, "--threads", 1, "--no-progress", check=True)
     assert_clean_error(cli("search", "--index", idx, "--model", tmp_path / "m2",
                             d / "queries.npy"),
                        "model version 'v2' (tag")
     cli("train", d / "npy", "-o", tmp_path / "m3", "--dim", 16, "--bits", 2, "--epochs", 1,
-         "--max-rows", 500, "--no-progress", check=True)
+         "--max-rows", 500, "--threads", 1, "--no-progress", check=True)
     assert_clean_error(cli("search", "--index", idx, "--model", tmp_path / "m3",
                             d / "queries.npy"), "the index holds")
     assert_clean_error(cli("search", "--index", tmp_path / "noidx", "--model", m,
@@ -262,3 +266,27 @@ def test_demo_runs_the_whole_job(tmp_path):
     assert 0.05 < r10 <= r100 <= 1.0
     assert len(CodeShards(tmp_path / "codes")) == 3000 - 300
     assert (tmp_path / "index.bebr").exists() and (tmp_path / "model" / "config.json").exists()
+
+
+def test_hamming_index_from_one_bit_codes(work, tmp_path):
+    import torch
+
+    from bebr import Binarizer
+    from bebr.reference import hamming_search
+
+    d, x = work
+    torch.manual_seed(0)
+    m = Binarizer(50, 64, 1, hidden=32, version="b1")
+    m.save(tmp_path / "m1")
+    cli("encode", "--model", tmp_path / "m1", d / "base.fvecs", "-o", tmp_path / "c",
+        "--no-progress", check=True)
+    cli("index", "build", tmp_path / "c", "-o", tmp_path / "h", "--hamming", check=True)
+    assert json.loads(cli("index", "info", tmp_path / "h").stdout)["kind"] == "HammingIndex"
+    p = cli("search", d / "queries.npy", "--index", tmp_path / "h", "--model", tmp_path / "m1",
+            "-k", 4, check=True)
+    got = np.array([json.loads(r)["ids"] for r in p.stdout.splitlines()])
+    codes = m.encode(x[:N_BASE])
+    want_d, want_i = hamming_search(m.encode(x[N_BASE:]), codes, np.arange(N_BASE), 4)
+    np.testing.assert_array_equal(got, want_i)
+    assert_clean_error(cli("index", "build", d / "npy", "-o", tmp_path / "x", "--hamming"),
+                       "no manifest")
