@@ -1,0 +1,505 @@
+"""Versioned compatibility: backward-compatible training and the forward code upgrader.
+
+REFERENCE.md section 3. Two tools:
+
+- :func:`train_compatible` trains a new ``Binarizer`` on the new upstream model's embeddings
+  whose codes live in the code space of a deployed old ``Binarizer`` (same ``dim`` and
+  ``bits``), so new-version queries can search old-version codes. It runs
+  :func:`bebr.train.train_binarizer` (the default self loss) with an ``extra_loss`` made of
+  the compatibility terms of :class:`CompatWeights`, computed on cosine similarities of
+  code values over the training batch (``n_i``: new code of item i with gradient, ``o_i``:
+  the frozen old model's code of the same item, a constant, ``x_i``: the new float):
+
+  * ``compat`` (BEBR): InfoNCE, anchor n_i, positive o_i, negatives o_j;
+  * ``ract`` (RACT): the same positive must also beat the new-to-new negatives n_j;
+  * ``cross_distill``: row-wise KL(softmax(cos(x_i, x_j) / tau) || softmax(cos(n_i, o_j) /
+    tau)): new queries rank old codes the way the new float space ranks the items;
+  * ``unibct``: the positive o_i is replaced by the old codes refined over the new float
+    neighbourhood graph, ``O_hat = (1-l)(I - l A)^-1 O``, ``A = column-softmax(X X^T / T)``.
+
+- :func:`train_upgrader` learns a light model ``h`` from stored old packed codes to
+  new-version codes (BiCT/DMU forward compatibility) so old items can be upgraded in place
+  without raw data or old floats; :class:`CodeUpgrader` saves and loads like ``Binarizer``
+  (``config.json`` + ``model.safetensors``, no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .codes import CodeSpec
+from .fileio import CorruptFileError, atomic_write_bytes, sha256_bytes
+from .model import Binarizer, ResidualMLP, sign_ste
+from .train import _init_model, check_training_input, code_recall, mine_neighbors, \
+    train_binarizer
+
+__all__ = ["CompatWeights", "compat_loss", "train_compatible", "CodeUpgrader",
+           "train_upgrader", "UPGRADER_FORMAT_VERSION"]
+
+UPGRADER_FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+# ------------------------------------------------------------------------------ losses
+@dataclass(frozen=True)
+class CompatWeights:
+    """Weights of the compatibility terms added to the self loss (module docstring).
+
+    ``tau``: temperature of all terms; ``unibct_lambda``/``unibct_tau``: the refinement's l
+    and T. A weight of 0 switches its term off.
+    """
+
+    compat: float = 0.0
+    ract: float = 1.0
+    cross_distill: float = 1.0
+    unibct: float = 0.0
+    tau: float = 0.05
+    unibct_lambda: float = 0.9
+    unibct_tau: float = 0.05
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"CompatWeights.{f.name} must be a finite number, got {v!r}")
+            if v < 0:
+                raise ValueError(f"CompatWeights.{f.name} must be >= 0, got {v}")
+        if self.tau <= 0 or self.unibct_tau <= 0:
+            raise ValueError("CompatWeights.tau and unibct_tau must be > 0")
+        if not 0 <= self.unibct_lambda < 1:
+            raise ValueError(f"unibct_lambda must be in [0, 1), got {self.unibct_lambda}")
+        if self.compat + self.ract + self.cross_distill + self.unibct == 0:
+            raise ValueError("all compatibility weights are 0: nothing ties the new codes "
+                             "to the old code space (use train_binarizer instead)")
+
+
+def _refine_old(old: torch.Tensor, x_new: torch.Tensor, lam: float, t: float) -> torch.Tensor:
+    """UniBCT: O_hat = (1-l)(I - l A)^-1 O with A = column-softmax(X X^T / T)."""
+    xn = F.normalize(x_new, dim=1)
+    a = F.softmax(xn @ xn.T / t, dim=0)
+    eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
+    return (1 - lam) * torch.linalg.solve(eye - lam * a, old)
+
+
+def compat_loss(new_codes: torch.Tensor, old_codes: torch.Tensor, x_new: torch.Tensor,
+                weights: CompatWeights) -> torch.Tensor:
+    """The weighted compatibility terms for one batch (rows are the same items).
+
+    ``new_codes`` (b, m) carries the gradient; ``old_codes`` (b, m) is treated as a constant;
+    ``x_new`` (b, D) are the new floats (teacher of ``cross_distill`` and ``unibct``).
+    """
+    w = weights
+    n = F.normalize(new_codes, dim=1)
+    o = F.normalize(old_codes.detach(), dim=1)
+    b = n.shape[0]
+    target = torch.arange(b, device=n.device)
+    no = n @ o.T / w.tau
+    loss = new_codes.new_zeros(())
+    if w.compat:
+        loss = loss + w.compat * F.cross_entropy(no, target)
+    if w.ract:
+        eye = torch.eye(b, dtype=torch.bool, device=n.device)
+        nn_ = (n @ n.T / w.tau).masked_fill(eye, -float("inf"))
+        loss = loss + w.ract * F.cross_entropy(torch.cat([no, nn_], dim=1), target)
+    if w.cross_distill:
+        xn = F.normalize(x_new.detach(), dim=1)
+        t = xn @ xn.T / w.tau
+        p = F.softmax(t, dim=1)
+        loss = loss + w.cross_distill * (p * (F.log_softmax(t, 1) - F.log_softmax(no, 1))).sum(1).mean()
+    if w.unibct:
+        with torch.no_grad():
+            o_hat = F.normalize(_refine_old(o, x_new.detach(), w.unibct_lambda, w.unibct_tau),
+                                dim=1)
+        loss = loss + w.unibct * F.cross_entropy(n @ o_hat.T / w.tau, target)
+    return loss
+
+
+# ------------------------------------------------------------------------------ checks
+def _check_pair(x_new, x_old):
+    xn = check_training_input(x_new, "x_new")
+    xo = check_training_input(x_old, "x_old")
+    if xn.shape[0] != xo.shape[0]:
+        raise ValueError(f"x_new and x_old must hold the same items (row i = item i in both), "
+                         f"got {xn.shape[0]} and {xo.shape[0]} rows")
+    return xn, xo
+
+
+def _check_binarizer(model, name: str) -> Binarizer:
+    if not isinstance(model, Binarizer):
+        raise TypeError(f"{name} must be a bebr.Binarizer, got {type(model).__name__}")
+    return model
+
+
+# ------------------------------------------------------------------------------ training
+def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
+                     bits: Optional[int] = None, weights: Optional[CompatWeights] = None,
+                     version: Optional[str] = None, epochs: Optional[int] = None,
+                     seed: int = 0, progress: bool = True, **train_kwargs) -> Binarizer:
+    """Train a new :class:`~bebr.Binarizer` on ``x_new`` compatible with the deployed ``old``.
+
+    ``x_new`` (n, D_new) and ``x_old`` (n, D_old) are the new and old upstream embeddings of
+    the same n items; ``old`` is frozen (never modified). The new model's codes share the
+    old code space: ``dim``/``bits`` default to, and must equal, ``old.dim``/``old.bits``.
+    ``weights``: the compatibility terms (:class:`CompatWeights`, default RACT +
+    cross-distillation). Other keyword arguments go to :func:`bebr.train.train_binarizer`
+    (``batch_size``, ``lr``, ``loss``, ``max_time_s``, ``log``, ...).
+    The result gets a fresh ``version`` (or the one given) and ``compatible_with ==
+    old.version``; chaining (v3 against v2 against v1) keeps the chain in one code space.
+    """
+    old = _check_binarizer(old, "old")
+    xn, xo = _check_pair(x_new, x_old)
+    if xo.shape[1] != old.in_dim:
+        raise ValueError(f"x_old has {xo.shape[1]} columns but the old model expects "
+                         f"in_dim={old.in_dim}")
+    dim = old.dim if dim is None else dim
+    bits = old.bits if bits is None else bits
+    if (dim, bits) != (old.dim, old.bits):
+        raise ValueError(f"compatible codes must share the old code space: dim={dim}, "
+                         f"bits={bits} differ from the old model's dim={old.dim}, "
+                         f"bits={old.bits}")
+    weights = CompatWeights() if weights is None else weights
+    if not isinstance(weights, CompatWeights):
+        raise TypeError(f"weights must be CompatWeights, got {type(weights).__name__}")
+    for key in ("extra_loss", "val_score", "model"):
+        if key in train_kwargs:
+            raise TypeError(f"train_compatible sets {key} itself")
+    version = uuid.uuid4().hex if version is None else version
+    if not isinstance(version, str) or not version:
+        raise ValueError("version must be a non-empty str")
+    if version == old.version:
+        raise ValueError(f"the new version id must differ from the old one ({version!r})")
+
+    old_values = torch.from_numpy(old.encode_values(xo))  # frozen old codes, (n, dim)
+
+    def extra(model, out, xb, idx):
+        ob = old_values[torch.from_numpy(np.asarray(idx))].to(out.codes.device)
+        return compat_loss(out.codes, ob, xb, weights)
+
+    def val_score(model, recall, q_rows, b_rows, truth):
+        # model selection counts cross-version recall too: new queries vs old codes
+        q = np.asarray(xn[np.asarray(q_rows)], dtype=np.float32)
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        cross = code_recall(torch.from_numpy(model.encode_values(q)),
+                            old_values[torch.from_numpy(np.asarray(b_rows))], truth)
+        return recall + cross
+
+    # Start in the old code space: the first-step projection is the least-squares map from
+    # the (centred, normalised) new floats to the old code values, so the first sign bits
+    # predict the old codes before any training; the later steps get the usual init.
+    hidden = train_kwargs.pop("hidden", 512)
+    depth = train_kwargs.pop("depth", 1)
+    rows = np.sort(np.random.default_rng(seed).choice(
+        xn.shape[0], size=min(xn.shape[0], 50_000), replace=False))
+    xi = F.normalize(torch.from_numpy(np.asarray(xn[rows], dtype=np.float32)), dim=1)
+    oi = old_values[torch.from_numpy(rows)]
+
+    def regress(xc):
+        sol = torch.linalg.lstsq(xc.double(), oi.double()).solution  # (D, dim)
+        return sol.T.float()
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = Binarizer(xn.shape[1], dim, bits, hidden=hidden, depth=depth, version=version)
+        _init_model(model, xi, torch.Generator().manual_seed(int(seed)), True, regress)
+    model = train_binarizer(xn, dim, bits, epochs=epochs, seed=seed, progress=progress,
+                            model=model, extra_loss=extra, val_score=val_score,
+                            **train_kwargs)
+    model.config.compatible_with = old.version
+    model.train_info["compat_weights"] = asdict(weights)
+    return model
+
+
+# ------------------------------------------------------------------------------ upgrader
+def _quantize_ste(y: torch.Tensor, bits: int):
+    """Recurrent sign quantization of y to the level grid: c_t = c_{t-1} + 2^-t sign(y -
+    c_{t-1}), c_0 = sign(y); equals the nearest level. Returns (codes, sign steps)."""
+    b = sign_ste(y)
+    c, steps = b, [b]
+    for t in range(1, bits):
+        b = sign_ste((y - c) * (2.0 ** t))
+        c = c + (2.0 ** -t) * b
+        steps.append(b)
+    return c, steps
+
+
+class CodeUpgrader(nn.Module):
+    """Maps stored codes of version ``from_version`` to codes of version ``to_version``.
+
+    ``h(o) = quantize(skip(o) + MLP blocks(o))`` on code values; the skip starts at the
+    identity when the specs agree, so an untrained upgrader leaves codes unchanged.
+    """
+
+    model_name = "code_upgrader"
+
+    def __init__(self, in_spec: CodeSpec, out_spec: CodeSpec, *, hidden: int = 512,
+                 depth: int = 2, from_version: str = "", to_version: str = ""):
+        super().__init__()
+        if not isinstance(in_spec, CodeSpec) or not isinstance(out_spec, CodeSpec):
+            raise TypeError("in_spec and out_spec must be CodeSpec")
+        for name, v in (("hidden", hidden), ("depth", depth)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+        if hidden < 1 or depth < 0:
+            raise ValueError(f"need hidden >= 1 and depth >= 0, got {hidden}, {depth}")
+        if not isinstance(from_version, str) or not isinstance(to_version, str):
+            raise TypeError("from_version and to_version must be str")
+        self.in_spec, self.out_spec = in_spec, out_spec
+        self.hidden, self.depth = int(hidden), int(depth)
+        self.from_version, self.to_version = from_version, to_version
+        self.net = ResidualMLP(in_spec.dim, out_spec.dim, self.hidden, self.depth)
+        if in_spec.dim == out_spec.dim:
+            with torch.no_grad():
+                self.net.skip.weight.copy_(torch.eye(in_spec.dim))
+
+    def __repr__(self) -> str:
+        return (f"CodeUpgrader({self.in_spec} -> {self.out_spec}, hidden={self.hidden}, "
+                f"depth={self.depth}, {self.from_version!r} -> {self.to_version!r})")
+
+    def forward(self, old_values: torch.Tensor) -> torch.Tensor:
+        """Straight-through upgraded code values (n, out dim) from old code values."""
+        return _quantize_ste(self.net(old_values), self.out_spec.bits)[0]
+
+    @torch.no_grad()
+    def upgrade(self, old_packed: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+        """Packed old codes (n, in_spec.code_bytes) -> packed new-version codes."""
+        arr = self.in_spec.check_packed(old_packed, "old_packed")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        out = np.empty((arr.shape[0], self.out_spec.code_bytes), dtype=np.uint8)
+        was = self.training
+        self.eval()
+        try:
+            for s in range(0, arr.shape[0], batch_size):
+                v = torch.from_numpy(self.in_spec.values(arr[s:s + batch_size]))
+                _, steps = _quantize_ste(self.net(v), self.out_spec.bits)
+                lv = torch.zeros(v.shape[0], self.out_spec.dim, dtype=torch.uint8)
+                for t, b in enumerate(steps):
+                    lv |= (b > 0).to(torch.uint8) << (self.out_spec.bits - 1 - t)
+                out[s:s + batch_size] = self.out_spec.pack(lv.numpy())
+        finally:
+            self.train(was)
+        return out
+
+    # -------------------------------------------------------------- save / load
+    def _header_config(self) -> dict:
+        return {"in_spec": self.in_spec.to_dict(), "out_spec": self.out_spec.to_dict(),
+                "hidden": self.hidden, "depth": self.depth,
+                "from_version": self.from_version, "to_version": self.to_version}
+
+    def save(self, path) -> Path:
+        """Write ``path/config.json`` + ``path/model.safetensors`` atomically (no pickle)."""
+        from safetensors.torch import save as st_save
+
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"{p} exists and is not a directory")
+        p.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        blob = st_save(state, metadata={"format": "pt", "model": self.model_name})
+        header = {"format": "bebr.upgrader", "format_version": UPGRADER_FORMAT_VERSION,
+                  "model": self.model_name, "config": self._header_config(),
+                  "weights": WEIGHTS_NAME, "weights_sha256": sha256_bytes(blob),
+                  "weights_bytes": len(blob)}
+        atomic_write_bytes(p / WEIGHTS_NAME, blob)
+        atomic_write_bytes(p / CONFIG_NAME, (json.dumps(header, indent=2) + "\n").encode())
+        return p
+
+    @classmethod
+    def load(cls, path) -> "CodeUpgrader":
+        """Load a saved upgrader; corrupted, truncated or foreign files raise
+        :class:`bebr.fileio.CorruptFileError`. Never unpickles."""
+        from safetensors.torch import load as st_load
+
+        p = Path(path)
+        if not p.is_dir():
+            raise FileNotFoundError(f"{p} is not a saved CodeUpgrader directory")
+        cfg_path = p / CONFIG_NAME
+        try:
+            header = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CorruptFileError(f"{cfg_path}: not valid JSON ({e})") from e
+        if not isinstance(header, dict) or header.get("format") != "bebr.upgrader" \
+                or header.get("model") != cls.model_name:
+            raise CorruptFileError(f"{cfg_path}: not a bebr CodeUpgrader header")
+        if header.get("format_version") != UPGRADER_FORMAT_VERSION:
+            raise CorruptFileError(f"{cfg_path}: format_version "
+                                   f"{header.get('format_version')!r} is not supported (this "
+                                   f"bebr reads {UPGRADER_FORMAT_VERSION})")
+        try:
+            c = header["config"]
+            model = cls(CodeSpec.from_dict(c["in_spec"]), CodeSpec.from_dict(c["out_spec"]),
+                        hidden=c["hidden"], depth=c["depth"], from_version=c["from_version"],
+                        to_version=c["to_version"])
+            want_sha = str(header["weights_sha256"])
+            want_bytes = int(header["weights_bytes"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptFileError(f"{cfg_path}: bad header field ({e})") from e
+        wpath = p / WEIGHTS_NAME
+        blob = wpath.read_bytes()
+        if len(blob) != want_bytes:
+            raise CorruptFileError(f"{wpath}: {len(blob)} bytes, header says {want_bytes} "
+                                   "(truncated or replaced file)")
+        if sha256_bytes(blob) != want_sha:
+            raise CorruptFileError(f"{wpath}: SHA-256 mismatch (corrupted file)")
+        try:
+            state = st_load(blob)
+        except Exception as e:  # safetensors raises its own error types
+            raise CorruptFileError(f"{wpath}: unreadable safetensors ({e})") from e
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise CorruptFileError(f"{wpath}: weights do not match {cls.model_name}: missing "
+                                   f"keys {missing}, unexpected keys {unexpected}")
+        for k, v in state.items():
+            if v.shape != expected[k].shape:
+                raise CorruptFileError(f"{wpath}: {k} has shape {tuple(v.shape)}, expected "
+                                       f"{tuple(expected[k].shape)}")
+        model.load_state_dict(state, strict=True)
+        model.eval()
+        return model
+
+
+def train_upgrader(old: Union[np.ndarray, Binarizer], new: Binarizer, x_new, *,
+                   x_old=None, old_spec: Optional[CodeSpec] = None,
+                   old_version: Optional[str] = None, hidden: int = 512, depth: int = 2,
+                   epochs: int = 10, batch_size: int = 1024, lr: float = 1e-3,
+                   neighbors: int = 3, tau: float = 0.05, nce_weight: float = 1.0,
+                   seed: int = 0, progress: bool = True,
+                   max_time_s: Optional[float] = None,
+                   threads: Optional[int] = None) -> CodeUpgrader:
+    """Learn ``h``: stored old codes -> ``new``-version codes, from a paired sample.
+
+    ``old``: the old packed codes of n items (uint8 ``(n, old_spec.code_bytes)``; ``old_spec``
+    defaults to ``new.spec``), or the old ``Binarizer`` together with ``x_old`` (its floats of
+    the same items, encoded here). ``x_new`` (n, new.in_dim): the new floats of those items,
+    used only to train. Loss, over batches of random items plus mined new-float neighbours:
+    row-wise KL(softmax(cos(x_i, x_j)/tau) || softmax(cos(n_i, h(o_j))/tau)) (new queries
+    rank upgraded codes like the new float space) + ``nce_weight`` * InfoNCE(h(o_i) vs n_i,
+    negatives n_j). At serving time ``upgrade`` needs only the old codes.
+    ``threads``: torch CPU threads while training (1 is fastest on a loaded machine).
+    """
+    if threads is not None and (isinstance(threads, bool) or not isinstance(
+            threads, (int, np.integer)) or threads < 1):
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        return _train_upgrader(old, new, x_new, x_old, old_spec, old_version, hidden, depth,
+                               epochs, batch_size, lr, neighbors, tau, nce_weight, seed,
+                               progress, max_time_s)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train_upgrader(old, new, x_new, x_old, old_spec, old_version, hidden, depth, epochs,
+                    batch_size, lr, neighbors, tau, nce_weight, seed, progress, max_time_s):
+    new = _check_binarizer(new, "new")
+    if isinstance(old, Binarizer):
+        if x_old is None:
+            raise ValueError("with an old Binarizer, pass x_old (its floats of the items)")
+        xo = check_training_input(x_old, "x_old")
+        if xo.shape[1] != old.in_dim:
+            raise ValueError(f"x_old has {xo.shape[1]} columns but the old model expects "
+                             f"in_dim={old.in_dim}")
+        old_spec, old_version = old.spec, old.version if old_version is None else old_version
+        old_packed = old.encode(xo)
+    elif isinstance(old, np.ndarray):
+        if x_old is not None:
+            raise ValueError("x_old is only used with an old Binarizer, not with old codes")
+        old_spec = new.spec if old_spec is None else old_spec
+        if not isinstance(old_spec, CodeSpec):
+            raise TypeError(f"old_spec must be a CodeSpec, got {type(old_spec).__name__}")
+        old_packed = old_spec.check_packed(old, "old codes")
+    else:
+        raise TypeError(f"old must be packed uint8 codes (numpy array) or a bebr.Binarizer, "
+                        f"got {type(old).__name__}")
+    xn = check_training_input(x_new, "x_new")
+    if xn.shape[0] != old_packed.shape[0]:
+        raise ValueError(f"old codes and x_new must hold the same items, got "
+                         f"{old_packed.shape[0]} and {xn.shape[0]} rows")
+    if xn.shape[1] != new.in_dim:
+        raise ValueError(f"x_new has {xn.shape[1]} columns but the new model expects "
+                         f"in_dim={new.in_dim}")
+    if old_version is None:
+        old_version = new.compatible_with
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if batch_size < 2 * (1 + neighbors):
+        raise ValueError(f"batch_size must be >= {2 * (1 + neighbors)}, got {batch_size}")
+
+    gen = torch.Generator().manual_seed(int(seed))
+    o_all = torch.from_numpy(old_spec.values(old_packed))
+    x_all = F.normalize(torch.from_numpy(np.asarray(xn, dtype=np.float32)), dim=1)
+    n_all = torch.from_numpy(new.encode_values(xn))
+    nbrs = mine_neighbors(x_all, 10) if neighbors > 0 else None
+    n = x_all.shape[0]
+    anchors = max(1, batch_size // (1 + neighbors))
+    steps = max(1, math.ceil(n / anchors))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = CodeUpgrader(old_spec, new.spec, hidden=hidden, depth=depth,
+                             from_version=old_version, to_version=new.version)
+    scale = nn.Parameter(torch.tensor(1.0 / tau))
+    opt = torch.optim.AdamW(list(model.parameters()) + [scale], lr=lr, weight_decay=1e-4)
+    total = epochs * steps
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total, disable=not progress, desc="bebr upgrader", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    model.train()
+    stop = False
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for st in range(steps):
+            a = order[st * anchors:(st + 1) * anchors]
+            if len(a) < 2:
+                continue
+            if nbrs is not None:
+                pick = torch.randint(0, nbrs.shape[1], (len(a), neighbors), generator=gen)
+                idx = torch.cat([a, nbrs[a][torch.arange(len(a))[:, None], pick].reshape(-1)])
+            else:
+                idx = a
+            h = model(o_all[idx])
+            nb = n_all[idx]
+            # cross_distill with the new codes as queries against the upgraded gallery
+            xb = x_all[idx]
+            hn, nn_ = F.normalize(h, dim=1), F.normalize(nb, dim=1)
+            t = xb @ xb.T / tau
+            p = F.softmax(t, dim=1)
+            lv = (p * (F.log_softmax(t, 1) - F.log_softmax(nn_ @ hn.T * scale, 1))).sum(1).mean()
+            if nce_weight:
+                lv = lv + nce_weight * F.cross_entropy(hn @ nn_.T / tau,
+                                                       torch.arange(len(idx)))
+            opt.zero_grad(set_to_none=True)
+            lv.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            if st % 20 == 0:
+                bar.set_postfix(loss=f"{float(lv.detach()):.4f}")
+            if max_time_s is not None and time.perf_counter() - t0 > max_time_s:
+                stop = True
+                break
+        if stop:
+            break
+    bar.close()
+    model.eval()
+    model.train_info = {"time_s": time.perf_counter() - t0}
+    return model

@@ -1,0 +1,143 @@
+"""Compatible training and the code upgrader on a few thousand real GloVe rows."""
+
+import numpy as np
+import pytest
+import torch
+
+import bebr
+from bebr import metrics
+from bebr.compat import CodeUpgrader, CompatWeights, compat_loss, train_compatible, \
+    train_upgrader
+from bebr.datasets import exact_topk, glove_words, l2_normalize
+from bebr.fileio import CorruptFileError
+from bebr.train import train_binarizer
+
+N, NQ, DIM, BITS = 2000, 200, 32, 2
+KW = dict(epochs=3, progress=False, hidden=128, batch_size=512, seed=0, threads=1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    _, g = glove_words(N)
+    rng = np.random.default_rng(7)
+    # v2: a fixed random nonlinear map of GloVe plus item-specific features GloVe lacks,
+    # so the new float space has neighbourhoods the old one does not know
+    r = rng.standard_normal((50, 64)).astype(np.float32)
+    x_new = l2_normalize(np.tanh(2.0 * g @ r) + 0.6 * rng.standard_normal((N, 64)).astype(
+        np.float32))
+    q = np.arange(NQ)
+    base = np.arange(NQ, N)
+    truth = exact_topk(x_new[q], x_new[base], 10)
+    return g, x_new, q, base, truth
+
+
+@pytest.fixture(scope="module")
+def old_model(data):
+    g = data[0]
+    return train_binarizer(g, DIM, BITS, version="v1", **KW)
+
+
+@pytest.fixture(scope="module")
+def new_model(data, old_model):
+    g, x_new = data[:2]
+    return train_compatible(x_new, g, old_model, version="v2", **KW)
+
+
+def _recall(q_codes, g_codes, truth, spec):
+    index = bebr.Index(spec, metric="cosine")
+    index.add(g_codes)
+    ids = index.search(q_codes, 10)[1]
+    return metrics.recall_at_k(ids, truth), ids
+
+
+def test_compatible_codes_meet_the_criterion(data, old_model, new_model):
+    g, x_new, q, base, truth = data
+    spec = old_model.spec
+    assert new_model.spec == spec
+    assert new_model.version == "v2" and new_model.compatible_with == "v1"
+    old_codes, new_codes = old_model.encode(g), new_model.encode(x_new)
+    m_oo, _ = _recall(old_codes[q], old_codes[base], truth, spec)
+    m_no, _ = _recall(new_codes[q], old_codes[base], truth, spec)
+    m_nn, _ = _recall(new_codes[q], new_codes[base], truth, spec)
+    assert metrics.compatibility_criterion(m_no, m_oo), (m_no, m_oo)
+    assert m_nn > m_oo
+    assert 0 < metrics.update_gain(m_no, m_oo, m_nn) <= 1.5
+
+
+def test_compatible_model_round_trip_keeps_lineage(tmp_path, data, new_model):
+    x_new = data[1]
+    loaded = bebr.Binarizer.load(new_model.save(tmp_path / "v2"))
+    assert loaded.compatible_with == "v1" and loaded.version == "v2"
+    np.testing.assert_array_equal(loaded.encode(x_new[:50]), new_model.encode(x_new[:50]))
+
+
+def test_upgrader_round_trip(tmp_path, data, old_model, new_model):
+    g, x_new, q, base, truth = data
+    spec = old_model.spec
+    old_codes = old_model.encode(g)
+    up = train_upgrader(old_codes[base], new_model, x_new[base], epochs=1, hidden=64,
+                        batch_size=512, progress=False, threads=1)
+    assert (up.from_version, up.to_version) == ("v1", "v2")
+    upgraded = up.upgrade(old_codes[base])
+    assert upgraded.shape == old_codes[base].shape and upgraded.dtype == np.uint8
+    spec.check_packed(upgraded)
+    loaded = CodeUpgrader.load(up.save(tmp_path / "up"))
+    np.testing.assert_array_equal(loaded.upgrade(old_codes[base]), upgraded)
+    # a corrupted weights file is refused
+    w = tmp_path / "up" / "model.safetensors"
+    blob = bytearray(w.read_bytes())
+    blob[-3] ^= 0xFF
+    w.write_bytes(bytes(blob))
+    with pytest.raises(CorruptFileError, match="SHA-256"):
+        CodeUpgrader.load(tmp_path / "up")
+    w.write_bytes(bytes(blob[:100]))
+    with pytest.raises(CorruptFileError, match="truncated"):
+        CodeUpgrader.load(tmp_path / "up")
+
+
+def test_untrained_upgrader_is_identity():
+    spec = bebr.CodeSpec(20, 3)
+    up = CodeUpgrader(spec, spec, depth=1)
+    torch.nn.init.zeros_(up.net.blocks[0].fc2.weight)
+    levels = np.random.default_rng(0).integers(0, 8, (30, 20), dtype=np.uint8)
+    packed = spec.pack(levels)
+    np.testing.assert_array_equal(up.upgrade(packed), packed)
+
+
+def test_bad_inputs(data, old_model):
+    g, x_new = data[:2]
+    with pytest.raises(ValueError, match="same items"):
+        train_compatible(x_new[:100], g[:99], old_model, progress=False)
+    bad = x_new[:100].copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        train_compatible(bad, g[:100], old_model, progress=False)
+    with pytest.raises(TypeError, match="must be a bebr.Binarizer"):
+        train_compatible(x_new[:100], g[:100], "v1", progress=False)
+    with pytest.raises(ValueError, match="in_dim=50"):
+        train_compatible(x_new[:100], x_new[:100], old_model, progress=False)
+    with pytest.raises(ValueError, match="share the old code space"):
+        train_compatible(x_new[:100], g[:100], old_model, bits=1, progress=False)
+    with pytest.raises(ValueError, match="all compatibility weights are 0"):
+        CompatWeights(compat=0, ract=0, cross_distill=0, unibct=0)
+    with pytest.raises(ValueError, match=">= 0"):
+        CompatWeights(ract=-1)
+    with pytest.raises(TypeError, match="packed uint8 codes"):
+        train_upgrader([1, 2], old_model, g, progress=False)
+    with pytest.raises(ValueError, match="same items"):
+        train_upgrader(old_model.encode(g[:10]), old_model, g[:20], progress=False)
+    with pytest.raises(ValueError, match="pass x_old"):
+        train_upgrader(old_model, old_model, g[:20], progress=False)
+    with pytest.raises(ValueError, match="shape"):
+        CodeUpgrader(old_model.spec, old_model.spec).upgrade(np.zeros((2, 3), np.uint8))
+
+
+def test_compat_loss_terms_prefer_aligned_codes():
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(l2_normalize(rng.standard_normal((64, 16)).astype(np.float32)))
+    old = torch.from_numpy(rng.standard_normal((64, 16)).astype(np.float32))
+    shuffled = old[torch.randperm(64, generator=torch.Generator().manual_seed(0))]
+    for w in (CompatWeights(compat=1, ract=0, cross_distill=0),
+              CompatWeights(compat=0, ract=1, cross_distill=0),
+              CompatWeights(compat=0, ract=0, cross_distill=0, unibct=1)):
+        assert compat_loss(old.clone(), old, x, w) < compat_loss(shuffled, old, x, w)
