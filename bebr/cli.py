@@ -427,7 +427,8 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     return run_demo(n_words=args.words, dim=args.dim, bits=args.bits, epochs=args.epochs,
-                    max_time=args.max_time, queries=args.words_query,
+                    max_time=args.max_time, train_rows=args.train_rows,
+                    queries=args.words_query,
                     progress=not args.no_progress, workdir=args.workdir)
 
 
@@ -682,8 +683,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, default=128, help="code dimensions (default 128)")
     p.add_argument("--bits", type=int, default=2, help="bits per dimension (default 2)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default auto)")
-    p.add_argument("--max-time", type=float, default=90.0,
-                   help="training time budget in seconds (default 90)")
+    p.add_argument("--max-time", type=float, default=30.0,
+                   help="training loop time budget in seconds (default 30)")
+    p.add_argument("--train-rows", type=int, default=40_000,
+                   help="words sampled for training (default 40000)")
     p.add_argument("--words-query", nargs="*", default=["king", "france", "computer",
                                                         "music", "river"],
                    help="words whose neighbours to show")

@@ -69,7 +69,8 @@ def _per_query_us(fn, queries: np.ndarray, repeat: int = 1) -> float:
 
 
 def run_demo(*, n_words: int = 100_000, dim: int = 128, bits: int = 2,
-             epochs: Optional[int] = None, max_time: Optional[float] = 90.0,
+             epochs: Optional[int] = None, max_time: Optional[float] = 30.0,
+             train_rows: int = 40_000,
              queries: Sequence[str] = ("king", "france", "computer"), progress: bool = True,
              workdir: Optional[str] = None, n_queries: int = 1000, k: int = 10) -> int:
     """Run the demo; prints to stdout; returns 0."""
@@ -102,12 +103,14 @@ def run_demo(*, n_words: int = 100_000, dim: int = 128, bits: int = 2,
         kw = {"epochs": epochs} if epochs is not None else {}
         if max_time is not None:
             kw["max_time_s"] = max_time
-        model = bebr.train_binarizer(base, dim, bits, progress=progress, seed=0, **kw)
+        model = bebr.train_binarizer(base, dim, bits, progress=progress, seed=0,
+                                     max_train_rows=min(train_rows, base.shape[0]), **kw)
         t_train = time.perf_counter() - t0
         model_dir = work / "model"
         model.save(model_dir)
         _out(f"trained Binarizer {model.spec} ({model.spec.code_bytes} bytes/vector vs "
-             f"{base.shape[1] * 4} as float32) in {t_train:.1f} s; version {model.version}")
+             f"{base.shape[1] * 4} as float32) on {min(train_rows, base.shape[0])} words in "
+             f"{t_train:.1f} s; version {model.version}")
 
         # the base as a parquet shard: fixed-size-list vectors + the word's row as id
         flat = pa.array(base.ravel(), type=pa.float32())

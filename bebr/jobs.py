@@ -36,7 +36,8 @@ from .io.manifest import MANIFEST_NAME, Manifest, ShardEntry
 from .io.readers import open_source
 from .io.validate import check_rows
 
-__all__ = ["JobMismatchError", "JobResult", "version_tag", "encode_shards", "upgrade_shards", "load_model", "plan_units",
+__all__ = ["JobMismatchError", "JobResult", "version_tag", "encode_shards", "upgrade_shards",
+           "load_model", "plan_units",
            "DEFAULT_CHUNK_ROWS", "DEFAULT_SHARD_ROWS"]
 
 DEFAULT_CHUNK_ROWS = 65536
@@ -336,8 +337,8 @@ def encode_shards(model: Union[PathLike, Any], inputs, out_dir: PathLike, *,
     loads it from the path) or a loaded Binarizer (in-process local engine only).
     ``inputs``: a file, directory, glob or list of them (.npy, .fvecs, .bvecs, parquet).
     ``ray_cpus``: CPUs of the local Ray instance started when no ``address`` is given and
-    none is running. Raises BadRowError on a NaN/inf row unless ``skip_bad`` (then they are dropped and
-    counted in the manifest), InputError on empty or inconsistent input.
+    none is running. Raises BadRowError on a NaN/inf row unless ``skip_bad`` (then they are
+    dropped and counted in the manifest), InputError on empty or inconsistent input.
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")

@@ -62,7 +62,7 @@ class Source:
 
     def read(self, start: int = 0, stop: Optional[int] = None,
              chunk_rows: int = 65536) -> Iterator[Chunk]:
-        """Rows ``[start, stop)`` as float32 chunks of exactly ``chunk_rows`` rows (last shorter)."""
+        """Rows ``[start, stop)`` as float32 chunks of ``chunk_rows`` rows (the last shorter)."""
         stop = self.n if stop is None else stop
         if not 0 <= start <= stop <= self.n:
             raise ValueError(f"{self.path}: row range [{start}, {stop}) outside [0, {self.n})")
