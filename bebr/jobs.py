@@ -305,12 +305,14 @@ def _execute(tasks: List[Any], rows: List[int], manifest: Manifest, out_dir: Pat
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            with ProcessPoolExecutor(max_workers=workers,
-                                     mp_context=mp.get_context("spawn")) as pool:
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+            try:
                 futs = {pool.submit(_run_task, t): r for t, r in zip(tasks, rows)}
                 for f in as_completed(futs):
                     record(f.result())
                     bar.update(futs[f])
+            finally:  # on an error, drop the queued shards instead of running them all
+                pool.shutdown(wait=True, cancel_futures=True)
         elif engine == "ray":
             from .raytools import run_tasks_ray
 

@@ -104,6 +104,12 @@ def test_bad_rows_refused_or_skipped(tmp_path, glove, model_dir):
     with pytest.raises(BadRowError, match=r"x.npy: row 123 contains NaN"):
         encode_shards(model_dir, tmp_path / "x.npy", tmp_path / "o1", chunk_rows=100,
                       progress=False)
+    y = x.copy()
+    y[123] = glove[123]
+    np.save(tmp_path / "y.npy", y)
+    with pytest.raises(BadRowError, match=r"y.npy: row 400 contains inf"):  # from a worker
+        encode_shards(model_dir, tmp_path / "y.npy", tmp_path / "o1w", chunk_rows=100,
+                      shard_rows=300, progress=False, workers=2)
     res = encode_shards(model_dir, tmp_path / "x.npy", tmp_path / "o2", chunk_rows=100,
                         skip_bad=True, progress=False)
     assert res.manifest.skipped == 2 and res.manifest.count == 598
