@@ -70,12 +70,13 @@ def readme_body(iso_res: dict, command: str) -> str:
     ])
 
 
-def run_suite(studies, quick: bool, out: Path, log=print) -> dict:
+def run_suite(studies, quick: bool, out: Path, log=print, max_n=None) -> dict:
     """Run `studies` (names), write sections/plots/README under `out`; returns the results."""
     out = Path(out)
     (out / "docs").mkdir(parents=True, exist_ok=True)
     command = "bebr bench" + (" --quick" if quick else "") + "".join(
-        f" --study {s}" for s in studies if len(studies) < len(STUDIES))
+        f" --study {s}" for s in studies if len(studies) < len(STUDIES)) + (
+        f" --max-n {max_n}" if max_n else "")
     bw = bandwidth(quick)
     info = machine_info(bw)
     log(f"# {info['cpu']}, {info['cores']} cores, simd {info['simd']}, bandwidth "
@@ -88,18 +89,18 @@ def run_suite(studies, quick: bool, out: Path, log=print) -> dict:
         torch.set_num_threads(1)  # already imported torch/faiss before the env var was set
     try:
         for name in studies:
-            results[name] = _run_study(name, quick, out, command, bw, info, log)
+            results[name] = _run_study(name, quick, out, command, bw, info, log, max_n)
     finally:
         torch.set_num_threads(torch_threads)
     return results
 
 
-def _run_study(name, quick, out, command, bw, info, log) -> dict:
+def _run_study(name, quick, out, command, bw, info, log, max_n) -> dict:
     """Run one study, then write its plot, section (and README block) and raw JSON."""
     mod = STUDIES[name]
     t0 = time.perf_counter()
     with LoadSampler() as load:
-        res = mod.run(quick, bw, log)
+        res = mod.run(quick, bw, log, max_n=max_n)
     res["load"] = load.summary()
     res["wall_s"] = time.perf_counter() - t0
     res["machine"] = info
@@ -131,13 +132,15 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=None,
                    help="write BENCHMARKS.md, README.md, docs/ here (default: the repository "
                         "root; with --quick a new temporary directory)")
+    p.add_argument("--max-n", type=int, default=None,
+                   help="cap the database sizes of the kernels and scaling studies (full: 10M)")
     args = p.parse_args(argv)
     studies = [s for s in STUDIES if s in (args.study or STUDIES)]
     out = args.out
     if out is None:
         out = Path(tempfile.mkdtemp(prefix="bebr-bench-quick-")) if args.quick else ROOT
     print(f"# writing to {out}", flush=True)
-    return run_suite(studies, args.quick, out)
+    return run_suite(studies, args.quick, out, max_n=args.max_n)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ between `<!-- bench-suite: begin -->` and `<!-- bench-suite: end -->`.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -35,10 +36,10 @@ import bebr  # noqa: E402
 from bebr import datasets  # noqa: E402
 
 __all__ = ["median_times", "measure_bandwidth", "build_faiss_pq", "machine_info",
-           "machine_markdown", "LoadSampler", "rss_bytes", "md_table", "write_section",
-           "write_readme_block", "load_data", "bebr_model", "lsh_bits", "recall",
+           "machine_markdown", "LoadSampler", "heap_bytes", "rss_bytes", "md_table",
+           "write_section", "write_readme_block", "load_data", "bebr_model", "lsh_bits", "recall",
            "flat_topk", "faiss_baselines", "faiss_search", "bebr_models",
-           "MODEL_SHAPES", "MODEL_BUDGET_S"]
+           "MODEL_SHAPES", "MODEL_BUDGET_S", "MODEL_INFO", "models_markdown"]
 
 
 # ----------------------------------------------------------------------------- machine
@@ -126,6 +127,25 @@ class LoadSampler:
     def summary(self) -> dict:
         s = self.samples
         return dict(min=min(s), median=statistics.median(s), max=max(s), n=len(s))
+
+
+def heap_bytes():
+    """Bytes currently allocated through malloc (glibc mallinfo2: in-use heap + mmapped
+    chunks), or None where unavailable. Unlike RSS, not blurred by freed-memory reuse."""
+    import ctypes
+
+    class _MallInfo2(ctypes.Structure):
+        _fields_ = [(f, ctypes.c_size_t) for f in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
+
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    m = fn()
+    return int(m.uordblks + m.hblkhd)
 
 
 def rss_bytes() -> int:
@@ -220,6 +240,7 @@ def flat_topk(q: np.ndarray, b: np.ndarray, k: int, scale: np.ndarray | None = N
 
 # ----------------------------------------------------------------------------- models
 _MODELS: dict = {}  # in-process memo: studies 2 and 3 of one run share their models
+MODEL_INFO: dict = {}  # (data, dim, bits) -> training time, load, validation recall
 
 
 def bebr_model(name: str, base: np.ndarray, dim: int, bits: int, quick: bool,
@@ -239,12 +260,28 @@ def bebr_model(name: str, base: np.ndarray, dim: int, bits: int, quick: bool,
             / f"{name}-{base.shape[0]}x{base.shape[1]}-{dim}x{bits}-{int(budget_s)}s-seed0")
     if (path / "config.json").exists():
         _MODELS[key] = Binarizer.load(path)
+        info = path / "bench-train.json"
+        MODEL_INFO[(name, dim, bits)] = json.loads(info.read_text()) if info.exists() else {}
         return _MODELS[key]
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as tools/eval_quality.py: 1 thread trains faster on a busy box
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    model = train_binarizer(base, dim, bits, progress=False, seed=0, max_time_s=budget_s)
-    print(f"# trained bebr {name} {dim}x{bits} in {time.perf_counter() - t0:.0f} s", flush=True)
+    try:
+        model = train_binarizer(base, dim, bits, progress=False, seed=0, max_time_s=budget_s)
+    finally:
+        torch.set_num_threads(threads)
+    info = dict(train_s=round(time.perf_counter() - t0, 1),
+                load=round((load0 + os.getloadavg()[0]) / 2, 2), budget_s=budget_s,
+                **{k: v for k, v in getattr(model, "train_info", {}).items()
+                   if k in ("val_r10@10", "epochs_run")})
+    print(f"# trained bebr {name} {dim}x{bits}: {info}", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
+    (path / "bench-train.json").write_text(json.dumps(info))
+    MODEL_INFO[(name, dim, bits)] = info
     _MODELS[key] = model
     return model
 
@@ -269,9 +306,10 @@ def faiss_baselines(d: int, budget: int):
 
     PQ: M x nb bits, nb the first of (8, 4, 5, 6) for which M = budget/nb divides d; RaBitQ:
     budget/d bits per dim (1, 2, 4, 8), its code also holds per-vector float factors
-    (code_size says how many bytes); SQ: 4 or 8 bits per dim. Query handling (see `faiss_search`): asymmetric =
-    float queries (RaBitQ with qb=0); symmetric = the query passed through the same quantizer
-    (sa_decode(sa_encode(q))) before the search, i.e. code against code.
+    (code_size says how many bytes); SQ: 4 or 8 bits per dim. Query handling (see
+    `faiss_search`): asymmetric = float queries (RaBitQ with qb=0); symmetric = the query
+    passed through the same quantizer (sa_decode(sa_encode(q))) before the search, i.e. code
+    against code.
     """
     import faiss
 
@@ -307,7 +345,7 @@ MODEL_SHAPES = {
     "minilm": [(384, 1), (192, 2), (384, 2), (384, 4)],
 }
 MODEL_SHAPES_QUICK = {"glove": [(50, 1), (50, 2)], "minilm": [(96, 2)]}
-MODEL_BUDGET_S = {"glove": 90.0, "minilm": 200.0}
+MODEL_BUDGET_S = {"glove": 150.0, "minilm": 300.0}  # as tools/eval_quality.py
 
 
 def bebr_models(name: str, base: np.ndarray, quick: bool) -> dict:
@@ -315,3 +353,20 @@ def bebr_models(name: str, base: np.ndarray, quick: bool) -> dict:
     shapes = (MODEL_SHAPES_QUICK if quick else MODEL_SHAPES)[name]
     budget = 2.0 if quick else MODEL_BUDGET_S[name]
     return {(d, b): bebr_model(name, base, d, b, quick, budget) for d, b in shapes}
+
+
+def models_markdown() -> str:
+    """One line on how the bebr models used by this run were trained (from MODEL_INFO)."""
+    if not MODEL_INFO:
+        return "bebr models: trained in this run with quick settings (1 epoch, hidden 64)."
+    parts = []
+    for (name, dim, bits), i in sorted(MODEL_INFO.items()):
+        if not i:
+            parts.append(f"{name} {dim}x{bits} (cached, no training record)")
+            continue
+        extra = f", val R10@10 {i['val_r10@10']:.3f}" if "val_r10@10" in i else ""
+        parts.append(f"{name} {dim}x{bits}: {i['train_s']:.0f} s at load {i['load']:.1f}"
+                     f"{extra}")
+    return ("bebr models (`train_binarizer` defaults, seed 0, 1 torch thread, time budget "
+            f"{', '.join(f'{k} {v:.0f} s' for k, v in MODEL_BUDGET_S.items())}; trained once "
+            "and cached under the bebr data dir): " + "; ".join(parts) + ".")

@@ -19,7 +19,8 @@ import time
 import numpy as np
 
 import bebr
-from benchlib import bebr_models, load_data, lsh_bits, md_table, median_times, recall
+from benchlib import (bebr_models, load_data, lsh_bits, md_table, median_times,
+                      models_markdown, recall)
 
 NAME = "bench-iso-recall"
 TITLE = "Suite 2. Iso-recall latency: Hamming on 1-bit codes vs SDC on multi-bit codes"
@@ -61,7 +62,7 @@ def _points(name, base, queries, quick):
     return pts
 
 
-def run(quick: bool, bw: dict, log=print) -> dict:
+def run(quick: bool, bw: dict, log=print, max_n=None) -> dict:
     c = config(quick)
     out = {}
     for name in c["datasets"]:
@@ -126,8 +127,7 @@ def markdown(res: dict) -> str:
     c = res["config"]
     lines = [f"Latency = median over {c['lat_queries']} single-query searches (k=10, 1 thread), "
              "all points interleaved query by query; batch QPS = all queries in one call on 1 "
-             "thread, median of 3. bebr models trained on the base with the time budget of "
-             "tools/benchlib.py `MODEL_BUDGET_S` (default training settings otherwise).", "",
+             "thread, median of 3.", "", models_markdown(), "",
              "Which reaches a recall target faster, and with how many bytes:", "",
              headline(res), ""]
     for name, d in res["data"].items():
@@ -146,6 +146,7 @@ def plot(res: dict, path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     data = res["data"]
     fig, axes = plt.subplots(1, len(data), figsize=(6.2 * len(data), 4.6), squeeze=False)
@@ -161,6 +162,8 @@ def plot(res: dict, path) -> None:
                 ax.annotate(f"{r['bytes']}B", (r["latency_us"], r["recall"]), fontsize=7,
                             xytext=(4, -9), textcoords="offset points", color=col)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("latency per query, us (1 thread, log)")
         ax.set_ylabel("recall@10 (R10@10)")
         ax.set_ylim(0, 1)

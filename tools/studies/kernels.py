@@ -80,10 +80,12 @@ def build(n: int, c: dict, rng, log=print):
     return out, fpq_d
 
 
-def run(quick: bool, bw: dict, log=print) -> dict:
+def run(quick: bool, bw: dict, log=print, max_n=None) -> dict:
     import faiss
 
     c = config(quick)
+    if max_n:  # cap the database sizes (time or memory); the report shows the sizes run
+        c["ns"] = [n for n in c["ns"] if n <= max_n] or [max_n]
     rng = np.random.default_rng(0)
     spec = bebr.CodeSpec(c["dim"], c["bits"])
     rows = []

@@ -17,7 +17,7 @@ import numpy as np
 
 import bebr
 from benchlib import (bebr_models, faiss_baselines, faiss_search, flat_topk, load_data,
-                      lsh_bits, md_table, recall)
+                      lsh_bits, md_table, models_markdown, recall)
 
 NAME = "bench-recall-bits"
 TITLE = "Suite 3. Recall against bits per vector: bebr vs faiss, symmetric and asymmetric"
@@ -77,7 +77,7 @@ def _row(label, family, bits, sym, asym, truth, stored=None):
                 asym10=recall(asym, truth, 10), asym100=recall(asym, truth, 100))
 
 
-def run(quick: bool, bw: dict, log=print) -> dict:
+def run(quick: bool, bw: dict, log=print, max_n=None) -> dict:
     import faiss
 
     faiss.omp_set_num_threads(1 if quick else 2)
@@ -101,7 +101,7 @@ def markdown(res: dict) -> str:
              "results, no re-ranking. 'sym': query encoded like the base (code vs code); "
              "'asym': float query vs codes. 'stored B' = bytes per stored vector (faiss RaBitQ "
              "adds per-vector float factors to its bits). Best R10@10 of each budget in bold.",
-             ""]
+             "", models_markdown(), ""]
     for name, d in res["data"].items():
         lines += [f"{name} (n={d['n']:,}, D={d['D']}, {d['nq']} queries):", ""]
         table = []

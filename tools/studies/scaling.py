@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 import bebr
-from benchlib import md_table, median_times, rss_bytes
+from benchlib import heap_bytes, md_table, median_times, rss_bytes
 
 NAME = "bench-scaling"
 TITLE = "Suite 4. Scaling: latency and memory from 10k to 10M vectors, encode throughput"
@@ -30,7 +30,7 @@ def config(quick: bool) -> dict:
         return dict(ns=[1000, 4000, 16000], dim=384, bits=2, repeats=3, lat_queries=5,
                     encode_n=2000)
     return dict(ns=[10_000, 100_000, 1_000_000, 10_000_000], dim=384, bits=2, repeats=5,
-                lat_queries=9, encode_n=100_000)
+                lat_queries=9, encode_n=50_000)
 
 
 def _scan(c, rng, log):
@@ -44,12 +44,13 @@ def _scan(c, rng, log):
         for kind, make in (("bebr SDC", lambda: bebr.Index(spec)),
                            ("bebr Hamming", lambda: bebr.HammingIndex(8 * nb))):
             gc.collect()
-            r0 = rss_bytes()
+            r0, h0 = rss_bytes(), heap_bytes()
             idx = make()
             t0 = time.perf_counter()
             idx.add(codes)
             t_add = time.perf_counter() - t0
-            mem = rss_bytes() - r0
+            rss = rss_bytes() - r0
+            mem = heap_bytes() - h0 if h0 is not None else rss
             lat1, lat2 = [], []
             for i in range(c["lat_queries"]):
                 qi = q1[i:i + 1]
@@ -58,7 +59,7 @@ def _scan(c, rng, log):
                 lat1.append(a)
                 lat2.append(b)
             (t64,) = median_times([lambda: idx.search(q64, K, threads=2)], c["repeats"])
-            rows.append(dict(method=kind, n=n, bytes=nb, add_s=n / t_add, mem=mem,
+            rows.append(dict(method=kind, n=n, bytes=nb, add_s=n / t_add, mem=mem, rss=rss,
                              mem_per_vec=mem / n, lat1_ms=float(np.median(lat1)) * 1e3,
                              lat2_ms=float(np.median(lat2)) * 1e3, qps64=64 / t64))
             r = rows[-1]
@@ -88,8 +89,10 @@ def _encode(c, rng, log):
     return rows
 
 
-def run(quick: bool, bw: dict, log=print) -> dict:
+def run(quick: bool, bw: dict, log=print, max_n=None) -> dict:
     c = config(quick)
+    if max_n:  # cap the database sizes (time or memory); the report shows the sizes run
+        c["ns"] = [n for n in c["ns"] if n <= max_n] or [max_n]
     rng = np.random.default_rng(0)
     return dict(config=c, scan=_scan(c, rng, log), encode=_encode(c, rng, log))
 
@@ -99,13 +102,16 @@ def markdown(res: dict) -> str:
     lines = [f"`CodeSpec({c['dim']}, {c['bits']})` codes ({res['scan'][0]['bytes']} B) in "
              f"`bebr.Index` and {8 * res['scan'][0]['bytes']}-bit codes in `bebr.HammingIndex`, "
              f"k=10. Latency: median over {c['lat_queries']} queries of the median of "
-             f"{c['repeats']} repeats. Memory: RSS added by building the index, per vector "
-             "(codes + ids + bookkeeping; the page granularity blurs the smallest n).", ""]
+             f"{c['repeats']} repeats. Memory: bytes the index holds after add() (malloc'd heap "
+             "added, glibc mallinfo2: codes + ids + bookkeeping), per vector, and the RSS "
+             "added (blurred by reuse of freed memory at small n).", ""]
     lines.append(md_table(
-        ["method", "n", "add (M vec/s)", "index MiB", "B/vec", "latency 1 thr (ms)",
+        ["method", "n", "add (M vec/s)", "index MiB", "B/vec", "RSS added MiB",
+         "latency 1 thr (ms)",
          "latency 2 thr (ms)", "QPS nq=64, 2 thr"],
         [[r["method"], f"{r['n']:,}", f"{r['add_s'] / 1e6:.1f}", f"{r['mem'] / 2**20:.1f}",
-          f"{r['mem_per_vec']:.1f}", f"{r['lat1_ms']:.3f}", f"{r['lat2_ms']:.3f}",
+          f"{r['mem_per_vec']:.1f}", f"{r['rss'] / 2**20:.1f}", f"{r['lat1_ms']:.3f}",
+          f"{r['lat2_ms']:.3f}",
           f"{r['qps64']:.0f}"] for r in res["scan"]]))
     lines += ["", "Encode throughput (`Binarizer` with default hidden width/depth; untrained "
               "weights, same cost as trained):", ""]
@@ -128,7 +134,8 @@ def plot(res: dict, path) -> None:
         a1.plot(ns, [r["lat1_ms"] for r in rs], marker="o", color=f"C{i}", label=f"{m}, 1 thread")
         a1.plot(ns, [r["lat2_ms"] for r in rs], marker="x", ls="--", color=f"C{i}",
                 label=f"{m}, 2 threads")
-        a2.plot(ns, [max(r["mem"], 4096) / 2**20 for r in rs], marker="o", color=f"C{i}", label=m)
+        a2.plot(ns, [max(r["mem"], 4096) / 2**20 for r in rs], marker="o", color=f"C{i}",
+                label=m)
     for a in (a1, a2):
         a.set_xscale("log")
         a.set_yscale("log")
@@ -136,7 +143,7 @@ def plot(res: dict, path) -> None:
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
     a1.set_ylabel("single-query latency, ms")
-    a2.set_ylabel("index memory (RSS added), MiB")
+    a2.set_ylabel("index memory (heap bytes held), MiB")
     a1.set_title(f"{res['scan'][0]['bytes']} B/vector, k=10", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
