@@ -155,16 +155,19 @@ def write_section(path: Path, a, rows, mem, input_bytes: int, loads) -> None:
     except OSError:
         pass
     lines = [
-        f"Command: `python tools/bench_jobs.py --write BENCHMARKS.md` (n={a.n}, "
-        f"dim_in={a.dim_in}, chunk_rows={a.chunk_rows}); {os.cpu_count()} cores ({cpu}), "
+        f"Command: `python tools/bench_jobs.py --n {a.n} --throughput-rows "
+        f"{a.throughput_rows} --write BENCHMARKS.md` (dim_in={a.dim_in}, "
+        f"chunk_rows={a.chunk_rows}); {os.cpu_count()} cores ({cpu}), "
         f"shared with other work: 1-minute load average {loads[0][0]:.1f} at the start and "
         f"{loads[1][0]:.1f} at the end of the run, so rates are indicative, lower than on an "
         "idle machine.",
         "",
         f"Encode throughput: `bebr encode` of {a.throughput_rows} random float32 rows "
         f"(2 .npy input shards) with a `Binarizer({a.dim_in}, 256, 2)` (hidden 512), 1 torch "
-        "thread per worker; job time excludes process and Ray start-up. Every engine's "
-        "output was checked byte-identical to the 1-process run.",
+        "thread per worker. *job s*: the job's own timer, from the plan to the last shard "
+        "recorded (includes starting the worker processes or the local Ray instance); "
+        "*process wall s*: the whole command including interpreter start and imports. Every "
+        "engine's output was checked byte-identical to the 1-process run.",
         "",
         "| engine | vectors | job s | vectors/s | process wall s |",
         "|---|---:|---:|---:|---:|",
