@@ -575,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", formatter_class=fmt, help="build and edit index files",
                        description="Build a bebr.Index file from code shards, add or remove "
                                    "items, show what an index holds.")
+    p.set_defaults(help_parser=p)
     isub = p.add_subparsers(dest="index_command", metavar="ACTION")
     q = isub.add_parser("build", formatter_class=fmt, help="new index from code shards",
                         description="Build a new index file from one or more complete code-"
@@ -719,9 +720,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False)) or "--debug" in argv
-    if not getattr(args, "func", None):
-        sub = {"index": "index"}.get(getattr(args, "command", None))
-        parser.parse_args([sub, "--help"] if sub else ["--help"])
+    if not getattr(args, "func", None):  # no command (or `bebr index` without an action)
+        getattr(args, "help_parser", parser).print_help(sys.stderr)
         return 2
     try:
         if getattr(args, "passthrough", False):
