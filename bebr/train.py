@@ -1,14 +1,17 @@
 """Embedding-to-embedding training of a ``Binarizer`` (REFERENCE.md section 2): no labels.
 
-The training signal is the float space itself. Each batch is built from random anchors plus
-some of their mined float nearest neighbours (so every batch holds hard negatives and true
-neighbours), and the loss is one of
+The training signal is the float space itself. Each batch is random rows (default) or random
+anchors plus ``neighbors`` of their mined float nearest neighbours (hard negatives and true
+neighbours in every batch; measured no better on GloVe, see BENCHMARKS.md, and mining costs an
+n x n scan), and the loss is one of
 - ``"distill"``: neighbour-ranking distillation, row-wise KL(softmax(float cos / tau_t) ||
   softmax(s * code cos)) over the batch, s a learned scale;
 - ``"nce"``: symmetric InfoNCE code-vs-float of the same item (float projected to the code
   space by a train-only linear head), positive + the ``hard_negatives`` hardest negatives;
 - ``"both"``: their sum;
 plus any ``extra_loss(model, out, xb, idx)`` a caller adds (compatible training builds on it).
+Init (``init="pca"``): the recurrence starts as a per-dimension uniform scalar quantizer of a
+randomly rotated PCA projection (the largest single gain measured); training then refines it.
 
 x may be a memory-mapped .npy larger than RAM: training reads a random sample of at most
 ``max_train_rows`` rows (sorted row indices, one pass), never the whole array.
@@ -96,6 +99,40 @@ def init_projection(x: torch.Tensor, dim: int, gen: torch.Generator) -> torch.Te
     return P / std
 
 
+# MSE-optimal uniform quantizer step (in units of sigma) of a Gaussian, by bits per dimension.
+_GAUSS_STEP = {1: 1.596, 2: 0.996, 3: 0.586, 4: 0.335}
+
+
+def _orthonormal_basis(xc: torch.Tensor, dim: int, gen: torch.Generator) -> torch.Tensor:
+    """(dim, D) rows: top-dim PCA directions mixed by a random rotation (orthonormal rows) when
+    dim <= D; a random tight frame over the PCA basis (Q^T Q = I) when dim > D."""
+    D = xc.shape[1]
+    cov = (xc.T @ xc).double() / max(1, xc.shape[0] - 1)
+    _, vecs = torch.linalg.eigh(cov)
+    vecs = vecs.flip(1).float()
+    if dim <= D:
+        rot = torch.linalg.qr(torch.randn(dim, dim, generator=gen))[0]
+        return rot @ vecs[:, :dim].T
+    q = torch.linalg.qr(torch.randn(dim, dim, generator=gen))[0]
+    return q[:, :D] @ vecs.T
+
+
+def _init_scalar_quantizer(model: Binarizer, xc: torch.Tensor, gen: torch.Generator) -> None:
+    """Init the recurrence as a per-dimension uniform scalar quantizer of z = Q normalize(xc):
+    W = s Q, B_t = Q^T / s (decoder), R_t = 2^t s Q, so b_t = sign(2^t (s z - c_{t-1})) up to
+    the normalisation of the reconstruction; s puts the code levels at the MSE-optimal
+    Gaussian quantizer step. Residual MLP branches start near zero."""
+    Q = _orthonormal_basis(xc, model.dim, gen)
+    xn = F.normalize(xc, dim=1)
+    sigma = (xn @ Q.T).std(0).mean().clamp_min(1e-8)
+    u = model.bits
+    s = float(2.0 ** (1 - u) / (_GAUSS_STEP[u] * sigma))
+    model.W.skip.weight.copy_(s * Q)
+    for t in range(1, u):
+        model.B[t - 1].skip.weight.copy_(Q.T / s)
+        model.R[t - 1].skip.weight.copy_((2.0 ** t) * s * Q)
+
+
 def _init_model(model: Binarizer, x: torch.Tensor, gen: torch.Generator, center: bool,
                 projection: Optional[Callable] = None) -> None:
     """PCA-style init; ``projection(xc) -> (dim, D)`` replaces the first-step projection
@@ -104,7 +141,10 @@ def _init_model(model: Binarizer, x: torch.Tensor, gen: torch.Generator, center:
         if center:
             model.in_mean.copy_(x.mean(0))
         xc = x - model.in_mean
-        P = init_projection(xc, model.dim, gen) if projection is None else projection(xc)
+        if projection is None:
+            _init_scalar_quantizer(model, xc, gen)
+            return
+        P = projection(xc)
         model.W.skip.weight.copy_(P)
         xn = F.normalize(xc, dim=1)
         c = torch.sign(xc @ P.T)
@@ -182,8 +222,8 @@ def code_recall(cq: torch.Tensor, cb: torch.Tensor, truth: torch.Tensor, r: int 
 def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
                     batch_size: Optional[int] = None, lr: Optional[float] = None,
                     device: str = "cpu", seed: int = 0, progress: bool = True,
-                    val_fraction: float = 0.02, loss: str = "distill", hidden: int = 512,
-                    depth: int = 1, tau: float = 0.05, neighbors: int = 3,
+                    val_fraction: float = 0.02, loss: str = "distill", hidden: int = 128,
+                    depth: int = 0, tau: float = 0.05, neighbors: int = 0,
                     mined_k: int = 10, patience: int = 3, center: bool = True,
                     init: str = "pca", max_train_rows: int = 200_000,
                     max_time_s: Optional[float] = None, version: Optional[str] = None,
@@ -257,8 +297,8 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
     anchors_per_batch = max(1, batch_size // (1 + neighbors))
     steps_per_epoch = max(1, math.ceil(len(train_ids) / anchors_per_batch))
     if epochs is None:
-        # ~ 2.5M anchor visits, between 3 and 30 epochs; early stopping trims it
-        epochs = int(min(30, max(3, round(2.5e6 / len(train_ids)))))
+        # ~ 1M item visits, between 2 and 20 epochs; early stopping trims it
+        epochs = int(min(20, max(2, round(1e6 / len(train_ids)))))
     epochs = _check_pos_int(epochs, "epochs")
 
     old_threads = torch.get_num_threads()

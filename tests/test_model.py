@@ -199,3 +199,23 @@ def test_load_strict_keys(tmp_path):
     with pytest.raises(CorruptFileError, match=r"missing keys \['W.skip.weight'\].*"
                                                r"unexpected keys \['extra.weight'\]"):
         Binarizer.load(p)
+
+
+@pytest.mark.parametrize("dim, bits", [(10, 1), (13, 2), (33, 4)])
+def test_encode_searches_identically_through_index_and_reference(dim, bits):
+    import bebr
+
+    if not hasattr(bebr, "Index"):
+        pytest.skip("bebr.Index not built in this checkout")
+    m = _model(dim=dim, bits=bits)
+    x = _data(300, seed=7)
+    codes = m.encode(x)
+    q = m.encode(_data(9, seed=8))
+    ids = np.arange(300) * 3 + 1
+    for metric in ("ip", "cosine"):
+        idx = bebr.Index(m.spec, metric)
+        idx.add(codes, ids)
+        s1, i1 = idx.search(q, 20)
+        s2, i2 = search_codes(m.spec, q, codes, ids, 20, metric)
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_allclose(s1, s2, rtol=1e-5, atol=1e-6)

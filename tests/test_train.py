@@ -1,0 +1,136 @@
+"""train_binarizer: input validation, real-data quality vs sign-LSH, determinism, hooks."""
+
+import numpy as np
+import pytest
+import torch
+
+from bebr import datasets as ds
+from bebr.model import Binarizer
+from bebr.reference import search_codes
+from bebr.train import train_binarizer
+
+FAST = dict(hidden=32, progress=False, epochs=2, threads=1)
+
+
+@pytest.fixture(scope="module")
+def glove():
+    _, x = ds.glove_words(3000)
+    qi, bi = ds.query_split(len(x), 200, seed=0)
+    gt = ds.exact_topk(x[qi], x[bi], 10)
+    return x, qi, bi, gt
+
+
+def _recall(model, x, qi, bi, gt):
+    spec = model.spec
+    _, ids = search_codes(spec, model.encode(x[qi]), model.encode(x[bi]), np.arange(len(bi)),
+                          10, "cosine")
+    return ds.recall_at(ids, gt)
+
+
+def _lsh_recall(x, qi, bi, gt, nbits, seed=0):
+    rot = np.linalg.qr(np.random.default_rng(seed).standard_normal((nbits, nbits)))[0]
+    proj = rot[:, : x.shape[1]] if nbits >= x.shape[1] else rot[: x.shape[1], :nbits].T
+    bits = (x @ proj.T >= 0).astype(np.uint8)
+    spec = __import__("bebr").CodeSpec(nbits, 1)
+    _, ids = search_codes(spec, spec.pack(bits[qi]), spec.pack(bits[bi]), np.arange(len(bi)),
+                          10, "ip")
+    return ds.recall_at(ids, gt)
+
+
+def test_trained_model_beats_sign_lsh_on_real_glove(glove):
+    x, qi, bi, gt = glove
+    model = train_binarizer(x[bi], 50, 1, seed=0, **FAST)
+    assert isinstance(model, Binarizer) and not model.training
+    ours = _recall(model, x, qi, bi, gt)
+    lsh = np.mean([_lsh_recall(x, qi, bi, gt, 50, seed=s) for s in range(3)])
+    assert ours > lsh + 0.03, (ours, lsh)
+    # two bits per dim at the same dims is better again
+    model2 = train_binarizer(x[bi], 50, 2, seed=0, **FAST)
+    assert _recall(model2, x, qi, bi, gt) > ours + 0.05
+
+
+def test_training_log_and_best_epoch_kept(glove):
+    x, _, bi, _ = glove
+    log = []
+    m = train_binarizer(x[bi], 32, 2, seed=0, log=log, patience=10, **dict(FAST, epochs=3))
+    assert [e["epoch"] for e in log] == [0, 1, 2, 3]
+    assert all(np.isfinite(e["loss"]) for e in log[1:])
+    assert m.train_info["val_r10@10"] == max(e["val_r10@10"] for e in log)
+
+
+def test_scalar_quantizer_init_beats_sign_of_same_projection(glove):
+    # the init alone: 4 bits per dim of the rotated PCA projection beat 1 bit per dim clearly
+    x, qi, bi, gt = glove
+    m4 = train_binarizer(x[bi], 50, 4, seed=0, **dict(FAST, epochs=1))
+    m1 = train_binarizer(x[bi], 50, 1, seed=0, **dict(FAST, epochs=1))
+    assert _recall(m4, x, qi, bi, gt) > _recall(m1, x, qi, bi, gt) + 0.2
+
+
+def test_deterministic_for_a_seed(glove):
+    x, _, bi, _ = glove
+    xs = x[bi[:1500]]
+    a = train_binarizer(xs, 24, 2, seed=3, **FAST)
+    b = train_binarizer(xs, 24, 2, seed=3, **FAST)
+    c = train_binarizer(xs, 24, 2, seed=4, **FAST)
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[k], v, rtol=0, atol=0)
+    np.testing.assert_array_equal(a.encode(x), b.encode(x))
+    assert not np.array_equal(a.encode(x), c.encode(x))
+
+
+@pytest.mark.parametrize("loss", ["nce", "both"])
+def test_other_losses_train(glove, loss):
+    x, qi, bi, gt = glove
+    m = train_binarizer(x[bi], 50, 1, loss=loss, seed=0, **dict(FAST, epochs=1))
+    assert _recall(m, x, qi, bi, gt) > _lsh_recall(x, qi, bi, gt, 50)
+
+
+def test_extra_loss_hook_sees_batch_rows(glove):
+    x, _, bi, _ = glove
+    xs = x[bi[:1000]]
+    seen = []
+
+    def extra(model, out, xb, idx):
+        seen.append(len(idx))
+        np.testing.assert_allclose(xb.numpy(), xs[idx], atol=1e-6)
+        assert out.codes.shape == (len(idx), 16) and len(out.bits) == 2
+        return 0.0 * out.codes.sum()
+
+    train_binarizer(xs, 16, 2, extra_loss=extra, seed=0, **dict(FAST, epochs=1))
+    assert seen and all(s > 1 for s in seen)
+
+
+def test_memmap_input_sampled(tmp_path, glove):
+    x, _, bi, _ = glove
+    p = tmp_path / "x.npy"
+    np.save(p, x[bi])
+    mm = np.load(p, mmap_mode="r")
+    m = train_binarizer(mm, 16, 1, max_train_rows=1000, seed=0, **dict(FAST, epochs=1))
+    assert m.train_info["train_rows"] < 1000
+    assert m.encode(mm).shape == (len(bi), 2)
+
+
+@pytest.mark.parametrize("bad, exc, match", [
+    (np.zeros((0, 8), np.float32), ValueError, "at least"),
+    (np.zeros(8, np.float32), ValueError, "2-d"),
+    (np.array([["x"] * 4] * 30), TypeError, "numeric"),
+    (np.where(np.eye(30, 8) > 0, np.nan, 1.0), ValueError, "NaN"),
+    (np.where(np.eye(30, 8) > 0, np.inf, 1.0), ValueError, "NaN or inf"),
+    (np.ones((5, 8), np.float32), ValueError, "at least 20 rows"),
+])
+def test_bad_inputs(bad, exc, match):
+    with pytest.raises(exc, match=match):
+        train_binarizer(bad, 8, 1, progress=False)
+
+
+@pytest.mark.parametrize("kw, match", [({"dim": 0}, "dim"), ({"bits": 0}, "bits"),
+                                       ({"bits": 5}, "bits"), ({"loss": "mse"}, "loss"),
+                                       ({"val_fraction": 0.9}, "val_fraction"),
+                                       ({"epochs": 0}, "epochs"),
+                                       ({"batch_size": -1}, "batch_size")])
+def test_bad_arguments(kw, match):
+    x = np.random.default_rng(0).standard_normal((100, 8)).astype(np.float32)
+    args = dict(dim=8, bits=1)
+    args.update(kw)
+    with pytest.raises(ValueError, match=match):
+        train_binarizer(x, args.pop("dim"), args.pop("bits"), progress=False, **args)
