@@ -58,7 +58,7 @@ def build(n: int, c: dict, rng, log=print):
     fbin = faiss.IndexBinaryFlat(nbits)
     fbin.add(codes)
     del codes
-    fpq, fpq_d = build_faiss_pq(faiss, 2 * nbytes, 4, n, rng, c["train"], c["chunk"])
+    fpq, fpq_d = build_faiss_pq(faiss, 2 * nbytes, 4, n, rng, c["train"])
     out["bebr SDC"] = (nbytes, lambda q, t: sdc.search(q["code"], K, threads=t))
     out["bebr Hamming"] = (nbytes, lambda q, t: ham.search(q["code"], K, threads=t))
     out["faiss BinaryFlat"] = (nbytes, lambda q, t: fbin.search(q["code"], K))
