@@ -2,6 +2,7 @@
 #include "index.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <cmath>
 #include <exception>
@@ -13,6 +14,8 @@
 #include "dispatch.h"
 
 namespace bebr {
+
+std::atomic<int64_t> testing_fail_item{-1};
 
 float inverse_norm(const Geometry& geo, const uint8_t* packed) {
   // sum_j v_j^2 = sum_{s,t} w_s w_t (dim - 2 popcount(d_s ^ d_t))
@@ -325,48 +328,51 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   // Starting a thread costs far more than a small scan (and much more on a loaded machine):
   // every thread gets at least kMinWork block-queries (~256K item-queries) or is not started.
   constexpr int64_t kMinWork = 4096;
-  int T = static_cast<int>(std::min<int64_t>(threads, std::max<int64_t>(1, nb * nq / kMinWork)));
-  const bool split_queries = nq >= static_cast<int64_t>(T) * kMaxGroup;
-  if (split_queries) T = static_cast<int>(std::min<int64_t>(T, (nq + kMaxGroup - 1) / kMaxGroup));
+  const int T = static_cast<int>(std::min<int64_t>(threads, std::max<int64_t>(1, nb * nq / kMinWork)));
+  // Many queries: threads take groups of kQueryItem queries over the whole database (each
+  // chunk of blocks reused from cache by the group's queries). Few queries: threads take
+  // chunks of blocks for all queries into their own heaps, merged at the end. Work items
+  // are handed out dynamically and the calling thread works too, so a thread that the OS
+  // schedules late (loaded machine) delays nothing.
+  constexpr int64_t kQueryItem = 4 * kMaxGroup;
+  const bool split_queries = T > 1 && nq >= kQueryItem * T;
+  const int64_t nitems = T == 1 ? 1 : split_queries ? (nq + kQueryItem - 1) / kQueryItem : (nb + chunk - 1) / chunk;
+  std::vector<TopKSet> local;
+  if (T > 1 && !split_queries)
+    for (int t = 1; t < T; ++t) local.emplace_back(nq, k);
+  std::atomic<int64_t> next{0};
   std::vector<std::exception_ptr> errs(T);
-  if (T == 1) {
-    run(0, nq, 0, nb, res.heaps.data());
-  } else if (split_queries) {
-    // contiguous query ranges, multiples of the group size
-    const int64_t groups = (nq + kMaxGroup - 1) / kMaxGroup;
-    std::vector<std::thread> ws;
-    for (int t = 0; t < T; ++t) {
-      const int64_t q0 = std::min(nq, groups * t / T * kMaxGroup), q1 = std::min(nq, groups * (t + 1) / T * kMaxGroup);
-      ws.emplace_back([&, t, q0, q1] {
-        try {
-          if (q1 > q0) run(q0, q1, 0, nb, res.heaps.data() + q0);
-        } catch (...) {
-          errs[t] = std::current_exception();
+  auto worker = [&](int t) {
+    try {
+      for (;;) {
+        const int64_t item = next.fetch_add(1);
+        if (item >= nitems) break;
+        if (item == testing_fail_item.load(std::memory_order_relaxed))
+          throw std::runtime_error("injected failure in search work item " + std::to_string(item));
+        if (T == 1) {
+          run(0, nq, 0, nb, res.heaps.data());
+        } else if (split_queries) {
+          const int64_t q0 = item * kQueryItem, q1 = std::min(nq, q0 + kQueryItem);
+          run(q0, q1, 0, nb, res.heaps.data() + q0);
+        } else {
+          const int64_t b0 = item * chunk, b1 = std::min(nb, b0 + chunk);
+          run(0, nq, b0, b1, t == 0 ? res.heaps.data() : local[t - 1].heaps.data());
         }
-      });
+      }
+    } catch (...) {
+      errs[t] = std::current_exception();
+      next.store(nitems);  // stop the others early
     }
-    for (auto& w : ws) w.join();
-  } else {
-    std::vector<TopKSet> local;
-    local.reserve(T);
-    for (int t = 0; t < T; ++t) local.emplace_back(nq, k);
-    std::vector<std::thread> ws;
-    for (int t = 0; t < T; ++t) {
-      const int64_t b0 = nb * t / T, b1 = nb * (t + 1) / T;
-      ws.emplace_back([&, t, b0, b1] {
-        try {
-          run(0, nq, b0, b1, local[t].heaps.data());
-        } catch (...) {
-          errs[t] = std::current_exception();
-        }
-      });
-    }
-    for (auto& w : ws) w.join();
-    for (auto& e : errs) if (e) std::rethrow_exception(e);
-    for (int t = 0; t < T; ++t)
-      for (int64_t q = 0; q < nq; ++q) res.heaps[q].merge_from(local[t].heaps[q]);
-  }
-  for (auto& e : errs) if (e) std::rethrow_exception(e);
+  };
+  std::vector<std::thread> ws;
+  ws.reserve(T - 1);
+  for (int t = 1; t < T; ++t) ws.emplace_back(worker, t);
+  worker(0);
+  for (auto& w : ws) w.join();
+  for (auto& e : errs)
+    if (e) std::rethrow_exception(e);
+  for (auto& l : local)
+    for (int64_t q = 0; q < nq; ++q) res.heaps[q].merge_from(l.heaps[q]);
 
   const double s2 = static_cast<double>(1 << (geo_.bits - 1)) * (1 << (geo_.bits - 1));
   std::vector<std::pair<float, int64_t>> srt;

@@ -10,6 +10,7 @@
 // Concurrency: a readers-writer lock; searches share it, mutations take it exclusively, so a
 // search running while another thread adds sees the index either before or after the add.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <shared_mutex>
@@ -107,6 +108,10 @@ class SdcIndex {
   std::unordered_map<int64_t, int64_t> slot_of_;
   mutable std::shared_mutex mu_;
 };
+
+// Test hook: a search throws std::runtime_error from the worker that takes this work item
+// (-1: never). Used by the C++ tests to check that worker exceptions reach the caller.
+extern std::atomic<int64_t> testing_fail_item;
 
 // Inverse L2 norm of the scaled values of one packed code (1/sqrt(sum v^2)).
 float inverse_norm(const Geometry& geo, const uint8_t* packed);

@@ -95,6 +95,24 @@ TEST(SdcIndex, ExactInnerProductOfExtremeCodes) {
   }
 }
 
+TEST(SdcIndex, WorkerExceptionsReachTheCaller) {
+  std::mt19937_64 rng(3);
+  SdcIndex idx(64, 2, Metric::kIP);
+  const int64_t n = 400000;  // enough work for 2 threads
+  auto codes = random_codes(rng, idx.geometry(), n);
+  idx.add(codes.data(), n, nullptr, 0);
+  auto q = random_codes(rng, idx.geometry(), 40);
+  for (int64_t nq : {1, 40}) {  // database split and query split
+    for (int64_t item : {0, 1, 2}) {
+      bebr::testing_fail_item = item;
+      EXPECT_THROW(run(idx, q, nq, 5, 2), std::runtime_error) << "nq=" << nq << " item=" << item;
+    }
+    bebr::testing_fail_item = -1;
+    const Result a = run(idx, q, nq, 5, 1), b = run(idx, q, nq, 5, 2);
+    EXPECT_EQ(a.i, b.i);
+  }
+}
+
 TEST(SdcIndex, RejectsBadArguments) {
   EXPECT_THROW(SdcIndex(0, 1, Metric::kIP), std::invalid_argument);
   EXPECT_THROW(SdcIndex(8, 5, Metric::kIP), std::invalid_argument);
