@@ -98,7 +98,7 @@ TEST(SdcIndex, ExactInnerProductOfExtremeCodes) {
 TEST(SdcIndex, WorkerExceptionsReachTheCaller) {
   std::mt19937_64 rng(3);
   SdcIndex idx(64, 2, Metric::kIP);
-  const int64_t n = 400000;  // enough work for 2 threads
+  const int64_t n = 600000;  // enough work (block-queries) for 2 threads at nq = 1
   auto codes = random_codes(rng, idx.geometry(), n);
   idx.add(codes.data(), n, nullptr, 0);
   auto q = random_codes(rng, idx.geometry(), 40);
