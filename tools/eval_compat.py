@@ -80,6 +80,28 @@ def search(spec, queries, gallery_by_version, k=10):
     return index.search(np.ascontiguousarray(queries), k)[1]
 
 
+def backfill(spec, ev, new_queries, old_gallery, new_gallery, fractions, old_ok, label):
+    """Hot refresh in one ``bebr.Index``: all items start as v1 codes; at each fraction r the
+    items of ``metrics.backfill_subset(n, r)`` (nested) still at v1 are re-encoded in place
+    by ``upsert(..., version=2)``; new queries search the mixed index."""
+    n = old_gallery.shape[0]
+    index = bebr.Index(spec, metric="cosine")
+    index.add(np.ascontiguousarray(old_gallery), np.arange(n), version=V1)
+    values, flips = [], []
+    for r in fractions:
+        todo = np.intersect1d(index.ids_of_version(V1),
+                              np.flatnonzero(M.backfill_subset(n, r, seed=0)))
+        if len(todo):
+            index.upsert(np.ascontiguousarray(new_gallery[todo]), todo, version=V2)
+        counts = index.versions()
+        if counts.get(V2, 0) != int(round(r * n)):
+            raise RuntimeError(f"backfill bookkeeping: {counts} at r={r}")
+        ids = index.search(np.ascontiguousarray(new_queries), 10)[1]
+        values.append(ev.recall(ids))
+        flips.append(M.negative_flip_rate(old_ok, ev.correct(ids)))
+    return M.BackfillCurve(np.array(fractions), np.array(values), np.array(flips), label=label)
+
+
 class Evaluator:
     """Recall and top-1 correctness against one ground truth."""
 
@@ -186,12 +208,7 @@ def run_budget(dim, bits, data, cache, args, lines, png_dir):
         except ValueError:
             gain = "n/a"
 
-        def srch(q, gal, cn=cn):
-            return ev.ids(q, gal)
-
-        curve = M.backfill_curve(cn[qi], c1[bi], cn[bi], srch, ev.recall, fractions=fr,
-                                 seed=0, correct=ev.correct, baseline_correct=old_ok,
-                                 label=name)
+        curve = backfill(spec, ev, cn[qi], c1[bi], cn[bi], fr, old_ok, name)
         curves.append(curve)
         results[name] = (new, cn, m_nn, m_no, curve)
         f = curve.flip_rates
