@@ -88,6 +88,11 @@ def test_help_for_every_command():
         p = cli(*cmd)
         assert p.returncode == 0 and "usage: bebr" in p.stdout and len(p.stdout) > 200, cmd
     assert ".fvecs" in cli("encode", "--help").stdout
+    for cmd in ([], ["index"]):  # a missing command is a usage error: help on stderr, 2
+        p = cli(*cmd)
+        assert p.returncode == 2 and "usage: bebr" in p.stderr
+    p = cli("encode", "--model")
+    assert p.returncode == 2 and "expected one argument" in p.stderr
     assert ".parquet" in bebr("search", "--help").stdout  # and as a real process
 
 
@@ -266,6 +271,45 @@ def test_demo_runs_the_whole_job(tmp_path):
     assert 0.05 < r10 <= r100 <= 1.0
     assert len(CodeShards(tmp_path / "codes")) == 3000 - 300
     assert (tmp_path / "index.bebr").exists() and (tmp_path / "model" / "config.json").exists()
+
+
+def test_compatible_version_upgrade_and_mixed_index(work, tmp_path):
+    d, x = work
+    rng = np.random.default_rng(0)
+    rot = np.linalg.qr(rng.standard_normal((50, 50)))[0].astype(np.float32)
+    x_new = x[:1000] @ rot + 0.05 * rng.standard_normal((1000, 50)).astype(np.float32)
+    np.save(tmp_path / "old.npy", x[:1000])
+    np.save(tmp_path / "new.npy", x_new)
+    bebr("train", tmp_path / "new.npy", "-o", tmp_path / "mn", "--compatible-with",
+         d / "model", "--old-input", tmp_path / "old.npy", "--epochs", 1, "--version", "v2",
+         "--max-time", 5, "--threads", 1, "--no-progress")
+    bebr("train-upgrader", "--old", d / "model", "--new", tmp_path / "mn", "--old-input",
+         tmp_path / "old.npy", "--new-input", tmp_path / "new.npy", "-o", tmp_path / "up",
+         "--epochs", 1, "--max-time", 5, "--no-progress")
+    old_codes, up_codes = tmp_path / "codes_v1", tmp_path / "codes_up"
+    cli("encode", "--model", d / "model", tmp_path / "old.npy", "-o", old_codes,
+        "--shard-rows", 400, "--no-progress", check=True)
+    p = cli("upgrade", old_codes, "--upgrader", tmp_path / "up", "-o", up_codes,
+            "--no-progress", check=True)
+    assert "3 written, 0 already complete" in p.stderr
+    assert "0 written, 3 already complete" in cli("upgrade", old_codes, "--upgrader",
+                                                  tmp_path / "up", "-o", up_codes,
+                                                  "--no-progress").stderr
+    up = CodeShards(up_codes)
+    assert up.model_version == "v2" and len(up) == 1000
+    np.testing.assert_array_equal(up.load_all()[1], np.arange(1000))
+
+    # a v1 index answers queries of the compatible v2 model; v2 codes are not v1 codes
+    cli("index", "build", old_codes, "-o", tmp_path / "idx", check=True)
+    p = cli("search", tmp_path / "new.npy", "--index", tmp_path / "idx", "--model",
+            tmp_path / "mn", "-k", 3, check=True)
+    assert len(p.stdout.splitlines()) == 1000
+    assert_clean_error(cli("upgrade", up_codes, "--upgrader", tmp_path / "up", "-o",
+                           tmp_path / "again"),
+                       "codes are model version 'v2', but the upgrader converts version 'v1'")
+    cli("index", "add", tmp_path / "idx", up_codes, check=False)  # same ids: refused
+    info = json.loads(cli("index", "info", tmp_path / "idx").stdout)
+    assert info["count"] == 1000
 
 
 def test_hamming_index_from_one_bit_codes(work, tmp_path):
