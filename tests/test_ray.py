@@ -96,6 +96,24 @@ def test_ray_engine_is_byte_identical_and_resumes(ray_local, job, tmp_path):
 
 
 @pytest.mark.ray
+def test_cli_ray_engine(ray_local, job, tmp_path):
+    import contextlib
+    import io
+
+    from bebr.cli import main
+
+    d, _ = job
+    args = ["encode", str(d / "in"), "--model", str(d / "model"), "--chunk-rows", "300",
+            "--shard-rows", "600", "--no-progress"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(args + ["-o", str(tmp_path / "ray"), "--engine", "ray"]) == 0
+        assert main(args + ["-o", str(tmp_path / "local")]) == 0
+    assert "encoded 2500 vectors" in err.getvalue()
+    _same_dirs(tmp_path / "local", tmp_path / "ray")
+
+
+@pytest.mark.ray
 def test_ray_engine_reports_worker_errors(ray_local, job, tmp_path):
     from bebr.io import BadRowError
     from bebr.jobs import encode_shards
