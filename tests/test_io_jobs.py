@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from bebr.datasets import glove_words
 from bebr.fileio import CorruptFileError
@@ -142,3 +143,36 @@ def test_worker_processes_write_identical_output(tmp_path, shards, model_dir):
     assert res.written == 5
     _same_dirs(tmp_path / "one", tmp_path / "two")
     assert not [p for p in os.listdir(tmp_path / "two") if p.endswith(".tmp")]
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(state=st.lists(st.sampled_from(["done", "unlisted", "corrupt", "missing", "tmp"]),
+                      min_size=6, max_size=6))
+def test_resume_from_any_partial_state(tmp_path_factory, glove, model_dir, state):
+    """Whatever mix of finished, unrecorded, damaged and missing shards a killed job left,
+    a rerun redoes exactly the shards that are not verified and ends identical."""
+    d = tmp_path_factory.mktemp("resume")
+    np.save(d / "x.npy", glove[:600])
+    kw = dict(chunk_rows=64, shard_rows=100, progress=False)
+    encode_shards(model_dir, d / "x.npy", d / "ref", **kw)
+    out = d / "out"
+    encode_shards(model_dir, d / "x.npy", out, **kw)
+    m = Manifest.load(out)
+    for i, s in enumerate(state):
+        codes = out / f"codes-{i:05d}.npy"
+        if s == "unlisted":
+            del m.shards[i]
+        elif s == "corrupt":
+            codes.write_bytes(codes.read_bytes()[:-7] + b"garbage")
+        elif s == "missing":
+            codes.unlink()
+        elif s == "tmp":
+            del m.shards[i]
+            codes.unlink()
+            (out / f".codes-{i:05d}.npy.abc.tmp").write_bytes(b"half")
+    m.save(out)
+    res = encode_shards(model_dir, d / "x.npy", out, **kw)
+    assert res.resumed == state.count("done") and res.written == 6 - state.count("done")
+    _same_dirs(d / "ref", out)
+    assert not list(out.glob(".*.tmp"))
