@@ -4,7 +4,7 @@
   ``read(start, stop, chunk_rows)`` yielding float32 chunks of at most ``chunk_rows`` rows.
 - ``inputs``: a path, directory or glob (or a list of them) -> the sorted list of sources.
 - ``validate``: NaN/inf rows refused (naming shard and row) or skipped and counted.
-- ``vecs``: the ANN-benchmark .fvecs/.bvecs/.ivecs format, memory-mapped.
+- ``vecs``: the ANN-benchmark .fvecs/.bvecs/.ivecs format, read by row range.
 - ``manifest`` / ``codeshards``: the code-shard directory format (docs/FORMAT.md,
   "Code shards and manifest").
 """

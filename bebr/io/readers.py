@@ -155,7 +155,7 @@ class NpySource(Source):
 
 
 class VecsSource(Source):
-    """A .fvecs or .bvecs file (ANN-benchmark format), memory-mapped; bvecs become float32."""
+    """A .fvecs or .bvecs file (ANN-benchmark format), read by row range; bvecs become float32."""
 
     def __init__(self, path: Union[str, Path]):
         self.path = Path(path)
