@@ -158,15 +158,21 @@ def _write_results(args, scores: np.ndarray, ids: np.ndarray) -> None:
                     np.save(f, arr, allow_pickle=False)
         _say(args, f"wrote {ids.shape[0]} x {ids.shape[1]} results")
         return
-    out = open(args.out, "w") if args.out else sys.stdout
-    try:
+    def lines():
         for q in range(ids.shape[0]):
             keep = ids[q] >= 0
-            out.write(json.dumps({"query": q, "ids": ids[q][keep].tolist(),
-                                  "scores": [float(s) for s in scores[q][keep]]}) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
+            yield json.dumps({"query": q, "ids": ids[q][keep].tolist(),
+                              "scores": [float(s) for s in scores[q][keep]]}) + "\n"
+
+    if args.out:
+        from .fileio import atomic_writer
+
+        with atomic_writer(args.out) as f:
+            for line in lines():
+                f.write(line.encode())
+    else:
+        for line in lines():
+            sys.stdout.write(line)
 
 
 # ----------------------------------------------------------------------------- commands

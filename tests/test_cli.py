@@ -130,6 +130,10 @@ def test_train_encode_index_search(work, tmp_path):
     np.testing.assert_array_equal(np.array([r["ids"] for r in rows]), want_i)
     np.testing.assert_allclose(np.array([r["scores"] for r in rows]), want_s)
 
+    cli("search", "--index", idx, "--model", d / "model", d / "queries.npy", "-k", 5, "-o",
+        tmp_path / "res.jsonl", check=True)
+    assert (tmp_path / "res.jsonl").read_text() == p.stdout
+
     np.save(tmp_path / "q.npy", q)
     cli("search", "--index", idx, "--codes", tmp_path / "q.npy", "-k", 5,
         "--ids-out", tmp_path / "ids.npy", "--scores-out", tmp_path / "s.npy")
