@@ -110,7 +110,8 @@ def main(argv=None) -> int:
         mem = run_job(["--model", model, big, "-o", tmp / "bigout", "--chunk-rows",
                        a.chunk_rows])
         n_out = json.loads((tmp / "bigout" / "manifest.json").read_text())["count"]
-        assert n_out == a.n, n_out
+        if n_out != a.n:
+            raise SystemExit(f"memory job wrote {n_out} codes, expected {a.n}")
         shutil.rmtree(tmp / "bigout")
         print(f"memory job: {a.n} x {a.dim_in} ({big.stat().st_size / 1e9:.2f} GB input): "
               f"peak RSS {mem['maxrss_mb']:.0f} MB, {mem['job_s']:.1f} s "
