@@ -1,8 +1,10 @@
-// AVX-512 (F/BW/VL/DQ + VNNI) instantiation of kernel_body.inc: one 64-byte row = 64 slots = one zmm.
+// AVX-512 (F/BW/VL/DQ + VNNI; BITALG byte popcount for bits=1 when the CPU has it)
+// instantiation of kernel_body.inc: one 64-byte row = 64 slots = one zmm.
 // Compiled with per-file flags from CMakeLists.txt; called only after dispatch checks the CPU.
 #include <immintrin.h>
 
 #include <cstring>
+#include <vector>
 #include <limits>
 
 #include "kernels.h"
@@ -46,6 +48,18 @@ static inline uint32_t v_mask_ge_ps(V x, const float* inv, float thr, float* key
   _mm512_storeu_ps(keys, f);
   return _mm512_cmp_ps_mask(f, _mm512_set1_ps(thr), _CMP_GE_OQ);
 }
+
+static inline V v_xor(V a, V b) { return _mm512_xor_si512(a, b); }
+static inline V v_sub32(V a, V b) { return _mm512_sub_epi32(a, b); }
+static inline V v_popcnt8(V a) { return _mm512_popcnt_epi8(a); }  // BITALG
+static bool has_popcnt8() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bitalg") != 0;
+  }();
+  return ok;
+}
+#define BEBR_HAVE_POPCNT8 1
 
 #include "kernel_body.inc"
 
