@@ -58,15 +58,27 @@ def run_tasks_ray(tasks: Sequence[Any], rows: Sequence[int], fn: Callable[[Any],
         return
     ray = ensure_ray(address, **({"num_cpus": num_cpus} if num_cpus else {}))
     import ray.data
-    from .io.manifest import ShardEntry
 
     with warnings.catch_warnings():  # Ray Data's own default config trips its deprecations
         warnings.filterwarnings("ignore", message=".*is deprecated", category=DeprecationWarning,
                                 module="ray")
         ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.execution_options.preserve_order = False
+    saved = (ctx.enable_progress_bars, ctx.execution_options.preserve_order,
+             ctx.print_on_execution_start)
+    ctx.enable_progress_bars = False  # bebr's own bar counts vectors
+    ctx.execution_options.preserve_order = False  # results as they finish
     ctx.print_on_execution_start = False
+    try:
+        yield from _run(ray, tasks, rows, fn)
+    finally:  # the driver's DataContext is the user's too: put it back
+        (ctx.enable_progress_bars, ctx.execution_options.preserve_order,
+         ctx.print_on_execution_start) = saved
+
+
+def _run(ray, tasks, rows, fn):
+    """The Ray Data pipeline of ``run_tasks_ray``: one block per task, results as rows."""
+    from .io.manifest import ShardEntry
+
     task_list: List[Any] = list(tasks)
 
     def work(row):  # errors travel back as data: Ray Data does not keep exception types
