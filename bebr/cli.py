@@ -68,23 +68,44 @@ def _load_model(path: str):
 
 
 def _read_rows(inputs: Sequence[str], *, max_rows: Optional[int], skip_bad: bool,
-               column: Optional[str] = None, dim: Optional[int] = None) -> np.ndarray:
-    """Read up to ``max_rows`` float rows from the inputs into memory (for training/eval)."""
+               column: Optional[str] = None, dim: Optional[int] = None,
+               sample_seed: Optional[int] = None) -> np.ndarray:
+    """Read float rows from the inputs into memory (for training/eval), streaming.
+
+    At most ``max_rows`` rows: the first ones, or with ``sample_seed`` a uniform random
+    sample (sorted row numbers drawn with that seed from the total row count, so two inputs
+    with the same row count give the same rows: paired samples stay paired).
+    """
     from .io import check_rows, open_inputs
 
     sources = open_inputs(list(inputs), column=column, dim=dim)
-    parts, have = [], 0
+    total = sum(s.n for s in sources)
+    chosen = None
+    if sample_seed is not None and max_rows is not None and total > max_rows:
+        rng = np.random.default_rng(sample_seed)
+        chosen = np.sort(rng.choice(total, size=max_rows, replace=False))
+    parts, have, base = [], 0, 0
     for s in sources:
         for ch in s.read(0, s.n, 65536):
-            keep, _ = check_rows(ch.x, where=str(s.path), first_row=ch.offset,
+            x = ch.x
+            keep, _ = check_rows(x, where=str(s.path), first_row=ch.offset,
                                  skip_bad=skip_bad)
-            x = ch.x if keep is None else ch.x[keep]
-            if max_rows is not None:
+            sel = np.ones(x.shape[0], bool) if keep is None else keep
+            if chosen is not None:
+                g0 = base + ch.offset
+                lo, hi = np.searchsorted(chosen, [g0, g0 + x.shape[0]])
+                picked = np.zeros(x.shape[0], bool)
+                picked[chosen[lo:hi] - g0] = True
+                sel &= picked
+            if not sel.all():
+                x = x[sel]
+            if chosen is None and max_rows is not None:
                 x = x[:max_rows - have]
             parts.append(x)
             have += x.shape[0]
-            if max_rows is not None and have >= max_rows:
+            if chosen is None and max_rows is not None and have >= max_rows:
                 return np.concatenate(parts)
+        base += s.n
     if not have:
         raise ValueError("empty input: no valid rows left")
     return np.concatenate(parts)
@@ -178,8 +199,11 @@ def _write_results(args, scores: np.ndarray, ids: np.ndarray) -> None:
 # ----------------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
     train_binarizer = _api("train_binarizer")
+    if args.compatible_with and args.skip_bad:
+        raise CliError("--skip-bad would unpair --old-input from the new input; clean the "
+                       "inputs instead")
     x = _read_rows(args.inputs, max_rows=args.max_rows, skip_bad=args.skip_bad,
-                   column=args.column)
+                   column=args.column, sample_seed=args.seed)
     kw = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
                             ("lr", args.lr), ("version", args.version),
                             ("max_time_s", args.max_time), ("threads", args.threads))
@@ -192,7 +216,7 @@ def cmd_train(args) -> int:
         train_compatible = _api("train_compatible")
         old = _load_model(args.compatible_with)
         x_old = _read_rows(args.old_input, max_rows=args.max_rows, skip_bad=False,
-                           column=args.column, dim=old.in_dim)
+                           column=args.column, dim=old.in_dim, sample_seed=args.seed)
         if x_old.shape[0] != x.shape[0]:
             raise CliError(f"--old-input has {x_old.shape[0]} rows but the new input has "
                            f"{x.shape[0]}; they must be the same items, row for row")
@@ -213,9 +237,9 @@ def cmd_train_upgrader(args) -> int:
     train_upgrader = _api("train_upgrader")
     old, new = _load_model(args.old), _load_model(args.new)
     x_old = _read_rows(args.old_input, max_rows=args.max_rows, skip_bad=False,
-                       column=args.column, dim=old.in_dim)
+                       column=args.column, dim=old.in_dim, sample_seed=args.seed)
     x_new = _read_rows(args.new_input, max_rows=args.max_rows, skip_bad=False,
-                       column=args.column, dim=new.in_dim)
+                       column=args.column, dim=new.in_dim, sample_seed=args.seed)
     if x_old.shape[0] != x_new.shape[0]:
         raise CliError(f"--old-input has {x_old.shape[0]} rows but --new-input has "
                        f"{x_new.shape[0]}; they must be the same items, row for row")
@@ -497,8 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="training batch size")
     p.add_argument("--lr", type=float, default=None, help="learning rate")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--max-rows", type=int, default=1_000_000,
-                   help="read at most this many rows for training (default 1000000)")
+    p.add_argument("--max-rows", type=int, default=200_000,
+                   help="train on a uniform random sample of at most this many rows (drawn "
+                        "with --seed; default 200000)")
     p.add_argument("--max-time", type=float, default=None, help="stop training after N s")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads while training (default: torch's; 1 is faster on a "
@@ -557,7 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="new model's embeddings of the same items, row for row")
     p.add_argument("-o", "--out", required=True, help="upgrader directory to write")
     p.add_argument("--epochs", type=int, default=None, help="training epochs")
-    p.add_argument("--max-rows", type=int, default=200_000, help="sample size (default 200000)")
+    p.add_argument("--max-rows", type=int, default=200_000,
+                   help="train on a random sample of at most this many paired rows "
+                        "(default 200000)")
     p.add_argument("--max-time", type=float, default=None, help="stop training after N s")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--column", default=None, help="parquet embedding column")

@@ -338,3 +338,27 @@ def test_hamming_index_from_one_bit_codes(work, tmp_path):
     np.testing.assert_array_equal(got, want_i)
     assert_clean_error(cli("index", "build", d / "npy", "-o", tmp_path / "x", "--hamming"),
                        "no manifest")
+
+
+def test_training_sample_is_uniform_seeded_and_paired(tmp_path):
+    from bebr.cli import _read_rows
+    from bebr.io import BadRowError
+
+    x = np.arange(1000 * 3, dtype=np.float32).reshape(1000, 3)
+    np.save(tmp_path / "a.npy", x[:700])
+    np.save(tmp_path / "b.npy", x[700:])
+    got = _read_rows([tmp_path / "a.npy", tmp_path / "b.npy"], max_rows=50, skip_bad=False,
+                     sample_seed=3)
+    want = np.sort(np.random.default_rng(3).choice(1000, 50, replace=False))
+    np.testing.assert_array_equal(got, x[want])  # spans both shards, same rows for any
+    assert want.max() >= 700 and want.min() < 700  # input of 1000 rows: pairs stay paired
+    np.testing.assert_array_equal(
+        _read_rows([tmp_path / "a.npy"], max_rows=10, skip_bad=False), x[:10])
+    x[812, 1] = np.nan
+    np.save(tmp_path / "b.npy", x[700:])
+    with pytest.raises(BadRowError, match="b.npy: row 112 contains NaN"):
+        _read_rows([tmp_path / "a.npy", tmp_path / "b.npy"], max_rows=50, skip_bad=False,
+                   sample_seed=3)
+    kept = _read_rows([tmp_path / "a.npy", tmp_path / "b.npy"], max_rows=2000,
+                      skip_bad=True, sample_seed=3)
+    assert kept.shape == (999, 3) and np.isfinite(kept).all()
