@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <memory>
 #include <cstring>
 #include <cmath>
 #include <exception>
@@ -340,37 +342,57 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   std::vector<TopKSet> local;
   if (T > 1 && !split_queries)
     for (int t = 1; t < T; ++t) local.emplace_back(nq, k);
-  std::atomic<int64_t> next{0};
-  std::vector<std::exception_ptr> errs(T);
-  auto worker = [&](int t) {
-    try {
-      for (;;) {
-        const int64_t item = next.fetch_add(1);
-        if (item >= nitems) break;
-        if (item == testing_fail_item.load(std::memory_order_relaxed))
-          throw std::runtime_error("injected failure in search work item " + std::to_string(item));
-        if (T == 1) {
-          run(0, nq, 0, nb, res.heaps.data());
-        } else if (split_queries) {
-          const int64_t q0 = item * kQueryItem, q1 = std::min(nq, q0 + kQueryItem);
-          run(q0, q1, 0, nb, res.heaps.data() + q0);
-        } else {
-          const int64_t b0 = item * chunk, b1 = std::min(nb, b0 + chunk);
-          run(0, nq, b0, b1, t == 0 ? res.heaps.data() : local[t - 1].heaps.data());
-        }
-      }
-    } catch (...) {
-      errs[t] = std::current_exception();
-      next.store(nitems);  // stop the others early
+  // Shared with the helper threads by shared_ptr: a helper that the OS schedules only after
+  // every item is done finds none left and exits without touching this call's stack, so the
+  // caller waits for claimed items only, never for a thread to be scheduled.
+  struct Work {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    std::atomic<bool> failed{false};
+    std::mutex mu;
+    std::condition_variable cv;
+    std::exception_ptr err;
+  };
+  auto work = std::make_shared<Work>();
+  auto process = [&](int t, int64_t item) {
+    if (item == testing_fail_item.load(std::memory_order_relaxed))
+      throw std::runtime_error("injected failure in search work item " + std::to_string(item));
+    if (T == 1) {
+      run(0, nq, 0, nb, res.heaps.data());
+    } else if (split_queries) {
+      const int64_t q0 = item * kQueryItem, q1 = std::min(nq, q0 + kQueryItem);
+      run(q0, q1, 0, nb, res.heaps.data() + q0);
+    } else {
+      const int64_t b0 = item * chunk, b1 = std::min(nb, b0 + chunk);
+      run(0, nq, b0, b1, t == 0 ? res.heaps.data() : local[t - 1].heaps.data());
     }
   };
-  std::vector<std::thread> ws;
-  ws.reserve(T - 1);
-  for (int t = 1; t < T; ++t) ws.emplace_back(worker, t);
+  auto worker = [work, nitems, &process](int t) {
+    for (;;) {
+      const int64_t item = work->next.fetch_add(1);
+      if (item >= nitems) return;
+      if (!work->failed.load()) {  // after a failure the remaining items are only counted
+        try {
+          process(t, item);
+        } catch (...) {
+          std::lock_guard<std::mutex> g(work->mu);
+          if (!work->err) work->err = std::current_exception();
+          work->failed.store(true);
+        }
+      }
+      if (work->done.fetch_add(1) + 1 == nitems) {
+        std::lock_guard<std::mutex> g(work->mu);
+        work->cv.notify_all();
+      }
+    }
+  };
+  for (int t = 1; t < T; ++t) std::thread(worker, t).detach();
   worker(0);
-  for (auto& w : ws) w.join();
-  for (auto& e : errs)
-    if (e) std::rethrow_exception(e);
+  {
+    std::unique_lock<std::mutex> lk(work->mu);
+    work->cv.wait(lk, [&] { return work->done.load() == nitems; });
+    if (work->err) std::rethrow_exception(work->err);
+  }
   for (auto& l : local)
     for (int64_t q = 0; q < nq; ++q) res.heaps[q].merge_from(l.heaps[q]);
 

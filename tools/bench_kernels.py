@@ -161,6 +161,30 @@ def to_markdown(res, args, command):
         lines.append(f"| {r['nq']} | {r['threads']} | {r['qps']:.1f} | {r['faiss_qps']:.1f} | "
                      f"**{r['qps'] / r['faiss_qps']:.2f}** | {r['gbs']:.2f} | "
                      f"{r['gbs'] / r['bw']:.2f} |")
+    sdc_min = min(res["rows"], key=lambda r: r["qps"] / r["faiss_qps"])
+    ham_min = min(res["ham"], key=lambda r: r["qps"] / r["faiss_qps"])
+    nq_max = max(r["nq"] for r in res["rows"])
+    big = [r for r in res["rows"] + res["ham"] if r["nq"] == nq_max]
+    bw_best = max(big, key=lambda r: r["gbs"] / r["bw"])
+
+    def verdict(ok):
+        return "**met**" if ok else "**not met**"
+
+    sdc_r = sdc_min["qps"] / sdc_min["faiss_qps"]
+    ham_r = ham_min["qps"] / ham_min["faiss_qps"]
+    lines += [
+        "",
+        "Targets (computed from the tables above):",
+        "",
+        f"- SDC QPS >= faiss fast scan at every setting: {verdict(sdc_r >= 1)} (lowest ratio "
+        f"{sdc_r:.2f} at bits={sdc_min['bits']}, nq={sdc_min['nq']}, threads={sdc_min['threads']}).",
+        f"- HammingIndex >= IndexBinaryFlat at every setting: {verdict(ham_r >= 1)} (lowest ratio "
+        f"{ham_r:.2f} at nq={ham_min['nq']}, threads={ham_min['threads']}).",
+        f"- nq={nq_max} scans within 2x of the read bandwidth: {verdict(bw_best['gbs'] / bw_best['bw'] >= 0.5)} "
+        f"(best {bw_best['gbs']:.2f} GB/s = {bw_best['gbs'] / bw_best['bw']:.2f} of "
+        f"{bw_best['bw']:.2f} GB/s). At nq={nq_max} every code is scored {nq_max} times, so the "
+        "scan is compute-bound: GB/s here counts each database byte once per batch.",
+    ]
     return "\n".join(lines) + "\n"
 
 
