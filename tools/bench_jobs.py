@@ -180,7 +180,8 @@ def write_section(path: Path, a, rows, mem, input_bytes: int, loads) -> None:
         f"Memory: one in-process job over a {a.n} x {a.dim_in} float32 .npy "
         f"({input_bytes / 1e9:.2f} GB): peak RSS **{mem['maxrss_mb']:.0f} MB** "
         f"({mem['job_s']:.0f} s, {a.n / mem['job_s']:,.0f} vec/s). Memory is bounded by "
-        "one chunk of floats plus one output shard of codes, not by the input size.",
+        "the interpreter with torch and the model (about 240 MB here), one chunk of floats "
+        "and one output shard of codes, not by the input size.",
     ]
     text = path.read_text()
     head = "## 4. Offline jobs: encode throughput and memory"
