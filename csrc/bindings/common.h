@@ -24,7 +24,9 @@ inline std::string shape_str(const py::array& a) {
 // A C-contiguous array of dtype T with ndim dims (and, if cols >= 0, shape[1] == cols).
 template <class T>
 py::array_t<T> checked_array(const py::array& a, const char* name, int ndim, py::ssize_t cols = -1) {
-  if (!a.dtype().is(py::dtype::of<T>()))
+  // Equivalence, not identity: arrays from other sources (Ray object store, pickles) carry
+  // equal but distinct dtype objects.
+  if (!py::array_t<T>::check_(a))
     throw py::type_error(std::string(name) + " must have dtype " + std::string(py::str(py::dtype::of<T>())) +
                          ", got " + std::string(py::str(a.dtype())));
   if (a.ndim() != ndim)
