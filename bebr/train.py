@@ -121,12 +121,14 @@ def _init_scalar_quantizer(model: Binarizer, xc: torch.Tensor, gen: torch.Genera
     """Init the recurrence as a per-dimension uniform scalar quantizer of z = Q normalize(xc):
     W = s Q, B_t = Q^T / s (decoder), R_t = 2^t s Q, so b_t = sign(2^t (s z - c_{t-1})) up to
     the normalisation of the reconstruction; s puts the code levels at the MSE-optimal
-    Gaussian quantizer step. Residual MLP branches start near zero."""
+    Gaussian quantizer step. (Since x_hat_t is normalised, the thresholds of steps t >= 1
+    follow the code's own norm, ~ s for a good code; s sets the pre-activation scale of the
+    straight-through window and of ``encode_query``.) Residual MLP branches start near zero."""
     Q = _orthonormal_basis(xc, model.dim, gen)
     xn = F.normalize(xc, dim=1)
     sigma = (xn @ Q.T).std(0).mean().clamp_min(1e-8)
     u = model.bits
-    s = float(2.0 ** (1 - u) / (_GAUSS_STEP[u] * sigma))
+    s = float(2.0 ** (2 - u) / (_GAUSS_STEP[u] * sigma))  # level step 2^(2-u) code units
     model.W.skip.weight.copy_(s * Q)
     for t in range(1, u):
         model.B[t - 1].skip.weight.copy_(Q.T / s)
@@ -272,7 +274,7 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
     neighbors = int(neighbors)
     if neighbors < 0:
         raise ValueError(f"neighbors must be >= 0, got {neighbors}")
-    lr = float(lr) if lr is not None else 2e-3
+    lr = float(lr) if lr is not None else 3e-3
     dev = torch.device(device)
 
     rng = np.random.default_rng(seed)
