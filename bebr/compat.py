@@ -58,12 +58,14 @@ class CompatWeights:
     """Weights of the compatibility terms added to the self loss (module docstring).
 
     ``tau``: temperature of all terms; ``unibct_lambda``/``unibct_tau``: the refinement's l
-    and T. A weight of 0 switches its term off.
+    and T. A weight of 0 switches its term off. The default (plain BEBR compat) measured
+    best on GloVe -> MiniLM (BENCHMARKS.md section 3): the RACT, cross-distillation and
+    UniBCT terms cost self-test recall there without improving cross-test recall.
     """
 
-    compat: float = 0.0
-    ract: float = 1.0
-    cross_distill: float = 1.0
+    compat: float = 1.0
+    ract: float = 0.0
+    cross_distill: float = 0.0
     unibct: float = 0.0
     tau: float = 0.05
     unibct_lambda: float = 0.9
@@ -152,8 +154,8 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
     ``x_new`` (n, D_new) and ``x_old`` (n, D_old) are the new and old upstream embeddings of
     the same n items; ``old`` is frozen (never modified). The new model's codes share the
     old code space: ``dim``/``bits`` default to, and must equal, ``old.dim``/``old.bits``.
-    ``weights``: the compatibility terms (:class:`CompatWeights`, default RACT +
-    cross-distillation). Other keyword arguments go to :func:`bebr.train.train_binarizer`
+    ``weights``: the compatibility terms (:class:`CompatWeights`, default the BEBR compat
+    InfoNCE). Other keyword arguments go to :func:`bebr.train.train_binarizer`
     (``batch_size``, ``lr``, ``loss``, ``max_time_s``, ``log``, ...).
     The result gets a fresh ``version`` (or the one given) and ``compatible_with ==
     old.version``; chaining (v3 against v2 against v1) keeps the chain in one code space.
