@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "dispatch.h"
+#include "thread_pool.h"
 
 namespace bebr {
 
@@ -342,9 +343,9 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   std::vector<TopKSet> local;
   if (T > 1 && !split_queries)
     for (int t = 1; t < T; ++t) local.emplace_back(nq, k);
-  // Shared with the helper threads by shared_ptr: a helper that the OS schedules only after
-  // every item is done finds none left and exits without touching this call's stack, so the
-  // caller waits for claimed items only, never for a thread to be scheduled.
+  // Shared with the pool's helper threads by shared_ptr: a helper that picks the task up only
+  // after every item is done finds none left and returns without touching this call's stack,
+  // so the caller waits for claimed items only, never for a thread to be scheduled.
   struct Work {
     std::atomic<int64_t> next{0};
     std::atomic<int64_t> done{0};
@@ -386,7 +387,7 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
       }
     }
   };
-  for (int t = 1; t < T; ++t) std::thread(worker, t).detach();
+  if (T > 1) HelperPool::instance().post(std::make_shared<HelperPool::Task>(worker), T);
   worker(0);
   {
     std::unique_lock<std::mutex> lk(work->mu);

@@ -29,14 +29,17 @@ from bebr import CodeSpec, _C
 
 
 def median_times(fns, repeats):
-    """Interleave the callables `repeats` times; median seconds of each."""
+    """Interleave the two callables `repeats` times: (median s of each, quartiles of the
+    per-repeat paired speed ratio fns[1] time / fns[0] time)."""
     times = [[] for _ in fns]
     for _ in range(repeats):
         for j, fn in enumerate(fns):
             t0 = time.perf_counter()
             fn()
             times[j].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
+    ratios = sorted(b / a for a, b in zip(times[0], times[1]))
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return statistics.median(times[0]), statistics.median(times[1]), (q[0], q[2])
 
 
 def measure_bandwidth(nbytes, threads, repeats):
@@ -91,9 +94,9 @@ def run(args):
             fq = rng.standard_normal((nq, fd)).astype(np.float32)
             for t in args.threads:
                 faiss.omp_set_num_threads(t)
-                tb, tf = median_times([lambda: index.search(q, k, threads=t),
-                                       lambda: fidx.search(fq, k)], args.repeats)
-                rows.append(dict(bits=bits, nq=nq, threads=t, bytes=spec.code_bytes,
+                tb, tf, iqr = median_times([lambda: index.search(q, k, threads=t),
+                                            lambda: fidx.search(fq, k)], args.repeats)
+                rows.append(dict(bits=bits, nq=nq, threads=t, bytes=spec.code_bytes, iqr=iqr,
                                  qps=nq / tb, faiss_qps=nq / tf, items_s=n * nq / tb,
                                  gbs=n * spec.code_bytes / tb / 1e9, bw=bw[t]))
                 r = rows[-1]
@@ -113,9 +116,9 @@ def run(args):
                     q = spec.pack(spec.unpack(q))
                 for t in args.threads:
                     faiss.omp_set_num_threads(t)
-                    tb, tf = median_times([lambda: ham.search(q, k, threads=t),
-                                           lambda: fb.search(q, k)], args.repeats)
-                    ham_rows.append(dict(nq=nq, threads=t, bytes=spec.code_bytes, qps=nq / tb,
+                    tb, tf, iqr = median_times([lambda: ham.search(q, k, threads=t),
+                                                lambda: fb.search(q, k)], args.repeats)
+                    ham_rows.append(dict(nq=nq, threads=t, bytes=spec.code_bytes, qps=nq / tb, iqr=iqr,
                                          faiss_qps=nq / tf, items_s=n * nq / tb,
                                          gbs=n * spec.code_bytes / tb / 1e9, bw=bw[t]))
                     r = ham_rows[-1]
@@ -144,23 +147,25 @@ def to_markdown(res, args, command):
         + ", ".join(f"{t} thread(s) **{v:.2f} GB/s**" for t, v in res["bw"].items()) + ".",
         "",
         "SDC (`bebr.Index`, metric ip, exact) vs faiss `IndexPQFastScan(M=dim*bits/4, nbits=4)` "
-        "at the same bytes per vector:",
+        "at the same bytes per vector (ratio = bebr QPS / faiss QPS of the medians; ratio IQR = "
+        "quartiles of the per-repeat paired ratios, a measure of how much the load moved them):",
         "",
-        "| bits | bytes/vec | nq | threads | bebr QPS | faiss QPS | ratio | bebr codes/s | bebr GB/s | "
-        "GB/s / bandwidth |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| bits | bytes/vec | nq | threads | bebr QPS | faiss QPS | ratio | ratio IQR | bebr codes/s | "
+        "bebr GB/s | GB/s / bandwidth |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["rows"]:
         lines.append(f"| {r['bits']} | {r['bytes']} | {r['nq']} | {r['threads']} | {r['qps']:.1f} | "
                      f"{r['faiss_qps']:.1f} | **{r['qps'] / r['faiss_qps']:.2f}** | "
+                     f"{r['iqr'][0]:.2f}-{r['iqr'][1]:.2f} | "
                      f"{r['items_s'] / 1e9:.2f} G | {r['gbs']:.2f} | {r['gbs'] / r['bw']:.2f} |")
     lines += ["", f"`bebr.HammingIndex({dim})` vs faiss `IndexBinaryFlat({dim})`:", "",
-              "| nq | threads | bebr QPS | faiss QPS | ratio | bebr GB/s | GB/s / bandwidth |",
-              "|---:|---:|---:|---:|---:|---:|---:|"]
+              "| nq | threads | bebr QPS | faiss QPS | ratio | ratio IQR | bebr GB/s | GB/s / bandwidth |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["ham"]:
         lines.append(f"| {r['nq']} | {r['threads']} | {r['qps']:.1f} | {r['faiss_qps']:.1f} | "
-                     f"**{r['qps'] / r['faiss_qps']:.2f}** | {r['gbs']:.2f} | "
-                     f"{r['gbs'] / r['bw']:.2f} |")
+                     f"**{r['qps'] / r['faiss_qps']:.2f}** | {r['iqr'][0]:.2f}-{r['iqr'][1]:.2f} | "
+                     f"{r['gbs']:.2f} | {r['gbs'] / r['bw']:.2f} |")
     sdc_min = min(res["rows"], key=lambda r: r["qps"] / r["faiss_qps"])
     ham_min = min(res["ham"], key=lambda r: r["qps"] / r["faiss_qps"])
     nq_max = max(r["nq"] for r in res["rows"])
