@@ -28,15 +28,26 @@ import bebr
 from bebr import CodeSpec, _C
 
 
-def median_times(fns, repeats):
-    """Interleave the two callables `repeats` times: (median s of each, quartiles of the
-    per-repeat paired speed ratio fns[1] time / fns[0] time)."""
+def timed_repeats(fns, repeats):
+    """Interleave the callables `repeats` times; seconds of each call, per callable."""
     times = [[] for _ in fns]
     for _ in range(repeats):
         for j, fn in enumerate(fns):
             t0 = time.perf_counter()
             fn()
             times[j].append(time.perf_counter() - t0)
+    return times
+
+
+def median_times(fns, repeats):
+    """Interleave the callables `repeats` times; median seconds of each (list)."""
+    return [statistics.median(t) for t in timed_repeats(fns, repeats)]
+
+
+def paired_median_times(fns, repeats):
+    """Interleave two callables `repeats` times: (median s of each, quartiles of the
+    per-repeat paired speed ratio fns[1] time / fns[0] time)."""
+    times = timed_repeats(fns, repeats)
     ratios = sorted(b / a for a, b in zip(times[0], times[1]))
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return statistics.median(times[0]), statistics.median(times[1]), (q[0], q[2])
@@ -94,7 +105,7 @@ def run(args):
             fq = rng.standard_normal((nq, fd)).astype(np.float32)
             for t in args.threads:
                 faiss.omp_set_num_threads(t)
-                tb, tf, iqr = median_times([lambda: index.search(q, k, threads=t),
+                tb, tf, iqr = paired_median_times([lambda: index.search(q, k, threads=t),
                                             lambda: fidx.search(fq, k)], args.repeats)
                 rows.append(dict(bits=bits, nq=nq, threads=t, bytes=spec.code_bytes, iqr=iqr,
                                  qps=nq / tb, faiss_qps=nq / tf, items_s=n * nq / tb,
@@ -116,7 +127,7 @@ def run(args):
                     q = spec.pack(spec.unpack(q))
                 for t in args.threads:
                     faiss.omp_set_num_threads(t)
-                    tb, tf, iqr = median_times([lambda: ham.search(q, k, threads=t),
+                    tb, tf, iqr = paired_median_times([lambda: ham.search(q, k, threads=t),
                                                 lambda: fb.search(q, k)], args.repeats)
                     ham_rows.append(dict(nq=nq, threads=t, bytes=spec.code_bytes, qps=nq / tb, iqr=iqr,
                                          faiss_qps=nq / tf, items_s=n * nq / tb,
