@@ -25,6 +25,7 @@ REFERENCE.md section 3. Two tools:
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import time
@@ -41,7 +42,7 @@ from torch import nn
 from .codes import CodeSpec
 from .fileio import CorruptFileError, atomic_write_bytes, sha256_bytes
 from .model import Binarizer, ResidualMLP, sign_ste
-from .train import _init_model, check_training_input, code_recall, mine_neighbors, \
+from .train import _init_model, _init_scalar_quantizer, check_training_input, code_recall, mine_neighbors, \
     train_binarizer
 
 __all__ = ["CompatWeights", "compat_loss", "train_compatible", "CodeUpgrader",
@@ -67,7 +68,7 @@ class CompatWeights:
     ract: float = 0.0
     cross_distill: float = 0.0
     unibct: float = 0.0
-    tau: float = 0.05
+    tau: float = 0.2
     unibct_lambda: float = 0.9
     unibct_tau: float = 0.05
 
@@ -197,11 +198,14 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
                             old_values[torch.from_numpy(np.asarray(b_rows))], truth)
         return recall + cross
 
-    # Start in the old code space: the first-step projection is the least-squares map from
-    # the (centred, normalised) new floats to the old code values, so the first sign bits
-    # predict the old codes before any training; the later steps get the usual init.
-    hidden = train_kwargs.pop("hidden", 512)
-    depth = train_kwargs.pop("depth", 1)
+    # Start in the old code space. dim <= D_new: train's scalar-quantizer init on the top-dim
+    # PCA basis of the new floats, rotated (orthogonal Procrustes) onto the old code values
+    # instead of randomly, so the init keeps the independent init's self quality and its
+    # codes agree with the old ones as far as a rotation allows. dim > D_new: the first
+    # step is the least-squares map onto the old codes.
+    defaults = inspect.signature(train_binarizer).parameters
+    hidden = train_kwargs.pop("hidden", defaults["hidden"].default)
+    depth = train_kwargs.pop("depth", defaults["depth"].default)
     rows = np.sort(np.random.default_rng(seed).choice(
         xn.shape[0], size=min(xn.shape[0], 50_000), replace=False))
     xi = F.normalize(torch.from_numpy(np.asarray(xn[rows], dtype=np.float32)), dim=1)
@@ -211,10 +215,25 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
         sol = torch.linalg.lstsq(xc.double(), oi.double()).solution  # (D, dim)
         return sol.T.float()
 
+    def procrustes(xc):
+        cov = (xc.T @ xc).double()
+        _, vecs = torch.linalg.eigh(cov)
+        v = vecs.flip(1)[:, :dim]  # (D, dim) top PCA directions
+        z = F.normalize(xc, dim=1).double() @ v
+        u, _, wt = torch.linalg.svd(z.T @ oi.double())
+        return ((u @ wt).T @ v.T).float()  # (dim, D): rows orthonormal
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model = Binarizer(xn.shape[1], dim, bits, hidden=hidden, depth=depth, version=version)
-        _init_model(model, xi, torch.Generator().manual_seed(int(seed)), True, regress)
+        gen = torch.Generator().manual_seed(int(seed))
+        if dim <= xn.shape[1]:
+            with torch.no_grad():
+                model.in_mean.copy_(xi.mean(0))
+                xc = xi - model.in_mean
+                _init_scalar_quantizer(model, xc, gen, basis=procrustes(xc))
+        else:
+            _init_model(model, xi, gen, True, regress)
     model = train_binarizer(xn, dim, bits, epochs=epochs, seed=seed, progress=progress,
                             model=model, extra_loss=extra, val_score=val_score,
                             **train_kwargs)

@@ -117,14 +117,17 @@ def _orthonormal_basis(xc: torch.Tensor, dim: int, gen: torch.Generator) -> torc
     return q[:, :D] @ vecs.T
 
 
-def _init_scalar_quantizer(model: Binarizer, xc: torch.Tensor, gen: torch.Generator) -> None:
+def _init_scalar_quantizer(model: Binarizer, xc: torch.Tensor, gen: torch.Generator,
+                           basis: Optional[torch.Tensor] = None) -> None:
     """Init the recurrence as a per-dimension uniform scalar quantizer of z = Q normalize(xc):
     W = s Q, B_t = Q^T / s (decoder), R_t = 2^t s Q, so b_t = sign(2^t (s z - c_{t-1})) up to
     the normalisation of the reconstruction; s puts the code levels at the MSE-optimal
     Gaussian quantizer step. (Since x_hat_t is normalised, the thresholds of steps t >= 1
     follow the code's own norm, ~ s for a good code; s sets the pre-activation scale of the
-    straight-through window and of ``encode_query``.) Residual MLP branches start near zero."""
-    Q = _orthonormal_basis(xc, model.dim, gen)
+    straight-through window and of ``encode_query``.) Residual MLP branches start near zero.
+    ``basis``: a given (dim, D) Q instead of the rotated PCA one (compatible training passes
+    the PCA basis rotated onto the old codes)."""
+    Q = _orthonormal_basis(xc, model.dim, gen) if basis is None else basis
     xn = F.normalize(xc, dim=1)
     sigma = (xn @ Q.T).std(0).mean().clamp_min(1e-8)
     u = model.bits
