@@ -157,7 +157,7 @@ ABLATION = [
 
 
 def wtag(w: CompatWeights) -> str:
-    return f"c{w.compat:g}r{w.ract:g}x{w.cross_distill:g}u{w.unibct:g}t{w.tau:g}"
+    return f"c{w.compat:g}r{w.ract:g}x{w.cross_distill:g}u{w.unibct:g}t{w.tau:g}lr5e-4"
 
 
 def fmt(x):
