@@ -95,6 +95,18 @@ def run_suite(studies, quick: bool, out: Path, log=print, max_n=None) -> dict:
     return results
 
 
+def section_body(mod, res: dict) -> str:
+    """The BENCHMARKS.md section of a study result (also rebuilt from its docs/*.json)."""
+    note = "quick smoke run: tiny sizes, numbers meaningless; " if res["quick"] else ""
+    return "\n".join([
+        f"## {mod.TITLE}", "",
+        f"Command: `{res['command']}` ({note}this study took {res['wall_s'] / 60:.1f} min).",
+        "", machine_markdown(res["machine"], res["load"]), "",
+        (mod.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "), "",
+        mod.markdown(res), "",
+        f"![{mod.TITLE}](docs/{mod.PLOT})"])
+
+
 def _run_study(name, quick, out, command, bw, info, log, max_n) -> dict:
     """Run one study, then write its plot, section (and README block) and raw JSON."""
     mod = STUDIES[name]
@@ -104,16 +116,9 @@ def _run_study(name, quick, out, command, bw, info, log, max_n) -> dict:
     res["load"] = load.summary()
     res["wall_s"] = time.perf_counter() - t0
     res["machine"] = info
+    res["command"], res["quick"] = command, quick
     mod.plot(res, out / "docs" / mod.PLOT)
-    note = "quick smoke run: tiny sizes, numbers meaningless; " if quick else ""
-    body = "\n".join([
-        f"## {mod.TITLE}", "",
-        f"Command: `{command}` ({note}this study took {res['wall_s'] / 60:.1f} min).", "",
-        machine_markdown(info, res["load"]), "",
-        (mod.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "), "",
-        mod.markdown(res), "",
-        f"![{mod.TITLE}](docs/{mod.PLOT})"])
-    write_section(out / "BENCHMARKS.md", mod.NAME, "tools/bench_suite.py", body)
+    write_section(out / "BENCHMARKS.md", mod.NAME, "tools/bench_suite.py", section_body(mod, res))
     if name == "iso_recall":
         write_readme_block(out / "README.md", readme_body(res, command))
     (out / "docs" / f"{mod.PLOT[:-4]}.json").write_text(
