@@ -120,7 +120,8 @@ def headline(res: dict) -> str:
             size = f"{h['bytes'] / s['bytes']:.1f}x" if h and s else "-"
             rows.append([name, f">= {t:.2f}", _cell(h), _cell(s), speed, size])
     return md_table(["data", "R10@10 target", "fastest Hamming (1-bit codes)",
-                     "fastest bebr SDC (multi-bit)", "SDC faster by", "SDC smaller by"], rows)
+                     "fastest bebr SDC (multi-bit)", "latency Hamming / SDC (>1: SDC faster)",
+                     "bytes Hamming / SDC (>1: SDC smaller)"], rows)
 
 
 def markdown(res: dict) -> str:
