@@ -149,14 +149,17 @@ def _check_binarizer(model, name: str) -> Binarizer:
 def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
                      bits: Optional[int] = None, weights: Optional[CompatWeights] = None,
                      version: Optional[str] = None, epochs: Optional[int] = None,
-                     seed: int = 0, progress: bool = True, **train_kwargs) -> Binarizer:
+                     seed: int = 0, progress: bool = True, selection_cross_weight: float = 1.0,
+                     **train_kwargs) -> Binarizer:
     """Train a new :class:`~bebr.Binarizer` on ``x_new`` compatible with the deployed ``old``.
 
     ``x_new`` (n, D_new) and ``x_old`` (n, D_old) are the new and old upstream embeddings of
     the same n items; ``old`` is frozen (never modified). The new model's codes share the
     old code space: ``dim``/``bits`` default to, and must equal, ``old.dim``/``old.bits``.
     ``weights``: the compatibility terms (:class:`CompatWeights`, default the BEBR compat
-    InfoNCE). Other keyword arguments go to :func:`bebr.train.train_binarizer`
+    InfoNCE). ``selection_cross_weight``: model selection (the best validation epoch)
+    maximises self recall + this weight * cross recall (new queries vs old codes).
+    Other keyword arguments go to :func:`bebr.train.train_binarizer`
     (``batch_size``, ``lr``, ``loss``, ``max_time_s``, ``log``, ...).
     The result gets a fresh ``version`` (or the one given) and ``compatible_with ==
     old.version``; chaining (v3 against v2 against v1) keeps the chain in one code space.
@@ -196,7 +199,7 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         cross = code_recall(torch.from_numpy(model.encode_values(q)),
                             old_values[torch.from_numpy(np.asarray(b_rows))], truth)
-        return recall + cross
+        return recall + selection_cross_weight * cross
 
     # Start in the old code space. dim <= D_new: train's scalar-quantizer init on the top-dim
     # PCA basis of the new floats, rotated (orthogonal Procrustes) onto the old code values
