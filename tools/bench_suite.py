@@ -1,7 +1,7 @@
 """The bebr benchmark suite: runs the studies of tools/studies/ and writes their BENCHMARKS.md
 sections, PNG plots under docs/ and the README benchmark block, all from this run's numbers.
 
-    bebr bench                                  # every study, full sizes (about 30-40 minutes)
+    bebr bench                                  # every study, full sizes (~30 min + model training)
     bebr bench --quick --out /tmp/b             # tiny sizes: a smoke test, numbers meaningless
     bebr bench --study kernels --study scaling  # some studies
     python tools/bench_suite.py ...             # the same without the CLI
@@ -64,7 +64,9 @@ def readme_body(iso_res: dict, command: str) -> str:
         "faiss LSH/PQ/RaBitQ/SQ (symmetric and asymmetric), and scaling to 10M vectors are in "
         "[BENCHMARKS.md](BENCHMARKS.md) (sections 'Suite 1-4'), with the machine and load "
         f"average of the run. This table came from `{command}`. Rerun everything with "
-        "`bebr bench` (about 30-40 minutes on 2 cores; needs `pip install -e '.[bench,minilm]'`), "
+        "`bebr bench` (needs `pip install -e '.[bench,minilm]'`; about 30 minutes on 2 cores once "
+        "the 9 bebr models are cached under the bebr data dir; the first run trains them, "
+        "5-13 minutes each on a busy 2-core machine), "
         "a quick smoke run with `bebr bench --quick --out /tmp/bench`, one study with "
         "`bebr bench --study iso_recall`.",
     ])

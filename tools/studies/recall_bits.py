@@ -108,7 +108,10 @@ def markdown(res: dict) -> str:
              "R10@10 / R10@100 = share of the exact cosine top-10 found in the first 10 / 100 "
              "results, no re-ranking. 'sym': query encoded like the base (code vs code); "
              "'asym': float query vs codes. 'stored B' = bytes per stored vector (faiss RaBitQ "
-             "adds per-vector float factors to its bits). Best R10@10 of each budget in bold.",
+             "adds per-vector float factors to its bits). Best R10@10 of each budget in bold. "
+             "faiss RaBitQ 'sym' rows: in faiss 1.15.1 `IndexRaBitQ.sa_decode` returns the same "
+             "reconstruction whatever the bits per dim (it uses the 1-bit part only), so those "
+             "rows are a 1-bit symmetric RaBitQ at every budget; read RaBitQ's asym rows.",
              "", models_markdown(), ""]
     for name, d in res["data"].items():
         lines += [f"{name} (n={d['n']:,}, D={d['D']}, {d['nq']} queries):", ""]
