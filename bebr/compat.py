@@ -26,7 +26,6 @@ REFERENCE.md section 3. Two tools:
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import time
 import uuid
@@ -40,7 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .codes import CodeSpec
-from .fileio import CorruptFileError, atomic_write_bytes, sha256_bytes
+from .fileio import CorruptFileError
+from .modelfile import CONFIG_NAME, load_state_strict, read_header, read_weights, write_model_dir
 from .model import Binarizer, ResidualMLP, sign_ste
 from .train import _init_model, _init_scalar_quantizer, check_training_input, code_recall, mine_neighbors, \
     train_binarizer
@@ -49,8 +49,6 @@ __all__ = ["CompatWeights", "compat_loss", "train_compatible", "CodeUpgrader",
            "train_upgrader", "UPGRADER_FORMAT_VERSION"]
 
 UPGRADER_FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 # ------------------------------------------------------------------------------ losses
@@ -329,74 +327,27 @@ class CodeUpgrader(nn.Module):
 
     def save(self, path) -> Path:
         """Write ``path/config.json`` + ``path/model.safetensors`` atomically (no pickle)."""
-        from safetensors.torch import save as st_save
-
-        p = Path(path)
-        if p.exists() and not p.is_dir():
-            raise ValueError(f"{p} exists and is not a directory")
-        p.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        blob = st_save(state, metadata={"format": "pt", "model": self.model_name})
         header = {"format": "bebr.upgrader", "format_version": UPGRADER_FORMAT_VERSION,
-                  "model": self.model_name, "config": self._header_config(),
-                  "weights": WEIGHTS_NAME, "weights_sha256": sha256_bytes(blob),
-                  "weights_bytes": len(blob)}
-        atomic_write_bytes(p / WEIGHTS_NAME, blob)
-        atomic_write_bytes(p / CONFIG_NAME, (json.dumps(header, indent=2) + "\n").encode())
-        return p
+                  "model": self.model_name, "config": self._header_config()}
+        return write_model_dir(path, self, self.model_name, header)
 
     @classmethod
     def load(cls, path) -> "CodeUpgrader":
         """Load a saved upgrader; corrupted, truncated or foreign files raise
         :class:`bebr.fileio.CorruptFileError`. Never unpickles."""
-        from safetensors.torch import load as st_load
-
         p = Path(path)
-        if not p.is_dir():
-            raise FileNotFoundError(f"{p} is not a saved CodeUpgrader directory")
+        header = read_header(p, "bebr.upgrader", UPGRADER_FORMAT_VERSION, "CodeUpgrader")
         cfg_path = p / CONFIG_NAME
-        try:
-            header = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CorruptFileError(f"{cfg_path}: not valid JSON ({e})") from e
-        if not isinstance(header, dict) or header.get("format") != "bebr.upgrader" \
-                or header.get("model") != cls.model_name:
+        if header.get("model") != cls.model_name:
             raise CorruptFileError(f"{cfg_path}: not a bebr CodeUpgrader header")
-        if header.get("format_version") != UPGRADER_FORMAT_VERSION:
-            raise CorruptFileError(f"{cfg_path}: format_version "
-                                   f"{header.get('format_version')!r} is not supported (this "
-                                   f"bebr reads {UPGRADER_FORMAT_VERSION})")
         try:
             c = header["config"]
             model = cls(CodeSpec.from_dict(c["in_spec"]), CodeSpec.from_dict(c["out_spec"]),
                         hidden=c["hidden"], depth=c["depth"], from_version=c["from_version"],
                         to_version=c["to_version"])
-            want_sha = str(header["weights_sha256"])
-            want_bytes = int(header["weights_bytes"])
         except (KeyError, TypeError, ValueError) as e:
             raise CorruptFileError(f"{cfg_path}: bad header field ({e})") from e
-        wpath = p / WEIGHTS_NAME
-        blob = wpath.read_bytes()
-        if len(blob) != want_bytes:
-            raise CorruptFileError(f"{wpath}: {len(blob)} bytes, header says {want_bytes} "
-                                   "(truncated or replaced file)")
-        if sha256_bytes(blob) != want_sha:
-            raise CorruptFileError(f"{wpath}: SHA-256 mismatch (corrupted file)")
-        try:
-            state = st_load(blob)
-        except Exception as e:  # safetensors raises its own error types
-            raise CorruptFileError(f"{wpath}: unreadable safetensors ({e})") from e
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise CorruptFileError(f"{wpath}: weights do not match {cls.model_name}: missing "
-                                   f"keys {missing}, unexpected keys {unexpected}")
-        for k, v in state.items():
-            if v.shape != expected[k].shape:
-                raise CorruptFileError(f"{wpath}: {k} has shape {tuple(v.shape)}, expected "
-                                       f"{tuple(expected[k].shape)}")
-        model.load_state_dict(state, strict=True)
+        load_state_strict(model, read_weights(p, header), p, cls.model_name)
         model.eval()
         return model
 

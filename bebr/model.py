@@ -20,7 +20,6 @@ code spec, version id, SHA-256 of the weights file) + ``model.safetensors``. No 
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,14 +31,13 @@ from torch import nn
 import torch.nn.functional as F
 
 from .codes import MAX_BITS, MAX_DIM, CodeSpec
-from .fileio import CorruptFileError, atomic_write_bytes, sha256_bytes
+from .fileio import CorruptFileError
+from .modelfile import CONFIG_NAME, load_state_strict, read_header, read_weights, write_model_dir
 
 __all__ = ["Binarizer", "BinarizerConfig", "BinarizerOutput", "ResidualMLP", "sign_ste",
            "MODEL_REGISTRY", "register_model", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 class _SignSTE(torch.autograd.Function):
@@ -313,14 +311,6 @@ class Binarizer(nn.Module):
     # ------------------------------------------------------------------ save / load
     def save(self, path) -> Path:
         """Write ``path/config.json`` and ``path/model.safetensors`` (atomically, each)."""
-        from safetensors.torch import save as st_save
-
-        p = Path(path)
-        if p.exists() and not p.is_dir():
-            raise ValueError(f"{p} exists and is not a directory")
-        p.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        blob = st_save(state, metadata={"format": "pt", "model": self.model_name})
         header = {
             "format": "bebr.binarizer",
             "format_version": FORMAT_VERSION,
@@ -328,35 +318,16 @@ class Binarizer(nn.Module):
             "config": asdict(self.config),
             "code_spec": self.spec.to_dict(),
             "version": self.version,
-            "weights": WEIGHTS_NAME,
-            "weights_sha256": sha256_bytes(blob),
-            "weights_bytes": len(blob),
         }
-        atomic_write_bytes(p / WEIGHTS_NAME, blob)
-        atomic_write_bytes(p / CONFIG_NAME, (json.dumps(header, indent=2) + "\n").encode())
-        return p
+        return write_model_dir(path, self, self.model_name, header)
 
     @classmethod
     def load(cls, path, map_location: str = "cpu") -> "Binarizer":
         """Load a model saved by :meth:`save`; refuses corrupted, truncated or unknown files
         with :class:`bebr.fileio.CorruptFileError` (a ValueError). Never unpickles."""
-        from safetensors.torch import load as st_load
-
         p = Path(path)
-        if not p.is_dir():
-            raise FileNotFoundError(f"{p} is not a saved Binarizer directory")
+        header = read_header(p, "bebr.binarizer", FORMAT_VERSION, "Binarizer")
         cfg_path = p / CONFIG_NAME
-        try:
-            header = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CorruptFileError(f"{cfg_path}: not valid JSON ({e})") from e
-        if not isinstance(header, dict) or header.get("format") != "bebr.binarizer":
-            raise CorruptFileError(f"{cfg_path}: not a bebr Binarizer header")
-        if header.get("format_version") != FORMAT_VERSION:
-            raise CorruptFileError(f"{cfg_path}: format_version {header.get('format_version')!r}"
-                                   f" is not supported (this bebr reads {FORMAT_VERSION})")
         name = header.get("model")
         if name not in MODEL_REGISTRY:
             raise CorruptFileError(f"{cfg_path}: unknown model name {name!r}; registered: "
@@ -366,36 +337,14 @@ class Binarizer(nn.Module):
             config = BinarizerConfig(**header["config"])
             config.validate()
             spec = CodeSpec.from_dict(header["code_spec"])
-            want_sha = str(header["weights_sha256"])
-            want_bytes = int(header["weights_bytes"])
         except (KeyError, TypeError, ValueError) as e:
             raise CorruptFileError(f"{cfg_path}: bad header field ({e})") from e
         if spec != CodeSpec(config.dim, config.bits) or header.get("version") != config.version:
             raise CorruptFileError(f"{cfg_path}: code_spec/version disagree with the config")
-        wpath = p / WEIGHTS_NAME
-        blob = wpath.read_bytes()
-        if len(blob) != want_bytes:
-            raise CorruptFileError(f"{wpath}: {len(blob)} bytes, header says {want_bytes} "
-                                   "(truncated or replaced file)")
-        if sha256_bytes(blob) != want_sha:
-            raise CorruptFileError(f"{wpath}: SHA-256 mismatch (corrupted file)")
-        try:
-            state = st_load(blob)
-        except Exception as e:  # safetensors raises its own error types
-            raise CorruptFileError(f"{wpath}: unreadable safetensors ({e})") from e
+        state = read_weights(p, header)
         model = model_cls(config.in_dim, config.dim, config.bits, hidden=config.hidden,
                           depth=config.depth, version=config.version,
                           compatible_with=config.compatible_with)
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise CorruptFileError(f"{wpath}: weights do not match {name}: missing keys "
-                                   f"{missing}, unexpected keys {unexpected}")
-        for k, v in state.items():
-            if v.shape != expected[k].shape:
-                raise CorruptFileError(f"{wpath}: {k} has shape {tuple(v.shape)}, expected "
-                                       f"{tuple(expected[k].shape)}")
-        model.load_state_dict(state, strict=True)
+        load_state_strict(model, state, p, name)
         model.eval()
         return model.to(map_location)
