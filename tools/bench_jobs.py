@@ -159,9 +159,9 @@ def write_section(path: Path, a, rows, mem, input_bytes: int, loads) -> None:
         f"Command: `python tools/bench_jobs.py --n {a.n} --throughput-rows "
         f"{a.throughput_rows} --write BENCHMARKS.md` (dim_in={a.dim_in}, "
         f"chunk_rows={a.chunk_rows}); {os.cpu_count()} cores ({cpu}), "
-        f"shared with other work: 1-minute load average {loads[0][0]:.1f} at the start and "
-        f"{loads[1][0]:.1f} at the end of the run, so rates are indicative, lower than on an "
-        "idle machine.",
+        f"1-minute load average {loads[0][0]:.1f} at the start and {loads[1][0]:.1f} at the "
+        "end of the run" + (" (other work on the same cores: rates are lower than on an idle "
+                            "machine)." if max(loads[0][0], loads[1][0]) > 1.5 else "."),
         "",
         f"Encode throughput: `bebr encode` of {a.throughput_rows} random float32 rows "
         f"(2 .npy input shards) with a `Binarizer({a.dim_in}, 256, 2)` (hidden 512), 1 torch "
