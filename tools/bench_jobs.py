@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         np.save(part / "a.npy", np.asarray(src[:half]))
         np.save(part / "b.npy", np.asarray(src[half:a.throughput_rows]))
         del src
-        base = [f"--model", model, "--chunk-rows", a.chunk_rows,
+        base = ["--model", model, "--chunk-rows", a.chunk_rows,
                 "--shard-rows", max(half // 2, 1)]
         load0 = os.getloadavg()
         mem = run_job(["--model", model, big, "-o", tmp / "bigout", "--chunk-rows",
