@@ -149,9 +149,10 @@ def to_markdown(res, args, command):
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, bebr SIMD level "
         f"`{bebr.simd_level()}` (available: {', '.join(bebr.simd_levels())}), faiss "
         f"{__import__('faiss').__version__}. Load average (1 min) at start / end: "
-        f"{res['load'][0][0]:.2f} / {res['load'][1][0]:.2f} (cores shared with model training, "
-        "so absolute figures are noisy; bebr and faiss are timed interleaved, medians of "
-        f"{args.repeats} repeats).",
+        f"{res['load'][0][0]:.2f} / {res['load'][1][0]:.2f} ("
+        + ("other work on the cores, so absolute figures are noisy; "
+           if max(res['load'][0][0], res['load'][1][0]) > 1.5 else "")
+        + f"bebr and faiss are timed interleaved, medians of {args.repeats} repeats).",
         "",
         f"{n:,} random codes, dim {dim}, k {args.k}. Streaming read bandwidth measured in the same "
         "run (C++ read kernel, `bebr._C.read_bandwidth`): "
