@@ -14,15 +14,6 @@ from bebr import CodeSpec, reference
 LEVELS = bebr.simd_levels()
 
 
-@pytest.fixture(params=LEVELS)
-def level(request):
-    """Run the test at one SIMD level, restoring the previous level afterwards."""
-    before = bebr.simd_level()
-    bebr.set_simd_level(request.param)
-    yield request.param
-    bebr.set_simd_level(before)
-
-
 def random_codes(rng, spec, n, levels=None):
     hi = spec.n_levels if levels is None else levels
     return spec.pack(rng.integers(0, hi, (n, spec.dim)))

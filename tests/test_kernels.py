@@ -17,15 +17,6 @@ LEVELS = bebr.simd_levels()
 AWKWARD_DIMS = [1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 127, 128, 129, 256]
 
 
-@pytest.fixture(params=LEVELS)
-def level(request):
-    """Run the test at one SIMD level, restoring the previous level afterwards."""
-    before = bebr.simd_level()
-    bebr.set_simd_level(request.param)
-    yield request.param
-    bebr.set_simd_level(before)
-
-
 def random_codes(rng, spec, n):
     return spec.pack(rng.integers(0, spec.n_levels, (n, spec.dim)))
 
