@@ -42,8 +42,8 @@ from .codes import CodeSpec
 from .fileio import CorruptFileError
 from .modelfile import CONFIG_NAME, load_state_strict, read_header, read_weights, write_model_dir
 from .model import Binarizer, ResidualMLP, sign_ste
-from .train import _init_model, _init_scalar_quantizer, check_training_input, code_recall, mine_neighbors, \
-    train_binarizer
+from .train import (_init_model, _init_scalar_quantizer, check_training_input, code_recall,
+                    mine_neighbors, train_binarizer, with_neighbors)
 
 __all__ = ["CompatWeights", "compat_loss", "train_compatible", "CodeUpgrader",
            "train_upgrader", "UPGRADER_FORMAT_VERSION"]
@@ -450,11 +450,7 @@ def _train_upgrader(old, new, x_new, x_old, old_spec, old_version, hidden, depth
             a = order[st * anchors:(st + 1) * anchors]
             if len(a) < 2:
                 continue
-            if nbrs is not None:
-                pick = torch.randint(0, nbrs.shape[1], (len(a), neighbors), generator=gen)
-                idx = torch.cat([a, nbrs[a][torch.arange(len(a))[:, None], pick].reshape(-1)])
-            else:
-                idx = a
+            idx = with_neighbors(a, nbrs, neighbors, gen)
             h = model(o_all[idx])
             nb = n_all[idx]
             # cross_distill with the new codes as queries against the upgraded gallery

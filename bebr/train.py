@@ -169,6 +169,16 @@ def _init_model(model: Binarizer, x: torch.Tensor, gen: torch.Generator, center:
             c = c + (2.0 ** -t) * b
 
 
+def with_neighbors(anchors: torch.Tensor, nbrs: Optional[torch.Tensor], neighbors: int,
+                   gen: torch.Generator) -> torch.Tensor:
+    """Batch rows: ``anchors``, then ``neighbors`` random mined neighbours of each anchor
+    (rows of ``nbrs``), or the anchors alone when ``nbrs`` is None."""
+    if nbrs is None:
+        return anchors
+    pick = torch.randint(0, nbrs.shape[1], (len(anchors), neighbors), generator=gen)
+    return torch.cat([anchors, nbrs[anchors][torch.arange(len(anchors))[:, None], pick].reshape(-1)])
+
+
 # ---------------------------------------------------------------------- losses
 def distill_loss(codes: torch.Tensor, x: torch.Tensor, scale: torch.Tensor,
                  tau: float = 0.05) -> torch.Tensor:
@@ -371,12 +381,7 @@ def _train(*, arr, rows, pool, n, nval, val_q, train_ids, val_b, xq, xb_val, tru
                 a = order[st * anchors_per_batch:(st + 1) * anchors_per_batch]
                 if len(a) < 2:
                     continue
-                if nbrs is not None:
-                    pick = torch.randint(0, nbrs.shape[1], (len(a), neighbors), generator=gen)
-                    nb = nbrs[a][torch.arange(len(a))[:, None], pick].reshape(-1)
-                    bidx = torch.cat([a, nb])
-                else:
-                    bidx = a
+                bidx = with_neighbors(a, nbrs, neighbors, gen)
                 xb = xtr[bidx].to(dev)
                 out = model(xb)
                 lv = 0.0
