@@ -46,7 +46,7 @@ _METRICS = ("ip", "cosine")
 
 
 def simd_level() -> str:
-    """Name of the active SIMD level ("scalar", "avx2" or "avx512")."""
+    """Name of the active SIMD level ("scalar", "avx2", "avx512" or "amx")."""
     return _C.simd_level()
 
 

@@ -5,6 +5,14 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace bebr {
 namespace {
 
@@ -23,6 +31,25 @@ bool cpu_has_avx512() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
          __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
+
+// AMX-INT8 + AVX-512 VBMI on the CPU, and the OS grants this process the AMX tile state
+// (Linux: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), asked once).
+bool cpu_has_amx() {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__linux__) && defined(SYS_arch_prctl)
+  static const bool ok = [] {
+    if (!cpu_has_avx512() || !__builtin_cpu_supports("avx512vbmi")) return false;
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool tile = (d >> 24) & 1, int8 = (d >> 25) & 1;
+    if (!tile || !int8) return false;
+    constexpr long kReqXcompPerm = 0x1023, kXtiledata = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtiledata) == 0;
+  }();
+  return ok;
 #else
   return false;
 #endif
@@ -50,6 +77,9 @@ std::vector<std::string> available_simd_levels() {
 #ifdef BEBR_HAVE_AVX512
   if (cpu_has_avx512()) out.push_back("avx512");
 #endif
+#ifdef BEBR_HAVE_AMX
+  if (cpu_has_amx()) out.push_back("amx");
+#endif
   return out;
 }
 
@@ -62,6 +92,9 @@ const KernelTable& kernels_for(const std::string& name) {
     for (const auto& l : levels) msg += " " + l;
     throw std::invalid_argument(msg);
   }
+#ifdef BEBR_HAVE_AMX
+  if (name == "amx") return kernels_amx();
+#endif
 #ifdef BEBR_HAVE_AVX512
   if (name == "avx512") return kernels_avx512();
 #endif

@@ -308,9 +308,39 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   base.invn = invn_.empty() ? nullptr : invn_.data();
   base.kind = metric_ == Metric::kCosine ? ScoreKind::kCosine : ScoreKind::kInnerProduct;
 
+  // Matrix-unit levels (AMX) score a whole batch of queries per loaded block: the batch's
+  // int8 query matrix is built once here.
+  const bool batched = kt.scan_batch != nullptr && nq >= kBatchMinQueries && geo_.bits >= kBatchMinBits;
+  QueryBatch qbatch;
+  CodeBuffer qbuf;  // 64-byte aligned: AMX tile rows must not straddle cache lines
+  std::vector<int32_t> qsums;
+  if (batched) {
+    qbatch.nq = nq;
+    qbatch.rows = (nq + 31) / 32 * 32;
+    qbatch.kpad = (geo_.dim + 63) / 64 * 64;
+    qbuf.resize(static_cast<size_t>(qbatch.rows) * qbatch.kpad);
+    int8_t* qmat = reinterpret_cast<int8_t*>(qbuf.data());
+    qsums.resize(nq);
+    build_query_batch(geo_, queries, qbatch, qmat, qsums.data());
+    qbatch.a = qmat;
+    qbatch.sums = qsums.data();
+  }
+
   // Blocks per cache chunk: each chunk is scanned for every query group while it sits in L2.
   const int64_t chunk = std::max<int64_t>(1, (256 << 10) / static_cast<int64_t>(geo_.block_bytes));
   auto run = [&](int64_t q0, int64_t q1, int64_t b0, int64_t b1, TopK* heaps) {
+    if (batched) {  // every block is loaded once for all the queries in [q0, q1)
+      ScanArgs a = base;
+      a.block_begin = b0;
+      a.block_end = b1;
+      QueryBatch qb = qbatch;
+      qb.nq = q1 - q0;
+      qb.rows = (qb.nq + 31) / 32 * 32;
+      qb.a = qbatch.a + q0 * qbatch.kpad;
+      qb.sums = qsums.data() + q0;
+      kt.scan_batch(a, qb, heaps);
+      return;
+    }
     for (int64_t c0 = b0; c0 < b1; c0 += chunk) {
       ScanArgs a = base;
       a.block_begin = c0;
@@ -337,7 +367,8 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   // chunks of blocks for all queries into their own heaps, merged at the end. Work items
   // are handed out dynamically and the calling thread works too, so a thread that the OS
   // schedules late (loaded machine) delays nothing.
-  constexpr int64_t kQueryItem = 4 * kMaxGroup;
+  // (a batched level splits queries only in items of 64: fewer and it reads the codes again)
+  const int64_t kQueryItem = batched ? 64 : 4 * kMaxGroup;
   const bool split_queries = T > 1 && nq >= kQueryItem * T;
   const int64_t nitems = T == 1 ? 1 : split_queries ? (nq + kQueryItem - 1) / kQueryItem : (nb + chunk - 1) / chunk;
   std::vector<TopKSet> local;

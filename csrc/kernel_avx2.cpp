@@ -71,7 +71,7 @@ uint64_t read_avx2(const uint8_t* data, size_t bytes) {
 }  // namespace avx2
 
 const KernelTable& kernels_avx2() {
-  static const KernelTable t{"avx2", &avx2::scan_simd, &avx2::read_avx2};
+  static const KernelTable t{"avx2", &avx2::scan_simd, &avx2::read_avx2, nullptr};
   return t;
 }
 

@@ -55,6 +55,21 @@ void decode_item(const Geometry& geo, const uint8_t* item, uint8_t* packed) {
   }
 }
 
+void build_query_batch(const Geometry& geo, const uint8_t* packed, const QueryBatch& batch,
+                       int8_t* a, int32_t* sums) {
+  std::memset(a, 0, static_cast<size_t>(batch.rows) * batch.kpad);
+  std::vector<int32_t> qv(geo.dim);
+  for (int64_t q = 0; q < batch.nq; ++q) {
+    scaled_values(geo, packed + q * geo.code_bytes, qv.data());
+    int32_t s = 0;
+    for (int j = 0; j < geo.dim; ++j) {
+      a[(q / 16 * (batch.kpad / 64) + j / 64) * 1024 + (q % 16) * 64 + j % 64] = static_cast<int8_t>(qv[j]);
+      s += qv[j];
+    }
+    sums[q] = s;
+  }
+}
+
 void build_query_lut(const Geometry& geo, const uint8_t* packed, uint8_t* lut) {
   if (geo.nibbles) {
     // per row c: int8 qv of dims 8c+{0,2,4,6} then 8c+{1,3,5,7}; then int32 sum of qv

@@ -60,7 +60,7 @@ uint64_t read_scalar(const uint8_t* data, size_t bytes) {
 }  // namespace
 
 const KernelTable& kernels_scalar() {
-  static const KernelTable t{"scalar", &scan_scalar, &read_scalar};
+  static const KernelTable t{"scalar", &scan_scalar, &read_scalar, nullptr};
   return t;
 }
 

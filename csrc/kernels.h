@@ -39,14 +39,38 @@ struct QueryGroup {
   const uint8_t* lut[kMaxGroup] = {};       // 2P * 16 bytes each
 };
 
+// A batch of queries as an int8 matrix for matrix-unit kernels (AMX), stored as 16 x 64 tiles:
+// tile (u, kc) = bytes [(u * kpad/64 + kc) * 1024, +1024), its row r = query 16u + r's scaled
+// values qv (odd integers) of dims 64kc .. 64kc+63, zero past dim and in padding rows (rows =
+// nq rounded up to 32). Queries 16u.. start at byte 16u * kpad. sums[q] = sum of qv. Built
+// once per search by build_query_batch; item score = 2 sum_j qv_j level_j - (2^bits-1) sums[q].
+struct QueryBatch {
+  int64_t nq = 0;           // real queries
+  int64_t rows = 0;         // nq rounded up to a multiple of 32 (query tiles go in pairs)
+  int kpad = 0;             // dim rounded up to a multiple of 64
+  const int8_t* a = nullptr;      // rows * kpad, tiled as above
+  const int32_t* sums = nullptr;  // nq
+};
+
 using scan_fn = void (*)(const ScanArgs&, const QueryGroup&, TopK* heaps);
+using batch_fn = void (*)(const ScanArgs&, const QueryBatch&, TopK* heaps);
 using read_fn = uint64_t (*)(const uint8_t* data, size_t bytes);
 
 struct KernelTable {
   const char* name;
   scan_fn scan;   // scans blocks [block_begin, block_end) for every query of the group
   read_fn read;   // streaming read of `bytes` bytes (memory-bandwidth probe); returns a checksum
+  // Optional (nullptr if the level has none): scans blocks [block_begin, block_end) for a
+  // whole query batch at once, worth it from kBatchMinQueries queries on.
+  batch_fn scan_batch;
 };
+
+// When a level's scan_batch beats its group scan (measured on Sapphire Rapids, 300k x 256,
+// BENCHMARKS.md section 1): from 24 queries at bits >= 2 (bits 2: 2.2x at nq 24, 3.3x at nq 64;
+// below ~16 queries unpacking each block costs more than the LUT scan); never at bits 1, where
+// the AVX-512 byte-popcount kernel stays ahead (0.84x at nq 64).
+constexpr int64_t kBatchMinQueries = 24;
+constexpr int kBatchMinBits = 2;
 
 // Per-ISA tables (nullptr-free; a level exists only if compiled in).
 const KernelTable& kernels_scalar();
@@ -56,7 +80,14 @@ const KernelTable& kernels_avx2();
 #ifdef BEBR_HAVE_AVX512
 const KernelTable& kernels_avx512();
 #endif
+#ifdef BEBR_HAVE_AMX
+const KernelTable& kernels_amx();
+#endif
 
+// Fill a QueryBatch's int8 matrix (batch.rows * batch.kpad bytes, zeroed here) and sums
+// (batch.nq) from nq packed queries; batch.rows/kpad must be set.
+void build_query_batch(const Geometry& geo, const uint8_t* packed, const QueryBatch& batch,
+                       int8_t* a, int32_t* sums);
 // Build the biased query LUT (2P*16 bytes) of one packed query.
 void build_query_lut(const Geometry& geo, const uint8_t* packed, uint8_t* lut);
 // Scaled query values qv (odd ints, length dim) of one packed code.

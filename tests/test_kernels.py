@@ -24,7 +24,8 @@ def random_codes(rng, spec, n):
 def test_levels_listed_and_active():
     assert LEVELS[0] == "scalar"
     assert bebr.simd_level() in LEVELS
-    assert set(LEVELS) <= {"scalar", "avx2", "avx512"}
+    assert set(LEVELS) <= {"scalar", "avx2", "avx512", "amx"}
+    assert LEVELS == [lv for lv in ("scalar", "avx2", "avx512", "amx") if lv in LEVELS]
 
 
 def test_unknown_level_refused():
@@ -90,6 +91,50 @@ def test_levels_agree_with_scalar(dim, bits, n, nq, k, seed):
         for metric in ("ip", "cosine"):  # same float ops at every level: bit-identical
             np.testing.assert_array_equal(results[lvl, metric][0], results["scalar", metric][0])
             np.testing.assert_array_equal(results[lvl, metric][1], results["scalar", metric][1])
+
+
+@settings(max_examples=25, deadline=None)
+@given(dim=st.sampled_from([1, 7, 8, 50, 63, 64, 65, 100, 129, 256]),
+       bits=st.integers(_C.BATCH_MIN_BITS, 4),
+       n=st.integers(0, 300), nq=st.integers(_C.BATCH_MIN_QUERIES, 140), k=st.integers(1, 20),
+       removed=st.integers(0, 4), allow=st.booleans(), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**32 - 1))
+def test_query_batches_agree_with_scalar(dim, bits, n, nq, k, removed, allow, threads, seed):
+    """Searches of many queries take a level's batch kernel (AMX tiles) where it has one:
+    bit-identical to the scalar kernel and exact against the numpy reference (ip), with
+    removals, filters, both metrics, nq not a multiple of the 32-query tile pair, and
+    threads splitting the database or the queries."""
+    rng = np.random.default_rng(seed)
+    spec = CodeSpec(dim, bits)
+    codes = random_codes(rng, spec, n)
+    queries = random_codes(rng, spec, nq)
+    ids = rng.permutation(2 * n + 5)[:n]
+    gone = ids[::removed + 1][:max(0, n // 3)] if removed else ids[:0]
+    keep = np.setdiff1d(ids, gone)
+    allowed = keep[rng.random(len(keep)) < 0.7] if allow else None
+    before = bebr.simd_level()
+    results = {}
+    try:
+        for lvl in LEVELS:
+            bebr.set_simd_level(lvl)
+            for metric in ("ip", "cosine"):
+                idx = bebr.Index(spec, metric)
+                idx.add(codes, ids)
+                if len(gone):
+                    idx.remove(gone)
+                results[lvl, metric] = idx.search(queries, k, threads=threads, filter=allowed)
+    finally:
+        bebr.set_simd_level(before)
+    for lvl in LEVELS:
+        for metric in ("ip", "cosine"):
+            np.testing.assert_array_equal(results[lvl, metric][0], results["scalar", metric][0])
+            np.testing.assert_array_equal(results[lvl, metric][1], results["scalar", metric][1])
+    pool = keep if allowed is None else allowed
+    pos = {int(i): j for j, i in enumerate(ids)}
+    sub = codes[[pos[int(i)] for i in pool]] if len(pool) else codes[:0]
+    want = reference.search_codes(spec, queries, sub, pool, k)
+    np.testing.assert_array_equal(results["scalar", "ip"][1], want[1])
+    np.testing.assert_array_equal(results["scalar", "ip"][0], want[0])
 
 
 def test_hamming_every_level(level):

@@ -12,6 +12,9 @@ void register_simd(py::module_& m) {
   // Choose the level now (import time): a bad BEBR_SIMD fails the import with its message.
   (void)active_kernels();
   m.def("simd_level", &simd_level_name, "Name of the active SIMD level.");
+  // searches of at least this many queries use a level's batch kernel (AMX) where it has one
+  m.attr("BATCH_MIN_QUERIES") = kBatchMinQueries;
+  m.attr("BATCH_MIN_BITS") = kBatchMinBits;
   m.def("simd_levels", &available_simd_levels, "SIMD levels available on this CPU, lowest first.");
   m.def("set_simd_level", &set_simd_level, py::arg("level"),
         "Switch the active SIMD level (ValueError if unavailable).");

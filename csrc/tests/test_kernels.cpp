@@ -57,7 +57,8 @@ TEST_P(LevelsVsScalar, AwkwardSizesBitExact) {
         std::vector<int64_t> rm;
         for (int64_t i = 0; i < n; i += 5) rm.push_back(i);
         idx.remove(rm.data(), static_cast<int64_t>(rm.size()));
-        const int64_t nq = 6;
+        // few queries (group kernels) and a batch (matrix-unit kernels where a level has them)
+        for (const int64_t nq : {int64_t{6}, bebr::kBatchMinQueries + 17}) {
         auto q = random_codes(rng, g, nq);
         std::vector<int64_t> allow;
         for (int64_t i = 0; i < n; i += 2) allow.push_back(i);
@@ -74,6 +75,7 @@ TEST_P(LevelsVsScalar, AwkwardSizesBitExact) {
           ASSERT_EQ(got.i, want.i) << "dim=" << dim << " bits=" << bits;
           ASSERT_EQ(got.s, want.s) << "dim=" << dim << " bits=" << bits;
           ASSERT_EQ(got_f.i, want_f.i) << "filtered dim=" << dim << " bits=" << bits;
+        }
         }
       }
     }
