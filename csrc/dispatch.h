@@ -1,5 +1,5 @@
 // Run-time SIMD dispatch: the level is chosen once (first use) from the CPU features, or forced
-// by the environment variable BEBR_SIMD=scalar|avx2|avx512; set_simd_level() switches it later
+// by the environment variable BEBR_SIMD=scalar|avx2|avx512|amx; set_simd_level() switches it later
 // (tests). Every kernel call goes through active_kernels().
 #pragma once
 #include <string>

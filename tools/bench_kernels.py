@@ -53,6 +53,16 @@ def paired_median_times(fns, repeats):
     return statistics.median(times[0]), statistics.median(times[1]), (q[0], q[2])
 
 
+def at_level(level, fn):
+    """Run fn with the SIMD level switched to `level`, restoring the previous one."""
+    before = bebr.simd_level()
+    bebr.set_simd_level(level)
+    try:
+        return fn()
+    finally:
+        bebr.set_simd_level(before)
+
+
 def measure_bandwidth(nbytes, threads, repeats):
     buf = np.ones(nbytes, dtype=np.uint8)
     _C.read_bandwidth(buf, threads, 1)  # fault the pages in
@@ -84,6 +94,9 @@ def run(args):
 
     rng = np.random.default_rng(0)
     n, dim, k = args.n, args.dim, args.k
+    # with a matrix-unit level active (amx), also time the vector level below it, same index
+    levels = bebr.simd_levels()
+    alt = levels[-2] if args.compare_levels and len(levels) > 1 and levels[-1] == "amx" else None
     load0 = os.getloadavg()
     rows, ham_rows = [], []
     bw = {t: measure_bandwidth(args.bw_bytes, t, args.repeats) for t in args.threads}
@@ -105,16 +118,24 @@ def run(args):
             fq = rng.standard_normal((nq, fd)).astype(np.float32)
             for t in args.threads:
                 faiss.omp_set_num_threads(t)
-                tb, tf, iqr = paired_median_times([lambda: index.search(q, k, threads=t),
-                                            lambda: fidx.search(fq, k)], args.repeats)
+                fns = [lambda: index.search(q, k, threads=t), lambda: fidx.search(fq, k)]
+                if alt:
+                    fns.append(lambda: at_level(alt, lambda: index.search(q, k, threads=t)))
+                times = timed_repeats(fns, args.repeats)
+                ratios = sorted(b / a for a, b in zip(times[0], times[1]))
+                iqr = tuple(statistics.quantiles(ratios, n=4)[::2]) if len(ratios) > 1 \
+                    else (ratios[0], ratios[0])
+                tb, tf = statistics.median(times[0]), statistics.median(times[1])
                 rows.append(dict(bits=bits, nq=nq, threads=t, bytes=spec.code_bytes, iqr=iqr,
                                  qps=nq / tb, faiss_qps=nq / tf, items_s=n * nq / tb,
-                                 gbs=n * spec.code_bytes / tb / 1e9, bw=bw[t]))
+                                 gbs=n * spec.code_bytes / tb / 1e9, bw=bw[t],
+                                 alt_qps=nq / statistics.median(times[2]) if alt else None))
                 r = rows[-1]
                 print(f"sdc bits={bits} nq={nq:3d} threads={t}: bebr {r['qps']:10.1f} QPS "
                       f"({r['items_s'] / 1e9:6.2f} G codes/s, {r['gbs']:6.2f} GB/s) | "
                       f"faiss PQ{dim * bits // 4}x4fs {r['faiss_qps']:10.1f} QPS | "
-                      f"ratio {r['qps'] / r['faiss_qps']:5.2f}", flush=True)
+                      f"ratio {r['qps'] / r['faiss_qps']:5.2f}"
+                      + (f" | bebr at {alt} {r['alt_qps']:10.1f} QPS" if alt else ""), flush=True)
         del index, fidx
         if bits == 1:
             ham = bebr.HammingIndex(dim)
@@ -138,11 +159,12 @@ def run(args):
                           f" QPS | ratio {r['qps'] / r['faiss_qps']:5.2f}", flush=True)
             del ham, fb
     load1 = os.getloadavg()
-    return dict(rows=rows, ham=ham_rows, bw=bw, load=(load0, load1))
+    return dict(rows=rows, ham=ham_rows, bw=bw, load=(load0, load1), alt=alt)
 
 
 def to_markdown(res, args, command):
     n, dim = args.n, args.dim
+    alt = res.get("alt")
     lines = [
         f"Command: `{command}`",
         "",
@@ -163,14 +185,15 @@ def to_markdown(res, args, command):
         "quartiles of the per-repeat paired ratios, a measure of how much the load moved them):",
         "",
         "| bits | bytes/vec | nq | threads | bebr QPS | faiss QPS | ratio | ratio IQR | bebr codes/s | "
-        "bebr GB/s | GB/s / bandwidth |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "bebr GB/s | GB/s / bandwidth |" + (f" bebr QPS at `{alt}` |" if alt else ""),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if alt else ""),
     ]
     for r in res["rows"]:
         lines.append(f"| {r['bits']} | {r['bytes']} | {r['nq']} | {r['threads']} | {r['qps']:.1f} | "
                      f"{r['faiss_qps']:.1f} | **{r['qps'] / r['faiss_qps']:.2f}** | "
                      f"{r['iqr'][0]:.2f}-{r['iqr'][1]:.2f} | "
-                     f"{r['items_s'] / 1e9:.2f} G | {r['gbs']:.2f} | {r['gbs'] / r['bw']:.2f} |")
+                     f"{r['items_s'] / 1e9:.2f} G | {r['gbs']:.2f} | {r['gbs'] / r['bw']:.2f} |"
+                     + (f" {r['alt_qps']:.1f} |" if alt else ""))
     lines += ["", f"`bebr.HammingIndex({dim})` vs faiss `IndexBinaryFlat({dim})`:", "",
               "| nq | threads | bebr QPS | faiss QPS | ratio | ratio IQR | bebr GB/s | GB/s / bandwidth |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -227,6 +250,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--bw-bytes", type=int, default=1 << 30)
     p.add_argument("--train", type=int, default=2048, help="faiss PQ training sample size")
+    p.add_argument("--no-compare-levels", dest="compare_levels", action="store_false",
+                   help="with the amx level active, do not also time the AVX-512 level")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a benchmark")
     p.add_argument("--write", type=Path, default=None, help="replace section 1 of this BENCHMARKS.md")
     args = p.parse_args(argv)
