@@ -317,7 +317,7 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   if (batched) {
     qbatch.nq = nq;
     qbatch.rows = (nq + 31) / 32 * 32;
-    qbatch.kpad = (geo_.dim + 63) / 64 * 64;
+    qbatch.kpad = (8 * geo_.chunks + 63) / 64 * 64;
     qbuf.resize(static_cast<size_t>(qbatch.rows) * qbatch.kpad);
     int8_t* qmat = reinterpret_cast<int8_t*>(qbuf.data());
     qsums.resize(nq);

@@ -55,17 +55,13 @@ void configure_tiles() {
   _tile_loadconfig(&c);
 }
 
-// Byte permutations of one 64-byte stored row into one B-tile row:
+// Byte permutation of one 64-byte stored plane row into one B-tile row:
 //  planes[s][4j + e] = slot item_of_r(16s + j)   (the slot's byte, replicated 4x)
-//  nib[h][4j + e]    = 4j + 2h + (e >> 1)        (nibble layout: bytes of dims 8c+4h..8c+4h+3)
 struct Perms {
   alignas(64) uint8_t planes[4][64];
-  alignas(64) uint8_t nib[2][64];
   Perms() {
     for (int s = 0; s < 4; ++s)
       for (int i = 0; i < 64; ++i) planes[s][i] = static_cast<uint8_t>(kR.item_of_r[16 * s + i / 4]);
-    for (int h = 0; h < 2; ++h)
-      for (int i = 0; i < 64; ++i) nib[h][i] = static_cast<uint8_t>(4 * (i / 4) + 2 * h + (i % 4) / 2);
   }
 };
 const Perms kPerms;
@@ -101,25 +97,19 @@ void unpack_planes(const Geometry& geo, const uint8_t* blk, int kcn, int s, uint
 }
 
 // Nibble layout (bits >= 3), lane group s: row c holds per lane 4 bytes, byte b = level(8c+2b)
-// | level(8c+2b+1) << 4; B row 2c+h = dims 8c+4h..8c+4h+3 = the nibbles of bytes 2h, 2h+1.
+// | level(8c+2b+1) << 4. The batch's K order follows it (build_query_batch): B row 2c = the low
+// nibbles (dims 8c+0,2,4,6), B row 2c+1 = the high nibbles (dims 8c+1,3,5,7), lanes in place.
 void unpack_nibbles(const Geometry& geo, const uint8_t* blk, int kcn, int s, uint8_t* out) {
   const int C = geo.chunks;
   const __m512i m0f = _mm512_set1_epi8(0x0f);
-  const __m512i idx0 = _mm512_load_si512(kPerms.nib[0]);
-  const __m512i idx1 = _mm512_load_si512(kPerms.nib[1]);
-  const __mmask64 odd = 0xAAAAAAAAAAAAAAAAull;
   const __m512i zero = _mm512_setzero_si512();
   const uint8_t* src = blk + static_cast<size_t>(s) * C * 64;
   const int rows = 8 * kcn, live = C < rows ? C : rows;
   int c = 0;
   for (; c < live; ++c) {
     const __m512i x = _mm512_loadu_si512(src + static_cast<size_t>(c) * 64);
-    const __m512i y0 = _mm512_permutexvar_epi8(idx0, x);
-    const __m512i y1 = _mm512_permutexvar_epi8(idx1, x);
-    _mm512_store_si512(out + static_cast<size_t>(2 * c) * 64,
-                       _mm512_mask_blend_epi8(odd, _mm512_and_si512(y0, m0f), _mm512_and_si512(_mm512_srli_epi16(y0, 4), m0f)));
-    _mm512_store_si512(out + static_cast<size_t>(2 * c + 1) * 64,
-                       _mm512_mask_blend_epi8(odd, _mm512_and_si512(y1, m0f), _mm512_and_si512(_mm512_srli_epi16(y1, 4), m0f)));
+    _mm512_store_si512(out + static_cast<size_t>(2 * c) * 64, _mm512_and_si512(x, m0f));
+    _mm512_store_si512(out + static_cast<size_t>(2 * c + 1) * 64, _mm512_and_si512(_mm512_srli_epi16(x, 4), m0f));
   }
   for (; c < rows; ++c) {
     _mm512_store_si512(out + static_cast<size_t>(2 * c) * 64, zero);

@@ -63,7 +63,10 @@ void build_query_batch(const Geometry& geo, const uint8_t* packed, const QueryBa
     scaled_values(geo, packed + q * geo.code_bytes, qv.data());
     int32_t s = 0;
     for (int j = 0; j < geo.dim; ++j) {
-      a[(q / 16 * (batch.kpad / 64) + j / 64) * 1024 + (q % 16) * 64 + j % 64] = static_cast<int8_t>(qv[j]);
+      // K position of dim j: natural order for the planes layout; for the nibble layout the
+      // stored order, dims 8c+0,2,4,6 then 8c+1,3,5,7 per 8-dim chunk c (kernel_amx.cpp)
+      const int kk = geo.nibbles ? 8 * (j / 8) + 4 * (j % 2) + (j % 8) / 2 : j;
+      a[(q / 16 * (batch.kpad / 64) + kk / 64) * 1024 + (q % 16) * 64 + kk % 64] = static_cast<int8_t>(qv[j]);
       s += qv[j];
     }
     sums[q] = s;

@@ -41,13 +41,16 @@ struct QueryGroup {
 
 // A batch of queries as an int8 matrix for matrix-unit kernels (AMX), stored as 16 x 64 tiles:
 // tile (u, kc) = bytes [(u * kpad/64 + kc) * 1024, +1024), its row r = query 16u + r's scaled
-// values qv (odd integers) of dims 64kc .. 64kc+63, zero past dim and in padding rows (rows =
-// nq rounded up to 32). Queries 16u.. start at byte 16u * kpad. sums[q] = sum of qv. Built
-// once per search by build_query_batch; item score = 2 sum_j qv_j level_j - (2^bits-1) sums[q].
+// values qv (odd integers) at K positions 64kc .. 64kc+63, zero past dim and in the padding
+// rows (rows = nq rounded up to 32). K position of dim j: j for bits <= 2; for the nibble
+// layout of bits >= 3, 8(j/8) + 4(j%2) + (j%8)/2 (the even dims of each 8-dim chunk first, as
+// they sit in the stored low nibbles). Queries 16u.. start at byte 16u * kpad. sums[q] = sum
+// of qv. Built once per search by build_query_batch; item score = 2 sum_j qv_j level_j -
+// (2^bits-1) sums[q].
 struct QueryBatch {
   int64_t nq = 0;           // real queries
   int64_t rows = 0;         // nq rounded up to a multiple of 32 (query tiles go in pairs)
-  int kpad = 0;             // dim rounded up to a multiple of 64
+  int kpad = 0;             // 8 * ceil(dim / 8) rounded up to a multiple of 64
   const int8_t* a = nullptr;      // rows * kpad, tiled as above
   const int32_t* sums = nullptr;  // nq
 };
