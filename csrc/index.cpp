@@ -12,6 +12,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <thread>
+#include <unordered_map>
 
 #include "dispatch.h"
 #include "thread_pool.h"
@@ -89,7 +90,7 @@ void SdcIndex::check_new_ids(const int64_t* ids, int64_t n, bool allow_present) 
     if (!seen.emplace(ids[i], i).second)
       throw std::invalid_argument("duplicate id " + std::to_string(ids[i]) + " in ids (positions " +
                                   std::to_string(seen[ids[i]]) + " and " + std::to_string(i) + ")");
-    if (!allow_present && slot_of_.count(ids[i]))
+    if (!allow_present && slot_of_.contains(ids[i], ids_.data()))
       throw std::invalid_argument("id " + std::to_string(ids[i]) + " is already in the index (use upsert to replace it)");
   }
 }
@@ -98,14 +99,14 @@ void SdcIndex::append(const uint8_t* codes, int64_t n, const int64_t* ids, int32
   ensure_owned_capacity(nslots_ + n);
   ids_.resize(nslots_ + n);
   versions_.resize(nslots_ + n);
-  slot_of_.reserve(slot_of_.size() + n);
+  slot_of_.reserve(static_cast<size_t>(n), ids_.data());  // entries point at old slots only
   for (int64_t i = 0; i < n; ++i) {
     const int64_t s = nslots_ + i;
     write_slot(s, codes + i * geo_.code_bytes);
     ids_[s] = ids[i];
     versions_[s] = version;
     alive_[s / kBlock] |= uint64_t(1) << kR.r_of_item[s % kBlock];
-    slot_of_[ids[i]] = s;
+    slot_of_.insert(ids[i], s, ids_.data());
     next_id_ = std::max(next_id_, ids[i] + 1);
   }
   nslots_ += n;
@@ -130,8 +131,8 @@ void SdcIndex::upsert(const uint8_t* codes, int64_t n, const int64_t* ids, int32
   std::vector<int64_t> new_pos;
   bool touched = false;
   for (int64_t i = 0; i < n; ++i) {
-    auto it = slot_of_.find(ids[i]);
-    if (it == slot_of_.end()) {
+    const int64_t slot = slot_of_.find(ids[i], ids_.data());
+    if (slot < 0) {
       new_pos.push_back(i);
       continue;
     }
@@ -139,8 +140,8 @@ void SdcIndex::upsert(const uint8_t* codes, int64_t n, const int64_t* ids, int32
       ensure_owned_capacity(nslots_);  // copy-on-write of external codes
       touched = true;
     }
-    write_slot(it->second, codes + i * geo_.code_bytes);
-    versions_[it->second] = version;
+    write_slot(slot, codes + i * geo_.code_bytes);
+    versions_[slot] = version;
   }
   if (!new_pos.empty()) {
     std::vector<uint8_t> c(new_pos.size() * geo_.code_bytes);
@@ -156,16 +157,15 @@ void SdcIndex::upsert(const uint8_t* codes, int64_t n, const int64_t* ids, int32
 void SdcIndex::remove(const int64_t* ids, int64_t n) {
   std::unique_lock lk(mu_);
   for (int64_t i = 0; i < n; ++i)
-    if (!slot_of_.count(ids[i]))
+    if (!slot_of_.contains(ids[i], ids_.data()))
       throw std::invalid_argument("cannot remove id " + std::to_string(ids[i]) + " (position " + std::to_string(i) +
                                   "): it is not in the index");
   for (int64_t i = 0; i < n; ++i) {
-    auto it = slot_of_.find(ids[i]);
-    if (it == slot_of_.end()) continue;  // duplicate in ids
-    const int64_t s = it->second;
+    const int64_t s = slot_of_.find(ids[i], ids_.data());
+    if (s < 0) continue;  // duplicate in ids
     alive_[s / kBlock] &= ~(uint64_t(1) << kR.r_of_item[s % kBlock]);
+    slot_of_.erase(ids[i], ids_.data());  // before ids_[s] changes: entries are keyed by it
     ids_[s] = -1;
-    slot_of_.erase(it);
     --nalive_;
   }
   if (nslots_ - nalive_ > std::max<int64_t>(nslots_ / 2, 4 * kBlock)) compact_locked();
@@ -197,7 +197,6 @@ void SdcIndex::compact_locked() {
     ids[d] = ids_[s];
     vers[d] = versions_[s];
     alive[db] |= uint64_t(1) << kR.r_of_item[di];
-    slot_of_[ids_[s]] = d;
     ++d;
   }
   owned_.swap(codes);
@@ -208,6 +207,9 @@ void SdcIndex::compact_locked() {
   alive_.swap(alive);
   invn_.swap(invn);
   nslots_ = nalive_;
+  slot_of_.clear();
+  slot_of_.reserve(static_cast<size_t>(nslots_), ids_.data());
+  for (int64_t s = 0; s < nslots_; ++s) slot_of_.insert(ids_[s], s, ids_.data());
 }
 
 void SdcIndex::assign(const uint8_t* codes, bool external, int64_t n, const int64_t* ids,
@@ -215,13 +217,14 @@ void SdcIndex::assign(const uint8_t* codes, bool external, int64_t n, const int6
   std::unique_lock lk(mu_);
   const int64_t nb = (n + kBlock - 1) / kBlock;
   const size_t nbytes = static_cast<size_t>(nb) * geo_.block_bytes;
-  std::unordered_map<int64_t, int64_t> map;
-  map.reserve(static_cast<size_t>(n));
+  IdMap map;  // slot i <-> ids[i], the values ids_ gets below
+  map.reserve(static_cast<size_t>(n), ids);
   for (int64_t i = 0; i < n; ++i) {
-    if (ids[i] < 0 || !map.emplace(ids[i], i).second)
+    if (ids[i] < 0 || map.contains(ids[i], ids))
       throw std::invalid_argument("stored ids are negative or duplicated (id " + std::to_string(ids[i]) + ")");
+    map.insert(ids[i], i, ids);
   }
-  slot_of_.swap(map);
+  slot_of_ = std::move(map);
   if (external) {
     owned_.release();
     codes_ = codes;
@@ -253,8 +256,8 @@ std::vector<uint64_t> SdcIndex::build_filter(const FilterSpec& f) const {
   };
   if (f.n_allow_ids >= 0)
     for (int64_t i = 0; i < f.n_allow_ids; ++i) {
-      auto it = slot_of_.find(f.allow_ids[i]);
-      if (it != slot_of_.end()) set_slot(it->second, true);
+      const int64_t s = slot_of_.find(f.allow_ids[i], ids_.data());
+      if (s >= 0) set_slot(s, true);
     }
   if (f.allow_mask_len >= 0) {
     // allow-mask combined with an allow-list: an id must be in both
@@ -268,8 +271,8 @@ std::vector<uint64_t> SdcIndex::build_filter(const FilterSpec& f) const {
   }
   if (f.n_exclude_ids >= 0)
     for (int64_t i = 0; i < f.n_exclude_ids; ++i) {
-      auto it = slot_of_.find(f.exclude_ids[i]);
-      if (it != slot_of_.end()) set_slot(it->second, false);
+      const int64_t s = slot_of_.find(f.exclude_ids[i], ids_.data());
+      if (s >= 0) set_slot(s, false);
     }
   if (f.exclude_mask_len >= 0)
     for (int64_t s = 0; s < nslots_; ++s) {
@@ -476,15 +479,14 @@ std::vector<int64_t> SdcIndex::ids() const {
 
 bool SdcIndex::contains(int64_t id) const {
   std::shared_lock lk(mu_);
-  return slot_of_.count(id) > 0;
+  return slot_of_.contains(id, ids_.data());
 }
 
 void SdcIndex::get_codes(const int64_t* ids, int64_t n, uint8_t* out, int32_t* versions) const {
   std::shared_lock lk(mu_);
   for (int64_t i = 0; i < n; ++i) {
-    auto it = slot_of_.find(ids[i]);
-    if (it == slot_of_.end()) throw std::invalid_argument("id " + std::to_string(ids[i]) + " is not in the index");
-    const int64_t s = it->second;
+    const int64_t s = slot_of_.find(ids[i], ids_.data());
+    if (s < 0) throw std::invalid_argument("id " + std::to_string(ids[i]) + " is not in the index");
     const uint8_t* B = codes_ + (s / kBlock) * geo_.block_bytes;
     uint8_t item[4 * 8192 + 64];
     for (int j = 0; j < geo_.item_bytes; ++j) item[j] = B[geo_.offset(static_cast<int>(s % kBlock), j)];

@@ -15,10 +15,10 @@
 #include <map>
 #include <shared_mutex>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "buffer.h"
+#include "id_map.h"
 #include "kernels.h"
 
 namespace bebr {
@@ -105,7 +105,7 @@ class SdcIndex {
   std::vector<int32_t> versions_;
   std::vector<uint64_t> alive_;
   std::vector<float> invn_;
-  std::unordered_map<int64_t, int64_t> slot_of_;
+  IdMap slot_of_;  // id -> slot (entries keyed through ids_)
   mutable std::shared_mutex mu_;
 };
 

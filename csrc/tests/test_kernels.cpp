@@ -4,9 +4,11 @@
 
 #include <random>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "dispatch.h"
+#include "id_map.h"
 #include "index.h"
 
 namespace {
@@ -130,3 +132,35 @@ TEST(SdcIndex, RejectsBadArguments) {
 }
 
 }  // namespace
+
+// IdMap (the index's id -> slot table) against std::unordered_map under random inserts,
+// erases (tombstones) and rehashes; keys are read through a slot -> id array as in SdcIndex.
+TEST(IdMap, MatchesUnorderedMap) {
+  std::mt19937_64 rng(11);
+  for (int round = 0; round < 4; ++round) {
+    bebr::IdMap m;
+    std::unordered_map<int64_t, int64_t> ref;
+    std::vector<int64_t> ids;  // slot -> id (-1 once erased)
+    const int64_t span = round % 2 ? 1 << 30 : 3000;  // sparse / dense ids
+    for (int step = 0; step < 20000; ++step) {
+      const int64_t id = static_cast<int64_t>(rng() % span);
+      if (rng() % 3) {
+        if (!ref.count(id)) {
+          ids.push_back(id);
+          m.insert(id, static_cast<int64_t>(ids.size()) - 1, ids.data());
+          ref[id] = static_cast<int64_t>(ids.size()) - 1;
+        }
+      } else {
+        const bool had = ref.erase(id) > 0;
+        const int64_t s = m.find(id, ids.data());
+        ASSERT_EQ(m.erase(id, ids.data()), had);
+        if (had) ids[s] = -1;
+      }
+      const int64_t probe = static_cast<int64_t>(rng() % span);
+      const auto it = ref.find(probe);
+      ASSERT_EQ(m.find(probe, ids.data()), it == ref.end() ? -1 : it->second);
+      ASSERT_EQ(m.size(), ref.size());
+    }
+    for (const auto& [id, slot] : ref) ASSERT_EQ(m.find(id, ids.data()), slot);
+  }
+}
