@@ -1,9 +1,10 @@
 """Embedding-to-embedding training of a ``Binarizer`` (REFERENCE.md section 2): no labels.
 
-The training signal is the float space itself. Each batch is random rows (default) or random
-anchors plus ``neighbors`` of their mined float nearest neighbours (hard negatives and true
-neighbours in every batch; measured no better on GloVe, see BENCHMARKS.md, and mining costs an
-n x n scan), and the loss is one of
+The training signal is the float space itself. Each batch is random anchors plus
+``neighbors`` (default 3) of their mined float nearest neighbours (hard negatives and true
+neighbours in every batch; from the ITQ init the only setting measured to raise validation
+recall on GloVe 50x2, see BENCHMARKS.md; mining costs an n x n scan), or random rows
+(``neighbors=0``), and the loss is one of
 - ``"distill"``: neighbour-ranking distillation, row-wise KL(softmax(float cos / tau_t) ||
   softmax(s * code cos)) over the batch, s a learned scale;
 - ``"nce"``: symmetric InfoNCE code-vs-float of the same item (float projected to the code
@@ -11,7 +12,8 @@ n x n scan), and the loss is one of
 - ``"both"``: their sum;
 plus any ``extra_loss(model, out, xb, idx)`` a caller adds (compatible training builds on it).
 Init (``init="pca"``): the recurrence starts as a per-dimension uniform scalar quantizer of a
-randomly rotated PCA projection (the largest single gain measured); training then refines it.
+rotated PCA projection (the largest single gain measured), the rotation learned ITQ-style for
+the multi-level quantizer (``itq_iters``, a random one with 0); training then refines it.
 
 x may be a memory-mapped .npy larger than RAM: training reads a random sample of at most
 ``max_train_rows`` rows (sorted row indices, one pass), never the whole array.
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from .model import Binarizer, _as_float_rows
 
 __all__ = ["train_binarizer", "check_training_input", "mine_neighbors", "init_projection",
-           "distill_loss", "nce_loss", "code_recall"]
+           "itq_rotation", "distill_loss", "nce_loss", "code_recall"]
 
 
 # ---------------------------------------------------------------------- input checks
@@ -117,37 +119,77 @@ def _orthonormal_basis(xc: torch.Tensor, dim: int, gen: torch.Generator) -> torc
     return q[:, :D] @ vecs.T
 
 
+def _self_quantize(z: torch.Tensor, bits: int) -> torch.Tensor:
+    """Code values of the scalar-quantizer init's recurrence on z = Q xn (n, dim): c_0 =
+    sign(z), c_t = c_{t-1} + 2^-t sign(z - c_{t-1} / ||c_{t-1}||) (sign(0) = +1). This is what
+    the initialised Binarizer computes (its reconstruction is normalised, so the quantizer's
+    scale is the code's own norm, per vector)."""
+    c = torch.where(z >= 0, 1.0, -1.0)
+    for t in range(1, bits):
+        ch = c / c.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        c = c + (2.0 ** -t) * torch.where(z - ch >= 0, 1.0, -1.0)
+    return c
+
+
+def itq_rotation(z: torch.Tensor, bits: int, iters: int = 30) -> torch.Tensor:
+    """Learned rotation (dim, dim) for the multi-level quantizer of the init (ITQ, Gong and
+    Lazebnik 2011, extended to ``bits`` levels): alternate codes c = quantize(z R) (the init's
+    own recurrence, :func:`_self_quantize`) and R = the orthogonal Procrustes solution of
+    z R ~ c ||z|| / ||c||, starting from R = I. Returns an orthogonal R (use z @ R); each step
+    does not increase the angular quantization error on z's rows."""
+    z = z.double()
+    zn = z.norm(dim=1, keepdim=True)
+    R = torch.eye(z.shape[1], dtype=z.dtype)
+    for _ in range(int(iters)):
+        c = _self_quantize(z @ R, bits)
+        target = c * (zn / c.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        u, _, vt = torch.linalg.svd(z.T @ target)
+        R = u @ vt
+    return R.float()
+
+
 def _init_scalar_quantizer(model: Binarizer, xc: torch.Tensor, gen: torch.Generator,
-                           basis: Optional[torch.Tensor] = None) -> None:
+                           basis: Optional[torch.Tensor] = None, itq_iters: int = 0,
+                           itq_rows: int = 20_000) -> None:
     """Init the recurrence as a per-dimension uniform scalar quantizer of z = Q normalize(xc):
-    W = s Q, B_t = Q^T / s (decoder), R_t = 2^t s Q, so b_t = sign(2^t (s z - c_{t-1})) up to
-    the normalisation of the reconstruction; s puts the code levels at the MSE-optimal
-    Gaussian quantizer step. (Since x_hat_t is normalised, the thresholds of steps t >= 1
-    follow the code's own norm, ~ s for a good code; s sets the pre-activation scale of the
-    straight-through window and of ``encode_query``.) Residual MLP branches start near zero.
+    W = s Q, B_t = s Q^T (decoder), R_t = 2^t s Q: b_t = sign(z - c_{t-1} / ||c_{t-1}||) for
+    orthonormal Q, a uniform quantizer whose scale is the code's own norm (x_hat_t is
+    normalised, so s and any positive scale of B_t cancel in the codes; exactly
+    :func:`_self_quantize` when dim <= D). s puts the pre-activations at the MSE-optimal Gaussian quantizer
+    step: it sets the straight-through window and ``encode_query``'s scale. B_t is at W's
+    scale, not Q^T / s as before: the codes are the same, but AdamW's per-step change is
+    then small against B's entries (Q^T / s, ~s^2 times smaller, collapsed training at 4 bits:
+    MiniLM 384x4 validation 0.936 -> 0.82 in one epoch). Residual MLP branches start near
+    zero.
     ``basis``: a given (dim, D) Q instead of the rotated PCA one (compatible training passes
-    the PCA basis rotated onto the old codes)."""
+    the PCA basis rotated onto the old codes). ``itq_iters`` > 0 (and dim <= D): Q is then
+    rotated by :func:`itq_rotation` fitted on at most ``itq_rows`` rows of xc (every k-th)."""
     Q = _orthonormal_basis(xc, model.dim, gen) if basis is None else basis
     xn = F.normalize(xc, dim=1)
+    if itq_iters > 0 and model.dim <= xc.shape[1]:
+        stride = max(1, math.ceil(len(xn) / itq_rows))  # spread over the rows, no RNG draw
+        R = itq_rotation(xn[::stride] @ Q.T, model.bits, itq_iters)  # (dim, dim)
+        Q = R.T @ Q
     sigma = (xn @ Q.T).std(0).mean().clamp_min(1e-8)
     u = model.bits
     s = float(2.0 ** (2 - u) / (_GAUSS_STEP[u] * sigma))  # level step 2^(2-u) code units
     model.W.skip.weight.copy_(s * Q)
     for t in range(1, u):
-        model.B[t - 1].skip.weight.copy_(Q.T / s)
+        model.B[t - 1].skip.weight.copy_(s * Q.T)
         model.R[t - 1].skip.weight.copy_((2.0 ** t) * s * Q)
 
 
 def _init_model(model: Binarizer, x: torch.Tensor, gen: torch.Generator, center: bool,
-                projection: Optional[Callable] = None) -> None:
+                projection: Optional[Callable] = None, itq_iters: int = 0) -> None:
     """PCA-style init; ``projection(xc) -> (dim, D)`` replaces the first-step projection
-    (compatible training regresses it onto the old codes)."""
+    (compatible training regresses it onto the old codes). ``itq_iters``: see
+    :func:`_init_scalar_quantizer` (used without ``projection``)."""
     with torch.no_grad():
         if center:
             model.in_mean.copy_(x.mean(0))
         xc = x - model.in_mean
         if projection is None:
-            _init_scalar_quantizer(model, xc, gen)
+            _init_scalar_quantizer(model, xc, gen, itq_iters=itq_iters)
             return
         P = projection(xc)
         model.W.skip.weight.copy_(P)
@@ -238,9 +280,9 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
                     batch_size: Optional[int] = None, lr: Optional[float] = None,
                     device: str = "cpu", seed: int = 0, progress: bool = True,
                     val_fraction: float = 0.02, loss: str = "distill", hidden: int = 128,
-                    depth: int = 0, tau: float = 0.05, neighbors: int = 0,
+                    depth: int = 0, tau: float = 0.05, neighbors: int = 3,
                     mined_k: int = 10, patience: int = 3, center: bool = True,
-                    init: str = "pca", max_train_rows: int = 200_000,
+                    init: str = "pca", itq_iters: int = 30, max_train_rows: int = 200_000,
                     max_time_s: Optional[float] = None, version: Optional[str] = None,
                     model: Optional[Binarizer] = None,
                     extra_loss: Optional[Callable] = None,
@@ -261,6 +303,14 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
     validation queries and base, ``truth``: their float top-10 as indices into ``b_rows``);
     compatible training uses it to also count cross-version recall.
     ``model``: continue from a given Binarizer (its dim/bits/in_dim must match).
+    Init (``init="pca"``): the scalar-quantizer init on the PCA basis, rotated by a learned
+    ITQ rotation (``itq_iters`` alternations, :func:`itq_rotation`; 0: a random rotation).
+    ``center``: subtract the training mean first. ``center=False`` measured better (the
+    codes' cosine then approximates the raw cosine the neighbours are defined by): centering
+    cost ~0.03 R10@10 on anisotropic MiniLM 384x4 and was neutral on GloVe (BENCHMARKS.md
+    section 2), and tools/eval_quality.py passes it. The default stays True for now because
+    compatible training (bebr.compat) aligns a centered new model to the old codes and its
+    test criterion fails with an uncentered old model.
     ``max_time_s``: stop after this many seconds of training (checked per step).
     ``threads``: torch CPU threads while training (default: torch's current setting; use 1
     on a loaded machine, where several spinning threads per core slow training down).
@@ -287,7 +337,7 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
     neighbors = int(neighbors)
     if neighbors < 0:
         raise ValueError(f"neighbors must be >= 0, got {neighbors}")
-    lr = float(lr) if lr is not None else 3e-3
+    lr = float(lr) if lr is not None else 1e-3
     dev = torch.device(device)
 
     rng = np.random.default_rng(seed)
@@ -312,8 +362,9 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
     anchors_per_batch = max(1, batch_size // (1 + neighbors))
     steps_per_epoch = max(1, math.ceil(len(train_ids) / anchors_per_batch))
     if epochs is None:
-        # ~ 1M item visits, between 2 and 20 epochs; early stopping trims it
-        epochs = int(min(20, max(2, round(1e6 / len(train_ids)))))
+        # ~ 2M batch rows (anchors + neighbours), between 2 and 20 epochs; early stopping
+        # trims it (98k rows, 3 neighbours: 5 epochs of 750 steps)
+        epochs = int(min(20, max(2, round(2e6 / (len(train_ids) * (1 + neighbors))))))
     epochs = _check_pos_int(epochs, "epochs")
 
     old_threads = torch.get_num_threads()
@@ -327,15 +378,15 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
 
 def _train(*, arr, rows, pool, n, nval, val_q, train_ids, val_b, xq, xb_val, truth, xtr, nbrs,
            anchors_per_batch, steps_per_epoch, epochs, seed, gen, model, D, dim, bits, hidden,
-           depth, version, init, center, dev, tau, loss, lr, progress, log, neighbors,
-           extra_loss, val_score, nce_weight, hard_negatives, patience, max_time_s,
+           depth, version, init, center, itq_iters, dev, tau, loss, lr, progress, log,
+           neighbors, extra_loss, val_score, nce_weight, hard_negatives, patience, max_time_s,
            **_unused):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         if model is None:
             model = Binarizer(D, dim, bits, hidden=hidden, depth=depth, version=version)
             if init == "pca":
-                _init_model(model, xtr, gen, center)
+                _init_model(model, xtr, gen, center, itq_iters=itq_iters)
             elif center:
                 model.in_mean.copy_(xtr.mean(0))
         else:

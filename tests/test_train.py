@@ -7,7 +7,7 @@ import torch
 from bebr import datasets as ds
 from bebr.model import Binarizer
 from bebr.reference import search_codes
-from bebr.train import train_binarizer
+from bebr.train import _init_scalar_quantizer, _self_quantize, itq_rotation, train_binarizer
 
 FAST = dict(hidden=32, progress=False, epochs=2, threads=1)
 
@@ -64,6 +64,62 @@ def test_scalar_quantizer_init_beats_sign_of_same_projection(glove):
     m4 = train_binarizer(x[bi], 50, 4, seed=0, **dict(FAST, epochs=1))
     m1 = train_binarizer(x[bi], 50, 1, seed=0, **dict(FAST, epochs=1))
     assert _recall(m4, x, qi, bi, gt) > _recall(m1, x, qi, bi, gt) + 0.2
+
+
+def _angular_error(z, c):
+    return float((1 - torch.nn.functional.cosine_similarity(z, c, dim=1)).mean())
+
+
+@pytest.fixture
+def one_thread():
+    """torch at 1 thread (small linear algebra is slower with threads on a loaded machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_itq_rotation_orthogonal_and_lowers_quantization_error(glove, one_thread):
+    # real GloVe rows, top-32 PCA directions under a random rotation (the init's basis)
+    x, _, bi, _ = glove
+    xn = torch.nn.functional.normalize(torch.from_numpy(x[bi]), dim=1)
+    vecs = torch.linalg.eigh((xn.T @ xn).double())[1].flip(1)[:, :32].float()
+    rot = torch.linalg.qr(torch.randn(32, 32, generator=torch.Generator().manual_seed(0)))[0]
+    z = xn @ vecs @ rot
+    for bits in (2, 4):
+        R = itq_rotation(z, bits, iters=20)
+        assert R.shape == (32, 32)
+        torch.testing.assert_close(R @ R.T, torch.eye(32), atol=1e-5, rtol=0)
+        before = _angular_error(z, _self_quantize(z, bits))
+        after = _angular_error(z @ R, _self_quantize(z @ R, bits))
+        assert after < 0.95 * before, (bits, before, after)
+    assert torch.equal(itq_rotation(z, 2, iters=0), torch.eye(32))
+
+
+def test_self_quantize_is_what_the_initialised_model_encodes(glove, one_thread):
+    x, _, bi, _ = glove
+    xs = torch.from_numpy(x[bi[:500]])
+    for bits, itq in ((1, 0), (3, 0), (3, 5)):
+        m = Binarizer(50, 20, bits, depth=0)
+        with torch.no_grad():
+            _init_scalar_quantizer(m, xs, torch.Generator().manual_seed(1), itq_iters=itq)
+        q = m.W.skip.weight / m.W.skip.weight.norm(dim=1, keepdim=True)  # the basis Q
+        want = _self_quantize(torch.nn.functional.normalize(xs, dim=1) @ q.T, bits)
+        np.testing.assert_array_equal(m.encode_values(x[bi[:500]]), want.numpy())
+
+
+def test_itq_init_and_init_kept_if_training_does_not_help(glove):
+    x, _, bi, _ = glove
+    log = []
+    m = train_binarizer(x[bi], 32, 2, seed=0, log=log, center=False,
+                        **dict(FAST, epochs=1, lr=1.0))
+    assert torch.count_nonzero(m.in_mean) == 0
+    # a destructive learning rate: the best epoch is the init (epoch 0), which is returned
+    assert log[1]["val_r10@10"] < log[0]["val_r10@10"]
+    assert m.train_info["val_r10@10"] == log[0]["val_r10@10"]
+    base = train_binarizer(x[bi], 32, 2, seed=0, itq_iters=0, center=False,
+                           **dict(FAST, epochs=1, lr=1.0))
+    assert m.train_info["val_r10@10"] > base.train_info["val_r10@10"]
 
 
 def test_deterministic_for_a_seed(glove):

@@ -4,7 +4,7 @@ Trains the same Binarizer with ``center=True`` and ``center=False`` on the ANCHO
 (98k base words, 2k queries, truth = exact float top-10 by cosine) and prints R10@10 of
 symmetric SDC search through ``bebr.Index(spec, "cosine")``.
 
-    python tools/ablate_centering.py v2 384 4 --epochs 1
+    python tools/ablate_centering.py v2 384 4 --epochs 1 [--itq-iters 0]
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ def main() -> None:
     ap.add_argument("bits", type=int)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--itq-iters", type=int, default=30,
+                    help="train_binarizer itq_iters (0: random rotation, the old init)")
     args = ap.parse_args()
     words, glove = ds.glove_words(100_000)
     x = glove if args.data == "v1" else ds.minilm_embeddings(words)
@@ -34,11 +36,12 @@ def main() -> None:
     for center in (False, True):
         t = time.perf_counter()
         model = bebr.train_binarizer(b, args.dim, args.bits, seed=0, progress=False,
-                                     threads=args.threads, center=center, epochs=args.epochs)
+                                     threads=args.threads, center=center, epochs=args.epochs,
+                                     itq_iters=args.itq_iters)
         index = bebr.Index(model.spec, "cosine")
         index.add(model.encode(b))
         _, found = index.search(model.encode(q), 10)
-        print(f"{args.data} {args.dim}x{args.bits} center={center}: "
+        print(f"{args.data} {args.dim}x{args.bits} center={center} itq={args.itq_iters}: "
               f"R10@10 {ds.recall_at(found, truth, 10):.3f} "
               f"({time.perf_counter() - t:.0f} s)", flush=True)
 

@@ -53,7 +53,8 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--variant", action="append", default=[],
                     help='train_binarizer keywords, e.g. "loss=nce depth=0"; "init-only" '
-                         "measures the PCA + rotation init without training")
+                         "measures the PCA + rotation init without training (optionally "
+                         '"init-only center=True itq_iters=0")')
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     words, x = ds.glove_words()
@@ -69,9 +70,13 @@ def main(argv=None):
     rows = []
     for v in args.variant or ["loss=distill"]:
         t = time.perf_counter()
-        if v == "init-only":
+        if v.startswith("init-only"):
+            kw = dict(center=False, itq_iters=30)  # train_binarizer's defaults
+            kw.update(parse_kw(v[len("init-only"):]))
             m = Binarizer(x.shape[1], args.dim, args.bits, depth=0)
-            _init_model(m, torch.from_numpy(x[tr]), torch.Generator().manual_seed(0), True)
+            xt = torch.from_numpy(ds.l2_normalize(x[tr]))
+            _init_model(m, xt, torch.Generator().manual_seed(0), kw["center"],
+                        itq_iters=kw["itq_iters"])
         else:
             kw = dict(epochs=args.epochs, lr=args.lr, threads=1)
             kw.update(parse_kw(v))
