@@ -15,7 +15,13 @@ REFERENCE.md section 3. Two tools:
   * ``cross_distill``: row-wise KL(softmax(cos(x_i, x_j) / tau) || softmax(cos(n_i, o_j) /
     tau)): new queries rank old codes the way the new float space ranks the items;
   * ``unibct``: the positive o_i is replaced by the old codes refined over the new float
-    neighbourhood graph, ``O_hat = (1-l)(I - l A)^-1 O``, ``A = column-softmax(X X^T / T)``.
+    neighbourhood graph, ``O_hat = (1-l)(I - l A)^-1 O``, ``A = column-softmax(X X^T / T)``;
+  * ``neighbor``: neighbour-aware cross retrieval over the whole data, not the batch: the
+    target t_i is the normalised mean old code of i's ``neighbor_k`` nearest new-float
+    neighbours (mined once, exactly, in a pool of items); InfoNCE (anchor n_i, positive t_i,
+    negatives t_j, temperature ``neighbor_tau``) or ``1 - cos(n_i, t_i)``. An oracle with
+    the true float top-10 of a query as t would reach R10@10 0.24 against the old GloVe codes
+    (M(old,old) 0.06), a linear map from x_new to t only 0.04 (BENCHMARKS.md section 3).
 
 - :func:`train_upgrader` learns a light model ``h`` from stored old packed codes to
   new-version codes (BiCT/DMU forward compatibility) so old items can be upgraded in place
@@ -57,9 +63,11 @@ class CompatWeights:
     """Weights of the compatibility terms added to the self loss (module docstring).
 
     ``tau``: temperature of all terms; ``unibct_lambda``/``unibct_tau``: the refinement's l
-    and T. A weight of 0 switches its term off. The default (plain BEBR compat) measured
-    best on GloVe -> MiniLM (BENCHMARKS.md section 3): the RACT, cross-distillation and
-    UniBCT terms cost self-test recall there without improving cross-test recall.
+    and T. ``neighbor_k``/``neighbor_tau``/``neighbor_loss`` ("nce" or "cos"): the
+    ``neighbor`` term's neighbour count, temperature and form. A weight of 0 switches its term
+    off. The default (plain BEBR compat) measured best on GloVe -> MiniLM (BENCHMARKS.md
+    section 3): the RACT, cross-distillation, UniBCT and neighbour terms did not improve
+    cross-test recall over the aligned init there.
     """
 
     compat: float = 1.0
@@ -69,19 +77,32 @@ class CompatWeights:
     tau: float = 0.2
     unibct_lambda: float = 0.9
     unibct_tau: float = 0.05
+    neighbor: float = 0.0
+    neighbor_k: int = 10
+    neighbor_tau: float = 0.05
+    neighbor_loss: str = "nce"
 
     def __post_init__(self) -> None:
+        if self.neighbor_loss not in ("nce", "cos"):
+            raise ValueError(f"CompatWeights.neighbor_loss must be 'nce' or 'cos', got "
+                             f"{self.neighbor_loss!r}")
+        if isinstance(self.neighbor_k, bool) or not isinstance(self.neighbor_k, (int, np.integer)) \
+                or self.neighbor_k < 1:
+            raise ValueError(f"CompatWeights.neighbor_k must be a positive int, got "
+                             f"{self.neighbor_k!r}")
         for f in fields(self):
+            if f.name == "neighbor_loss":
+                continue
             v = getattr(self, f.name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"CompatWeights.{f.name} must be a finite number, got {v!r}")
             if v < 0:
                 raise ValueError(f"CompatWeights.{f.name} must be >= 0, got {v}")
-        if self.tau <= 0 or self.unibct_tau <= 0:
-            raise ValueError("CompatWeights.tau and unibct_tau must be > 0")
+        if self.tau <= 0 or self.unibct_tau <= 0 or self.neighbor_tau <= 0:
+            raise ValueError("CompatWeights.tau, unibct_tau and neighbor_tau must be > 0")
         if not 0 <= self.unibct_lambda < 1:
             raise ValueError(f"unibct_lambda must be in [0, 1), got {self.unibct_lambda}")
-        if self.compat + self.ract + self.cross_distill + self.unibct == 0:
+        if self.compat + self.ract + self.cross_distill + self.unibct + self.neighbor == 0:
             raise ValueError("all compatibility weights are 0: nothing ties the new codes "
                              "to the old code space (use train_binarizer instead)")
 
@@ -95,7 +116,7 @@ def _refine_old(old: torch.Tensor, x_new: torch.Tensor, lam: float, t: float) ->
 
 
 def compat_loss(new_codes: torch.Tensor, old_codes: torch.Tensor, x_new: torch.Tensor,
-                weights: CompatWeights) -> torch.Tensor:
+                weights: CompatWeights, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The weighted compatibility terms for one batch (rows are the same items).
 
     ``new_codes`` (b, m) carries the gradient; ``old_codes`` (b, m) is treated as a constant;
@@ -124,7 +145,54 @@ def compat_loss(new_codes: torch.Tensor, old_codes: torch.Tensor, x_new: torch.T
             o_hat = F.normalize(_refine_old(o, x_new.detach(), w.unibct_lambda, w.unibct_tau),
                                 dim=1)
         loss = loss + w.unibct * F.cross_entropy(n @ o_hat.T / w.tau, target)
+    if w.neighbor:
+        if targets is None or tuple(targets.shape) != tuple(new_codes.shape):
+            raise ValueError("the neighbor term needs targets of the new codes' shape "
+                             f"{tuple(new_codes.shape)}, got "
+                             f"{None if targets is None else tuple(targets.shape)}")
+        tn = F.normalize(targets.detach(), dim=1)
+        if w.neighbor_loss == "cos":
+            loss = loss + w.neighbor * (1 - (n * tn).sum(1)).mean()
+        else:
+            loss = loss + w.neighbor * F.cross_entropy(n @ tn.T / w.neighbor_tau, target)
     return loss
+
+
+class _NeighborTargets:
+    """Per-item target of the ``neighbor`` term: the normalised mean of the old code values of
+    the item's ``k`` nearest new-float neighbours (exact cosine, the item itself excluded)
+    among a seeded random pool of at most ``pool`` items. Computed on first use of a row
+    (one pass over the pool per batch of new rows) and cached."""
+
+    def __init__(self, xn, old_values: torch.Tensor, k: int, pool: int, seed: int):
+        n = xn.shape[0]
+        rng = np.random.default_rng([int(seed), 7])
+        self.xn = xn
+        self.pool_rows = np.sort(rng.choice(n, size=min(n, pool), replace=False))
+        self.xp = F.normalize(torch.from_numpy(np.asarray(xn[self.pool_rows],
+                                                          dtype=np.float32)), dim=1)
+        self.op = old_values[torch.from_numpy(self.pool_rows)]
+        self.k = min(int(k), len(self.pool_rows) - 1)
+        if self.k < 1:
+            raise ValueError("the neighbor term needs at least 2 items")
+        self.cache = torch.zeros(n, old_values.shape[1])
+        self.have = np.zeros(n, dtype=bool)
+
+    def __call__(self, idx: np.ndarray) -> torch.Tensor:
+        idx = np.asarray(idx, dtype=np.int64)
+        missing = np.unique(idx[~self.have[idx]])
+        for s in range(0, len(missing), 1024):
+            rows = missing[s:s + 1024]
+            q = F.normalize(torch.from_numpy(np.asarray(self.xn[rows], dtype=np.float32)), dim=1)
+            sims = q @ self.xp.T
+            pos = np.searchsorted(self.pool_rows, rows).clip(max=len(self.pool_rows) - 1)
+            inpool = self.pool_rows[pos] == rows
+            sims[torch.from_numpy(np.flatnonzero(inpool)), torch.from_numpy(pos[inpool])] = \
+                -float("inf")
+            nb = sims.topk(self.k, dim=1).indices
+            self.cache[torch.from_numpy(rows)] = F.normalize(self.op[nb].mean(1), dim=1)
+            self.have[rows] = True
+        return self.cache[torch.from_numpy(idx)]
 
 
 # ------------------------------------------------------------------------------ checks
@@ -148,6 +216,7 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
                      bits: Optional[int] = None, weights: Optional[CompatWeights] = None,
                      version: Optional[str] = None, epochs: Optional[int] = None,
                      seed: int = 0, progress: bool = True, selection_cross_weight: float = 1.0,
+                     neighbor_pool: int = 40_000, align: str = "neighbors",
                      **train_kwargs) -> Binarizer:
     """Train a new :class:`~bebr.Binarizer` on ``x_new`` compatible with the deployed ``old``.
 
@@ -156,9 +225,19 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
     old code space: ``dim``/``bits`` default to, and must equal, ``old.dim``/``old.bits``.
     ``weights``: the compatibility terms (:class:`CompatWeights`, default the BEBR compat
     InfoNCE). ``selection_cross_weight``: model selection (the best validation epoch)
-    maximises self recall + this weight * cross recall (new queries vs old codes).
+    maximises self recall + this weight * cross recall (new queries vs old codes); the
+    per-epoch (self, cross) validation recalls land in ``train_info["val_self_cross"]``.
+    ``align``: what the init's Procrustes rotation aligns the new PCA basis with:
+    ``"neighbors"`` (default) the neighbour targets of the ``neighbor`` term (mean old code of
+    each item's ``weights.neighbor_k`` new-float neighbours), ``"old"`` the item's own old
+    code. Measured (BENCHMARKS.md section 3): v3 (MiniLM CLS) against v2 codes M(v3,v2) 0.521
+    with "neighbors" vs 0.516 with "old" (M(v2,v2) 0.517); GloVe -> MiniLM equal within 0.001.
+    ``neighbor_pool``: the ``neighbor`` term and ``align="neighbors"`` mine each item's neighbours among a seeded
+    random pool of at most this many items (cost: items x pool x D_new once).
     Other keyword arguments go to :func:`bebr.train.train_binarizer`
-    (``batch_size``, ``lr``, ``loss``, ``max_time_s``, ``log``, ...).
+    (``batch_size``, ``lr``, ``loss``, ``max_time_s``, ``log``, ...); defaults differing
+    from train's: ``lr=5e-4``, ``patience=epochs`` (no early stop), ``neighbors=0`` (random
+    batches: mined-neighbour batches put true neighbours among the InfoNCE negatives).
     The result gets a fresh ``version`` (or the one given) and ``compatible_with ==
     old.version``; chaining (v3 against v2 against v1) keeps the chain in one code space.
     """
@@ -187,9 +266,20 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
 
     old_values = torch.from_numpy(old.encode_values(xo))  # frozen old codes, (n, dim)
 
+    if isinstance(neighbor_pool, bool) or not isinstance(neighbor_pool, (int, np.integer)) \
+            or neighbor_pool < 2:
+        raise ValueError(f"neighbor_pool must be an int >= 2, got {neighbor_pool!r}")
+    if align not in ("old", "neighbors"):
+        raise ValueError(f"align must be 'old' or 'neighbors', got {align!r}")
+    targets = (_NeighborTargets(xn, old_values, weights.neighbor_k, int(neighbor_pool), seed)
+               if weights.neighbor or align == "neighbors" else None)
+
     def extra(model, out, xb, idx):
         ob = old_values[torch.from_numpy(np.asarray(idx))].to(out.codes.device)
-        return compat_loss(out.codes, ob, xb, weights)
+        tg = None if targets is None else targets(idx).to(out.codes.device)
+        return compat_loss(out.codes, ob, xb, weights, tg)
+
+    val_log = []
 
     def val_score(model, recall, q_rows, b_rows, truth):
         # model selection counts cross-version recall too: new queries vs old codes
@@ -197,16 +287,22 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         cross = code_recall(torch.from_numpy(model.encode_values(q)),
                             old_values[torch.from_numpy(np.asarray(b_rows))], truth)
+        val_log.append((float(recall), float(cross)))
         return recall + selection_cross_weight * cross
 
     # Start in the old code space. dim <= D_new: train's scalar-quantizer init on the top-dim
     # PCA basis of the new floats, rotated (orthogonal Procrustes) onto the old code values
-    # instead of randomly, so the init keeps the independent init's self quality and its
+    # (align="old") or onto the mean old code of each item's new-float neighbours (align=
+    # "neighbors": what a new query should score high against) instead of randomly, so the init keeps the independent init's self quality and its
     # codes agree with the old ones as far as a rotation allows. dim > D_new: the first
     # step is the least-squares map onto the old codes.
     # fine-tuning from an aligned init: a small learning rate, and no early stop before the
     # last epoch (128x2 GloVe->MiniLM: with train's lr 3e-3 no epoch beat the init)
     train_kwargs.setdefault("lr", 5e-4)
+    # random batches: with mined-neighbour batches (train's default since its neighbors=3)
+    # the in-batch negatives of the compat InfoNCE include each anchor's true neighbours, and
+    # fine-tuning fell below the init within one epoch (BENCHMARKS.md section 3)
+    train_kwargs.setdefault("neighbors", 0)
     train_kwargs.setdefault("patience", epochs if epochs is not None else 1000)
     defaults = inspect.signature(train_binarizer).parameters
     hidden = train_kwargs.pop("hidden", defaults["hidden"].default)
@@ -215,6 +311,8 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
         xn.shape[0], size=min(xn.shape[0], 50_000), replace=False))
     xi = F.normalize(torch.from_numpy(np.asarray(xn[rows], dtype=np.float32)), dim=1)
     oi = old_values[torch.from_numpy(rows)]
+    if align == "neighbors":  # rotate onto the neighbour targets, scaled like the old codes
+        oi = targets(rows) * oi.norm(dim=1, keepdim=True)
 
     def regress(xc):
         sol = torch.linalg.lstsq(xc.double(), oi.double()).solution  # (D, dim)
@@ -244,6 +342,7 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
                             **train_kwargs)
     model.config.compatible_with = old.version
     model.train_info["compat_weights"] = asdict(weights)
+    model.train_info["val_self_cross"] = val_log
     return model
 
 

@@ -141,3 +141,58 @@ def test_compat_loss_terms_prefer_aligned_codes():
               CompatWeights(compat=0, ract=1, cross_distill=0),
               CompatWeights(compat=0, ract=0, cross_distill=0, unibct=1)):
         assert compat_loss(old.clone(), old, x, w) < compat_loss(shuffled, old, x, w)
+
+
+def test_neighbor_term_prefers_codes_at_their_targets():
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(l2_normalize(rng.standard_normal((64, 16)).astype(np.float32)))
+    old = torch.from_numpy(rng.standard_normal((64, 8)).astype(np.float32))
+    tgt = torch.from_numpy(rng.standard_normal((64, 8)).astype(np.float32))
+    for form in ("nce", "cos"):
+        w = CompatWeights(compat=0, neighbor=1, neighbor_loss=form)
+        at = compat_loss(tgt.clone(), old, x, w, tgt)
+        assert at < compat_loss(old.clone(), old, x, w, tgt)
+        assert at < compat_loss(tgt.flip(0), old, x, w, tgt)
+    with pytest.raises(ValueError, match="needs targets"):
+        compat_loss(old, old, x, CompatWeights(neighbor=1))
+    with pytest.raises(ValueError, match="needs targets"):
+        compat_loss(old, old, x, CompatWeights(neighbor=1), tgt[:10])
+
+
+def test_neighbor_targets_match_brute_force():
+    from bebr.compat import _NeighborTargets
+    rng = np.random.default_rng(2)
+    xn = rng.standard_normal((300, 12)).astype(np.float32)
+    ov = torch.from_numpy(rng.standard_normal((300, 6)).astype(np.float32))
+    t = _NeighborTargets(xn, ov, k=4, pool=120, seed=3)
+    idx = np.array([5, 0, 299, 5, 17] + list(t.pool_rows[:3]))
+    got = t(idx).numpy()
+    xu = l2_normalize(xn)
+    for row, g in zip(idx, got):
+        sims = xu[t.pool_rows] @ xu[row]
+        sims[t.pool_rows == row] = -np.inf  # the item itself is not its own neighbour
+        nb = t.pool_rows[np.argsort(-sims)[:4]]
+        want = ov[nb].numpy().mean(0)
+        np.testing.assert_allclose(g, want / np.linalg.norm(want), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(t(idx).numpy(), got)  # cached rows give the same targets
+
+
+def test_neighbor_options_and_bad_inputs(data, old_model):
+    g, x_new = data[:2]
+    for bad, match in ((dict(neighbor_loss="l2"), "neighbor_loss"),
+                       (dict(neighbor_k=0), "neighbor_k"), (dict(neighbor_k=2.5), "neighbor_k"),
+                       (dict(neighbor_tau=0), "neighbor_tau"), (dict(neighbor=-1), ">= 0")):
+        with pytest.raises(ValueError, match=match):
+            CompatWeights(**bad)
+    assert CompatWeights(compat=0, neighbor=1).neighbor == 1  # the neighbour term alone is enough
+    with pytest.raises(ValueError, match="align"):
+        train_compatible(x_new, g, old_model, align="rotate", **KW)
+    with pytest.raises(ValueError, match="neighbor_pool"):
+        train_compatible(x_new, g, old_model, neighbor_pool=1, **KW)
+    kw = dict(KW, epochs=1)
+    m = train_compatible(x_new, g, old_model, version="v2n", align="old",
+                         weights=CompatWeights(neighbor=0.5, neighbor_k=5), neighbor_pool=500,
+                         **kw)
+    assert m.spec == old_model.spec and m.compatible_with == "v1"
+    assert len(m.train_info["val_self_cross"]) == 2  # the init and one epoch
+    assert m.train_info["compat_weights"]["neighbor"] == 0.5

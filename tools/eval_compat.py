@@ -11,12 +11,15 @@ chain). Metric: R10@10; top-1 "right" = the top-1 result is in the float top-10.
 Search: ``bebr.Index`` (SDC, cosine) with version tags; backfill by ``upsert``.
 
 Usage:  python tools/eval_compat.py [--budgets 128x2,64x2] [--epochs 6] [--write]
-Trained models are cached under ``<data dir>/compat_models`` (keyed by configuration).
+Trained models are cached under ``<data dir>/compat_models``, keyed by configuration and a
+hash of the training code (bebr/compat.py, train.py, model.py), so a change to training
+retrains instead of reusing stale models.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -37,6 +40,7 @@ from bebr.fileio import atomic_write_bytes  # noqa: E402
 from bebr.train import train_binarizer  # noqa: E402
 
 V1, V2, V3 = 1, 2, 3  # Index version tags
+SUMMARY = {}  # figures for the targets block, filled by run_budget / run_chain
 
 
 # ---------------------------------------------------------------------------- data
@@ -123,14 +127,23 @@ class Evaluator:
 
 
 # ---------------------------------------------------------------------------- models
+def code_hash() -> str:
+    """Hash of the training code; part of every cache key."""
+    h = hashlib.sha256()
+    for f in ("compat.py", "train.py", "model.py"):
+        h.update((ROOT / "bebr" / f).read_bytes())
+    return h.hexdigest()[:10]
+
+
 class Cache:
     def __init__(self, root: Path, epochs: int, rows: int):
         self.root, self.epochs, self.rows = root, epochs, rows
         root.mkdir(parents=True, exist_ok=True)
         self.times = {}
+        self.code = code_hash()
 
     def get(self, name, fn, kind=bebr.Binarizer):
-        p = self.root / f"{name}_e{self.epochs}_n{self.rows}"
+        p = self.root / f"{name}_e{self.epochs}_n{self.rows}_{self.code}"
         if (p / "config.json").exists():
             m = kind.load(p)
             self.times[name] = json.loads((p / "train_time.json").read_text())["time_s"]
@@ -150,14 +163,15 @@ ABLATION = [
     (DEFAULT, CompatWeights()),
     ("RACT", CompatWeights(compat=0, ract=1, cross_distill=0)),
     ("BEBR compat + cross-distill", CompatWeights(compat=1, ract=0, cross_distill=1)),
-    ("RACT + cross-distill", CompatWeights(compat=0, ract=1, cross_distill=1)),
+    ("BEBR compat + neighbour targets", CompatWeights(compat=1, neighbor=1)),
     ("RACT + cross-distill + UniBCT", CompatWeights(compat=0, ract=1, cross_distill=1,
                                                     unibct=1)),
 ]
 
 
 def wtag(w: CompatWeights) -> str:
-    return f"c{w.compat:g}r{w.ract:g}x{w.cross_distill:g}u{w.unibct:g}t{w.tau:g}lr5e-4"
+    return (f"c{w.compat:g}r{w.ract:g}x{w.cross_distill:g}u{w.unibct:g}t{w.tau:g}"
+            f"n{w.neighbor:g}k{w.neighbor_k}{w.neighbor_loss}{w.neighbor_tau:g}")
 
 
 def fmt(x):
@@ -171,7 +185,8 @@ def run_budget(dim, bits, data, cache, args, lines, png_dir, first=True):
     kw = dict(epochs=ep, progress=False, seed=0, threads=1, max_train_rows=args.train_rows)
     print(f"== budget {tag} ({dim * bits} bits)", flush=True)
     v1 = cache.get(f"v1_{tag}", lambda: train_binarizer(g, dim, bits, version="glove50-v1", **kw))
-    ind = cache.get(f"v2ind_{tag}", lambda: train_binarizer(m2, dim, bits,
+    # the same budget as the compatible models: the same epochs, no early stop
+    ind = cache.get(f"v2ind_{tag}", lambda: train_binarizer(m2, dim, bits, patience=ep,
                                                             version="minilm-v2-indep", **kw))
     spec = v1.spec
     gt2 = ds.exact_topk(m2[qi], m2[bi], 10)
@@ -215,6 +230,8 @@ def run_budget(dim, bits, data, cache, args, lines, png_dir, first=True):
         curve = backfill(spec, ev, cn[qi], c1[bi], cn[bi], fr, old_ok, name)
         curves.append(curve)
         results[name] = (new, cn, m_nn, m_no, curve)
+        SUMMARY.setdefault(tag, {"m_oo": m_oo, "m_ii": m_ii, "rows": {}})["rows"][name] = (
+            m_nn, m_no, curve.flip_rates)
         f = curve.flip_rates
         lines.append(f"| {name} | {fmt(m_nn)} | {100 * (m_nn / m_ii - 1):+.1f}% | {fmt(m_no)} | "
                      f"{'yes' if M.compatibility_criterion(m_no, m_oo) else 'no'} | {gain} | "
@@ -265,11 +282,14 @@ def run_budget(dim, bits, data, cache, args, lines, png_dir, first=True):
                  f"upgrading 98k codes takes {up_s:.2f} s), new (default) queries:\n")
     lines.append("| gallery | R10@10 | negative flips |")
     lines.append("|---|---:|---:|")
+    up_rows = []
     for nm, ids in ((f"{n_pair} re-encoded + rest left v1", mix_old),
                     (f"{n_pair} re-encoded + rest upgraded", mix_up),
                     ("all left v1", all_old), ("all upgraded from v1", all_up)):
+        up_rows.append(ev.recall(ids))
         lines.append(f"| {nm} | {fmt(ev.recall(ids))} | "
                      f"{M.negative_flip_rate(old_ok, ev.correct(ids)):.3f} |")
+    SUMMARY[tag]["upgrader"] = up_rows
     lines.append("")
     return v1, new, c1, cn
 
@@ -299,6 +319,7 @@ def run_chain(dim, bits, data, cache, args, lines, v1, v2, c1, c2):
     crit = ", ".join(f"M({a},{b}) {'>' if mat[(a, b)] > mat[(b, b)] else '<='} M({b},{b})"
                      for a, b in (("v2", "v1"), ("v3", "v1"), ("v3", "v2")))
     lines.append(f"\nMulti-version compatibility share: {share:.2f} ({crit}).\n")
+    SUMMARY["chain"] = (mat, share, crit)
     print(f"  chain share {share} {crit}", flush=True)
 
 
@@ -331,6 +352,7 @@ def main(argv=None):
                                     first=i == 0)
         if i == 0 and not args.no_chain:
             run_chain(dim, bits, data, cache, args, lines, v1, v2, c1, c2)
+    lines.extend(targets_block())
     total = time.perf_counter() - t0
     cmd = "python tools/eval_compat.py " + " ".join(argv if argv is not None else sys.argv[1:])
     body = "\n".join(lines)
@@ -338,6 +360,87 @@ def main(argv=None):
     print(f"total {total:.0f} s")
     if args.write:
         write_section(cmd.strip(), body)
+
+
+TRIED = """\
+What was tried for the compatibility criterion (measured on 128x2 with `/tmp`-style quick
+scripts, exact cosine search, 2,000 queries; not part of this script's tables):
+- Oracle: each query's target = normalised mean of the v1 codes of its true MiniLM top-10,
+  quantized to the code grid, searched against the v1 codes: R10@10 0.24 (M(old,old) 0.06):
+  the old codes can carry the neighbourhoods only through the neighbours' average. From the
+  query's own float: ridge regression x_new -> that target 0.04; a kNN average over a 40k
+  training pool 0.12; a 384-4096-128 MLP regressed onto the targets 0.069 after 10 epochs
+  (a linear first layer cannot learn the map; the Binarizer's default is linear).
+- The `neighbor` term (targets mined over a 40k pool) in `train_compatible`: with the linear
+  model (depth 0) validation cross recall moved by < 0.005 and self recall fell; with
+  hidden 2048, depth 1 the MLP branches destroyed the aligned init's self recall in the first
+  epoch (validation 0.64 -> 0.50) at lr 5e-4 and 2e-3, with or without the neighbour term,
+  while cross recall rose only to 0.05 (validation); no epoch beat the init on self + cross.
+- Mined-neighbour batches (train's `neighbors=3`): the compat InfoNCE and the neighbour
+  InfoNCE then count each anchor's true neighbours as negatives; fine-tuning fell from 0.53 to
+  0.36 validation self recall within one epoch (v3 against v2); `train_compatible` now
+  defaults to random batches (`neighbors=0`). Listwise cross-distillation at tau 0.05 on
+  neighbour batches also fell steadily below the init.
+- A least-squares (non-orthogonal) init basis onto the old codes instead of the Procrustes
+  rotation: far worse self recall (v2 0.18, v3 0.54 vs 0.65).
+"""
+
+
+def targets_block():
+    out = ["**Targets (from the tables above):**"]
+    first = next((k for k in SUMMARY if k != "chain"), None)
+    if first is None:
+        return out
+    crit = []
+    for tag, s in SUMMARY.items():
+        if tag == "chain":
+            continue
+        m_nn, m_no, _ = s["rows"][DEFAULT]
+        crit.append(f"{tag}: M(new,old) {fmt(m_no)} vs M(old,old) {fmt(s['m_oo'])}")
+    chain = ""
+    if "chain" in SUMMARY:
+        _, share, c = SUMMARY["chain"]
+        chain = f"; chain share {share:.2f} ({c})"
+    met = all(s["rows"][DEFAULT][1] > s["m_oo"] for k, s in SUMMARY.items() if k != "chain") \
+        and ("chain" not in SUMMARY or SUMMARY["chain"][1] == 1.0)
+    out.append(f"- M(new,old) > M(old,old) for every version pair: **{'met' if met else 'not met'}**. "
+               + "; ".join(crit) + chain + ".")
+    gaps = []
+    ok3 = True
+    for tag, s in SUMMARY.items():
+        if tag == "chain":
+            continue
+        for nm, (m_nn, _, _) in s["rows"].items():
+            gap = 100 * (m_nn / s["m_ii"] - 1)
+            if nm == DEFAULT:
+                ok3 = ok3 and gap >= -3
+            gaps.append(f"{tag} {nm} {fmt(m_nn)} ({gap:+.1f}%)")
+    out.append(f"- Compatible M(new,new) within 3% of the independent model (same epochs, no "
+               f"early stop): **{'met' if ok3 else 'not met'}** for the default. "
+               + "; ".join(f"{t}: independent {fmt(s['m_ii'])}" for t, s in SUMMARY.items()
+                           if t != "chain") + "; " + "; ".join(gaps) + ".")
+    fl = []
+    wins = []
+    for tag, s in SUMMARY.items():
+        if tag == "chain" or "RACT" not in s["rows"]:
+            continue
+        b, r = s["rows"][DEFAULT][2], s["rows"]["RACT"][2]
+        fl.append(f"{tag}: RACT {'/'.join(f'{v:.3f}' for v in r)} vs BEBR "
+                  f"{'/'.join(f'{v:.3f}' for v in b)}")
+        wins.append(bool((r <= b).all() and (r < b).any()))
+    out.append(f"- Negative flips during the backfill (r = 0 .. 1) lower with RACT than with the "
+               f"plain BEBR compat loss: **{'met' if all(wins) else 'not met'}** "
+               f"(one seed; {len(wins)} budgets). " + "; ".join(fl) + ".")
+    up = []
+    for tag, s in SUMMARY.items():
+        if tag != "chain" and "upgrader" in s:
+            u = s["upgrader"]
+            up.append(f"{tag}: rest upgraded {fmt(u[1])} vs left v1 {fmt(u[0])}, all upgraded "
+                      f"{fmt(u[3])} vs all left {fmt(u[2])}")
+    out.append("- Forward upgrader against leaving codes old: " + "; ".join(up) + ".")
+    out.append("")
+    out.append(TRIED)
+    return out
 
 
 def write_section(cmd, body):
