@@ -383,6 +383,15 @@ scripts, exact cosine search, 2,000 queries; not part of this script's tables):
   neighbour batches also fell steadily below the init.
 - A least-squares (non-orthogonal) init basis onto the old codes instead of the Procrustes
   rotation: far worse self recall (v2 0.18, v3 0.54 vs 0.65).
+- `align="neighbors"` (the init's Procrustes rotation onto the neighbour targets instead of
+  the items' own old codes; now the default): v3 against a v2 trained at lr 3e-3, exact
+  cosine: M(v3,v2) 0.521 (k=10; 0.521 k=5, 0.518 k=30) vs 0.516 with `align="old"` and
+  M(v2,v2) 0.517, M(v3,v3) 0.650 vs 0.649; GloVe -> MiniLM M(new,old) 0.028 vs 0.029. Against
+  this script's v2 the gain is too small: M(v3,v2) stays below M(v2,v2) (chain table).
+- Fine-tuning does not move the compatible models off their aligned init: in every run
+  above, validation self + cross recall of the init was not beaten by a trained epoch except
+  by a few thousandths, so the BEBR, RACT, cross-distill and neighbour rows are nearly the
+  same model, and their flip differences are a few of the 2,000 queries.
 """
 
 
@@ -405,20 +414,18 @@ def targets_block():
         and ("chain" not in SUMMARY or SUMMARY["chain"][1] == 1.0)
     out.append(f"- M(new,old) > M(old,old) for every version pair: **{'met' if met else 'not met'}**. "
                + "; ".join(crit) + chain + ".")
-    gaps = []
-    ok3 = True
-    for tag, s in SUMMARY.items():
+    per = []
+    for tag, s_ in SUMMARY.items():
         if tag == "chain":
             continue
-        for nm, (m_nn, _, _) in s["rows"].items():
-            gap = 100 * (m_nn / s["m_ii"] - 1)
-            if nm == DEFAULT:
-                ok3 = ok3 and gap >= -3
-            gaps.append(f"{tag} {nm} {fmt(m_nn)} ({gap:+.1f}%)")
-    out.append(f"- Compatible M(new,new) within 3% of the independent model (same epochs, no "
-               f"early stop): **{'met' if ok3 else 'not met'}** for the default. "
-               + "; ".join(f"{t}: independent {fmt(s['m_ii'])}" for t, s in SUMMARY.items()
-                           if t != "chain") + "; " + "; ".join(gaps) + ".")
+        m_nn = s_["rows"][DEFAULT][0]
+        gap = 100 * (m_nn / s_["m_ii"] - 1)
+        others = ", ".join(f"{nm} {fmt(v[0])} ({100 * (v[0] / s_['m_ii'] - 1):+.1f}%)"
+                           for nm, v in s_["rows"].items() if nm != DEFAULT)
+        per.append(f"{tag} **{'met' if gap >= -3 else 'not met'}**: default {fmt(m_nn)} vs "
+                   f"independent {fmt(s_['m_ii'])} ({gap:+.1f}%); {others}")
+    out.append("- Compatible M(new,new) within 3% of the independent model (same epochs, no "
+               "early stop for both): " + "; ".join(per) + ".")
     fl = []
     wins = []
     for tag, s in SUMMARY.items():
