@@ -281,7 +281,7 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
                     device: str = "cpu", seed: int = 0, progress: bool = True,
                     val_fraction: float = 0.02, loss: str = "distill", hidden: int = 128,
                     depth: int = 0, tau: float = 0.05, neighbors: int = 3,
-                    mined_k: int = 10, patience: int = 3, center: bool = True,
+                    mined_k: int = 10, patience: int = 3, center: bool = False,
                     init: str = "pca", itq_iters: int = 30, max_train_rows: int = 200_000,
                     max_time_s: Optional[float] = None, version: Optional[str] = None,
                     model: Optional[Binarizer] = None,
@@ -305,12 +305,10 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
     ``model``: continue from a given Binarizer (its dim/bits/in_dim must match).
     Init (``init="pca"``): the scalar-quantizer init on the PCA basis, rotated by a learned
     ITQ rotation (``itq_iters`` alternations, :func:`itq_rotation`; 0: a random rotation).
-    ``center``: subtract the training mean first. ``center=False`` measured better (the
-    codes' cosine then approximates the raw cosine the neighbours are defined by): centering
-    cost ~0.03 R10@10 on anisotropic MiniLM 384x4 and was neutral on GloVe (BENCHMARKS.md
-    section 2), and tools/eval_quality.py passes it. The default stays True for now because
-    compatible training (bebr.compat) aligns a centered new model to the old codes and its
-    test criterion fails with an uncentered old model.
+    ``center``: subtract the training mean first. Off by default: the codes' cosine then
+    approximates the raw cosine the neighbours are defined by; centering cost ~0.03 R10@10 on
+    anisotropic MiniLM 384x4 and was neutral on GloVe (BENCHMARKS.md section 2).
+    (:func:`bebr.compat.train_compatible` centers the new model itself, whatever this says.)
     ``max_time_s``: stop after this many seconds of training (checked per step).
     ``threads``: torch CPU threads while training (default: torch's current setting; use 1
     on a loaded machine, where several spinning threads per core slow training down).

@@ -5,7 +5,7 @@ words (cached under $BEBR_DATA). 2000 random queries (seed 0), the other 98,000 
 truth = exact cosine top-10. R10@10 / R10@100 with flat search, no re-ranking.
 
 bebr rows: a Binarizer trained on the base vectors only (queries never seen; train_binarizer's
-defaults except ``center=False``, measured better: BENCHMARKS.md section 2), symmetric codes on
+defaults, with ``center=False`` pinned, measured better: BENCHMARKS.md section 2), symmetric codes on
 both sides searched with ``bebr.Index(spec, "cosine")`` (numpy/torch fallback if the compiled
 index is missing); for each bit budget the (dim, bits) with the best *validation* recall (held
 out inside the training rows) is kept. "asym" rows: float query projection ``encode_query``
