@@ -272,7 +272,7 @@ void scan_batch(const ScanArgs& a, const QueryBatch& qb, TopK* heaps) {
           if (group_alive(mn, g)) unpack_group(geo, codes(nxt), kcn, g, bn + g * group_bytes);
           if (nxt + 1 < a.block_end) {
             const uint8_t* pf = codes(nxt + 1) + g * pf_quarter;
-            for (size_t o = 0; o < pf_quarter; o += 64) _mm_prefetch(reinterpret_cast<const char*>(pf + o), _MM_HINT_T0);
+            for (size_t o = 0; o < pf_quarter; o += 64) prefetch_line(pf + o);
           }
         }
         if (live) store_2x2(tot, 32 * qp, s0, s1);
