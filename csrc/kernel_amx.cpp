@@ -8,13 +8,14 @@
 // B = the block's levels l in [0, 2^bits). Since a code value is 2l - (2^bits-1) (scaled),
 // score = 2 C - (2^bits-1) sum(qv). Each block is unpacked once from its stored layout
 // (layout.h) into B tiles in the VNNI row format AMX reads: tile (s, kc) row r holds, for
-// lane j of lane group s (r order: lane j of group s is r = 16s + j), the levels of dims
-// 64 kc + 4r + {0,1,2,3}. Then every 16-query tile of the batch reuses those tiles, 16x16x64
+// lane j of lane group s (r order: lane j of group s is r = 16s + j), the levels at K positions
+// 64 kc + 4r + {0,1,2,3} (K order: kernels.h, QueryBatch). Then every 16-query tile of the
+// batch reuses those tiles, 16x16x64
 // multiply-adds per instruction. Scores go through the AVX-512 threshold/heap selection
 // (select_block, r order), so results are bit-identical to every other level.
 //
 // Tile registers: 0..3 accumulate C for 2 query tiles x 2 lane groups, 4 and 5 hold A, 6 and 7
-// B (two tile loads per product). The OS must have granted the tile state (dispatch.cpp
+// B (four tile loads feed four products). The OS must have granted the tile state (dispatch.cpp
 // asks once with arch_prctl before this level is offered). Compiled with the AVX-512, VBMI
 // and AMX flags from CMakeLists.txt; called only after dispatch checks the CPU.
 #include <immintrin.h>
