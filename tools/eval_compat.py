@@ -367,12 +367,15 @@ def main(argv=None):
 
 TRIED = """\
 What was tried for the compatibility criterion (measured on 128x2 with `/tmp`-style quick
-scripts, exact cosine search, 2,000 queries; not part of this script's tables):
-- Oracle: each query's target = normalised mean of the v1 codes of its true MiniLM top-10,
-  quantized to the code grid, searched against the v1 codes: R10@10 0.24 (M(old,old) 0.06):
-  the old codes can carry the neighbourhoods only through the neighbours' average. From the
-  query's own float: ridge regression x_new -> that target 0.04; a kNN average over a 40k
-  training pool 0.12; a 384-4096-128 MLP regressed onto the targets 0.069 after 10 epochs
+scripts, exact cosine search, 2,000 queries; not part of this script's tables, except where a
+tool is named):
+- `python tools/probe_cross_transfer.py` (same v1 model, SDC cosine search of the 98k v1 base
+  codes): the query's own v1 code (M(old,old)) 0.062; oracle, the normalised mean of the v1
+  codes of its true MiniLM top-10 quantized to the grid, 0.262; kNN transfer, the mean v1 code
+  of its 10 nearest MiniLM neighbours in a 40k base pool, 0.129. So the old codes carry the
+  new neighbourhoods only through neighbours' averages, and a memory-based cross-version query
+  encoder doubles M(old,old). Parametric maps from the query's own float (quick scripts):
+  ridge regression x_new -> the oracle target 0.04; a 384-4096-128 MLP 0.069 after 10 epochs
   (a linear first layer cannot learn the map; the Binarizer's default is linear).
 - The `neighbor` term (targets mined over a 40k pool) in `train_compatible`: with the linear
   model (depth 0) validation cross recall moved by < 0.005 and self recall fell; with
