@@ -67,6 +67,30 @@ def test_extreme_values_exact(level):
             np.testing.assert_array_equal(got[1], want[1])
 
 
+def search_every_level(spec, codes, ids, queries, k, threads, gone=(), allowed=None):
+    """Search an index of (codes, ids) minus `gone` at every SIMD level and both metrics;
+    assert every level is bit-identical to scalar (same float ops everywhere) and return the
+    results keyed by (level, metric)."""
+    before = bebr.simd_level()
+    results = {}
+    try:
+        for lvl in LEVELS:
+            bebr.set_simd_level(lvl)
+            for metric in ("ip", "cosine"):
+                idx = bebr.Index(spec, metric)
+                idx.add(codes, ids)
+                if len(gone):
+                    idx.remove(gone)
+                results[lvl, metric] = idx.search(queries, k, threads=threads, filter=allowed)
+    finally:
+        bebr.set_simd_level(before)
+    for lvl in LEVELS:
+        for metric in ("ip", "cosine"):
+            np.testing.assert_array_equal(results[lvl, metric][0], results["scalar", metric][0])
+            np.testing.assert_array_equal(results[lvl, metric][1], results["scalar", metric][1])
+    return results
+
+
 @settings(max_examples=40, deadline=None)
 @given(dim=st.integers(1, 140), bits=st.integers(1, 4), n=st.integers(0, 200),
        nq=st.integers(1, 9), k=st.integers(1, 30), seed=st.integers(0, 2**32 - 1))
@@ -76,21 +100,7 @@ def test_levels_agree_with_scalar(dim, bits, n, nq, k, seed):
     codes = random_codes(rng, spec, n)
     queries = random_codes(rng, spec, nq)
     ids = rng.permutation(3 * n + 5)[:n]
-    before = bebr.simd_level()
-    results = {}
-    try:
-        for lvl in LEVELS:
-            bebr.set_simd_level(lvl)
-            for metric in ("ip", "cosine"):
-                idx = bebr.Index(spec, metric)
-                idx.add(codes, ids)
-                results[lvl, metric] = idx.search(queries, k, threads=2)
-    finally:
-        bebr.set_simd_level(before)
-    for lvl in LEVELS:
-        for metric in ("ip", "cosine"):  # same float ops at every level: bit-identical
-            np.testing.assert_array_equal(results[lvl, metric][0], results["scalar", metric][0])
-            np.testing.assert_array_equal(results[lvl, metric][1], results["scalar", metric][1])
+    search_every_level(spec, codes, ids, queries, k, threads=2)
 
 
 @settings(max_examples=25, deadline=None)
@@ -112,23 +122,8 @@ def test_query_batches_agree_with_scalar(dim, bits, n, nq, k, removed, allow, th
     gone = ids[::removed + 1][:max(0, n // 3)] if removed else ids[:0]
     keep = np.setdiff1d(ids, gone)
     allowed = keep[rng.random(len(keep)) < 0.7] if allow else None
-    before = bebr.simd_level()
-    results = {}
-    try:
-        for lvl in LEVELS:
-            bebr.set_simd_level(lvl)
-            for metric in ("ip", "cosine"):
-                idx = bebr.Index(spec, metric)
-                idx.add(codes, ids)
-                if len(gone):
-                    idx.remove(gone)
-                results[lvl, metric] = idx.search(queries, k, threads=threads, filter=allowed)
-    finally:
-        bebr.set_simd_level(before)
-    for lvl in LEVELS:
-        for metric in ("ip", "cosine"):
-            np.testing.assert_array_equal(results[lvl, metric][0], results["scalar", metric][0])
-            np.testing.assert_array_equal(results[lvl, metric][1], results["scalar", metric][1])
+    results = search_every_level(spec, codes, ids, queries, k, threads=threads, gone=gone,
+                                 allowed=allowed)
     pool = keep if allowed is None else allowed
     pos = {int(i): j for j, i in enumerate(ids)}
     sub = codes[[pos[int(i)] for i in pool]] if len(pool) else codes[:0]
