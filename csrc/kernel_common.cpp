@@ -5,23 +5,26 @@
 #include "kernels.h"
 
 namespace bebr {
+namespace {
+
+// Level of dim j of a public packed code (bit-planes, plane 0 most significant).
+inline int level_at(const Geometry& geo, const uint8_t* packed, int j) {
+  int level = 0;
+  for (int t = 0; t < geo.bits; ++t)
+    level = (level << 1) | ((packed[t * geo.plane_bytes + j / 8] >> (j % 8)) & 1);
+  return level;
+}
+
+}  // namespace
 
 void scaled_values(const Geometry& geo, const uint8_t* packed, int32_t* out) {
-  const int P = geo.plane_bytes;
-  for (int j = 0; j < geo.dim; ++j) {
-    int level = 0;
-    for (int t = 0; t < geo.bits; ++t) level = (level << 1) | ((packed[t * P + j / 8] >> (j % 8)) & 1);
-    out[j] = 2 * level - ((1 << geo.bits) - 1);
-  }
+  for (int j = 0; j < geo.dim; ++j) out[j] = 2 * level_at(geo, packed, j) - ((1 << geo.bits) - 1);
 }
 
 int64_t sum_squares(const Geometry& geo, const uint8_t* packed) {
-  const int P = geo.plane_bytes;
   int64_t s = 0;
   for (int j = 0; j < geo.dim; ++j) {
-    int level = 0;
-    for (int t = 0; t < geo.bits; ++t) level = (level << 1) | ((packed[t * P + j / 8] >> (j % 8)) & 1);
-    const int64_t v = 2 * level - ((1 << geo.bits) - 1);
+    const int64_t v = 2 * level_at(geo, packed, j) - ((1 << geo.bits) - 1);
     s += v * v;
   }
   return s;
@@ -32,13 +35,9 @@ void encode_item(const Geometry& geo, const uint8_t* packed, uint8_t* item) {
     std::memcpy(item, packed, geo.code_bytes);
     return;
   }
-  const int P = geo.plane_bytes;
   std::memset(item, 0, geo.item_bytes);
-  for (int j = 0; j < geo.dim; ++j) {
-    int level = 0;
-    for (int t = 0; t < geo.bits; ++t) level = (level << 1) | ((packed[t * P + j / 8] >> (j % 8)) & 1);
-    item[j / 2] |= static_cast<uint8_t>(level << (4 * (j % 2)));
-  }
+  for (int j = 0; j < geo.dim; ++j)
+    item[j / 2] |= static_cast<uint8_t>(level_at(geo, packed, j) << (4 * (j % 2)));
 }
 
 void decode_item(const Geometry& geo, const uint8_t* item, uint8_t* packed) {
@@ -91,7 +90,6 @@ void build_query_lut(const Geometry& geo, const uint8_t* packed, uint8_t* lut) {
   const int groups = 2 * geo.plane_bytes;
   const int b0 = 4 * ((1 << geo.bits) - 1);
   int32_t qv[4];
-  const int P = geo.plane_bytes;
   for (int g = 0; g < groups; ++g) {
     for (int j = 0; j < 4; ++j) {
       const int d = 4 * g + j;
@@ -99,9 +97,7 @@ void build_query_lut(const Geometry& geo, const uint8_t* packed, uint8_t* lut) {
         qv[j] = 0;
         continue;
       }
-      int level = 0;
-      for (int t = 0; t < geo.bits; ++t) level = (level << 1) | ((packed[t * P + d / 8] >> (d % 8)) & 1);
-      qv[j] = 2 * level - ((1 << geo.bits) - 1);
+      qv[j] = 2 * level_at(geo, packed, d) - ((1 << geo.bits) - 1);
     }
     for (int n = 0; n < 16; ++n) {
       int s = b0;
