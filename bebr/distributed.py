@@ -88,14 +88,16 @@ class _ShardServer:
         return {"path": self.path, "n": len(idx), "spec": getattr(idx, "spec", None),
                 "descending": type(idx).__name__ != "HammingIndex"}
 
-    def search(self, queries, k, threads=None):
+    def search(self, queries, k, threads=None, query_bits=None):
         # Arrays unpickled from Ray's object store carry a non-canonical dtype instance that
         # bebr._C's identity dtype check refuses ("must have dtype uint8, got uint8");
         # a view with the canonical dtype fixes that without a copy.
         q = np.ascontiguousarray(queries)
         if q.dtype == np.uint8:
             q = q.view(np.uint8)
-        return self.index.search(q, k, threads=threads)
+        if query_bits is None:
+            return self.index.search(q, k, threads=threads)
+        return self.index.search(q, k, threads=threads, query_bits=query_bits)
 
 
 class ShardedIndex:
@@ -132,11 +134,13 @@ class ShardedIndex:
     def __len__(self) -> int:
         return sum(self.sizes)
 
-    def search(self, queries: np.ndarray, k: int,
-               threads: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
-        """Global top-k over all shards: ``(scores float32 (nq, k), ids int64 (nq, k))``."""
+    def search(self, queries: np.ndarray, k: int, threads: Optional[int] = None,
+               query_bits: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Global top-k over all shards: ``(scores float32 (nq, k), ids int64 (nq, k))``.
+        ``query_bits``: as in :meth:`bebr.Index.search` (SDC index shards only)."""
         q = self._ray.put(np.ascontiguousarray(queries))
-        parts = self._ray.get([a.search.remote(q, k, threads) for a in self.actors])
+        parts = self._ray.get([a.search.remote(q, k, threads, query_bits)
+                               for a in self.actors])
         return merge_topk([p[0] for p in parts], [p[1] for p in parts], k,
                           descending=self.descending)
 

@@ -33,7 +33,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _C
-from .codes import CodeSpec
+from .codes import MAX_BITS, CodeSpec
 from .fileio import CorruptFileError, atomic_writer, sha256_bytes
 
 __all__ = ["Index", "HammingIndex", "simd_level", "simd_levels", "set_simd_level",
@@ -75,6 +75,14 @@ def _check_codes(spec: CodeSpec, codes: Any, name: str) -> np.ndarray:
     if not arr.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous; pass numpy.ascontiguousarray({name})")
     return spec.check_packed(arr, name)
+
+
+def _query_spec(spec: CodeSpec, query_bits: Any) -> CodeSpec:
+    if isinstance(query_bits, bool) or not isinstance(query_bits, (int, np.integer)):
+        raise TypeError(f"query_bits must be an int or None, got {type(query_bits).__name__}")
+    if not 1 <= query_bits <= MAX_BITS:
+        raise ValueError(f"query_bits must be in [1, {MAX_BITS}], got {query_bits}")
+    return CodeSpec(spec.dim, int(query_bits))
 
 
 def _check_ids(ids: Any, name: str, n: Optional[int] = None) -> np.ndarray:
@@ -176,13 +184,15 @@ class _Base:
         """Packed codes (n, code_bytes) of ids; ValueError if one is absent."""
         return self._core.get_codes(_check_ids(ids, "ids"))[0]
 
-    def _search(self, queries: Any, k: Any, threads: Any, filter: Any, exclude: Any):
-        q = _check_codes(self.spec, queries, "queries")
+    def _search(self, queries: Any, k: Any, threads: Any, filter: Any, exclude: Any,
+                query_bits: Any = None):
+        qspec = self.spec if query_bits is None else _query_spec(self.spec, query_bits)
+        q = _check_codes(qspec, queries, "queries")
         k = _check_k(k)
         threads = _check_threads(threads)
         ai, am = _filter_args(filter, "filter")
         ei, em = _filter_args(exclude, "exclude")
-        return self._core.search(q, k, threads, ai, am, ei, em)
+        return self._core.search(q, k, threads, ai, am, ei, em, qspec.bits)
 
     # ------------------------------------------------------------------ persistence
     def _header(self) -> dict:  # pragma: no cover - overridden
@@ -281,13 +291,18 @@ class Index(_Base):
         return self._core.ids_of_version(_check_version(version))
 
     def search(self, queries: Any, k: int, threads: Optional[int] = None, filter: Any = None,
-               exclude: Any = None):
+               exclude: Any = None, query_bits: Optional[int] = None):
         """Top-k of each packed query: ``(scores float32 (nq, k), ids int64 (nq, k))``.
 
         Best first, ties to the smaller id, tail padded with id -1 / score -inf.
         ``threads``: worker threads (None: all cores). ``filter`` / ``exclude``: see module doc.
+        ``query_bits``: bits per dimension of the query codes (1..4, default ``spec.bits``);
+        queries are then packed with ``CodeSpec(spec.dim, query_bits)``. Queries are never
+        stored, so they may be finer than the items (``Binarizer.encode_query_codes``): the
+        scan cost is unchanged for stored bits <= 2 and scores stay exact (``ip``: the inner
+        product of the query's and the item's code values).
         """
-        return self._search(queries, k, threads, filter, exclude)
+        return self._search(queries, k, threads, filter, exclude, query_bits)
 
     def _header(self) -> dict:
         return {"spec": self.spec.to_dict(), "metric": self.metric}

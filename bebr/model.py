@@ -308,6 +308,23 @@ class Binarizer(nn.Module):
             self.train(was_training)
         return out
 
+    def encode_query_codes(self, x, bits: Optional[int] = None,
+                           batch_size: int = 8192) -> np.ndarray:
+        """Packed query codes at ``bits`` bits per dimension (default: the model's), for
+        ``Index.search(codes, k, query_bits=bits)`` against codes made by :meth:`encode`.
+
+        Queries are never stored, so they can be finer than the items: the code is the one
+        whose direction is closest to the query projection ``encode_query(x)``
+        (:meth:`CodeSpec.quantize_angle`), at ``bits`` in [1, 4]. With stored bits <= 2 the
+        SDC scan costs the same for any query bits; BENCHMARKS.md section 2 measures the recall.
+        """
+        bits = self.bits if bits is None else bits
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) \
+                or not 1 <= bits <= MAX_BITS:
+            raise ValueError(f"bits must be an int in [1, {MAX_BITS}], got {bits!r}")
+        qspec = CodeSpec(self.dim, int(bits))
+        return qspec.pack(qspec.quantize_angle(self.encode_query(x, batch_size)))
+
     # ------------------------------------------------------------------ save / load
     def save(self, path) -> Path:
         """Write ``path/config.json`` and ``path/model.safetensors`` (atomically, each)."""

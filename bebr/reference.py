@@ -40,17 +40,20 @@ def topk_rows(scores: np.ndarray, ids: np.ndarray, k: int, descending: bool):
 
 
 def search_codes(spec: CodeSpec, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray,
-                 k: int, metric: str = "ip", allowed: np.ndarray | None = None):
+                 k: int, metric: str = "ip", allowed: np.ndarray | None = None,
+                 query_spec: CodeSpec | None = None):
     """Exhaustive search of packed ``queries`` against packed ``codes`` with ``ids``.
 
     ``allowed``: optional boolean mask over the rows of ``codes``; rows where it is False
-    are skipped. Returns float32 scores and int64 ids, both ``(nq, k)``.
+    are skipped. ``query_spec``: the queries' spec (same dim, any bits; default ``spec``).
+    Returns float32 scores and int64 ids, both ``(nq, k)``.
     """
-    q = int_values(spec, queries)
+    qs = spec if query_spec is None else query_spec
+    q = int_values(qs, queries)
     d = int_values(spec, codes)
-    ip = (q @ d.T).astype(np.float64) / float(spec.scale * spec.scale)
+    ip = (q @ d.T).astype(np.float64) / float(qs.scale * spec.scale)
     if metric == "cosine":
-        qn = np.sqrt((q * q).sum(1)) / spec.scale
+        qn = np.sqrt((q * q).sum(1)) / qs.scale
         dn = np.sqrt((d * d).sum(1)) / spec.scale
         ip = ip / (qn[:, None] * dn[None, :])
     elif metric != "ip":

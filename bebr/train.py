@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .codes import MAX_BITS, CodeSpec
 from .model import Binarizer, _as_float_rows
 
 __all__ = ["train_binarizer", "check_training_input", "mine_neighbors", "init_projection",
@@ -267,6 +268,17 @@ def _code_values(model: Binarizer, x: torch.Tensor, bs: int = 8192) -> torch.Ten
 
 
 @torch.no_grad()
+def _query_code_values(model: Binarizer, x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Values of ``model.encode_query_codes(x, bits)`` as a float tensor (validation only)."""
+    qspec = CodeSpec(model.dim, bits)
+    was = model.training
+    model.eval()
+    lv = qspec.quantize_angle(model.W(x - model.in_mean).cpu().numpy())
+    model.train(was)
+    return torch.from_numpy(qspec.level_values()[lv]).to(x.device)
+
+
+@torch.no_grad()
 def code_recall(cq: torch.Tensor, cb: torch.Tensor, truth: torch.Tensor, r: int = 10) -> float:
     """R10@r of cosine search of codes ``cq`` against ``cb`` (ties: smaller index first)."""
     s = F.normalize(cq.float(), dim=1) @ F.normalize(cb.float(), dim=1).T
@@ -288,7 +300,7 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
                     extra_loss: Optional[Callable] = None,
                     val_score: Optional[Callable] = None,
                     nce_weight: float = 1.0, hard_negatives: int = 5,
-                    threads: Optional[int] = None,
+                    threads: Optional[int] = None, query_bits: Optional[int] = None,
                     log: Optional[list] = None) -> Binarizer:
     """Train a :class:`Binarizer` from float embeddings ``x`` (n, D); returns it in eval mode.
 
@@ -312,6 +324,9 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
     ``max_time_s``: stop after this many seconds of training (checked per step).
     ``threads``: torch CPU threads while training (default: torch's current setting; use 1
     on a loaded machine, where several spinning threads per core slow training down).
+    ``query_bits``: the deployment searches with query codes of this many bits
+    (:meth:`Binarizer.encode_query_codes`, ``Index.search(..., query_bits=)``); validation,
+    early stopping and ``train_info["val_r10@10"]`` then use such queries. Default: symmetric.
     ``log``: a list that receives one dict per epoch (epoch, val_r10@10, loss, time_s).
     Deterministic for a given ``seed`` on CPU (and a given ``threads``).
     """
@@ -328,6 +343,11 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
         raise TypeError("extra_loss must be callable(model, out, xb, idx) -> tensor")
     if val_score is not None and not callable(val_score):
         raise TypeError("val_score must be callable(model, recall, q_rows, b_rows, truth)")
+    if query_bits is not None and (isinstance(query_bits, bool)
+                                   or not isinstance(query_bits, (int, np.integer))
+                                   or not 1 <= query_bits <= MAX_BITS):
+        raise ValueError(f"query_bits must be None or an int in [1, {MAX_BITS}], got "
+                         f"{query_bits!r}")
     n_all, D = arr.shape
     if n_all < 20:
         raise ValueError(f"x needs at least 20 rows to train and validate, got {n_all}")
@@ -378,7 +398,7 @@ def _train(*, arr, rows, pool, n, nval, val_q, train_ids, val_b, xq, xb_val, tru
            anchors_per_batch, steps_per_epoch, epochs, seed, gen, model, D, dim, bits, hidden,
            depth, version, init, center, itq_iters, dev, tau, loss, lr, progress, log,
            neighbors, extra_loss, val_score, nce_weight, hard_negatives, patience, max_time_s,
-           **_unused):
+           query_bits, **_unused):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         if model is None:
@@ -406,7 +426,9 @@ def _train(*, arr, rows, pool, n, nval, val_q, train_ids, val_b, xq, xb_val, tru
             opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
 
         def val_recall():
-            r = code_recall(_code_values(model, xq.to(dev)),
+            cq = _code_values(model, xq.to(dev)) if query_bits is None else \
+                _query_code_values(model, xq.to(dev), query_bits)
+            r = code_recall(cq,
                             _code_values(model, xb_val.to(dev)), truth.to(dev))
             if val_score is None:
                 return r

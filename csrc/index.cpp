@@ -283,9 +283,15 @@ std::vector<uint64_t> SdcIndex::build_filter(const FilterSpec& f) const {
 }
 
 void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, const FilterSpec& filter,
-                      float* out_scores, int64_t* out_ids) const {
+                      float* out_scores, int64_t* out_ids, int query_bits) const {
   if (k <= 0) throw std::invalid_argument("k must be >= 1, got " + std::to_string(k));
   if (threads <= 0) throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
+  if (query_bits == 0) query_bits = geo_.bits;
+  if (query_bits < 1 || query_bits > 4)
+    throw std::invalid_argument("query_bits must be in [1, 4], got " + std::to_string(query_bits));
+  if (metric_ == Metric::kHamming && query_bits != 1)
+    throw std::invalid_argument("hamming metric needs query_bits == 1");
+  const Geometry qgeo(geo_.dim, query_bits);
   const float pad = metric_ == Metric::kHamming ? std::numeric_limits<float>::infinity()
                                                 : -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < nq * k; ++i) {
@@ -298,7 +304,8 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   const int64_t nb = (nslots_ + kBlock - 1) / kBlock;
   const size_t lut_bytes = static_cast<size_t>(2 * geo_.plane_bytes) * 16;
   std::vector<uint8_t> luts(nq * lut_bytes);
-  for (int64_t q = 0; q < nq; ++q) build_query_lut(geo_, queries + q * geo_.code_bytes, luts.data() + q * lut_bytes);
+  for (int64_t q = 0; q < nq; ++q)
+    build_query_lut(geo_, qgeo, queries + q * qgeo.code_bytes, luts.data() + q * lut_bytes);
   std::vector<uint64_t> fm;
   if (filter.any()) fm = build_filter(filter);
 
@@ -310,6 +317,7 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   base.ids = ids_.data();
   base.invn = invn_.empty() ? nullptr : invn_.data();
   base.kind = metric_ == Metric::kCosine ? ScoreKind::kCosine : ScoreKind::kInnerProduct;
+  base.qbits = query_bits;
 
   // Matrix-unit levels (AMX) score a whole batch of queries per loaded block: the batch's
   // int8 query matrix is built once here.
@@ -324,7 +332,7 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
     qbuf.resize(static_cast<size_t>(qbatch.rows) * qbatch.kpad);
     int8_t* qmat = reinterpret_cast<int8_t*>(qbuf.data());
     qsums.resize(nq);
-    build_query_batch(geo_, queries, qbatch, qmat, qsums.data());
+    build_query_batch(geo_, qgeo, queries, qbatch, qmat, qsums.data());
     qbatch.a = qmat;
     qbatch.sums = qsums.data();
   }
@@ -352,7 +360,7 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
         QueryGroup qg;
         qg.g = static_cast<int>(std::min<int64_t>(kMaxGroup, q1 - q));
         for (int g = 0; g < qg.g; ++g) {
-          qg.packed[g] = queries + (q + g) * geo_.code_bytes;
+          qg.packed[g] = queries + (q + g) * qgeo.code_bytes;
           qg.lut[g] = luts.data() + (q + g) * lut_bytes;
         }
         kt.scan(a, qg, heaps + (q - q0));
@@ -431,12 +439,12 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   for (auto& l : local)
     for (int64_t q = 0; q < nq; ++q) res.heaps[q].merge_from(l.heaps[q]);
 
-  const double s2 = static_cast<double>(1 << (geo_.bits - 1)) * (1 << (geo_.bits - 1));
+  const double s2 = static_cast<double>(1 << (query_bits - 1)) * (1 << (geo_.bits - 1));
   std::vector<std::pair<float, int64_t>> srt;
   for (int64_t q = 0; q < nq; ++q) {
     res.heaps[q].sorted(srt);
     float invq = 1.f;
-    if (metric_ == Metric::kCosine) invq = inverse_norm(geo_, queries + q * geo_.code_bytes);
+    if (metric_ == Metric::kCosine) invq = inverse_norm(qgeo, queries + q * qgeo.code_bytes);
     for (int i = 0; i < k; ++i) {
       if (srt[i].second == TopK::kNoId) break;
       out_ids[q * k + i] = srt[i].second;

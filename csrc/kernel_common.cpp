@@ -54,12 +54,12 @@ void decode_item(const Geometry& geo, const uint8_t* item, uint8_t* packed) {
   }
 }
 
-void build_query_batch(const Geometry& geo, const uint8_t* packed, const QueryBatch& batch,
-                       int8_t* a, int32_t* sums) {
+void build_query_batch(const Geometry& geo, const Geometry& qgeo, const uint8_t* packed,
+                       const QueryBatch& batch, int8_t* a, int32_t* sums) {
   std::memset(a, 0, static_cast<size_t>(batch.rows) * batch.kpad);
   std::vector<int32_t> qv(geo.dim);
   for (int64_t q = 0; q < batch.nq; ++q) {
-    scaled_values(geo, packed + q * geo.code_bytes, qv.data());
+    scaled_values(qgeo, packed + q * qgeo.code_bytes, qv.data());
     int32_t s = 0;
     for (int j = 0; j < geo.dim; ++j) {
       // K position of dim j: natural order for the planes layout; for the nibble layout the
@@ -72,11 +72,11 @@ void build_query_batch(const Geometry& geo, const uint8_t* packed, const QueryBa
   }
 }
 
-void build_query_lut(const Geometry& geo, const uint8_t* packed, uint8_t* lut) {
+void build_query_lut(const Geometry& geo, const Geometry& qgeo, const uint8_t* packed, uint8_t* lut) {
   if (geo.nibbles) {
     // per row c: int8 qv of dims 8c+{0,2,4,6} then 8c+{1,3,5,7}; then int32 sum of qv
     std::vector<int32_t> qv(static_cast<size_t>(geo.chunks) * 8, 0);
-    scaled_values(geo, packed, qv.data());
+    scaled_values(qgeo, packed, qv.data());
     int32_t sum = 0;
     for (int j = 0; j < geo.dim; ++j) sum += qv[j];
     for (int c = 0; c < geo.chunks; ++c)
@@ -88,7 +88,7 @@ void build_query_lut(const Geometry& geo, const uint8_t* packed, uint8_t* lut) {
     return;
   }
   const int groups = 2 * geo.plane_bytes;
-  const int b0 = 4 * ((1 << geo.bits) - 1);
+  const int b0 = lut_entry_bias(qgeo.bits);
   int32_t qv[4];
   for (int g = 0; g < groups; ++g) {
     for (int j = 0; j < 4; ++j) {
@@ -97,7 +97,7 @@ void build_query_lut(const Geometry& geo, const uint8_t* packed, uint8_t* lut) {
         qv[j] = 0;
         continue;
       }
-      qv[j] = 2 * level_at(geo, packed, d) - ((1 << geo.bits) - 1);
+      qv[j] = 2 * level_at(qgeo, packed, d) - ((1 << qgeo.bits) - 1);
     }
     for (int n = 0; n < 16; ++n) {
       int s = b0;

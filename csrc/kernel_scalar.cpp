@@ -1,5 +1,5 @@
 // Scalar reference kernel (baseline flags, no SIMD): exact bit-plane popcount SDC,
-//   <q,d> * 4^(bits-1) = sum_{s,t} 2^(bits-1-s) 2^(bits-1-t) (dim - 2 popcount(q_s ^ d_t)),
+//   <q,d> * 2^(qbits-1) 2^(bits-1) = sum_{s<qbits,t<bits} 2^(qbits-1-s) 2^(bits-1-t) (dim - 2 popcount(q_s ^ d_t)),
 // over the blocked layouts of layout.h (it gathers each item's bytes back into a public code).
 // Every SIMD level must match it bit for bit.
 #include <cstring>
@@ -14,7 +14,7 @@ inline int popcount8(uint8_t x) { return __builtin_popcount(x); }
 
 void scan_scalar(const ScanArgs& a, const QueryGroup& qg, TopK* heaps) {
   const Geometry& geo = a.geo;
-  const int P = geo.plane_bytes, bits = geo.bits, cb = geo.code_bytes;
+  const int P = geo.plane_bytes, bits = geo.bits, qbits = a.qbits, cb = geo.code_bytes;
   std::vector<uint8_t> row(cb), item(geo.item_bytes);
   for (int64_t blk = a.block_begin; blk < a.block_end; ++blk) {
     uint64_t m = a.alive[blk] & (a.filter ? a.filter[blk] : ~uint64_t(0));
@@ -29,11 +29,11 @@ void scan_scalar(const ScanArgs& a, const QueryGroup& qg, TopK* heaps) {
       for (int g = 0; g < qg.g; ++g) {
         const uint8_t* q = qg.packed[g];
         int32_t ip = 0;
-        for (int s = 0; s < bits; ++s)
+        for (int s = 0; s < qbits; ++s)
           for (int t = 0; t < bits; ++t) {
             int pc = 0;
             for (int p = 0; p < P; ++p) pc += popcount8(q[s * P + p] ^ row[t * P + p]);
-            ip += (geo.dim - 2 * pc) << ((bits - 1 - s) + (bits - 1 - t));
+            ip += (geo.dim - 2 * pc) << ((qbits - 1 - s) + (bits - 1 - t));
           }
         float key = static_cast<float>(ip);
         if (a.kind == ScoreKind::kCosine) key = key * a.invn[blk * kBlock + r];

@@ -2,11 +2,15 @@
 // per-ISA files kernel_<isa>.cpp, chosen once at load time by dispatch.cpp.
 //
 // Data layout: see layout.h (blocks of 64 transposed codes, r-ordered masks / norms).
+// Queries may carry more (or fewer) bits per dimension than the stored codes: a query code is
+// packed at CodeSpec(dim, qbits), qbits in [1, 4] (ScanArgs::qbits; the stored codes keep
+// geo.bits). Its values are odd integers qv in [-(2^qbits-1), 2^qbits-1]; every kernel computes
+// the exact sum_j qv_j dv_j with dv_j the stored item's scaled values (odd ints, 2^bits-1 max).
 // Query table (built by build_query_lut, 32P bytes reserved), qv = the query's scaled values
 // (odd integers, 0 past dim):
 //  * planes layout (bits <= 2): for nibble group g in [0, 2P), 16 bytes
-//    lut[g*16 + n] = B0 + sum_{j<4} qv[4g+j] * (bit j of n ? +1 : -1), B0 = 4 * (2^bits - 1)
-//    keeping entries unsigned;
+//    lut[g*16 + n] = B0 + sum_{j<4} qv[4g+j] * (bit j of n ? +1 : -1), B0 = 4 * (2^qbits - 1)
+//    keeping entries unsigned (<= 2 B0 = 120);
 //  * nibbles layout (bits >= 3): for row c, int8 qv of dims 8c+{0,2,4,6} then 8c+{1,3,5,7}
 //    (8 bytes per row), then the int32 sum of qv at byte 8C.
 #pragma once
@@ -31,11 +35,12 @@ struct ScanArgs {
   const int64_t* ids = nullptr;       // per slot (natural order)
   const float* invn = nullptr;        // per block 64 r-ordered inverse norms (cosine only)
   ScoreKind kind = ScoreKind::kInnerProduct;
+  int qbits = 0;                      // bits per dimension of the query codes (1..4)
 };
 
 struct QueryGroup {
   int g = 0;                                // number of queries, 1..kMaxGroup
-  const uint8_t* packed[kMaxGroup] = {};    // public packed query codes
+  const uint8_t* packed[kMaxGroup] = {};    // public packed query codes (qbits planes)
   const uint8_t* lut[kMaxGroup] = {};       // 2P * 16 bytes each
 };
 
@@ -88,19 +93,22 @@ const KernelTable& kernels_amx();
 #endif
 
 // Fill a QueryBatch's int8 matrix (batch.rows * batch.kpad bytes, zeroed here) and sums
-// (batch.nq) from nq packed queries; batch.rows/kpad must be set.
-void build_query_batch(const Geometry& geo, const uint8_t* packed, const QueryBatch& batch,
-                       int8_t* a, int32_t* sums);
-// Build the biased query LUT (2P*16 bytes) of one packed query.
-void build_query_lut(const Geometry& geo, const uint8_t* packed, uint8_t* lut);
+// (batch.nq) from nq packed queries of geometry qgeo (same dim as geo); batch.rows/kpad must
+// be set.
+void build_query_batch(const Geometry& geo, const Geometry& qgeo, const uint8_t* packed,
+                       const QueryBatch& batch, int8_t* a, int32_t* sums);
+// Build the query table (2P*16 bytes) of one packed query of geometry qgeo against stored
+// codes of geometry geo (same dim).
+void build_query_lut(const Geometry& geo, const Geometry& qgeo, const uint8_t* packed, uint8_t* lut);
 // Scaled query values qv (odd ints, length dim) of one packed code.
 void scaled_values(const Geometry& geo, const uint8_t* packed, int32_t* out);
 // Sum of squared scaled values of one packed code.
 int64_t sum_squares(const Geometry& geo, const uint8_t* packed);
-// Total LUT bias of one item's score: (2^bits-1) * 2P * B0.
-inline int32_t lut_bias(const Geometry& geo) {
-  const int m = (1 << geo.bits) - 1;
-  return m * 2 * geo.plane_bytes * 4 * m;
+// LUT entry bias B0 for queries of qbits bits: 4 (2^qbits - 1) (entries lie in [0, 2 B0]).
+inline int lut_entry_bias(int qbits) { return 4 * ((1 << qbits) - 1); }
+// Total LUT bias of one item's score: (2^bits-1) * 2P * B0 (the plane weights sum to 2^bits-1).
+inline int32_t lut_bias(const Geometry& geo, int qbits) {
+  return ((1 << geo.bits) - 1) * 2 * geo.plane_bytes * lut_entry_bias(qbits);
 }
 
 }  // namespace bebr

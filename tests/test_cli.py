@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bebr import CodeSpec
 from bebr.cli import main
 from bebr.datasets import glove_words
 from bebr.io import CodeShards, Manifest, write_vecs
@@ -133,6 +134,21 @@ def test_train_encode_index_search(work, tmp_path):
     cli("search", "--index", idx, "--model", d / "model", d / "queries.npy", "-k", 5, "-o",
         tmp_path / "res.jsonl", check=True)
     assert (tmp_path / "res.jsonl").read_text() == p.stdout
+
+    # 4-bit query codes against the 2-bit index, from floats and from packed codes
+    p4 = bebr("search", "--index", idx, "--model", d / "model", d / "queries.npy", "-k", 5,
+              "--query-bits", 4)
+    q4 = model.encode_query_codes(x[N_BASE:], 4)
+    want4 = search_codes(model.spec, q4, ref, np.arange(N_BASE), 5,
+                         query_spec=CodeSpec(32, 4))
+    np.testing.assert_array_equal(np.array([json.loads(r)["ids"] for r in
+                                            p4.stdout.splitlines()]), want4[1])
+    np.save(tmp_path / "q4.npy", q4)
+    cli("search", "--index", idx, "--codes", tmp_path / "q4.npy", "-k", 5, "--query-bits", 4,
+        "--ids-out", tmp_path / "ids4.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "ids4.npy"), want4[1])
+    assert_clean_error(cli("search", "--index", idx, "--codes", tmp_path / "q4.npy", "-k", 5),
+                       "shape")  # 4-bit codes without --query-bits
 
     np.save(tmp_path / "q.npy", q)
     cli("search", "--index", idx, "--codes", tmp_path / "q.npy", "-k", 5,

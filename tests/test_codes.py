@@ -56,3 +56,53 @@ def test_bad_inputs():
         spec.unpack(np.zeros((1, 4), np.int8))
     with pytest.raises(ValueError, match="padding"):
         spec.unpack(np.full((1, 4), 0xFF, np.uint8))
+
+
+def _cos(spec, levels, v):
+    c = spec.level_values()[levels].astype(np.float64)
+    return (c * v).sum(1) / np.linalg.norm(c, axis=1) / np.linalg.norm(v, axis=1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(dim=st.integers(1, 70), bits=st.integers(1, 4), n=st.integers(1, 20),
+       seed=st.integers(0, 2**31 - 1))
+def test_quantize_angle_beats_every_fixed_step_rounding(dim, bits, n, seed):
+    """The chosen code is at least as close in angle as rounding at any fixed step (numpy
+    reference: CodeSpec.quantize of the row scaled to many RMS multiples)."""
+    spec = CodeSpec(dim, bits)
+    v = np.random.default_rng(seed).standard_normal((n, dim))
+    lv = spec.quantize_angle(v)
+    assert lv.shape == (n, dim) and lv.dtype == np.uint8 and lv.max() < spec.n_levels
+    got = _cos(spec, lv, v)
+    rms = np.sqrt((v * v).mean(1, keepdims=True))
+    for step in np.geomspace(0.02, 3.0, 40):
+        fixed = spec.quantize(v / rms / step)
+        assert np.all(got >= _cos(spec, fixed, v) - 1e-9)
+    if bits == 1:
+        np.testing.assert_array_equal(lv, (v >= 0).astype(np.uint8))
+    # only the direction matters
+    np.testing.assert_array_equal(spec.quantize_angle(3.5 * v), lv)
+
+
+@settings(max_examples=30, deadline=None)
+@given(dim=st.integers(1, 4), bits=st.integers(1, 3), seed=st.integers(0, 2**31 - 1))
+def test_quantize_angle_is_the_exact_optimum(dim, bits, seed):
+    """Brute force over every code of a tiny spec: nothing has a larger cosine."""
+    import itertools
+
+    spec = CodeSpec(dim, bits)
+    v = np.random.default_rng(seed).standard_normal((3, dim))
+    allc = np.array(list(itertools.product(range(spec.n_levels), repeat=dim)), dtype=np.uint8)
+    for row in v:
+        best = _cos(spec, allc, np.broadcast_to(row, allc.shape)).max()
+        got = _cos(spec, spec.quantize_angle(row[None]), row[None])[0]
+        assert got >= best - 1e-9, (got, best)
+
+
+def test_quantize_angle_zero_row_and_bad_input():
+    spec = CodeSpec(5, 3)
+    np.testing.assert_array_equal(spec.quantize_angle(np.zeros((2, 5))), np.full((2, 5), 4))
+    with pytest.raises(ValueError, match=r"shape \(n, 5\)"):
+        spec.quantize_angle(np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        spec.quantize_angle(np.full((1, 5), np.nan))

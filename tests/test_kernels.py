@@ -67,10 +67,12 @@ def test_extreme_values_exact(level):
             np.testing.assert_array_equal(got[1], want[1])
 
 
-def search_every_level(spec, codes, ids, queries, k, threads, gone=(), allowed=None):
-    """Search an index of (codes, ids) minus `gone` at every SIMD level and both metrics;
-    assert every level is bit-identical to scalar (same float ops everywhere) and return the
-    results keyed by (level, metric)."""
+def search_every_level(spec, codes, ids, queries, k, threads, gone=(), allowed=None,
+                       query_bits=None):
+    """Search an index of (codes, ids) minus `gone` at every SIMD level and both metrics
+    (query codes at `query_bits`, default the index's bits); assert every level is
+    bit-identical to scalar (same float ops everywhere) and return the results keyed by
+    (level, metric)."""
     before = bebr.simd_level()
     results = {}
     try:
@@ -81,7 +83,8 @@ def search_every_level(spec, codes, ids, queries, k, threads, gone=(), allowed=N
                 idx.add(codes, ids)
                 if len(gone):
                     idx.remove(gone)
-                results[lvl, metric] = idx.search(queries, k, threads=threads, filter=allowed)
+                results[lvl, metric] = idx.search(queries, k, threads=threads, filter=allowed,
+                                                  query_bits=query_bits)
     finally:
         bebr.set_simd_level(before)
     for lvl in LEVELS:
@@ -130,6 +133,61 @@ def test_query_batches_agree_with_scalar(dim, bits, n, nq, k, removed, allow, th
     want = reference.search_codes(spec, queries, sub, pool, k)
     np.testing.assert_array_equal(results["scalar", "ip"][1], want[1])
     np.testing.assert_array_equal(results["scalar", "ip"][0], want[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(dim=st.sampled_from([1, 5, 8, 9, 50, 63, 64, 65, 130, 256]), bits=st.integers(1, 4),
+       query_bits=st.integers(1, 4), n=st.integers(0, 250),
+       nq=st.sampled_from([1, 3, 5, _C.BATCH_MIN_QUERIES, 70]), k=st.integers(1, 20),
+       removed=st.booleans(), allow=st.booleans(), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**32 - 1))
+def test_query_bits_match_reference(dim, bits, query_bits, n, nq, k, removed, allow, threads,
+                                    seed):
+    """Query codes with more or fewer bits than the stored codes (``query_bits``): every
+    level (LUT, int8-dot, popcount and batch kernels) bit-identical to scalar, exact against
+    the numpy reference for ip, within float tolerance for cosine."""
+    rng = np.random.default_rng(seed)
+    spec, qspec = CodeSpec(dim, bits), CodeSpec(dim, query_bits)
+    codes = random_codes(rng, spec, n)
+    if n > 4:
+        codes[rng.integers(0, n, n // 4)] = codes[0]  # exact ties
+    queries = random_codes(rng, qspec, nq)
+    ids = rng.permutation(2 * n + 5)[:n]
+    gone = ids[::3] if removed else ids[:0]
+    keep = np.setdiff1d(ids, gone)
+    allowed = keep[rng.random(len(keep)) < 0.7] if allow else None
+    results = search_every_level(spec, codes, ids, queries, k, threads=threads, gone=gone,
+                                 allowed=allowed, query_bits=query_bits)
+    pool = keep if allowed is None else allowed
+    pos = {int(i): j for j, i in enumerate(ids)}
+    sub = codes[[pos[int(i)] for i in pool]] if len(pool) else codes[:0]
+    want = reference.search_codes(spec, queries, sub, pool, k, query_spec=qspec)
+    np.testing.assert_array_equal(results["scalar", "ip"][1], want[1])
+    np.testing.assert_array_equal(results["scalar", "ip"][0], want[0])
+    want_cos = reference.search_codes(spec, queries, sub, pool, k, "cosine", query_spec=qspec)
+    np.testing.assert_allclose(results["scalar", "cosine"][0], want_cos[0], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_query_bits_bad_input():
+    spec = CodeSpec(20, 2)
+    idx = bebr.Index(spec)
+    idx.add(random_codes(np.random.default_rng(0), spec, 10))
+    q4 = random_codes(np.random.default_rng(1), CodeSpec(20, 4), 2)
+    with pytest.raises(ValueError, match=r"shape \(n, 6\)"):
+        idx.search(q4, 3)  # 4-bit queries without query_bits: wrong code width
+    with pytest.raises(ValueError, match=r"shape \(n, 9\)"):
+        idx.search(q4, 3, query_bits=3)
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="query_bits must be in"):
+            idx.search(q4, 3, query_bits=bad)
+    with pytest.raises(TypeError, match="query_bits must be an int"):
+        idx.search(q4, 3, query_bits=2.0)
+    s, i = idx.search(q4, 3, query_bits=4)
+    want = reference.search_codes(spec, q4, idx.get_codes(idx.ids()), idx.ids(), 3,
+                                  query_spec=CodeSpec(20, 4))
+    np.testing.assert_array_equal(i, want[1])
+    np.testing.assert_array_equal(s, want[0])
 
 
 def test_hamming_every_level(level):

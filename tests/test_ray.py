@@ -159,3 +159,6 @@ def test_sharded_index_equals_one_index(ray_local, tmp_path):
             got_s, got_i = sharded.search(q, k)
             np.testing.assert_array_equal(got_i, want_i)
             np.testing.assert_array_equal(got_s, want_s)
+        q4 = bebr.CodeSpec(40, 4).pack(rng.integers(0, 16, (7, 40)))
+        np.testing.assert_array_equal(sharded.search(q4, 10, query_bits=4)[1],
+                                      one.search(q4, 10, query_bits=4)[1])

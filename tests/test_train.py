@@ -190,3 +190,33 @@ def test_bad_arguments(kw, match):
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         train_binarizer(x, args.pop("dim"), args.pop("bits"), progress=False, **args)
+
+
+def test_query_codes_with_more_bits_raise_recall(glove):
+    """4-bit query codes against the same 2-bit stored codes: better recall than symmetric
+    codes, searched through bebr.Index and equal to the numpy reference; a model trained with
+    query_bits=4 validates with such queries."""
+    import bebr
+
+    x, qi, bi, gt = glove
+    model = train_binarizer(x[bi], 50, 2, seed=0, query_bits=4, **FAST)
+    assert 0 < model.train_info["val_r10@10"] <= 1
+    stored = model.encode(x[bi])
+    q4 = model.encode_query_codes(x[qi], 4)
+    assert q4.shape == (len(qi), bebr.CodeSpec(50, 4).code_bytes) and q4.dtype == np.uint8
+    # default bits: the model's own, the angle-closest code to the query projection
+    np.testing.assert_array_equal(model.encode_query_codes(x[qi]), model.spec.pack(
+        model.spec.quantize_angle(model.encode_query(x[qi]))))
+    index = bebr.Index(model.spec, "cosine")
+    index.add(stored)
+    _, ids4 = index.search(q4, 10, query_bits=4)
+    want = search_codes(model.spec, q4, stored, np.arange(len(bi)), 10, "cosine",
+                        query_spec=bebr.CodeSpec(50, 4))
+    assert (ids4 == want[1]).mean() > 0.99  # cosine near-ties may order differently
+    r4 = ds.recall_at(ids4, gt)
+    r2 = _recall(model, x, qi, bi, gt)
+    assert r4 > r2 + 0.03, (r4, r2)
+    with pytest.raises(ValueError, match="bits must be an int in"):
+        model.encode_query_codes(x[qi], 5)
+    with pytest.raises(ValueError, match="query_bits"):
+        train_binarizer(x[bi], 8, 1, progress=False, query_bits=0)

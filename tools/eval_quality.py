@@ -5,11 +5,16 @@ words (cached under $BEBR_DATA). 2000 random queries (seed 0), the other 98,000 
 truth = exact cosine top-10. R10@10 / R10@100 with flat search, no re-ranking.
 
 bebr rows: a Binarizer trained on the base vectors only (queries never seen; train_binarizer's
-defaults, with ``center=False`` pinned, measured better: BENCHMARKS.md section 2), symmetric codes on
-both sides searched with ``bebr.Index(spec, "cosine")`` (numpy/torch fallback if the compiled
-index is missing); for each bit budget the (dim, bits) with the best *validation* recall (held
-out inside the training rows) is kept. "asym" rows: float query projection ``encode_query``
-against the same stored codes (inner product / code norm). faiss rows recomputed in this run.
+defaults, with ``center=False`` pinned, measured better: BENCHMARKS.md section 2, and
+``query_bits=4``: validation and early stopping with 4-bit query codes); for each bit budget
+the (dim, bits) with the best *validation* recall (held out inside the training rows) is kept.
+Three rows per budget, all against the same stored codes, all searched with
+``bebr.Index(spec, "cosine")`` (SDC, both sides binary codes) except the last:
+"symmetric": query codes at the stored bits (``encode``); "4-bit query codes": queries encoded
+with ``encode_query_codes(x, 4)`` and searched with ``query_bits=4`` (the stored bits/vector
+are the budget; queries are never stored, like RaBitQ's 4-bit queries); "asym": the float query
+projection ``encode_query`` against the code values (torch matmul). faiss rows recomputed in
+this run.
 
     python tools/eval_quality.py [--data v1 v2] [--write] [--threads 1]
 """
@@ -34,13 +39,12 @@ sys.path.insert(0, str(ROOT))
 from bebr import datasets as ds  # noqa: E402
 from bebr.train import train_binarizer  # noqa: E402
 
-BUDGETS = {  # candidates per budget; measured worse ones dropped: v1 66x3, 100x2 (200 bits),
-    # 25x4 (100 bits); v2 768x1, 512x3, 768x2 (init-only recall, tools/ablate_training.py);
-    # v1 50x1 (validation 0.226 vs 25x2 0.273) and v2 384x2 (0.798 vs 256x3 0.833) in the
-    # previous run of this tool (centered, random-rotation init), to keep the run under ~40 min
-    "v1": {50: [(25, 2)], 100: [(50, 2), (33, 3)], 200: [(50, 4)]},
-    "v2": {384: [(384, 1)], 768: [(256, 3), (192, 4)], 1536: [(384, 4)]},
+BUDGETS = {  # candidates per budget (dim, bits); earlier runs dropped v1 66x3 and v2 768x1,
+    # 512x3 (init-only recall, tools/ablate_training.py)
+    "v1": {50: [(25, 2), (50, 1)], 100: [(50, 2), (33, 3)], 200: [(50, 4), (100, 2)]},
+    "v2": {384: [(384, 1), (192, 2)], 768: [(192, 4), (384, 2)], 1536: [(384, 4), (768, 2)]},
 }
+QUERY_BITS = 4
 
 
 def recall(found, truth, r):
@@ -55,19 +59,10 @@ def topk_torch(q, b, k=100, chunk=500):
                       for s in range(0, len(q), chunk)]).numpy()
 
 
-def search_codes_sym(spec, qcodes, bcodes, k=100):
-    try:
-        from bebr import Index
-    except ImportError:
-        Index = None
-    if Index is not None:
-        idx = Index(spec, "cosine")
-        idx.add(bcodes)
-        _, ids = idx.search(qcodes, k)
-        return ids, "bebr.Index"
-    v = torch.from_numpy(spec.values(bcodes))
-    qv = torch.from_numpy(spec.values(qcodes))
-    return topk_torch(F.normalize(qv, dim=1), F.normalize(v, dim=1), k), "torch"
+def search_codes(index, qcodes, query_bits, k=100):
+    """SDC search through ``bebr.Index`` (query codes at ``query_bits``)."""
+    _, ids = index.search(qcodes, k, query_bits=query_bits)
+    return ids
 
 
 # ----------------------------------------------------------------------------- faiss rows
@@ -122,6 +117,8 @@ def faiss_rows(name, xb, xq, truth):
 
 # ----------------------------------------------------------------------------- bebr rows
 def bebr_rows(name, xb, xq, truth, args):
+    from bebr import Index
+
     rows = []
     for budget, configs in BUDGETS[name].items():
         cands = []
@@ -130,7 +127,7 @@ def bebr_rows(name, xb, xq, truth, args):
             t = time.perf_counter()
             model = train_binarizer(xb, dim, bits, seed=0, progress=args.progress,
                                     threads=args.threads, max_time_s=args.max_time[name],
-                                    epochs=args.epochs, center=False)
+                                    epochs=args.epochs, center=False, query_bits=QUERY_BITS)
             train_s = time.perf_counter() - t
             load1 = os.getloadavg()[0]
             val = model.train_info["val_r10@10"]
@@ -143,20 +140,25 @@ def bebr_rows(name, xb, xq, truth, args):
         t = time.perf_counter()
         bcodes = model.encode(xb)
         enc_vps = len(xb) / (time.perf_counter() - t)
-        qcodes = model.encode(xq)
-        ids, engine = search_codes_sym(model.spec, qcodes, bcodes)
-        rows.append(dict(method=f"bebr {dim}x{bits} symmetric", bits=budget,
-                         r10=recall(ids, truth, 10), r100=recall(ids, truth, 100),
-                         train_s=train_s, enc_vps=enc_vps, load=load, engine=engine,
-                         val=val, tried=[f"{c[1]}x{c[2]}: {c[0]:.3f}" for c in cands]))
-        print(json.dumps(rows[-1]), flush=True)
+        index = Index(model.spec, "cosine")
+        index.add(bcodes)
+        common = dict(bits=budget, train_s=train_s, enc_vps=enc_vps, load=load)
+
+        def add_row(method, ids, **extra):
+            rows.append(dict(method=method, r10=recall(ids, truth, 10),
+                             r100=recall(ids, truth, 100), **common, **extra))
+            print(json.dumps(rows[-1]), flush=True)
+
+        add_row(f"bebr {dim}x{bits} symmetric", search_codes(index, model.encode(xq), bits))
+        if bits < QUERY_BITS:
+            add_row(f"bebr {dim}x{bits}, {QUERY_BITS}-bit query codes",
+                    search_codes(index, model.encode_query_codes(xq, QUERY_BITS), QUERY_BITS),
+                    val=val, tried=[f"{c[1]}x{c[2]}: {c[0]:.3f}" for c in cands])
+        else:
+            rows[-1].update(val=val, tried=[f"{c[1]}x{c[2]}: {c[0]:.3f}" for c in cands])
         cb = F.normalize(torch.from_numpy(model.spec.values(bcodes)), dim=1)
-        qa = torch.from_numpy(model.encode_query(xq))
-        ids = topk_torch(qa, cb)
-        rows.append(dict(method=f"bebr {dim}x{bits} asym (float query)", bits=budget,
-                         r10=recall(ids, truth, 10), r100=recall(ids, truth, 100),
-                         train_s=train_s, enc_vps=enc_vps, load=load, engine="torch"))
-        print(json.dumps(rows[-1]), flush=True)
+        add_row(f"bebr {dim}x{bits} asym (float query)",
+                topk_torch(torch.from_numpy(model.encode_query(xq)), cb))
     return rows
 
 
@@ -171,8 +173,8 @@ def table(name, rows):
         m = f"**{r['method']}**" if "bebr" in r["method"] else r["method"]
         out.append(f"| {m} | {r['bits']} | {r['r10']:.3f} | {r['r100']:.3f} | {tr} | {ev} |")
     tried = [f"{r['bits']} bits: {', '.join(r['tried'])}" for r in rows if "tried" in r]
-    out += ["", "(dim x bits) tried, validation R10@10 (selection on held-out training rows): "
-            + "; ".join(tried) + "."]
+    out += ["", f"(dim x bits) tried, validation R10@10 with {QUERY_BITS}-bit query codes "
+            "(selection on held-out training rows): " + "; ".join(tried) + "."]
     return "\n".join(out)
 
 

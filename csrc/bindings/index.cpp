@@ -95,8 +95,12 @@ void register_index(py::module_& m) {
           "search",
           [](const PyIndex& s, const py::array& queries, int k, int threads, std::optional<py::array> allow_ids,
              std::optional<py::array> allow_mask, std::optional<py::array> exclude_ids,
-             std::optional<py::array> exclude_mask) {
-            auto q = checked_array<uint8_t>(queries, "queries", 2, s.geometry().code_bytes);
+             std::optional<py::array> exclude_mask, int query_bits) {
+            if (query_bits < 1 || query_bits > 4)
+              throw py::value_error("query_bits must be in [1, 4], got " + std::to_string(query_bits));
+            if (s.metric() == Metric::kHamming && query_bits != 1)
+              throw py::value_error("a Hamming index takes 1-bit queries, got query_bits=" + std::to_string(query_bits));
+            auto q = checked_array<uint8_t>(queries, "queries", 2, query_bits * s.geometry().plane_bytes);
             if (k <= 0) throw py::value_error("k must be >= 1, got " + std::to_string(k));
             if (threads <= 0) throw py::value_error("threads must be >= 1, got " + std::to_string(threads));
             FilterSpec f;
@@ -133,13 +137,13 @@ void register_index(py::module_& m) {
             int64_t* ip = ids.mutable_data();
             {
               py::gil_scoped_release nogil;
-              s.search(q.data(), nq, k, threads, f, sp, ip);
+              s.search(q.data(), nq, k, threads, f, sp, ip, query_bits);
             }
             return py::make_tuple(scores, ids);
           },
           py::arg("queries"), py::arg("k"), py::arg("threads") = 1, py::arg("allow_ids") = py::none(),
           py::arg("allow_mask") = py::none(), py::arg("exclude_ids") = py::none(),
-          py::arg("exclude_mask") = py::none())
+          py::arg("exclude_mask") = py::none(), py::arg("query_bits"))
       .def("versions", &PyIndex::versions)
       .def("ids_of_version", [](const PyIndex& s, int32_t v) { return to_array(s.ids_of_version(v)); })
       .def("ids", [](const PyIndex& s) { return to_array(s.ids()); })

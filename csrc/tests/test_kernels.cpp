@@ -84,6 +84,57 @@ TEST_P(LevelsVsScalar, AwkwardSizesBitExact) {
   }
 }
 
+TEST_P(LevelsVsScalar, QueryBitsDifferentFromStoredBitsExact) {
+  // query codes of every bit width against stored codes of every bit width: each level
+  // bit-identical to scalar, and extreme codes score the exact product of the two scales
+  std::mt19937_64 rng(11);
+  for (int dim : {1, 9, 64, 130}) {
+    for (int bits = 1; bits <= 4; ++bits) {
+      for (int qbits = 1; qbits <= 4; ++qbits) {
+        SdcIndex idx(dim, bits, Metric::kIP);
+        const int64_t n = 1 + static_cast<int64_t>(rng() % 200);
+        auto codes = random_codes(rng, idx.geometry(), n);
+        idx.add(codes.data(), n, nullptr, 0);
+        const bebr::Geometry qg(dim, qbits);
+        for (const int64_t nq : {int64_t{3}, bebr::kBatchMinQueries + 9}) {
+          auto q = random_codes(rng, qg, nq);
+          auto search = [&](const char* level) {
+            bebr::set_simd_level(level);
+            Result r{std::vector<float>(nq * 7), std::vector<int64_t>(nq * 7)};
+            idx.search(q.data(), nq, 7, 2, {}, r.s.data(), r.i.data(), qbits);
+            return r;
+          };
+          const Result want = search("scalar");
+          const Result got = search(GetParam().c_str());
+          ASSERT_EQ(got.i, want.i) << "dim=" << dim << " bits=" << bits << " qbits=" << qbits;
+          ASSERT_EQ(got.s, want.s) << "dim=" << dim << " bits=" << bits << " qbits=" << qbits;
+        }
+        SdcIndex one(dim, bits, Metric::kIP);
+        std::vector<uint8_t> all(one.geometry().code_bytes, 0), qall(qg.code_bytes, 0);
+        for (int t = 0; t < bits; ++t)
+          for (int j = 0; j < dim; ++j) all[t * qg.plane_bytes + j / 8] |= static_cast<uint8_t>(1u << (j % 8));
+        for (int t = 0; t < qbits; ++t)
+          for (int j = 0; j < dim; ++j) qall[t * qg.plane_bytes + j / 8] |= static_cast<uint8_t>(1u << (j % 8));
+        one.add(all.data(), 1, nullptr, 0);
+        bebr::set_simd_level(GetParam());
+        float sc = 0;
+        int64_t id = -1;
+        one.search(qall.data(), 1, 1, 1, {}, &sc, &id, qbits);
+        const double vm = ((1 << bits) - 1.0) / (1 << (bits - 1)), qm = ((1 << qbits) - 1.0) / (1 << (qbits - 1));
+        EXPECT_EQ(id, 0);
+        EXPECT_FLOAT_EQ(sc, static_cast<float>(dim * vm * qm)) << "bits=" << bits << " qbits=" << qbits;
+      }
+    }
+  }
+  SdcIndex ham(16, 1, Metric::kHamming);
+  std::vector<uint8_t> q(8, 0);
+  float sc;
+  int64_t id;
+  EXPECT_THROW(ham.search(q.data(), 1, 1, 1, {}, &sc, &id, 2), std::invalid_argument);
+  SdcIndex two(16, 2, Metric::kIP);
+  EXPECT_THROW(two.search(q.data(), 1, 1, 1, {}, &sc, &id, 5), std::invalid_argument);
+}
+
 INSTANTIATE_TEST_SUITE_P(AllLevels, LevelsVsScalar, ::testing::ValuesIn(bebr::available_simd_levels()));
 
 TEST(SdcIndex, ExactInnerProductOfExtremeCodes) {
