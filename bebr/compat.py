@@ -37,22 +37,22 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Optional, Union
+from typing import Mapping, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .codes import CodeSpec
+from .codes import MAX_BITS, CodeSpec
 from .fileio import CorruptFileError
 from .modelfile import CONFIG_NAME, load_state_strict, read_header, read_weights, write_model_dir
 from .model import Binarizer, ResidualMLP, sign_ste
 from .train import (_init_model, _init_scalar_quantizer, check_training_input, code_recall,
                     mine_neighbors, train_binarizer, with_neighbors)
 
-__all__ = ["CompatWeights", "compat_loss", "train_compatible", "CodeUpgrader",
-           "train_upgrader", "UPGRADER_FORMAT_VERSION"]
+__all__ = ["CompatWeights", "compat_loss", "train_compatible", "train_cross_queries",
+           "CodeUpgrader", "train_upgrader", "UPGRADER_FORMAT_VERSION"]
 
 UPGRADER_FORMAT_VERSION = 1
 
@@ -217,6 +217,8 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
                      version: Optional[str] = None, epochs: Optional[int] = None,
                      seed: int = 0, progress: bool = True, selection_cross_weight: float = 1.0,
                      neighbor_pool: int = 40_000, align: str = "neighbors",
+                     cross_queries: bool = True, older_codes: Optional[Mapping] = None,
+                     cross_kwargs: Optional[dict] = None,
                      **train_kwargs) -> Binarizer:
     """Train a new :class:`~bebr.Binarizer` on ``x_new`` compatible with the deployed ``old``.
 
@@ -240,6 +242,10 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
     batches: mined-neighbour batches put true neighbours among the InfoNCE negatives).
     The result gets a fresh ``version`` (or the one given) and ``compatible_with ==
     old.version``; chaining (v3 against v2 against v1) keeps the chain in one code space.
+    ``cross_queries`` (default on): also learn query heads (:func:`train_cross_queries`,
+    options in ``cross_kwargs``) into ``old.version``'s codes (``old.encode(x_old)``) and into
+    every version of ``older_codes`` (``{version id: packed codes of the same n items}``,
+    e.g. read from the index), for searches with ``Index.search(..., version_queries=)``.
     """
     old = _check_binarizer(old, "old")
     xn, xo = _check_pair(x_new, x_old)
@@ -258,6 +264,8 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
     for key in ("extra_loss", "val_score", "model"):
         if key in train_kwargs:
             raise TypeError(f"train_compatible sets {key} itself")
+    if older_codes is not None and not isinstance(older_codes, Mapping):
+        raise TypeError("older_codes must be a mapping {version id: packed codes}")
     version = uuid.uuid4().hex if version is None else version
     if not isinstance(version, str) or not version:
         raise ValueError("version must be a non-empty str")
@@ -343,7 +351,154 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
     model.config.compatible_with = old.version
     model.train_info["compat_weights"] = asdict(weights)
     model.train_info["val_self_cross"] = val_log
+    if cross_queries:
+        ck = dict(seed=seed, progress=progress, threads=train_kwargs.get("threads"))
+        ck.update(cross_kwargs or {})
+        targets = {old.version: old.encode(xo)}
+        targets.update(older_codes or {})
+        for ver, codes in targets.items():
+            if codes.shape[0] != xn.shape[0]:
+                raise ValueError(f"older_codes[{ver!r}] has {codes.shape[0]} rows, x_new "
+                                 f"{xn.shape[0]}")
+            train_cross_queries(model, xn, codes, ver, **ck)
     return model
+
+
+# ------------------------------------------------------------------------------ query heads
+def train_cross_queries(new: Binarizer, x_new, old_codes, old_version: str, *,
+                        epochs: Optional[int] = None, query_bits: int = 4,
+                        batch_size: int = 256, negatives: int = 2048, mined_k: int = 10,
+                        tau_teacher: float = 0.05, tau: float = 0.07, lr: float = 1e-3,
+                        val_fraction: float = 0.02, patience: int = 4, seed: int = 0,
+                        max_time_s: Optional[float] = None, progress: bool = True,
+                        threads: Optional[int] = None) -> Binarizer:
+    """Learn ``new``'s query head into the code space of stored ``old_version`` codes.
+
+    ``x_new`` (n, D_new): the new upstream embeddings of n items; ``old_codes``: those items'
+    stored packed codes of version ``old_version`` (``CodeSpec(new.dim, new.bits)``, e.g.
+    ``Index.get_codes``): no old floats and no old model are needed, so every version still
+    in an index can get a head. The head (``new.add_cross_head``: a residual MLP on the
+    L2-normalised input) is trained so that the new float space's neighbourhoods are what the
+    query finds among old codes: per anchor, a softmax over candidates (the batch, each
+    anchor's ``mined_k`` new-float neighbours and ``negatives`` random items; the anchor
+    itself excluded, as a query is never its own answer) of ``cos(head(x_a), o_c) / tau``
+    is fitted (KL) to the softmax of ``cos(x_a, x_c) / tau_teacher``. Start: the least-squares
+    map onto the old code values. Validation: held-out rows as queries, ``query_bits``-bit
+    query codes against the old codes of the rest, R10@10 against the new float top-10;
+    early stopping keeps the best epoch (``new.train_info["cross_val"][old_version]``).
+    Modifies and returns ``new``. Deterministic for a seed (and ``threads``).
+    """
+    new = _check_binarizer(new, "new")
+    xn = check_training_input(x_new, "x_new", min_rows=20)
+    if xn.shape[1] != new.in_dim:
+        raise ValueError(f"x_new has {xn.shape[1]} columns, the new model expects "
+                         f"in_dim={new.in_dim}")
+    oc = new.spec.check_packed(old_codes, "old_codes")
+    if oc.shape[0] != xn.shape[0]:
+        raise ValueError(f"old_codes must hold the items of x_new row for row: "
+                         f"{oc.shape[0]} codes for {xn.shape[0]} rows")
+    if not isinstance(old_version, str) or not old_version:
+        raise ValueError("old_version must be a non-empty str")
+    if old_version == new.version:
+        raise ValueError(f"old_version {old_version!r} is the new model's own version")
+    for name, v in (("batch_size", batch_size), ("negatives", negatives),
+                    ("mined_k", mined_k), ("patience", patience)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if isinstance(query_bits, bool) or not isinstance(query_bits, (int, np.integer)) \
+            or not 1 <= query_bits <= MAX_BITS:
+        raise ValueError(f"query_bits must be an int in [1, {MAX_BITS}], got {query_bits!r}")
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        return _train_cross_queries(**locals())
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train_cross_queries(*, new, xn, oc, old_version, epochs, query_bits, batch_size, negatives,
+                         mined_k, tau_teacher, tau, lr, val_fraction, patience, seed,
+                         max_time_s, progress, **_unused):
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(int(seed))
+    x = F.normalize(torch.from_numpy(np.asarray(xn, dtype=np.float32)), dim=1)
+    o = F.normalize(torch.from_numpy(new.spec.values(oc)), dim=1)
+    n = x.shape[0]
+    nval = int(min(2000, max(10, round(val_fraction * n))))
+    perm = rng.permutation(n)
+    val_q, tr = torch.from_numpy(np.sort(perm[:nval])), torch.from_numpy(np.sort(perm[nval:]))
+    truth = (x[val_q] @ x[tr].T).topk(min(10, len(tr)), dim=1).indices
+    xt, ot = x[tr], o[tr]
+    nbrs = mine_neighbors(xt, mined_k)
+    if epochs is None:  # ~ 600k anchors visited; early stopping trims it
+        epochs = int(min(30, max(3, round(6e5 / len(tr)))))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        head = new.add_cross_head(old_version)
+    with torch.no_grad():
+        head.skip.weight.copy_(torch.linalg.lstsq(xt, ot).solution.T)
+    qspec = CodeSpec(new.dim, query_bits)
+
+    def val_recall():
+        head.eval()
+        with torch.no_grad():
+            z = head(x[val_q]).numpy()
+        head.train()
+        q = torch.from_numpy(qspec.level_values()[qspec.quantize_angle(z)])
+        return code_recall(q, ot, truth)
+
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    best, best_state, bad, log = val_recall(), None, 0, []
+    best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    log.append({"epoch": 0, "val_r10@10": best})
+    from tqdm.auto import tqdm
+    steps = math.ceil(len(tr) / batch_size)
+    bar = tqdm(total=epochs * steps, disable=not progress, desc=f"query head -> {old_version}",
+               dynamic_ncols=True)
+    t0 = time.perf_counter()
+    head.train()
+    for ep in range(1, epochs + 1):
+        order = torch.randperm(len(tr), generator=gen)
+        stop = False
+        for st in range(steps):
+            a = order[st * batch_size:(st + 1) * batch_size]
+            if len(a) < 2:
+                continue
+            cand = torch.cat([a, nbrs[a].reshape(-1),
+                              torch.randint(0, len(tr), (negatives,), generator=gen)])
+            own = a[:, None] == cand[None, :]
+            xa = xt[a]
+            teacher = F.softmax((xa @ xt[cand].T / tau_teacher).masked_fill(own, -1e9), dim=1)
+            logits = (F.normalize(head(xa), dim=1) @ ot[cand].T / tau).masked_fill(own, -1e9)
+            loss = -(teacher * F.log_softmax(logits, dim=1)).sum(1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.update(1)
+            if max_time_s is not None and time.perf_counter() - t0 > max_time_s:
+                stop = True
+                break
+        rec = val_recall()
+        log.append({"epoch": ep, "val_r10@10": rec, "loss": float(loss.detach()),
+                    "time_s": time.perf_counter() - t0})
+        bar.set_postfix(epoch=ep, val_r10=f"{rec:.4f}")
+        if rec > best:
+            best, bad = rec, 0
+            best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+        else:
+            bad += 1
+        if stop or bad >= patience:
+            break
+    bar.close()
+    head.load_state_dict(best_state)
+    head.eval()
+    info = getattr(new, "train_info", None)
+    if not isinstance(info, dict):
+        info = new.train_info = {}
+    info.setdefault("cross_val", {})[old_version] = {"best_r10@10": best, "log": log,
+                                                     "query_bits": query_bits}
+    return new
 
 
 # ------------------------------------------------------------------------------ upgrader

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -185,14 +185,26 @@ class _Base:
         return self._core.get_codes(_check_ids(ids, "ids"))[0]
 
     def _search(self, queries: Any, k: Any, threads: Any, filter: Any, exclude: Any,
-                query_bits: Any = None):
+                query_bits: Any = None, version_queries: Any = None):
         qspec = self.spec if query_bits is None else _query_spec(self.spec, query_bits)
         q = _check_codes(qspec, queries, "queries")
         k = _check_k(k)
         threads = _check_threads(threads)
         ai, am = _filter_args(filter, "filter")
         ei, em = _filter_args(exclude, "exclude")
-        return self._core.search(q, k, threads, ai, am, ei, em, qspec.bits)
+        tags, codes = [], []
+        if version_queries is not None:
+            if not isinstance(version_queries, Mapping):
+                raise TypeError("version_queries must be a mapping {version: packed query "
+                                f"codes}}, got {type(version_queries).__name__}")
+            for v, c in version_queries.items():
+                tags.append(_check_version(v))
+                name = f"version_queries[{tags[-1]}]"
+                codes.append(_check_codes(qspec, c, name))
+                if codes[-1].shape[0] != q.shape[0]:
+                    raise ValueError(f"{name} must have one row per query ({q.shape[0]}), got "
+                                     f"{codes[-1].shape[0]}")
+        return self._core.search(q, k, threads, ai, am, ei, em, qspec.bits, tags, codes)
 
     # ------------------------------------------------------------------ persistence
     def _header(self) -> dict:  # pragma: no cover - overridden
@@ -291,7 +303,8 @@ class Index(_Base):
         return self._core.ids_of_version(_check_version(version))
 
     def search(self, queries: Any, k: int, threads: Optional[int] = None, filter: Any = None,
-               exclude: Any = None, query_bits: Optional[int] = None):
+               exclude: Any = None, query_bits: Optional[int] = None,
+               version_queries: Optional[Mapping[int, Any]] = None):
         """Top-k of each packed query: ``(scores float32 (nq, k), ids int64 (nq, k))``.
 
         Best first, ties to the smaller id, tail padded with id -1 / score -inf.
@@ -301,8 +314,13 @@ class Index(_Base):
         stored, so they may be finer than the items (``Binarizer.encode_query_codes``): the
         scan cost is unchanged for stored bits <= 2 and scores stay exact (``ip``: the inner
         product of the query's and the item's code values).
+        ``version_queries``: ``{version: packed codes (nq, ...)}``: items of that version are
+        scored with these codes of each query instead of ``queries`` (a new model version's
+        query codes into an older version's code space, ``Binarizer.encode_query_codes(x,
+        bits, target=...)``); one pass, one top-k per query over every version. With
+        ``"cosine"`` each score is divided by the norm of the query code that made it.
         """
-        return self._search(queries, k, threads, filter, exclude, query_bits)
+        return self._search(queries, k, threads, filter, exclude, query_bits, version_queries)
 
     def _header(self) -> dict:
         return {"spec": self.spec.to_dict(), "metric": self.metric}

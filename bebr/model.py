@@ -23,7 +23,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -103,6 +103,10 @@ class BinarizerConfig:
     depth: int = 1
     version: str = ""
     compatible_with: str = ""  # version id of the parent this model was trained compatible with
+    # version ids of older code versions this model has a cross-version query head for
+    cross_versions: List[str] = field(default_factory=list)
+    cross_hidden: int = 1024
+    cross_depth: int = 2
 
     def validate(self) -> None:
         for name in ("in_dim", "dim", "bits", "hidden", "depth"):
@@ -122,6 +126,15 @@ class BinarizerConfig:
         if not isinstance(self.compatible_with, str):
             raise TypeError(f"compatible_with must be a str, got "
                             f"{type(self.compatible_with).__name__}")
+        if not isinstance(self.cross_versions, list) or not all(
+                isinstance(v, str) and v for v in self.cross_versions) \
+                or len(set(self.cross_versions)) != len(self.cross_versions):
+            raise ValueError(f"cross_versions must be a list of distinct non-empty str, got "
+                             f"{self.cross_versions!r}")
+        for name in ("cross_hidden", "cross_depth"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
 
 
 @dataclass
@@ -176,11 +189,13 @@ class Binarizer(nn.Module):
     model_name = "recurrent_binarizer"
 
     def __init__(self, in_dim: int, dim: int, bits: int, *, hidden: int = 512, depth: int = 1,
-                 version: Optional[str] = None, compatible_with: str = ""):
+                 version: Optional[str] = None, compatible_with: str = "",
+                 cross_versions: Sequence[str] = (), cross_hidden: int = 1024,
+                 cross_depth: int = 2):
         super().__init__()
         cfg = BinarizerConfig(in_dim, dim, bits, hidden, depth,
                               version if version is not None else uuid.uuid4().hex,
-                              compatible_with)
+                              compatible_with, [], cross_hidden, cross_depth)
         cfg.validate()
         self.config = cfg
         self.spec = CodeSpec(dim, bits)
@@ -189,6 +204,31 @@ class Binarizer(nn.Module):
         self.R = nn.ModuleList([ResidualMLP(in_dim, dim, hidden, depth) for _ in range(bits - 1)])
         # Per-dimension input normalisation (set from data by the trainer; identity by default).
         self.register_buffer("in_mean", torch.zeros(in_dim))
+        # Cross-version query heads: cross[i] maps an input to a query direction in the code
+        # space of version config.cross_versions[i] (bebr.compat.train_cross_queries).
+        self.cross = nn.ModuleList()
+        for v in cross_versions:
+            self.add_cross_head(v)
+
+    def add_cross_head(self, target_version: str) -> ResidualMLP:
+        """A fresh query head for the code space of ``target_version`` (replacing any)."""
+        if not isinstance(target_version, str) or not target_version:
+            raise ValueError("target_version must be a non-empty str")
+        head = ResidualMLP(self.in_dim, self.dim, self.config.cross_hidden,
+                           self.config.cross_depth)
+        if target_version in self.config.cross_versions:
+            self.cross[self.config.cross_versions.index(target_version)] = head
+        else:
+            self.config.cross_versions.append(target_version)
+            self.cross.append(head)
+        return head
+
+    def cross_head(self, target_version: str) -> ResidualMLP:
+        """The query head into ``target_version``'s code space; ValueError if there is none."""
+        if target_version not in self.config.cross_versions:
+            raise ValueError(f"model {self.version!r} has no query head for version "
+                             f"{target_version!r}; it has {self.config.cross_versions}")
+        return self.cross[self.config.cross_versions.index(target_version)]
 
     # ------------------------------------------------------------------ properties
     @property
@@ -295,6 +335,33 @@ class Binarizer(nn.Module):
         """Asymmetric query representation (n, dim) float32: the continuous first-step
         projection ``W(x)`` (before the sign). Score it by inner product against stored code
         values divided by their norm (the per-query scale does not change the ranking)."""
+        return self._run(lambda xb: self.W(xb - self.in_mean), x, batch_size, normalize=False)
+
+    def encode_query_codes(self, x, bits: Optional[int] = None, batch_size: int = 8192,
+                           target: Optional[str] = None) -> np.ndarray:
+        """Packed query codes at ``bits`` bits per dimension (default: the model's), for
+        ``Index.search(codes, k, query_bits=bits)`` against codes made by :meth:`encode`.
+
+        Queries are never stored, so they can be finer than the items: the code is the one
+        whose direction is closest to the query projection ``encode_query(x)``
+        (:meth:`CodeSpec.quantize_angle`), at ``bits`` in [1, 4]. With stored bits <= 2 the
+        SDC scan costs the same for any query bits; BENCHMARKS.md section 2 measures the recall.
+        ``target``: the version id of an older code version this model has a cross-version
+        query head for (``config.cross_versions``): the codes then search that version's
+        stored codes (``Index.search(..., version_queries={tag: codes})``).
+        """
+        bits = self.bits if bits is None else bits
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) \
+                or not 1 <= bits <= MAX_BITS:
+            raise ValueError(f"bits must be an int in [1, {MAX_BITS}], got {bits!r}")
+        qspec = CodeSpec(self.dim, int(bits))
+        z = self.encode_query(x, batch_size) if target is None else \
+            self._run(self.cross_head(target), x, batch_size, normalize=True)
+        return qspec.pack(qspec.quantize_angle(z))
+
+    def _run(self, module, x, batch_size: int, normalize: bool) -> np.ndarray:
+        """``module`` (a callable on tensors) applied to batches of x, no autograd
+        (rows L2-normalised first if ``normalize``): float32 (n, dim)."""
         arr = _as_float_rows(x, self.in_dim)
         out = np.empty((arr.shape[0], self.dim), dtype=np.float32)
         was_training = self.training
@@ -303,27 +370,12 @@ class Binarizer(nn.Module):
         try:
             with torch.inference_mode():
                 for s, xb in self._batches(arr, batch_size):
-                    out[s:s + len(xb)] = self.W(xb.to(dev) - self.in_mean).cpu().numpy()
+                    xb = xb.to(dev)
+                    out[s:s + len(xb)] = module(F.normalize(xb, dim=1) if normalize
+                                                else xb).cpu().numpy()
         finally:
             self.train(was_training)
         return out
-
-    def encode_query_codes(self, x, bits: Optional[int] = None,
-                           batch_size: int = 8192) -> np.ndarray:
-        """Packed query codes at ``bits`` bits per dimension (default: the model's), for
-        ``Index.search(codes, k, query_bits=bits)`` against codes made by :meth:`encode`.
-
-        Queries are never stored, so they can be finer than the items: the code is the one
-        whose direction is closest to the query projection ``encode_query(x)``
-        (:meth:`CodeSpec.quantize_angle`), at ``bits`` in [1, 4]. With stored bits <= 2 the
-        SDC scan costs the same for any query bits; BENCHMARKS.md section 2 measures the recall.
-        """
-        bits = self.bits if bits is None else bits
-        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) \
-                or not 1 <= bits <= MAX_BITS:
-            raise ValueError(f"bits must be an int in [1, {MAX_BITS}], got {bits!r}")
-        qspec = CodeSpec(self.dim, int(bits))
-        return qspec.pack(qspec.quantize_angle(self.encode_query(x, batch_size)))
 
     # ------------------------------------------------------------------ save / load
     def save(self, path) -> Path:
@@ -361,7 +413,9 @@ class Binarizer(nn.Module):
         state = read_weights(p, header)
         model = model_cls(config.in_dim, config.dim, config.bits, hidden=config.hidden,
                           depth=config.depth, version=config.version,
-                          compatible_with=config.compatible_with)
+                          compatible_with=config.compatible_with,
+                          cross_versions=config.cross_versions,
+                          cross_hidden=config.cross_hidden, cross_depth=config.cross_depth)
         load_state_strict(model, state, p, name)
         model.eval()
         return model.to(map_location)

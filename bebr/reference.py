@@ -12,7 +12,7 @@ import numpy as np
 
 from .codes import CodeSpec
 
-__all__ = ["int_values", "search_codes", "hamming_search", "topk_rows"]
+__all__ = ["int_values", "search_codes", "search_versions", "hamming_search", "topk_rows"]
 
 
 def int_values(spec: CodeSpec, packed: np.ndarray) -> np.ndarray:
@@ -62,6 +62,34 @@ def search_codes(spec: CodeSpec, queries: np.ndarray, codes: np.ndarray, ids: np
     if allowed is not None:
         ip[:, ~np.asarray(allowed, dtype=bool)] = -np.inf
     return topk_rows(ip, np.asarray(ids, dtype=np.int64), k, descending=True)
+
+
+def _scores(spec, qs, queries, codes, metric):
+    q = int_values(qs, queries)
+    d = int_values(spec, codes)
+    ip = (q @ d.T).astype(np.float64) / float(qs.scale * spec.scale)
+    if metric == "cosine":
+        qn = np.sqrt((q * q).sum(1)) / qs.scale
+        dn = np.sqrt((d * d).sum(1)) / spec.scale
+        ip = ip / (qn[:, None] * dn[None, :])
+    elif metric != "ip":
+        raise ValueError(f"metric must be 'ip' or 'cosine', got {metric!r}")
+    return ip.astype(np.float32)
+
+
+def search_versions(spec: CodeSpec, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray,
+                    versions: np.ndarray, k: int, metric: str = "ip",
+                    version_queries: dict | None = None, query_spec: CodeSpec | None = None):
+    """Like :func:`search_codes`, but items whose version is a key of ``version_queries``
+    are scored with that entry's query codes (one row per query) instead of ``queries``."""
+    qs = spec if query_spec is None else query_spec
+    vers = np.asarray(versions)
+    sc = _scores(spec, qs, queries, codes, metric)
+    for v, vqc in (version_queries or {}).items():
+        cols = vers == v
+        if cols.any():
+            sc[:, cols] = _scores(spec, qs, vqc, codes[cols], metric)
+    return topk_rows(sc, np.asarray(ids, dtype=np.int64), k, descending=True)
 
 
 def hamming_search(queries: np.ndarray, codes: np.ndarray, ids: np.ndarray, k: int,

@@ -283,7 +283,8 @@ std::vector<uint64_t> SdcIndex::build_filter(const FilterSpec& f) const {
 }
 
 void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, const FilterSpec& filter,
-                      float* out_scores, int64_t* out_ids, int query_bits) const {
+                      float* out_scores, int64_t* out_ids, int query_bits,
+                      const VersionQueries& vq) const {
   if (k <= 0) throw std::invalid_argument("k must be >= 1, got " + std::to_string(k));
   if (threads <= 0) throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
   if (query_bits == 0) query_bits = geo_.bits;
@@ -292,6 +293,11 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   if (metric_ == Metric::kHamming && query_bits != 1)
     throw std::invalid_argument("hamming metric needs query_bits == 1");
   const Geometry qgeo(geo_.dim, query_bits);
+  for (int v = 0; v < vq.n; ++v)
+    for (int w = 0; w < v; ++w)
+      if (vq.versions[v] == vq.versions[w])
+        throw std::invalid_argument("version queries given twice for version " + std::to_string(vq.versions[v]));
+  if (vq.n > 0 && metric_ == Metric::kHamming) throw std::invalid_argument("a Hamming index has no version queries");
   const float pad = metric_ == Metric::kHamming ? std::numeric_limits<float>::infinity()
                                                 : -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < nq * k; ++i) {
@@ -303,9 +309,33 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   const KernelTable& kt = active_kernels();
   const int64_t nb = (nslots_ + kBlock - 1) / kBlock;
   const size_t lut_bytes = static_cast<size_t>(2 * geo_.plane_bytes) * 16;
-  std::vector<uint8_t> luts(nq * lut_bytes);
-  for (int64_t q = 0; q < nq; ++q)
-    build_query_lut(geo_, qgeo, queries + q * qgeo.code_bytes, luts.data() + q * lut_bytes);
+  // query sets: 0 = the main queries, 1 + v = the codes for version vq.versions[v]
+  const int nsets = 1 + vq.n;
+  std::vector<const uint8_t*> qsets(nsets, queries);
+  for (int v = 0; v < vq.n; ++v) qsets[1 + v] = vq.codes[v];
+  std::vector<uint8_t> luts(static_cast<size_t>(nsets) * nq * lut_bytes);
+  for (int set = 0; set < nsets; ++set)
+    for (int64_t q = 0; q < nq; ++q)
+      build_query_lut(geo_, qgeo, qsets[set] + q * qgeo.code_bytes, luts.data() + (set * nq + q) * lut_bytes);
+  // per set, the r-masks of the slots it scores: version v's slots, the main set the others
+  std::vector<std::vector<uint64_t>> set_slots;
+  if (vq.n > 0) {
+    set_slots.assign(nsets, std::vector<uint64_t>(nb, 0));
+    for (int64_t s = 0; s < nslots_; ++s) {
+      int set = 0;
+      for (int v = 0; v < vq.n; ++v)
+        if (versions_[s] == vq.versions[v]) set = 1 + v;
+      set_slots[set][s / kBlock] |= uint64_t(1) << kR.r_of_item[s % kBlock];
+    }
+  }
+  // cosine with version queries: each entry's keys carry its own query norm in the heap
+  const bool scaled = vq.n > 0 && metric_ == Metric::kCosine;
+  std::vector<float> qinv;
+  if (scaled) {
+    qinv.resize(static_cast<size_t>(nsets) * nq);
+    for (int set = 0; set < nsets; ++set)
+      for (int64_t q = 0; q < nq; ++q) qinv[set * nq + q] = inverse_norm(qgeo, qsets[set] + q * qgeo.code_bytes);
+  }
   std::vector<uint64_t> fm;
   if (filter.any()) fm = build_filter(filter);
 
@@ -321,7 +351,8 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
 
   // Matrix-unit levels (AMX) score a whole batch of queries per loaded block: the batch's
   // int8 query matrix is built once here.
-  const bool batched = kt.scan_batch != nullptr && nq >= kBatchMinQueries && geo_.bits >= kBatchMinBits;
+  const bool batched = kt.scan_batch != nullptr && nq >= kBatchMinQueries && geo_.bits >= kBatchMinBits &&
+                       vq.n == 0;
   QueryBatch qbatch;
   CodeBuffer qbuf;  // 64-byte aligned: AMX tile rows must not straddle cache lines
   std::vector<int32_t> qsums;
@@ -356,14 +387,21 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
       ScanArgs a = base;
       a.block_begin = c0;
       a.block_end = std::min(b1, c0 + chunk);
-      for (int64_t q = q0; q < q1; q += kMaxGroup) {
+      // entries (query, set) in groups of kMaxGroup; every entry of query q feeds heap q - q0
+      const int64_t nent = (q1 - q0) * nsets;
+      for (int64_t e0 = 0; e0 < nent; e0 += kMaxGroup) {
         QueryGroup qg;
-        qg.g = static_cast<int>(std::min<int64_t>(kMaxGroup, q1 - q));
+        qg.g = static_cast<int>(std::min<int64_t>(kMaxGroup, nent - e0));
         for (int g = 0; g < qg.g; ++g) {
-          qg.packed[g] = queries + (q + g) * qgeo.code_bytes;
-          qg.lut[g] = luts.data() + (q + g) * lut_bytes;
+          const int64_t q = q0 + (e0 + g) / nsets;
+          const int set = static_cast<int>((e0 + g) % nsets);
+          qg.packed[g] = qsets[set] + q * qgeo.code_bytes;
+          qg.lut[g] = luts.data() + (set * nq + q) * lut_bytes;
+          qg.slots[g] = set_slots.empty() ? nullptr : set_slots[set].data();
+          qg.heap[g] = static_cast<int>(q - q0);
+          if (scaled) qg.key_scale[g] = qinv[set * nq + q];
         }
-        kt.scan(a, qg, heaps + (q - q0));
+        kt.scan(a, qg, heaps);
       }
     }
   };
@@ -444,7 +482,7 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   for (int64_t q = 0; q < nq; ++q) {
     res.heaps[q].sorted(srt);
     float invq = 1.f;
-    if (metric_ == Metric::kCosine) invq = inverse_norm(qgeo, queries + q * qgeo.code_bytes);
+    if (metric_ == Metric::kCosine && !scaled) invq = inverse_norm(qgeo, queries + q * qgeo.code_bytes);
     for (int i = 0; i < k; ++i) {
       if (srt[i].second == TopK::kNoId) break;
       out_ids[q * k + i] = srt[i].second;

@@ -41,6 +41,15 @@ struct FilterSpec {
   }
 };
 
+// Optional per-version query codes of a search: items whose version is versions[v] are
+// scored with codes[v] (nq queries, same packing as the main queries) instead of the main
+// queries; each query keeps one top-k over all versions, in one pass over the codes.
+struct VersionQueries {
+  int n = 0;
+  const int32_t* versions = nullptr;
+  const uint8_t* const* codes = nullptr;
+};
+
 class SdcIndex {
  public:
   SdcIndex(int dim, int bits, Metric metric);
@@ -64,7 +73,8 @@ class SdcIndex {
   // query_bits: bits per dimension of the query codes (packed at (dim, query_bits), 1..4; 0 =
   // the index's bits). Scores are exact for any mix: ip = sum_j q_j d_j of the code values.
   void search(const uint8_t* queries, int64_t nq, int k, int threads, const FilterSpec& filter,
-              float* out_scores, int64_t* out_ids, int query_bits = 0) const;
+              float* out_scores, int64_t* out_ids, int query_bits = 0,
+              const VersionQueries& version_queries = {}) const;
 
   std::map<int32_t, int64_t> versions() const;
   std::vector<int64_t> ids_of_version(int32_t v) const;

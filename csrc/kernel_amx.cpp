@@ -211,7 +211,7 @@ class Selector {
         const __m512i x = _mm512_load_si512(row + i);
         _mm512_store_si512(row + i, _mm512_add_epi32(_mm512_add_epi32(x, x), off));
       }
-      select_block<1>(a_, blk, m, reinterpret_cast<int32_t(*)[kBlock]>(row), keys_, heaps + q);
+      select_block<1>(a_, blk, m, reinterpret_cast<int32_t(*)[kBlock]>(row), keys_, heaps + q, nullptr);
     }
   }
 

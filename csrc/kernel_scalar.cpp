@@ -27,6 +27,7 @@ void scan_scalar(const ScanArgs& a, const QueryGroup& qg, TopK* heaps) {
       decode_item(geo, item.data(), row.data());
       const int64_t id = a.ids[blk * kBlock + it];
       for (int g = 0; g < qg.g; ++g) {
+        if (qg.slots[g] && !((qg.slots[g][blk] >> r) & 1)) continue;
         const uint8_t* q = qg.packed[g];
         int32_t ip = 0;
         for (int s = 0; s < qbits; ++s)
@@ -36,8 +37,11 @@ void scan_scalar(const ScanArgs& a, const QueryGroup& qg, TopK* heaps) {
             ip += (geo.dim - 2 * pc) << ((qbits - 1 - s) + (bits - 1 - t));
           }
         float key = static_cast<float>(ip);
-        if (a.kind == ScoreKind::kCosine) key = key * a.invn[blk * kBlock + r];
-        heaps[g].push(key, id);
+        if (a.kind == ScoreKind::kCosine) {
+          key = key * a.invn[blk * kBlock + r];
+          if (qg.key_scale[g] != 1.f) key = key * qg.key_scale[g];
+        }
+        heaps[qg.heap[g]].push(key, id);
       }
     }
   }

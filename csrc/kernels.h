@@ -42,6 +42,15 @@ struct QueryGroup {
   int g = 0;                                // number of queries, 1..kMaxGroup
   const uint8_t* packed[kMaxGroup] = {};    // public packed query codes (qbits planes)
   const uint8_t* lut[kMaxGroup] = {};       // 2P * 16 bytes each
+  // Per query of the group: an optional per-block r-mask of the slots it may score (nullptr:
+  // every slot the scan allows) and the heap it feeds (an index into the heaps array the
+  // scan gets). A query with one code per stored version expands into one entry per version,
+  // each restricted to that version's slots and all feeding the query's heap.
+  const uint64_t* slots[kMaxGroup] = {};
+  int heap[kMaxGroup] = {0, 1, 2, 3};
+  // Cosine only: each query's keys are multiplied by this (its inverse norm) before they enter
+  // the heap, so that entries of one query with different codes compare; 1 = unscaled.
+  float key_scale[kMaxGroup] = {1.f, 1.f, 1.f, 1.f};
 };
 
 // A batch of queries as an int8 matrix for matrix-unit kernels (AMX), stored as 16 x 64 tiles:
@@ -60,7 +69,7 @@ struct QueryBatch {
   const int32_t* sums = nullptr;  // nq
 };
 
-using scan_fn = void (*)(const ScanArgs&, const QueryGroup&, TopK* heaps);
+using scan_fn = void (*)(const ScanArgs&, const QueryGroup&, TopK* heaps);  // heaps[qg.heap[g]]
 using batch_fn = void (*)(const ScanArgs&, const QueryBatch&, TopK* heaps);
 using read_fn = uint64_t (*)(const uint8_t* data, size_t bytes);
 

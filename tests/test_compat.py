@@ -41,7 +41,8 @@ def old_model(data):
 @pytest.fixture(scope="module")
 def new_model(data, old_model):
     g, x_new = data[:2]
-    return train_compatible(x_new, g, old_model, version="v2", **KW)
+    return train_compatible(x_new, g, old_model, version="v2",
+                            cross_kwargs=dict(epochs=3, negatives=512), **KW)
 
 
 def _recall(q_codes, g_codes, truth, spec):
@@ -197,3 +198,95 @@ def test_neighbor_options_and_bad_inputs(data, old_model):
     assert m.spec == old_model.spec and m.compatible_with == "v1"
     assert len(m.train_info["val_self_cross"]) == 2  # the init and one epoch
     assert m.train_info["compat_weights"]["neighbor"] == 0.5
+
+
+# ---------------------------------------------------------------- cross-version query heads
+HEAD_KW = dict(epochs=6, progress=False, seed=0, threads=1, negatives=512)
+
+
+@pytest.fixture(scope="module")
+def headed(data, old_model):
+    """An independently trained new model plus a query head into v1's codes, learned from
+    the gallery rows only (new floats + stored v1 codes)."""
+    g, x_new, q, base, truth = data
+    new = train_binarizer(x_new, DIM, BITS, version="v2-indep", **KW)
+    return bebr.train_cross_queries(new, x_new[base], old_model.encode(g[base]), "v1",
+                                    **HEAD_KW)
+
+
+def test_query_head_searches_old_codes_better_than_old_queries(data, old_model, headed):
+    g, x_new, q, base, truth = data
+    spec, qspec = old_model.spec, bebr.CodeSpec(DIM, 4)
+    old_codes = old_model.encode(g)
+    index = bebr.Index(spec, "cosine")
+    index.add(old_codes[base], version=1)
+    m_oo = metrics.recall_at_k(index.search(old_model.encode_query_codes(g[q], 4), 10,
+                                            query_bits=4)[1], truth)
+    head_q = headed.encode_query_codes(x_new[q], 4, target="v1")
+    m_no = metrics.recall_at_k(index.search(head_q, 10, query_bits=4)[1], truth)
+    plain = metrics.recall_at_k(index.search(headed.encode(x_new[q]), 10)[1], truth)
+    assert m_no > m_oo + 0.02 and m_no > plain + 0.05, (m_no, m_oo, plain)
+    info = headed.train_info["cross_val"]["v1"]
+    assert info["query_bits"] == 4 and info["best_r10@10"] == max(
+        e["val_r10@10"] for e in info["log"])
+    assert headed.config.cross_versions == ["v1"]
+    with pytest.raises(ValueError, match="no query head for version 'v0'"):
+        headed.encode_query_codes(x_new[q], 4, target="v0")
+
+
+def test_mixed_index_with_version_queries_matches_reference(tmp_path, data, old_model,
+                                                            headed):
+    from bebr.reference import search_versions
+
+    g, x_new, q, base, truth = data
+    spec, qspec = old_model.spec, bebr.CodeSpec(DIM, 4)
+    half = base[::2]
+    rest = np.setdiff1d(base, half)
+    index = bebr.Index(spec, "cosine")
+    index.add(old_model.encode(g[rest]), rest, version=1)
+    index.add(headed.encode(x_new[half]), half, version=2)
+    q_self = headed.encode_query_codes(x_new[q], 4)
+    q_head = headed.encode_query_codes(x_new[q], 4, target="v1")
+    got = index.search(q_self, 10, query_bits=4, version_queries={1: q_head})
+    ids = index.ids()
+    codes = index.get_codes(ids)
+    vers = np.where(np.isin(ids, half), 2, 1)
+    want = search_versions(spec, q_self, codes, ids, vers, 10, "cosine", {1: q_head}, qspec)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
+    assert (got[1] == want[1]).mean() > 0.99
+    # a mixed index with heads finds more than one searched with the new codes alone
+    alone = index.search(headed.encode(x_new[q]), 10)[1]
+    assert metrics.recall_at_k(got[1], base[truth]) > metrics.recall_at_k(alone, base[truth])
+    # the head is saved and loaded with the model
+    loaded = bebr.Binarizer.load(headed.save(tmp_path / "v2h"))
+    assert loaded.config.cross_versions == ["v1"]
+    np.testing.assert_array_equal(loaded.encode_query_codes(x_new[q], 4, target="v1"), q_head)
+
+
+def test_train_compatible_learns_heads_for_the_chain(data, old_model, new_model):
+    g, x_new = data[:2]
+    assert new_model.config.cross_versions == ["v1"]
+    x3 = l2_normalize(x_new + 0.2 * np.random.default_rng(3).standard_normal(
+        x_new.shape).astype(np.float32))
+    v3 = train_compatible(x3, x_new, new_model, version="v3",
+                          older_codes={"v1": old_model.encode(g)},
+                          cross_kwargs=dict(epochs=2, negatives=256), **KW)
+    assert v3.config.cross_versions == ["v2", "v1"]
+    assert v3.encode_query_codes(x3[:5], 4, target="v1").shape == (5, bebr.CodeSpec(DIM, 4).code_bytes)
+
+
+def test_query_head_bad_inputs(data, old_model, headed):
+    g, x_new, q, base, truth = data
+    codes = old_model.encode(g[base])
+    with pytest.raises(ValueError, match="row for row"):
+        bebr.train_cross_queries(headed, x_new[base[:-1]], codes, "v1", **HEAD_KW)
+    with pytest.raises(ValueError, match="in_dim"):
+        bebr.train_cross_queries(headed, g[base], codes, "v1", **HEAD_KW)
+    with pytest.raises(ValueError, match="own version"):
+        bebr.train_cross_queries(headed, x_new[base], codes, "v2-indep", **HEAD_KW)
+    with pytest.raises(ValueError, match="query_bits"):
+        bebr.train_cross_queries(headed, x_new[base], codes, "v1", query_bits=5, **HEAD_KW)
+    with pytest.raises(TypeError, match="uint8"):
+        bebr.train_cross_queries(headed, x_new[base], codes.astype(np.int16), "v1", **HEAD_KW)
+    with pytest.raises(TypeError, match="older_codes"):
+        train_compatible(x_new, g, old_model, older_codes=[codes], **KW)

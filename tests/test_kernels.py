@@ -169,6 +169,80 @@ def test_query_bits_match_reference(dim, bits, query_bits, n, nq, k, removed, al
                                atol=1e-6)
 
 
+@settings(max_examples=40, deadline=None)
+@given(dim=st.sampled_from([1, 9, 50, 64, 130]), bits=st.integers(1, 4),
+       query_bits=st.integers(1, 4), n=st.integers(0, 250), nver=st.integers(1, 3),
+       nq=st.sampled_from([1, 3, 6, _C.BATCH_MIN_QUERIES + 3]), k=st.integers(1, 25),
+       removed=st.booleans(), allow=st.booleans(), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**32 - 1))
+def test_version_queries_match_reference(dim, bits, query_bits, n, nver, nq, k, removed, allow,
+                                         threads, seed):
+    """Per-version query codes: items of version v scored with version_queries[v], the rest
+    with the main queries, one merged top-k per query; every level bit-identical to scalar,
+    exact (ip) / within float tolerance (cosine) against the numpy reference."""
+    rng = np.random.default_rng(seed)
+    spec, qspec = CodeSpec(dim, bits), CodeSpec(dim, query_bits)
+    codes = random_codes(rng, spec, n)
+    if n > 4:
+        codes[rng.integers(0, n, n // 4)] = codes[0]  # exact ties
+    ids = rng.permutation(2 * n + 5)[:n]
+    vers = rng.integers(0, nver + 1, n)               # version nver has no version queries
+    queries = random_codes(rng, qspec, nq)
+    vq = {v: random_codes(rng, qspec, nq) for v in range(nver)}
+    gone = ids[::3] if removed else ids[:0]
+    keep = np.isin(ids, gone, invert=True)
+    allowed = ids[keep][rng.random(keep.sum()) < 0.7] if allow else None
+    before = bebr.simd_level()
+    got = {}
+    try:
+        for lvl in LEVELS:
+            bebr.set_simd_level(lvl)
+            for metric in ("ip", "cosine"):
+                idx = bebr.Index(spec, metric)
+                for v in range(nver + 1):
+                    if (vers == v).any():
+                        idx.add(codes[vers == v], ids[vers == v], version=v)
+                if len(gone):
+                    idx.remove(gone)
+                got[lvl, metric] = idx.search(queries, k, threads=threads, filter=allowed,
+                                              query_bits=query_bits, version_queries=vq)
+    finally:
+        bebr.set_simd_level(before)
+    for lvl in LEVELS:
+        for metric in ("ip", "cosine"):
+            np.testing.assert_array_equal(got[lvl, metric][1], got["scalar", metric][1])
+            np.testing.assert_array_equal(got[lvl, metric][0], got["scalar", metric][0])
+    sel = keep if allowed is None else np.isin(ids, allowed)
+    want = reference.search_versions(spec, queries, codes[sel], ids[sel], vers[sel], k, "ip",
+                                     vq, qspec)
+    np.testing.assert_array_equal(got["scalar", "ip"][1], want[1])
+    np.testing.assert_array_equal(got["scalar", "ip"][0], want[0])
+    want_c = reference.search_versions(spec, queries, codes[sel], ids[sel], vers[sel], k,
+                                       "cosine", vq, qspec)
+    np.testing.assert_allclose(got["scalar", "cosine"][0], want_c[0], rtol=1e-5, atol=1e-6)
+
+
+def test_version_queries_bad_input():
+    spec = CodeSpec(20, 2)
+    idx = bebr.Index(spec)
+    rng = np.random.default_rng(0)
+    idx.add(random_codes(rng, spec, 10), version=1)
+    q = random_codes(rng, spec, 3)
+    with pytest.raises(TypeError, match="mapping"):
+        idx.search(q, 2, version_queries=[q])
+    with pytest.raises(ValueError, match="one row per query"):
+        idx.search(q, 2, version_queries={1: q[:2]})
+    with pytest.raises(ValueError, match=r"shape \(n, 6\)"):
+        idx.search(q, 2, version_queries={1: random_codes(rng, CodeSpec(20, 3), 3)})
+    with pytest.raises(TypeError, match="version must be an int"):
+        idx.search(q, 2, version_queries={"1": q})
+    # version queries replace the main queries for that version only
+    s, i = idx.search(q, 10, version_queries={1: q[::-1].copy()})
+    np.testing.assert_array_equal(i, idx.search(q[::-1].copy(), 10)[1])
+    np.testing.assert_array_equal(idx.search(q, 10, version_queries={7: q[:1].repeat(3, 0)})[1],
+                                  idx.search(q, 10)[1])
+
+
 def test_query_bits_bad_input():
     spec = CodeSpec(20, 2)
     idx = bebr.Index(spec)

@@ -19,6 +19,7 @@ retrains instead of reusing stale models.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import io
 import json
@@ -35,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 import bebr  # noqa: E402
 from bebr import datasets as ds, metrics as M  # noqa: E402
-from bebr.compat import CodeUpgrader, CompatWeights, train_compatible, train_upgrader  # noqa: E402
+from bebr.compat import (CodeUpgrader, CompatWeights, train_compatible,  # noqa: E402
+                         train_cross_queries, train_upgrader)
 from bebr.fileio import atomic_write_bytes  # noqa: E402
 from bebr.train import train_binarizer  # noqa: E402
 
@@ -72,26 +74,31 @@ def minilm_cls_embeddings(words) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- search
-def search(spec, queries, gallery_by_version, k=10):
+def search(spec, queries, gallery_by_version, k=10, query_bits=None, version_queries=None):
     """Top-k ids of packed queries over a mixed-version gallery.
 
-    ``gallery_by_version``: list of (packed codes, ids, version tag), all in ``spec``.
+    ``gallery_by_version``: list of (packed codes, ids, version tag), all in ``spec``;
+    ``query_bits`` / ``version_queries``: as in ``bebr.Index.search``.
     """
     index = bebr.Index(spec, metric="cosine")
     for codes, ids, v in gallery_by_version:
         if len(ids):
             index.add(np.ascontiguousarray(codes), ids, version=v)
-    return index.search(np.ascontiguousarray(queries), k)[1]
+    return index.search(np.ascontiguousarray(queries), k, query_bits=query_bits,
+                        version_queries=version_queries)[1]
 
 
-def backfill(spec, ev, new_queries, old_gallery, new_gallery, fractions, old_ok, label):
+def backfill(spec, ev, new_queries, old_gallery, new_gallery, fractions, old_ok, label,
+             query_bits=None, old_queries=None):
     """Hot refresh in one ``bebr.Index``: all items start as v1 codes; at each fraction r the
     items of ``metrics.backfill_subset(n, r)`` (nested) still at v1 are re-encoded in place
-    by ``upsert(..., version=2)``; new queries search the mixed index."""
+    by ``upsert(..., version=2)``; new queries search the mixed index (with
+    ``old_queries``: the new version's query-head codes score the items still at v1)."""
     n = old_gallery.shape[0]
     index = bebr.Index(spec, metric="cosine")
     index.add(np.ascontiguousarray(old_gallery), np.arange(n), version=V1)
     values, flips = [], []
+    vq = None if old_queries is None else {V1: np.ascontiguousarray(old_queries)}
     for r in fractions:
         todo = np.intersect1d(index.ids_of_version(V1),
                               np.flatnonzero(M.backfill_subset(n, r, seed=0)))
@@ -100,7 +107,8 @@ def backfill(spec, ev, new_queries, old_gallery, new_gallery, fractions, old_ok,
         counts = index.versions()
         if counts.get(V2, 0) != int(round(r * n)):
             raise RuntimeError(f"backfill bookkeeping: {counts} at r={r}")
-        ids = index.search(np.ascontiguousarray(new_queries), 10)[1]
+        ids = index.search(np.ascontiguousarray(new_queries), 10, query_bits=query_bits,
+                           version_queries=vq)[1]
         values.append(ev.recall(ids))
         flips.append(M.negative_flip_rate(old_ok, ev.correct(ids)))
     return M.BackfillCurve(np.array(fractions), np.array(values), np.array(flips), label=label)
@@ -112,9 +120,10 @@ class Evaluator:
     def __init__(self, spec, truth):
         self.spec, self.truth = spec, truth
 
-    def ids(self, q_codes, g_codes, g_version=0):
+    def ids(self, q_codes, g_codes, g_version=0, query_bits=None):
         n = g_codes.shape[0]
-        return search(self.spec, q_codes, [(g_codes, np.arange(n), g_version)])
+        return search(self.spec, q_codes, [(g_codes, np.arange(n), g_version)],
+                      query_bits=query_bits)
 
     def recall(self, ids):
         return M.recall_at_k(ids, self.truth)
@@ -122,8 +131,8 @@ class Evaluator:
     def correct(self, ids):
         return M.top1_correct(ids, self.truth)
 
-    def m(self, q_codes, g_codes):
-        return self.recall(self.ids(q_codes, g_codes))
+    def m(self, q_codes, g_codes, query_bits=None):
+        return self.recall(self.ids(q_codes, g_codes, query_bits=query_bits))
 
 
 # ---------------------------------------------------------------------------- models
@@ -167,6 +176,25 @@ ABLATION = [
     ("RACT + cross-distill + UniBCT", CompatWeights(compat=0, ract=1, cross_distill=1,
                                                     unibct=1)),
 ]
+
+
+QB = 4  # query bits of the query-head runs (queries are never stored)
+
+
+def gallery_pairs(bi, args):
+    """Paired sample of the query heads: a seeded random ``args.train_rows`` of the gallery
+    rows only (a query word is never a training pair of the head that encodes it)."""
+    rng = np.random.default_rng(2)
+    return np.sort(rng.choice(bi, size=min(args.train_rows, len(bi)), replace=False))
+
+
+def with_head(cache, name, model, x_new, old_codes, old_version, pair):
+    """A copy of ``model`` plus a query head into ``old_version``'s codes (cached)."""
+    def fit():
+        m = copy.deepcopy(model)
+        return train_cross_queries(m, x_new[pair], old_codes[pair], old_version,
+                                   progress=False, threads=1)
+    return cache.get(name, fit)
 
 
 def wtag(w: CompatWeights) -> str:
@@ -221,7 +249,8 @@ def run_budget(dim, bits, data, cache, args, lines, png_dir, first=True):
             continue  # later budgets: the plain BEBR loss against RACT only
         mname = f"v2c_{tag}_{wtag(w)}"
         new = cache.get(mname, lambda w=w: train_compatible(m2, g, v1, weights=w,
-                                                            version="minilm-v2", **kw))
+                                                            version="minilm-v2",
+                                                            cross_queries=False, **kw))
         cn = new.encode(m2)
         m_nn = ev.m(cn[qi], cn[bi])
         m_no = ev.m(cn[qi], c1[bi])
@@ -257,6 +286,70 @@ def run_budget(dim, bits, data, cache, args, lines, png_dir, first=True):
     M.plot_backfill(curves, png, title=f"v1 GloVe -> v2 MiniLM, {dim}x{bits} codes",
                     references={"M(old,old)": m_oo, "M(indep new,new)": m_ii})
     lines.append(f"![backfill {tag}]({png.relative_to(ROOT).as_posix()})\n")
+
+    # ---- cross-version query heads: each v2 model gets a query head into v1's code space,
+    # trained on gallery pairs only (v2 float + stored v1 code); 4-bit query codes; one
+    # pass over the mixed index with version_queries={V1: head codes}
+    pair = gallery_pairs(bi, args)
+    m_oo4 = ev.m(v1.encode_query_codes(g[qi], QB), c1[bi], query_bits=QB)
+    base_oo = max(m_oo, m_oo4)
+    lines.append(f"#### With cross-version query heads ({tag}, {QB}-bit query codes)\n")
+    lines.append(f"Each v2 model also learns a query head into the v1 code space "
+                 f"(`train_cross_queries`: v2 floats and stored v1 codes of {len(pair):,} "
+                 f"gallery items, no query word among them); new queries search v1 items "
+                 f"with the head's codes and v2 items with their own codes, in one pass "
+                 f"(`Index.search(q, k, query_bits={QB}, version_queries={{1: head codes}})`). "
+                 f"The v2 codes are unchanged. Baseline for the criterion: the better of "
+                 f"M(old,old) with 2-bit ({fmt(m_oo)}) and {QB}-bit ({fmt(m_oo4)}) v1 queries, "
+                 f"{fmt(base_oo)}.\n")
+    lines.append("| v2 model | M(new,new) | vs indep. | M(new,old) | criterion | update gain | "
+                 "flips r=0 | flips r=0.5 | flips r=1 | backfill area | head s |")
+    lines.append("|---|---:|---:|---:|:-:|---:|---:|---:|---:|---:|---:|")
+    weights_of = dict(ABLATION)
+    heads, head_curves = {}, []
+    for name, model, mname in (("independent", ind, f"v2ind_{tag}"),
+                               (DEFAULT, results[DEFAULT][0],
+                                f"v2c_{tag}_{wtag(weights_of[DEFAULT])}"),
+                               ("RACT", results["RACT"][0],
+                                f"v2c_{tag}_{wtag(weights_of['RACT'])}")):
+        hname = f"{mname}_head{QB}_{len(pair)}"
+        hm = with_head(cache, hname, model, m2, c1, v1.version, pair)
+        q_self = hm.encode_query_codes(m2[qi], QB)
+        q_head = hm.encode_query_codes(m2[qi], QB, target=v1.version)
+        cnh = hm.encode(m2)
+        h_nn = ev.m(q_self, cnh[bi], query_bits=QB)
+        h_no = ev.m(q_head, c1[bi], query_bits=QB)
+        hcurve = backfill(spec, ev, q_self, c1[bi], cnh[bi], fr, old_ok, f"{name} + head",
+                         query_bits=QB, old_queries=q_head)
+        head_curves.append(hcurve)
+        heads[name] = (h_nn, h_no, hcurve.flip_rates, hm)
+        try:
+            gain = fmt(M.update_gain(h_no, base_oo, h_nn))
+        except ValueError:
+            gain = "n/a"
+        m_i4 = heads["independent"][0]
+        f = hcurve.flip_rates
+        lines.append(f"| {name} + head | {fmt(h_nn)} | {100 * (h_nn / m_i4 - 1):+.1f}% | "
+                     f"{fmt(h_no)} | {'yes' if h_no > base_oo else 'no'} | {gain} | "
+                     f"{f[0]:.3f} | {f[2]:.3f} | {f[4]:.3f} | {hcurve.area:.3f} | "
+                     f"{cache.times[hname]:.0f} |")
+        print(f"  {name}+head: M(new,new)={h_nn:.4f} M(new,old)={h_no:.4f} "
+              f"flips={f.round(4)} curve={hcurve.values.round(4)}", flush=True)
+    lines.append("")
+    lines.append("| r | " + " | ".join(f"{r:g}" for r in fr) + " |")
+    lines.append("|---|" + "---:|" * len(fr))
+    for c in head_curves:
+        lines.append(f"| R10@10, {c.label} | " + " | ".join(fmt(v) for v in c.values) + " |")
+        lines.append(f"| negative flips, {c.label} | "
+                     + " | ".join(f"{v:.3f}" for v in c.flip_rates) + " |")
+    lines.append("")
+    png = png_dir / f"compat_backfill_heads_{tag}.png"
+    M.plot_backfill(head_curves + [curves[0]], png,
+                    title=f"v1 GloVe -> v2 MiniLM, {dim}x{bits}, query heads",
+                    references={"M(old,old)": base_oo})
+    lines.append(f"![backfill with query heads {tag}]({png.relative_to(ROOT).as_posix()})\n")
+    SUMMARY[tag].update(heads={k: v[:3] for k, v in heads.items()}, base_oo=base_oo,
+                        m_oo4=m_oo4)
 
     # ---- forward upgrader: a paired sample of gallery items is re-encoded; the rest are
     # upgraded from their stored v1 codes alone
@@ -294,7 +387,7 @@ def run_budget(dim, bits, data, cache, args, lines, png_dir, first=True):
                      f"{M.negative_flip_rate(old_ok, ev.correct(ids)):.3f} |")
     SUMMARY[tag]["upgrader"] = up_rows
     lines.append("")
-    return v1, new, c1, cn
+    return v1, heads[DEFAULT][3], c1, cn
 
 
 def run_chain(dim, bits, data, cache, args, lines, v1, v2, c1, c2):
@@ -303,7 +396,8 @@ def run_chain(dim, bits, data, cache, args, lines, v1, v2, c1, c2):
     kw = dict(epochs=args.epochs, progress=False, seed=0, threads=1,
               max_train_rows=args.train_rows)
     v3 = cache.get(f"v3c_{tag}_{wtag(CompatWeights())}",
-                   lambda: train_compatible(m3, m2, v2, version="minilm-cls-v3", **kw))
+                   lambda: train_compatible(m3, m2, v2, version="minilm-cls-v3",
+                                            cross_queries=False, **kw))
     c3 = v3.encode(m3)
     ev = Evaluator(v1.spec, ds.exact_topk(m3[qi], m3[bi], 10))
     codes = {"v1": c1, "v2": c2, "v3": c3}
@@ -324,6 +418,38 @@ def run_chain(dim, bits, data, cache, args, lines, v1, v2, c1, c2):
     lines.append(f"\nMulti-version compatibility share: {share:.2f} ({crit}).\n")
     SUMMARY["chain"] = (mat, share, crit)
     print(f"  chain share {share} {crit}", flush=True)
+
+    # the same chain with query heads: v3 gets heads into v2's and v1's codes (gallery
+    # pairs; v2's head into v1 comes from run_budget), 4-bit queries everywhere
+    pair = gallery_pairs(bi, args)
+    v3h = with_head(cache, f"v3c_{tag}_{wtag(CompatWeights())}_head{QB}v2_{len(pair)}", v3, m3,
+                    c2, v2.version, pair)
+    v3h = with_head(cache, f"v3c_{tag}_{wtag(CompatWeights())}_head{QB}v2v1_{len(pair)}", v3h,
+                    m3, c1, v1.version, pair)
+    models = {"v1": (v1, g), "v2": (v2, m2), "v3": (v3h, m3)}
+    matq = {}
+    for qv, (qm, qx) in models.items():
+        for gv, (gm, _) in models.items():
+            if vs.index(gv) > vs.index(qv):
+                continue  # an old model has no head into a newer code space
+            target = None if gv == qv else gm.version
+            q = qm.encode_query_codes(qx[qi], QB, target=target)
+            matq[(qv, gv)] = ev.recall(ev.ids(q, codes[gv][bi], query_bits=QB))
+    lines.append(f"With query heads ({QB}-bit query codes; heads trained on {len(pair):,} "
+                 "gallery pairs each; v3's heads into v2 and into v1 from the stored codes "
+                 "of those items):\n")
+    lines.append("| query \\ gallery | " + " | ".join(vs) + " |")
+    lines.append("|---|" + "---:|" * len(vs))
+    for q in vs:
+        lines.append(f"| {q} | " + " | ".join(fmt(matq[(q, gv)]) if (q, gv) in matq else "-"
+                                             for gv in vs) + " |")
+    share_q = M.multi_version_compat_share(matq, vs)
+    crit_q = ", ".join(f"M({a},{b}) {'>' if matq[(a, b)] > matq[(b, b)] else '<='} M({b},{b})"
+                       for a, b in (("v2", "v1"), ("v3", "v1"), ("v3", "v2")))
+    lines.append(f"\nMulti-version compatibility share with query heads: {share_q:.2f} "
+                 f"({crit_q}).\n")
+    SUMMARY["chain_heads"] = (matq, share_q, crit_q)
+    print(f"  chain with heads share {share_q} {crit_q}", flush=True)
 
 
 def main(argv=None):
@@ -402,13 +528,13 @@ tool is named):
 
 
 def targets_block():
-    out = ["**Targets (from the tables above):**"]
-    first = next((k for k in SUMMARY if k != "chain"), None)
+    out = ["**Targets, codes alone (no query heads; from the tables above):**"]
+    first = next((k for k in SUMMARY if not k.startswith("chain")), None)
     if first is None:
         return out
     crit = []
     for tag, s in SUMMARY.items():
-        if tag == "chain":
+        if tag.startswith("chain"):
             continue
         m_nn, m_no, _ = s["rows"][DEFAULT]
         crit.append(f"{tag}: M(new,old) {fmt(m_no)} vs M(old,old) {fmt(s['m_oo'])}")
@@ -416,13 +542,14 @@ def targets_block():
     if "chain" in SUMMARY:
         _, share, c = SUMMARY["chain"]
         chain = f"; chain share {share:.2f} ({c})"
-    met = all(s["rows"][DEFAULT][1] > s["m_oo"] for k, s in SUMMARY.items() if k != "chain") \
+    met = all(s["rows"][DEFAULT][1] > s["m_oo"] for k, s in SUMMARY.items()
+              if not k.startswith("chain")) \
         and ("chain" not in SUMMARY or SUMMARY["chain"][1] == 1.0)
     out.append(f"- M(new,old) > M(old,old) for every version pair: **{'met' if met else 'not met'}**. "
                + "; ".join(crit) + chain + ".")
     per = []
     for tag, s_ in SUMMARY.items():
-        if tag == "chain":
+        if tag.startswith("chain"):
             continue
         m_nn = s_["rows"][DEFAULT][0]
         gap = 100 * (m_nn / s_["m_ii"] - 1)
@@ -435,7 +562,7 @@ def targets_block():
     fl = []
     wins = []
     for tag, s in SUMMARY.items():
-        if tag == "chain" or "RACT" not in s["rows"]:
+        if tag.startswith("chain") or "RACT" not in s["rows"]:
             continue
         b, r = s["rows"][DEFAULT][2], s["rows"]["RACT"][2]
         fl.append(f"{tag}: RACT {'/'.join(f'{v:.3f}' for v in r)} vs BEBR "
@@ -446,11 +573,43 @@ def targets_block():
                f"(one seed; {len(wins)} budgets). " + "; ".join(fl) + ".")
     up = []
     for tag, s in SUMMARY.items():
-        if tag != "chain" and "upgrader" in s:
+        if not tag.startswith("chain") and "upgrader" in s:
             u = s["upgrader"]
             up.append(f"{tag}: rest upgraded {fmt(u[1])} vs left v1 {fmt(u[0])}, all upgraded "
                       f"{fmt(u[3])} vs all left {fmt(u[2])}")
     out.append("- Forward upgrader against leaving codes old: " + "; ".join(up) + ".")
+    budgets = [k for k in SUMMARY if not k.startswith("chain") and "heads" in SUMMARY[k]]
+    if budgets:
+        out.append("")
+        out.append(f"**Targets with cross-version query heads ({QB}-bit query codes):**")
+        crit = [f"{t}: M(new,old) {fmt(SUMMARY[t]['heads'][DEFAULT][1])} vs M(old,old) "
+                f"{fmt(SUMMARY[t]['base_oo'])}" for t in budgets]
+        ok = all(SUMMARY[t]["heads"][DEFAULT][1] > SUMMARY[t]["base_oo"] for t in budgets)
+        chain = ""
+        if "chain_heads" in SUMMARY:
+            _, share, c = SUMMARY["chain_heads"]
+            ok = ok and share == 1.0
+            chain = f"; chain share {share:.2f} ({c})"
+        out.append(f"- M(new,old) > M(old,old) for every version pair: "
+                   f"**{'met' if ok else 'not met'}** (BEBR compat + head). " + "; ".join(crit)
+                   + chain + ".")
+        per = []
+        for t in budgets:
+            h = SUMMARY[t]["heads"]
+            gap = 100 * (h[DEFAULT][0] / h["independent"][0] - 1)
+            per.append(f"{t} **{'met' if gap >= -3 else 'not met'}**: {fmt(h[DEFAULT][0])} vs "
+                       f"independent {fmt(h['independent'][0])} ({gap:+.1f}%)")
+        out.append(f"- Compatible M(new,new) within 3% of the independent model (both with "
+                   f"{QB}-bit query codes): " + "; ".join(per) + ".")
+        fl, wins = [], []
+        for t in budgets:
+            h, b = SUMMARY[t]["heads"][DEFAULT][2], SUMMARY[t]["rows"][DEFAULT][2]
+            fl.append(f"{t}: with head {'/'.join(f'{v:.3f}' for v in h)} vs BEBR compat alone "
+                      f"{'/'.join(f'{v:.3f}' for v in b)}")
+            wins.append(bool((h <= b).all() and (h < b).any()))
+        out.append(f"- Negative flips during the backfill (r = 0 .. 1) lower than with the "
+                   f"plain BEBR compat loss alone: **{'met' if all(wins) else 'not met'}**. "
+                   + "; ".join(fl) + ".")
     out.append("")
     out.append(TRIED)
     return out

@@ -95,7 +95,8 @@ void register_index(py::module_& m) {
           "search",
           [](const PyIndex& s, const py::array& queries, int k, int threads, std::optional<py::array> allow_ids,
              std::optional<py::array> allow_mask, std::optional<py::array> exclude_ids,
-             std::optional<py::array> exclude_mask, int query_bits) {
+             std::optional<py::array> exclude_mask, int query_bits, const std::vector<int32_t>& vversions,
+             const std::vector<py::array>& vcodes) {
             if (query_bits < 1 || query_bits > 4)
               throw py::value_error("query_bits must be in [1, 4], got " + std::to_string(query_bits));
             if (s.metric() == Metric::kHamming && query_bits != 1)
@@ -127,6 +128,21 @@ void register_index(py::module_& m) {
               f.exclude_mask_len = em->shape(0);
             }
             const py::ssize_t nq = q.shape(0);
+            if (vversions.size() != vcodes.size()) throw py::value_error("version queries: one code array per version");
+            std::vector<py::array_t<uint8_t>> vq_arrays;
+            std::vector<const uint8_t*> vq_ptrs;
+            for (size_t v = 0; v < vcodes.size(); ++v) {
+              const std::string name = "queries for version " + std::to_string(vversions[v]);
+              vq_arrays.push_back(checked_array<uint8_t>(vcodes[v], name.c_str(), 2, query_bits * s.geometry().plane_bytes));
+              if (vq_arrays.back().shape(0) != nq)
+                throw py::value_error(name + " must have " + std::to_string(nq) + " rows (one per query), got " +
+                                      std::to_string(vq_arrays.back().shape(0)));
+              vq_ptrs.push_back(vq_arrays.back().data());
+            }
+            VersionQueries vq;
+            vq.n = static_cast<int>(vq_ptrs.size());
+            vq.versions = vversions.data();
+            vq.codes = vq_ptrs.data();
             py::array_t<float> scores({nq, static_cast<py::ssize_t>(k)});
             py::array_t<int64_t> ids({nq, static_cast<py::ssize_t>(k)});
             const float pad = s.metric() == Metric::kHamming ? std::numeric_limits<float>::infinity()
@@ -137,13 +153,14 @@ void register_index(py::module_& m) {
             int64_t* ip = ids.mutable_data();
             {
               py::gil_scoped_release nogil;
-              s.search(q.data(), nq, k, threads, f, sp, ip, query_bits);
+              s.search(q.data(), nq, k, threads, f, sp, ip, query_bits, vq);
             }
             return py::make_tuple(scores, ids);
           },
           py::arg("queries"), py::arg("k"), py::arg("threads") = 1, py::arg("allow_ids") = py::none(),
           py::arg("allow_mask") = py::none(), py::arg("exclude_ids") = py::none(),
-          py::arg("exclude_mask") = py::none(), py::arg("query_bits"))
+          py::arg("exclude_mask") = py::none(), py::arg("query_bits"), py::arg("version_tags"),
+          py::arg("version_codes"))
       .def("versions", &PyIndex::versions)
       .def("ids_of_version", [](const PyIndex& s, int32_t v) { return to_array(s.ids_of_version(v)); })
       .def("ids", [](const PyIndex& s) { return to_array(s.ids()); })
