@@ -128,6 +128,7 @@ def _check_versions(model, index, allow: bool) -> None:
         return
     names = [model.version]
     names += list(getattr(model, "compatible_versions", None) or ())
+    names += list(getattr(getattr(model, "config", None), "cross_versions", None) or ())
     lineage = getattr(getattr(model, "config", None), "compatible_with", None)
     if lineage:
         names += list(lineage) if isinstance(lineage, (list, tuple)) else [lineage]
@@ -366,6 +367,8 @@ def cmd_search(args) -> int:
         x = _read_queries(args.queries, dim=model.in_dim, column=args.column)
         q = model.encode(x) if args.query_bits is None else \
             model.encode_query_codes(x, args.query_bits)
+        version_queries = None if args.no_heads else _head_queries(model, index, x,
+                                                                   qspec.bits, args)
     else:
         p = Path(args.queries)
         if p.is_dir():
@@ -380,13 +383,31 @@ def cmd_search(args) -> int:
                 raise FileNotFoundError(f"{p}: no such file")
             q = np.load(p, allow_pickle=False)
             q = qspec.check_packed(q, f"{p}")
+        version_queries = None
     t0 = time.perf_counter()
-    scores, ids = index.search(q, args.k, threads=args.threads, query_bits=args.query_bits)
+    scores, ids = index.search(q, args.k, threads=args.threads, query_bits=args.query_bits,
+                               version_queries=version_queries)
     dt = time.perf_counter() - t0
     _write_results(args, scores, ids)
     _say(args, f"searched {q.shape[0]} queries, k={args.k}, over {len(index)} codes in "
                f"{dt * 1e3:.1f} ms ({dt / max(q.shape[0], 1) * 1e6:.0f} us/query)")
     return 0
+
+
+def _head_queries(model, index, x, bits: int, args):
+    """Query codes of the model's cross-version heads for the versions the index holds
+    (``{index tag: codes}``, None if none): those items are scored with them."""
+    from .jobs import version_tag
+
+    held = {int(v) for v, c in dict(index.versions()).items() if c}
+    out = {}
+    for ver in model.config.cross_versions:
+        tag = version_tag(ver)
+        if tag in held:
+            out[tag] = model.encode_query_codes(x, bits, target=ver)
+            _say(args, f"items of version {ver} (tag {tag}) are searched with the model's "
+                       f"query head into that version's codes")
+    return out or None
 
 
 def cmd_eval(args) -> int:
@@ -667,6 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encode the queries at this many bits per dimension (queries are "
                         "never stored; 4 raises recall over 2-bit items at the same scan "
                         "cost; default: the index's bits)")
+    p.add_argument("--no-heads", action="store_true",
+                   help="do not use the model's cross-version query heads (by default, items "
+                        "of an older version the model has a head for are scored with it)")
     p.add_argument("--column", default=None, help="parquet embedding column")
     p.add_argument("--any-version", action="store_true",
                    help="allow a query model whose version the index does not hold")

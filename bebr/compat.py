@@ -352,7 +352,8 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
     model.train_info["compat_weights"] = asdict(weights)
     model.train_info["val_self_cross"] = val_log
     if cross_queries:
-        ck = dict(seed=seed, progress=progress, threads=train_kwargs.get("threads"))
+        ck = dict(seed=seed, progress=progress, threads=train_kwargs.get("threads"),
+                  max_time_s=train_kwargs.get("max_time_s"))
         ck.update(cross_kwargs or {})
         targets = {old.version: old.encode(xo)}
         targets.update(older_codes or {})

@@ -20,6 +20,7 @@ import pytest
 
 from bebr import CodeSpec
 from bebr.cli import main
+from bebr.distributed import load_index as bebr_index_load
 from bebr.datasets import glove_words
 from bebr.io import CodeShards, Manifest, write_vecs
 from bebr.io.codeshards import CRASH_ENV
@@ -324,6 +325,22 @@ def test_compatible_version_upgrade_and_mixed_index(work, tmp_path):
     p = cli("search", tmp_path / "new.npy", "--index", tmp_path / "idx", "--model",
             tmp_path / "mn", "-k", 3, check=True)
     assert len(p.stdout.splitlines()) == 1000
+    # the v2 model carries a query head into v1's codes: used for the v1 items by default
+    from bebr import Binarizer
+    from bebr.jobs import version_tag
+
+    mn = Binarizer.load(tmp_path / "mn")
+    assert mn.config.cross_versions == [Binarizer.load(d / "model").version]
+    assert "query head" in p.stderr
+    want = mn.encode_query_codes(x_new, 2, target=mn.config.cross_versions[0])
+    index = bebr_index_load(tmp_path / "idx")
+    np.testing.assert_array_equal(
+        np.array([json.loads(r)["ids"] for r in p.stdout.splitlines()]),
+        index.search(mn.encode(x_new), 3, version_queries={
+            version_tag(mn.config.cross_versions[0]): want})[1])
+    p2 = cli("search", tmp_path / "new.npy", "--index", tmp_path / "idx", "--model",
+             tmp_path / "mn", "-k", 3, "--no-heads", check=True)
+    assert "query head" not in p2.stderr and p2.stdout != p.stdout
     assert_clean_error(cli("upgrade", up_codes, "--upgrader", tmp_path / "up", "-o",
                            tmp_path / "again"),
                        "codes are model version 'v2', but the upgrader converts version 'v1'")
