@@ -686,8 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="search threads")
     p.add_argument("--query-bits", type=int, default=None, choices=[1, 2, 3, 4],
                    help="encode the queries at this many bits per dimension (queries are "
-                        "never stored; 4 raises recall over 2-bit items at the same scan "
-                        "cost; default: the index's bits)")
+                        "never stored; 4 raises recall over 1-2-bit items for a slower "
+                        "scan; default: the index's bits)")
     p.add_argument("--no-heads", action="store_true",
                    help="do not use the model's cross-version query heads (by default, items "
                         "of an older version the model has a head for are scored with it)")

@@ -311,9 +311,9 @@ class Index(_Base):
         ``threads``: worker threads (None: all cores). ``filter`` / ``exclude``: see module doc.
         ``query_bits``: bits per dimension of the query codes (1..4, default ``spec.bits``);
         queries are then packed with ``CodeSpec(spec.dim, query_bits)``. Queries are never
-        stored, so they may be finer than the items (``Binarizer.encode_query_codes``): the
-        scan cost is unchanged for stored bits <= 2 and scores stay exact (``ip``: the inner
-        product of the query's and the item's code values).
+        stored, so they may be finer than the items (``Binarizer.encode_query_codes``);
+        scores stay exact (``ip``: the inner product of the query's and the item's code
+        values). Over 1-2-bit items finer queries scan slower (tools/bench_query_bits.py).
         ``version_queries``: ``{version: packed codes (nq, ...)}``: items of that version are
         scored with these codes of each query instead of ``queries`` (a new model version's
         query codes into an older version's code space, ``Binarizer.encode_query_codes(x,

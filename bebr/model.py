@@ -344,8 +344,9 @@ class Binarizer(nn.Module):
 
         Queries are never stored, so they can be finer than the items: the code is the one
         whose direction is closest to the query projection ``encode_query(x)``
-        (:meth:`CodeSpec.quantize_angle`), at ``bits`` in [1, 4]. With stored bits <= 2 the
-        SDC scan costs the same for any query bits; BENCHMARKS.md section 2 measures the recall.
+        (:meth:`CodeSpec.quantize_angle`), at ``bits`` in [1, 4]. Finer queries raise recall
+        (BENCHMARKS.md section 2) for a slower scan over 1-2-bit items (the lookup-table sums
+        are widened more often: tools/bench_query_bits.py).
         ``target``: the version id of an older code version this model has a cross-version
         query head for (``config.cross_versions``): the codes then search that version's
         stored codes (``Index.search(..., version_queries={tag: codes})``).

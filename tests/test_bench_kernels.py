@@ -31,3 +31,14 @@ def test_quick_run_and_section_write(tmp_path, capsys):
     assert "python tools/bench_kernels.py --quick" in text
     table_rows = [line for line in text.splitlines() if re.match(r"\| [124] \| \d+ \| \d+ \|", line)]
     assert len(table_rows) == 8
+
+
+def test_query_bits_bench_quick_run(capsys):
+    spec = importlib.util.spec_from_file_location("bench_query_bits",
+                                                  ROOT / "tools" / "bench_query_bits.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.main(["--quick"])
+    assert [(r[0], r[1]) for r in rows] == [(1, 1), (1, 64), (2, 1), (2, 64)]
+    assert all(v > 0 for r in rows for v in r[2:])
+    assert "SDC QPS (4-bit queries)" in capsys.readouterr().out
