@@ -21,15 +21,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAX_BITS = 4
+MAX_BITS = 4        # stored codes (Index, Binarizer)
+MAX_QUERY_BITS = 7  # query codes, which are never stored (Index.search(..., query_bits=))
 MAX_DIM = 1 << 16
 
-__all__ = ["CodeSpec", "MAX_BITS", "MAX_DIM"]
+__all__ = ["CodeSpec", "MAX_BITS", "MAX_QUERY_BITS", "MAX_DIM", "max_query_bits"]
+
+
+def max_query_bits(stored_bits: int) -> int:
+    """The finest query codes the SDC kernels score exactly against ``stored_bits``-bit
+    codes: 4 over 1-2-bit codes (two byte lookup-table entries, each <= 8 (2^qbits - 1), must
+    sum into a byte), 7 over 3-4-bit codes (int8 values)."""
+    return 4 if stored_bits <= 2 else MAX_QUERY_BITS
 
 
 @dataclass(frozen=True)
 class CodeSpec:
-    """The shape of a multi-bit binary code: ``dim`` dimensions of ``bits`` bits each."""
+    """The shape of a multi-bit binary code: ``dim`` dimensions of ``bits`` bits each.
+
+    Stored codes have ``bits <= MAX_BITS`` (4); query codes, which are never stored, may be
+    finer, up to ``MAX_QUERY_BITS`` (7).
+    """
 
     dim: int
     bits: int
@@ -42,8 +54,9 @@ class CodeSpec:
             object.__setattr__(self, name, int(value))
         if not 1 <= self.dim <= MAX_DIM:
             raise ValueError(f"CodeSpec.dim must be in [1, {MAX_DIM}], got {self.dim}")
-        if not 1 <= self.bits <= MAX_BITS:
-            raise ValueError(f"CodeSpec.bits must be in [1, {MAX_BITS}], got {self.bits}")
+        if not 1 <= self.bits <= MAX_QUERY_BITS:
+            raise ValueError(f"CodeSpec.bits must be in [1, {MAX_QUERY_BITS}] (stored codes: "
+                             f"[1, {MAX_BITS}]), got {self.bits}")
 
     @property
     def plane_bytes(self) -> int:
@@ -150,6 +163,7 @@ class CodeSpec:
             out[:] = pos
             return out
         steps = np.arange(1, half, dtype=np.float64)           # m = 1 .. half-1
+        chunk = max(1, min(chunk, (1 << 21) // (self.dim * (half - 1))))  # ~16 MB per array
         for s0 in range(0, v.shape[0], chunk):
             a = np.abs(v[s0:s0 + chunk])                         # (r, dim)
             r = a.shape[0]

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from . import _C
-from .codes import MAX_BITS, CodeSpec
+from .codes import MAX_BITS, CodeSpec, max_query_bits
 from .fileio import CorruptFileError, atomic_writer, sha256_bytes
 
 __all__ = ["Index", "HammingIndex", "simd_level", "simd_levels", "set_simd_level",
@@ -80,8 +80,10 @@ def _check_codes(spec: CodeSpec, codes: Any, name: str) -> np.ndarray:
 def _query_spec(spec: CodeSpec, query_bits: Any) -> CodeSpec:
     if isinstance(query_bits, bool) or not isinstance(query_bits, (int, np.integer)):
         raise TypeError(f"query_bits must be an int or None, got {type(query_bits).__name__}")
-    if not 1 <= query_bits <= MAX_BITS:
-        raise ValueError(f"query_bits must be in [1, {MAX_BITS}], got {query_bits}")
+    top = max_query_bits(spec.bits)
+    if not 1 <= query_bits <= top:
+        raise ValueError(f"query_bits must be in [1, {top}] over {spec.bits}-bit codes, got "
+                         f"{query_bits}")
     return CodeSpec(spec.dim, int(query_bits))
 
 
@@ -309,7 +311,8 @@ class Index(_Base):
 
         Best first, ties to the smaller id, tail padded with id -1 / score -inf.
         ``threads``: worker threads (None: all cores). ``filter`` / ``exclude``: see module doc.
-        ``query_bits``: bits per dimension of the query codes (1..4, default ``spec.bits``);
+        ``query_bits``: bits per dimension of the query codes (1..4 over 1-2-bit codes,
+        1..7 over 3-4-bit codes: ``bebr.codes.max_query_bits``; default ``spec.bits``);
         queries are then packed with ``CodeSpec(spec.dim, query_bits)``. Queries are never
         stored, so they may be finer than the items (``Binarizer.encode_query_codes``);
         scores stay exact (``ip``: the inner product of the query's and the item's code

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .codes import MAX_BITS, MAX_DIM, CodeSpec
+from .codes import MAX_BITS, MAX_DIM, MAX_QUERY_BITS, CodeSpec
 from .fileio import CorruptFileError
 from .modelfile import CONFIG_NAME, load_state_strict, read_header, read_weights, write_model_dir
 
@@ -344,7 +344,7 @@ class Binarizer(nn.Module):
 
         Queries are never stored, so they can be finer than the items: the code is the one
         whose direction is closest to the query projection ``encode_query(x)``
-        (:meth:`CodeSpec.quantize_angle`), at ``bits`` in [1, 4]. Finer queries raise recall
+        (:meth:`CodeSpec.quantize_angle`), at ``bits`` in [1, 7]. Finer queries raise recall
         (BENCHMARKS.md section 2) for a slower scan over 1-2-bit items (the lookup-table sums
         are widened more often: tools/bench_query_bits.py).
         ``target``: the version id of an older code version this model has a cross-version
@@ -353,8 +353,8 @@ class Binarizer(nn.Module):
         """
         bits = self.bits if bits is None else bits
         if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) \
-                or not 1 <= bits <= MAX_BITS:
-            raise ValueError(f"bits must be an int in [1, {MAX_BITS}], got {bits!r}")
+                or not 1 <= bits <= MAX_QUERY_BITS:
+            raise ValueError(f"bits must be an int in [1, {MAX_QUERY_BITS}], got {bits!r}")
         qspec = CodeSpec(self.dim, int(bits))
         z = self.encode_query(x, batch_size) if target is None else \
             self._run(self.cross_head(target), x, batch_size, normalize=True)

@@ -288,8 +288,12 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   if (k <= 0) throw std::invalid_argument("k must be >= 1, got " + std::to_string(k));
   if (threads <= 0) throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
   if (query_bits == 0) query_bits = geo_.bits;
-  if (query_bits < 1 || query_bits > 4)
-    throw std::invalid_argument("query_bits must be in [1, 4], got " + std::to_string(query_bits));
+  // a byte row's two LUT entries (planes, each <= 2 B0) fit a byte up to 4-bit queries
+  // (2 * 120); int8 query values (nibbles) up to 7-bit ones
+  const int max_qbits = geo_.nibbles ? 7 : 4;
+  if (query_bits < 1 || query_bits > max_qbits)
+    throw std::invalid_argument("query_bits must be in [1, " + std::to_string(max_qbits) + "] over " +
+                                std::to_string(geo_.bits) + "-bit codes, got " + std::to_string(query_bits));
   if (metric_ == Metric::kHamming && query_bits != 1)
     throw std::invalid_argument("hamming metric needs query_bits == 1");
   const Geometry qgeo(geo_.dim, query_bits);

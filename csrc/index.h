@@ -70,7 +70,8 @@ class SdcIndex {
   void compact();
 
   // Search nq packed queries; outputs (nq, k) must be pre-allocated. threads >= 1.
-  // query_bits: bits per dimension of the query codes (packed at (dim, query_bits), 1..4; 0 =
+  // query_bits: bits per dimension of the query codes (packed at (dim, query_bits), 1..4 over 1-2-bit codes, 1..7 over 3-4-bit
+  // codes; 0 =
   // the index's bits). Scores are exact for any mix: ip = sum_j q_j d_j of the code values.
   void search(const uint8_t* queries, int64_t nq, int k, int threads, const FilterSpec& filter,
               float* out_scores, int64_t* out_ids, int query_bits = 0,

@@ -3,7 +3,7 @@
 //
 // Data layout: see layout.h (blocks of 64 transposed codes, r-ordered masks / norms).
 // Queries may carry more (or fewer) bits per dimension than the stored codes: a query code is
-// packed at CodeSpec(dim, qbits), qbits in [1, 4] (ScanArgs::qbits; the stored codes keep
+// packed at CodeSpec(dim, qbits), qbits in [1, 4] (planes) or [1, 7] (nibbles: int8 qv) (ScanArgs::qbits; the stored codes keep
 // geo.bits). Its values are odd integers qv in [-(2^qbits-1), 2^qbits-1]; every kernel computes
 // the exact sum_j qv_j dv_j with dv_j the stored item's scaled values (odd ints, 2^bits-1 max).
 // Query table (built by build_query_lut, 32P bytes reserved), qv = the query's scaled values
@@ -35,7 +35,7 @@ struct ScanArgs {
   const int64_t* ids = nullptr;       // per slot (natural order)
   const float* invn = nullptr;        // per block 64 r-ordered inverse norms (cosine only)
   ScoreKind kind = ScoreKind::kInnerProduct;
-  int qbits = 0;                      // bits per dimension of the query codes (1..4)
+  int qbits = 0;                      // bits per dimension of the query codes (1..7)
 };
 
 struct QueryGroup {

@@ -36,7 +36,7 @@ def test_values_and_quantize():
 
 
 @pytest.mark.parametrize("dim,bits,exc,match", [
-    (0, 1, ValueError, "dim"), (8, 5, ValueError, "bits"), (8, 0, ValueError, "bits"),
+    (0, 1, ValueError, "dim"), (8, 8, ValueError, "bits"), (8, 0, ValueError, "bits"),
     (8.0, 1, TypeError, "int"), (True, 1, TypeError, "int"),
 ])
 def test_bad_spec(dim, bits, exc, match):
@@ -80,8 +80,8 @@ def test_quantize_angle_beats_every_fixed_step_rounding(dim, bits, n, seed):
         assert np.all(got >= _cos(spec, fixed, v) - 1e-9)
     if bits == 1:
         np.testing.assert_array_equal(lv, (v >= 0).astype(np.uint8))
-    # only the direction matters
-    np.testing.assert_array_equal(spec.quantize_angle(3.5 * v), lv)
+    # only the direction matters (codes tied in angle may differ: compare the angles)
+    np.testing.assert_allclose(_cos(spec, spec.quantize_angle(3.5 * v), v), got, atol=1e-12)
 
 
 @settings(max_examples=30, deadline=None)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import bebr
 from bebr import CodeSpec, reference
+from bebr.codes import max_query_bits
 from bebr import _C
 
 LEVELS = bebr.simd_levels()
@@ -137,7 +138,7 @@ def test_query_batches_agree_with_scalar(dim, bits, n, nq, k, removed, allow, th
 
 @settings(max_examples=40, deadline=None)
 @given(dim=st.sampled_from([1, 5, 8, 9, 50, 63, 64, 65, 130, 256]), bits=st.integers(1, 4),
-       query_bits=st.integers(1, 4), n=st.integers(0, 250),
+       query_bits=st.integers(1, 7), n=st.integers(0, 250),
        nq=st.sampled_from([1, 3, 5, _C.BATCH_MIN_QUERIES, 70]), k=st.integers(1, 20),
        removed=st.booleans(), allow=st.booleans(), threads=st.sampled_from([1, 2]),
        seed=st.integers(0, 2**32 - 1))
@@ -146,6 +147,7 @@ def test_query_bits_match_reference(dim, bits, query_bits, n, nq, k, removed, al
     """Query codes with more or fewer bits than the stored codes (``query_bits``): every
     level (LUT, int8-dot, popcount and batch kernels) bit-identical to scalar, exact against
     the numpy reference for ip, within float tolerance for cosine."""
+    query_bits = min(query_bits, max_query_bits(bits))  # 4 over 1-2-bit codes, 7 over 3-4
     rng = np.random.default_rng(seed)
     spec, qspec = CodeSpec(dim, bits), CodeSpec(dim, query_bits)
     codes = random_codes(rng, spec, n)
@@ -255,6 +257,16 @@ def test_query_bits_bad_input():
     for bad in (0, 5):
         with pytest.raises(ValueError, match="query_bits must be in"):
             idx.search(q4, 3, query_bits=bad)
+    idx3 = bebr.Index(CodeSpec(20, 3))
+    idx3.add(random_codes(np.random.default_rng(2), CodeSpec(20, 3), 5))
+    q7 = random_codes(np.random.default_rng(3), CodeSpec(20, 7), 2)
+    want7 = reference.search_codes(CodeSpec(20, 3), q7, idx3.get_codes(idx3.ids()), idx3.ids(),
+                                   3, query_spec=CodeSpec(20, 7))
+    np.testing.assert_array_equal(idx3.search(q7, 3, query_bits=7)[0], want7[0])
+    with pytest.raises(ValueError, match=r"\[1, 7\] over 3-bit"):
+        idx3.search(q7, 3, query_bits=8)
+    with pytest.raises(ValueError, match="bits"):
+        bebr.Index(CodeSpec(20, 5))  # query-only precision: not storable
     with pytest.raises(TypeError, match="query_bits must be an int"):
         idx.search(q4, 3, query_bits=2.0)
     s, i = idx.search(q4, 3, query_bits=4)

@@ -217,6 +217,6 @@ def test_query_codes_with_more_bits_raise_recall(glove):
     r2 = _recall(model, x, qi, bi, gt)
     assert r4 > r2 + 0.03, (r4, r2)
     with pytest.raises(ValueError, match="bits must be an int in"):
-        model.encode_query_codes(x[qi], 5)
+        model.encode_query_codes(x[qi], 8)
     with pytest.raises(ValueError, match="query_bits"):
         train_binarizer(x[bi], 8, 1, progress=False, query_bits=0)

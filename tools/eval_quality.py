@@ -6,12 +6,14 @@ truth = exact cosine top-10. R10@10 / R10@100 with flat search, no re-ranking.
 
 bebr rows: a Binarizer trained on the base vectors only (queries never seen; train_binarizer's
 defaults, with ``center=False`` pinned, measured better: BENCHMARKS.md section 2, and
-``query_bits=4``: validation and early stopping with 4-bit query codes); for each bit budget
+``query_bits`` = the finest the kernel scores exactly (``bebr.codes.max_query_bits``: 4 over
+1-2-bit codes, 7 over 3-4-bit codes): validation and early stopping with such query codes);
+for each bit budget
 the (dim, bits) with the best *validation* recall (held out inside the training rows) is kept.
 Three rows per budget, all against the same stored codes, all searched with
 ``bebr.Index(spec, "cosine")`` (SDC, both sides binary codes) except the last:
-"symmetric": query codes at the stored bits (``encode``); "4-bit query codes": queries encoded
-with ``encode_query_codes(x, 4)`` and searched with ``query_bits=4`` (the stored bits/vector
+"symmetric": query codes at the stored bits (``encode``); "q-bit query codes": queries encoded
+with ``encode_query_codes(x, q)`` and searched with ``query_bits=q`` (the stored bits/vector
 are the budget; queries are never stored, like RaBitQ's 4-bit queries); "asym": the float query
 projection ``encode_query`` against the code values (torch matmul). faiss rows recomputed in
 this run.
@@ -37,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bebr import datasets as ds  # noqa: E402
+from bebr.codes import max_query_bits  # noqa: E402
 from bebr.train import train_binarizer  # noqa: E402
 
 BUDGETS = {  # candidates per budget (dim, bits); earlier runs dropped v1 66x3 and v2 768x1,
@@ -44,7 +47,6 @@ BUDGETS = {  # candidates per budget (dim, bits); earlier runs dropped v1 66x3 a
     "v1": {50: [(25, 2), (50, 1)], 100: [(50, 2), (33, 3)], 200: [(50, 4), (100, 2)]},
     "v2": {384: [(384, 1), (192, 2)], 768: [(192, 4), (384, 2)], 1536: [(384, 4), (768, 2)]},
 }
-QUERY_BITS = 4
 
 
 def recall(found, truth, r):
@@ -127,7 +129,8 @@ def bebr_rows(name, xb, xq, truth, args):
             t = time.perf_counter()
             model = train_binarizer(xb, dim, bits, seed=0, progress=args.progress,
                                     threads=args.threads, max_time_s=args.max_time[name],
-                                    epochs=args.epochs, center=False, query_bits=QUERY_BITS)
+                                    epochs=args.epochs, center=False,
+                                    query_bits=max_query_bits(bits))
             train_s = time.perf_counter() - t
             load1 = os.getloadavg()[0]
             val = model.train_info["val_r10@10"]
@@ -149,13 +152,11 @@ def bebr_rows(name, xb, xq, truth, args):
                              r100=recall(ids, truth, 100), **common, **extra))
             print(json.dumps(rows[-1]), flush=True)
 
+        qb = max_query_bits(bits)
         add_row(f"bebr {dim}x{bits} symmetric", search_codes(index, model.encode(xq), bits))
-        if bits < QUERY_BITS:
-            add_row(f"bebr {dim}x{bits}, {QUERY_BITS}-bit query codes",
-                    search_codes(index, model.encode_query_codes(xq, QUERY_BITS), QUERY_BITS),
-                    val=val, tried=[f"{c[1]}x{c[2]}: {c[0]:.3f}" for c in cands])
-        else:
-            rows[-1].update(val=val, tried=[f"{c[1]}x{c[2]}: {c[0]:.3f}" for c in cands])
+        add_row(f"bebr {dim}x{bits}, {qb}-bit query codes",
+                search_codes(index, model.encode_query_codes(xq, qb), qb),
+                val=val, tried=[f"{c[1]}x{c[2]}: {c[0]:.3f}" for c in cands])
         cb = F.normalize(torch.from_numpy(model.spec.values(bcodes)), dim=1)
         add_row(f"bebr {dim}x{bits} asym (float query)",
                 topk_torch(torch.from_numpy(model.encode_query(xq)), cb))
@@ -173,8 +174,9 @@ def table(name, rows):
         m = f"**{r['method']}**" if "bebr" in r["method"] else r["method"]
         out.append(f"| {m} | {r['bits']} | {r['r10']:.3f} | {r['r100']:.3f} | {tr} | {ev} |")
     tried = [f"{r['bits']} bits: {', '.join(r['tried'])}" for r in rows if "tried" in r]
-    out += ["", f"(dim x bits) tried, validation R10@10 with {QUERY_BITS}-bit query codes "
-            "(selection on held-out training rows): " + "; ".join(tried) + "."]
+    out += ["", "(dim x bits) tried, validation R10@10 with the finest query codes (4-bit "
+            "over 1-2-bit codes, 7-bit over 3-4-bit codes; selection on held-out training "
+            "rows): " + "; ".join(tried) + "."]
     return "\n".join(out)
 
 

@@ -97,8 +97,8 @@ void register_index(py::module_& m) {
              std::optional<py::array> allow_mask, std::optional<py::array> exclude_ids,
              std::optional<py::array> exclude_mask, int query_bits, const std::vector<int32_t>& vversions,
              const std::vector<py::array>& vcodes) {
-            if (query_bits < 1 || query_bits > 4)
-              throw py::value_error("query_bits must be in [1, 4], got " + std::to_string(query_bits));
+            if (query_bits < 1 || query_bits > 7)
+              throw py::value_error("query_bits must be in [1, 7], got " + std::to_string(query_bits));
             if (s.metric() == Metric::kHamming && query_bits != 1)
               throw py::value_error("a Hamming index takes 1-bit queries, got query_bits=" + std::to_string(query_bits));
             auto q = checked_array<uint8_t>(queries, "queries", 2, query_bits * s.geometry().plane_bytes);

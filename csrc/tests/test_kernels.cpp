@@ -90,7 +90,7 @@ TEST_P(LevelsVsScalar, QueryBitsDifferentFromStoredBitsExact) {
   std::mt19937_64 rng(11);
   for (int dim : {1, 9, 64, 130}) {
     for (int bits = 1; bits <= 4; ++bits) {
-      for (int qbits = 1; qbits <= 4; ++qbits) {
+      for (int qbits = 1; qbits <= (bits <= 2 ? 4 : 7); ++qbits) {
         SdcIndex idx(dim, bits, Metric::kIP);
         const int64_t n = 1 + static_cast<int64_t>(rng() % 200);
         auto codes = random_codes(rng, idx.geometry(), n);
