@@ -385,8 +385,10 @@ def cmd_search(args) -> int:
             q = qspec.check_packed(q, f"{p}")
         version_queries = None
     t0 = time.perf_counter()
-    scores, ids = index.search(q, args.k, threads=args.threads, query_bits=args.query_bits,
-                               version_queries=version_queries)
+    extra = {} if args.query_bits is None else {"query_bits": args.query_bits}
+    if version_queries:
+        extra["version_queries"] = version_queries
+    scores, ids = index.search(q, args.k, threads=args.threads, **extra)
     dt = time.perf_counter() - t0
     _write_results(args, scores, ids)
     _say(args, f"searched {q.shape[0]} queries, k={args.k}, over {len(index)} codes in "
@@ -399,6 +401,8 @@ def _head_queries(model, index, x, bits: int, args):
     (``{index tag: codes}``, None if none): those items are scored with them."""
     from .jobs import version_tag
 
+    if not model.config.cross_versions or not hasattr(index, "versions"):
+        return None
     held = {int(v) for v, c in dict(index.versions()).items() if c}
     out = {}
     for ver in model.config.cross_versions:

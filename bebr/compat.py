@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .codes import MAX_QUERY_BITS, CodeSpec
+from .codes import CodeSpec, max_query_bits
 from .fileio import CorruptFileError
 from .modelfile import CONFIG_NAME, load_state_strict, read_header, read_weights, write_model_dir
 from .model import Binarizer, ResidualMLP, sign_ste
@@ -407,9 +407,9 @@ def train_cross_queries(new: Binarizer, x_new, old_codes, old_version: str, *,
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if isinstance(query_bits, bool) or not isinstance(query_bits, (int, np.integer)) \
-            or not 1 <= query_bits <= MAX_QUERY_BITS:
-        raise ValueError(f"query_bits must be an int in [1, {MAX_QUERY_BITS}], got "
-                         f"{query_bits!r}")
+            or not 1 <= query_bits <= max_query_bits(new.bits):
+        raise ValueError(f"query_bits must be an int in [1, {max_query_bits(new.bits)}] over "
+                         f"{new.bits}-bit codes, got {query_bits!r}")
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .codes import MAX_QUERY_BITS, CodeSpec
+from .codes import CodeSpec, max_query_bits
 from .model import Binarizer, _as_float_rows
 
 __all__ = ["train_binarizer", "check_training_input", "mine_neighbors", "init_projection",
@@ -345,8 +345,9 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
         raise TypeError("val_score must be callable(model, recall, q_rows, b_rows, truth)")
     if query_bits is not None and (isinstance(query_bits, bool)
                                    or not isinstance(query_bits, (int, np.integer))
-                                   or not 1 <= query_bits <= MAX_QUERY_BITS):
-        raise ValueError(f"query_bits must be None or an int in [1, {MAX_QUERY_BITS}], got "
+                                   or not 1 <= query_bits <= max_query_bits(bits)):
+        raise ValueError(f"query_bits must be None or an int in [1, {max_query_bits(bits)}] "
+                         f"over {bits}-bit codes, got "
                          f"{query_bits!r}")
     n_all, D = arr.shape
     if n_all < 20:
