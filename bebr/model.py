@@ -34,7 +34,7 @@ from .codes import MAX_BITS, MAX_DIM, MAX_QUERY_BITS, CodeSpec
 from .fileio import CorruptFileError
 from .modelfile import CONFIG_NAME, load_state_strict, read_header, read_weights, write_model_dir
 
-__all__ = ["Binarizer", "BinarizerConfig", "BinarizerOutput", "ResidualMLP", "sign_ste",
+__all__ = ["Binarizer", "BinarizerConfig", "BinarizerOutput", "QueryHead", "ResidualMLP", "sign_ste",
            "MODEL_REGISTRY", "register_model", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
@@ -90,6 +90,20 @@ class ResidualMLP(nn.Module):
         for i, blk in enumerate(self.blocks):
             y = y + blk(x if i == 0 else y)
         return y
+
+
+class QueryHead(nn.Module):
+    """Cross-version query head: L2-normalise, subtract the training mean (``mean``, set by
+    the trainer; anisotropic embeddings such as MiniLM's CLS token share a large common
+    direction), then a :class:`ResidualMLP` to the target version's code dims."""
+
+    def __init__(self, a: int, c: int, hidden: int, depth: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(a))
+        self.net = ResidualMLP(a, c, hidden, depth)
+
+    def forward(self, x):
+        return self.net(F.normalize(x, dim=1) - self.mean)
 
 
 @dataclass
@@ -204,18 +218,18 @@ class Binarizer(nn.Module):
         self.R = nn.ModuleList([ResidualMLP(in_dim, dim, hidden, depth) for _ in range(bits - 1)])
         # Per-dimension input normalisation (set from data by the trainer; identity by default).
         self.register_buffer("in_mean", torch.zeros(in_dim))
-        # Cross-version query heads: cross[i] maps an input to a query direction in the code
+        # Cross-version query heads (QueryHead): cross[i] maps an input to a query direction in the code
         # space of version config.cross_versions[i] (bebr.compat.train_cross_queries).
         self.cross = nn.ModuleList()
         for v in cross_versions:
             self.add_cross_head(v)
 
-    def add_cross_head(self, target_version: str) -> ResidualMLP:
+    def add_cross_head(self, target_version: str) -> "QueryHead":
         """A fresh query head for the code space of ``target_version`` (replacing any)."""
         if not isinstance(target_version, str) or not target_version:
             raise ValueError("target_version must be a non-empty str")
-        head = ResidualMLP(self.in_dim, self.dim, self.config.cross_hidden,
-                           self.config.cross_depth)
+        head = QueryHead(self.in_dim, self.dim, self.config.cross_hidden,
+                         self.config.cross_depth)
         if target_version in self.config.cross_versions:
             self.cross[self.config.cross_versions.index(target_version)] = head
         else:
@@ -223,7 +237,7 @@ class Binarizer(nn.Module):
             self.cross.append(head)
         return head
 
-    def cross_head(self, target_version: str) -> ResidualMLP:
+    def cross_head(self, target_version: str) -> "QueryHead":
         """The query head into ``target_version``'s code space; ValueError if there is none."""
         if target_version not in self.config.cross_versions:
             raise ValueError(f"model {self.version!r} has no query head for version "
@@ -335,7 +349,7 @@ class Binarizer(nn.Module):
         """Asymmetric query representation (n, dim) float32: the continuous first-step
         projection ``W(x)`` (before the sign). Score it by inner product against stored code
         values divided by their norm (the per-query scale does not change the ranking)."""
-        return self._run(lambda xb: self.W(xb - self.in_mean), x, batch_size, normalize=False)
+        return self._run(lambda xb: self.W(xb - self.in_mean), x, batch_size)
 
     def encode_query_codes(self, x, bits: Optional[int] = None, batch_size: int = 8192,
                            target: Optional[str] = None) -> np.ndarray:
@@ -357,12 +371,12 @@ class Binarizer(nn.Module):
             raise ValueError(f"bits must be an int in [1, {MAX_QUERY_BITS}], got {bits!r}")
         qspec = CodeSpec(self.dim, int(bits))
         z = self.encode_query(x, batch_size) if target is None else \
-            self._run(self.cross_head(target), x, batch_size, normalize=True)
+            self._run(self.cross_head(target), x, batch_size)
         return qspec.pack(qspec.quantize_angle(z))
 
-    def _run(self, module, x, batch_size: int, normalize: bool) -> np.ndarray:
-        """``module`` (a callable on tensors) applied to batches of x, no autograd
-        (rows L2-normalised first if ``normalize``): float32 (n, dim)."""
+    def _run(self, module, x, batch_size: int) -> np.ndarray:
+        """``module`` (a callable on tensors) applied to batches of x, no autograd:
+        float32 (n, dim)."""
         arr = _as_float_rows(x, self.in_dim)
         out = np.empty((arr.shape[0], self.dim), dtype=np.float32)
         was_training = self.training
@@ -371,9 +385,7 @@ class Binarizer(nn.Module):
         try:
             with torch.inference_mode():
                 for s, xb in self._batches(arr, batch_size):
-                    xb = xb.to(dev)
-                    out[s:s + len(xb)] = module(F.normalize(xb, dim=1) if normalize
-                                                else xb).cpu().numpy()
+                    out[s:s + len(xb)] = module(xb.to(dev)).cpu().numpy()
         finally:
             self.train(was_training)
         return out

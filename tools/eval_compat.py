@@ -492,7 +492,22 @@ def main(argv=None):
 
 
 TRIED = """\
-What was tried for the compatibility criterion (measured on 128x2 with `/tmp`-style quick
+Why query heads: one code per item cannot both keep the new model's neighbourhoods (self-test)
+and point at the old codes of those neighbours (cross-test) when the two float spaces
+disagree this much (GloVe and MiniLM share 6% of their top-10s): every compatibility loss
+below trades one for the other within a few thousandths. A separate query head per older
+version decouples them: the v2 codes stay what self-test wants (the independent model's
+codes serve as well as the compatible ones), and the head is free to be nonlinear (a
+384-1024-1024-128 residual MLP), which the probe below showed is what cross-test needs.
+Head training (`train_cross_queries`): listwise KL over 256 anchors, their 10 mined
+new-float neighbours and 2,048 random items, the anchor itself excluded; target: a softmax
+of the new-float similarities over the anchor's own mined neighbours only (`teacher=
+"neighbors"`; a softmax over all candidates at tau 0.05 was as good on v2 -> v1 but blurred
+on the anisotropic MiniLM-CLS v3, whose cosines sit at 0.65 +- 0.06, and training there fell
+below its least-squares start); least-squares start on centered inputs, one epoch of linear
+learning-rate warm-up, early stopping on held-out cross recall with 4-bit query codes.
+
+What was tried for the compatibility criterion before the heads (measured on 128x2 with `/tmp`-style quick
 scripts, exact cosine search, 2,000 queries; not part of this script's tables, except where a
 tool is named):
 - `python tools/probe_cross_transfer.py` (same v1 model, SDC cosine search of the 98k v1 base
