@@ -39,32 +39,8 @@ def topk_rows(scores: np.ndarray, ids: np.ndarray, k: int, descending: bool):
     return out_s, out_i
 
 
-def search_codes(spec: CodeSpec, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray,
-                 k: int, metric: str = "ip", allowed: np.ndarray | None = None,
-                 query_spec: CodeSpec | None = None):
-    """Exhaustive search of packed ``queries`` against packed ``codes`` with ``ids``.
-
-    ``allowed``: optional boolean mask over the rows of ``codes``; rows where it is False
-    are skipped. ``query_spec``: the queries' spec (same dim, any bits; default ``spec``).
-    Returns float32 scores and int64 ids, both ``(nq, k)``.
-    """
-    qs = spec if query_spec is None else query_spec
-    q = int_values(qs, queries)
-    d = int_values(spec, codes)
-    ip = (q @ d.T).astype(np.float64) / float(qs.scale * spec.scale)
-    if metric == "cosine":
-        qn = np.sqrt((q * q).sum(1)) / qs.scale
-        dn = np.sqrt((d * d).sum(1)) / spec.scale
-        ip = ip / (qn[:, None] * dn[None, :])
-    elif metric != "ip":
-        raise ValueError(f"metric must be 'ip' or 'cosine', got {metric!r}")
-    ip = ip.astype(np.float32)
-    if allowed is not None:
-        ip[:, ~np.asarray(allowed, dtype=bool)] = -np.inf
-    return topk_rows(ip, np.asarray(ids, dtype=np.int64), k, descending=True)
-
-
 def _scores(spec, qs, queries, codes, metric):
+    """float32 (nq, n) scores of queries (spec ``qs``) against codes (spec ``spec``)."""
     q = int_values(qs, queries)
     d = int_values(spec, codes)
     ip = (q @ d.T).astype(np.float64) / float(qs.scale * spec.scale)
@@ -75,6 +51,22 @@ def _scores(spec, qs, queries, codes, metric):
     elif metric != "ip":
         raise ValueError(f"metric must be 'ip' or 'cosine', got {metric!r}")
     return ip.astype(np.float32)
+
+
+def search_codes(spec: CodeSpec, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray,
+                 k: int, metric: str = "ip", allowed: np.ndarray | None = None,
+                 query_spec: CodeSpec | None = None):
+    """Exhaustive search of packed ``queries`` against packed ``codes`` with ``ids``.
+
+    ``allowed``: optional boolean mask over the rows of ``codes``; rows where it is False
+    are skipped. ``query_spec``: the queries' spec (same dim, any bits; default ``spec``).
+    Returns float32 scores and int64 ids, both ``(nq, k)``.
+    """
+    qs = spec if query_spec is None else query_spec
+    ip = _scores(spec, qs, queries, codes, metric)
+    if allowed is not None:
+        ip[:, ~np.asarray(allowed, dtype=bool)] = -np.inf
+    return topk_rows(ip, np.asarray(ids, dtype=np.int64), k, descending=True)
 
 
 def search_versions(spec: CodeSpec, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray,
