@@ -459,7 +459,7 @@ def _train_cross_queries(*, new, xn, oc, old_version, epochs, query_bits, batch_
     # wrecked the least-squares start (v3 MiniLM-CLS -> v2 codes: validation 0.50 -> 0.01)
     steps = math.ceil(len(tr) / batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / steps))
-    best, best_state, bad, log = val_recall(), None, 0, []
+    best, bad, log = val_recall(), 0, []
     best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
     log.append({"epoch": 0, "val_r10@10": best})
     from tqdm.auto import tqdm
@@ -482,9 +482,8 @@ def _train_cross_queries(*, new, xn, oc, old_version, epochs, query_bits, batch_
             if teacher == "neighbors":  # only the anchor's own mined neighbours are targets
                 mine = torch.zeros_like(own)
                 k = nbrs.shape[1]
-                rows = torch.arange(len(a))
-                for j in range(k):
-                    mine[rows, len(a) + rows * k + j] = True
+                rows = torch.arange(len(a))[:, None]
+                mine[rows, len(a) + rows * k + torch.arange(k)] = True
                 tl = tl.masked_fill(~mine, -1e9)
             target = F.softmax(tl, dim=1)
             logits = (F.normalize(head(xa), dim=1) @ ot[cand].T / tau).masked_fill(own, -1e9)
