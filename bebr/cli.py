@@ -367,8 +367,8 @@ def cmd_search(args) -> int:
         x = _read_queries(args.queries, dim=model.in_dim, column=args.column)
         q = model.encode(x) if args.query_bits is None else \
             model.encode_query_codes(x, args.query_bits)
-        version_queries = None if args.no_heads else _head_queries(model, index, x,
-                                                                   qspec.bits, args)
+        version_queries, calibration = (None, None) if args.no_heads else \
+            _head_queries(model, index, x, qspec.bits, args)
     else:
         p = Path(args.queries)
         if p.is_dir():
@@ -383,11 +383,13 @@ def cmd_search(args) -> int:
                 raise FileNotFoundError(f"{p}: no such file")
             q = np.load(p, allow_pickle=False)
             q = qspec.check_packed(q, f"{p}")
-        version_queries = None
+        version_queries, calibration = None, None
     t0 = time.perf_counter()
     extra = {} if args.query_bits is None else {"query_bits": args.query_bits}
     if version_queries:
         extra["version_queries"] = version_queries
+    if calibration:
+        extra["version_calibration"] = calibration
     scores, ids = index.search(q, args.k, threads=args.threads, **extra)
     dt = time.perf_counter() - t0
     _write_results(args, scores, ids)
@@ -398,20 +400,22 @@ def cmd_search(args) -> int:
 
 def _head_queries(model, index, x, bits: int, args):
     """Query codes of the model's cross-version heads for the versions the index holds
-    (``{index tag: codes}``, None if none): those items are scored with them."""
+    (``{index tag: codes}``) and the heads' score calibrations for the index's metric
+    (``{index tag: (scale, shift)}``); (None, None) if none."""
     from .jobs import version_tag
 
     if not model.config.cross_versions or not hasattr(index, "versions"):
-        return None
+        return None, None
     held = {int(v) for v, c in dict(index.versions()).items() if c}
-    out = {}
+    out, cal = {}, {}
     for ver in model.config.cross_versions:
         tag = version_tag(ver)
         if tag in held:
             out[tag] = model.encode_query_codes(x, bits, target=ver)
+            cal[tag] = model.cross_calibration(ver, index.metric)
             _say(args, f"items of version {ver} (tag {tag}) are searched with the model's "
                        f"query head into that version's codes")
-    return out or None
+    return out or None, cal or None
 
 
 def cmd_eval(args) -> int:

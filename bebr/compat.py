@@ -47,11 +47,12 @@ from torch import nn
 from .codes import CodeSpec, max_query_bits
 from .fileio import CorruptFileError
 from .modelfile import CONFIG_NAME, load_state_strict, read_header, read_weights, write_model_dir
-from .model import Binarizer, ResidualMLP, sign_ste
+from .model import CALIBRATION_METRICS, Binarizer, ResidualMLP, sign_ste
 from .train import (_init_model, _init_scalar_quantizer, check_training_input, code_recall,
                     mine_neighbors, train_binarizer, with_neighbors)
 
 __all__ = ["CompatWeights", "compat_loss", "train_compatible", "train_cross_queries",
+           "fit_head_calibration",
            "CodeUpgrader", "train_upgrader", "UPGRADER_FORMAT_VERSION"]
 
 UPGRADER_FORMAT_VERSION = 1
@@ -371,7 +372,7 @@ def train_cross_queries(new: Binarizer, x_new, old_codes, old_version: str, *,
                         batch_size: int = 256, negatives: int = 2048, mined_k: int = 10,
                         tau_teacher: float = 0.05, tau: float = 0.07, lr: float = 1e-3,
                         val_fraction: float = 0.02, patience: int = 4, seed: int = 0,
-                        teacher: str = "neighbors",
+                        teacher: str = "neighbors", calibrate: bool = True,
                         max_time_s: Optional[float] = None, progress: bool = True,
                         threads: Optional[int] = None) -> Binarizer:
     """Learn ``new``'s query head into the code space of stored ``old_version`` codes.
@@ -388,6 +389,9 @@ def train_cross_queries(new: Binarizer, x_new, old_codes, old_version: str, *,
     map onto the old code values. Validation: held-out rows as queries, ``query_bits``-bit
     query codes against the old codes of the rest, R10@10 against the new float top-10;
     early stopping keeps the best epoch (``new.train_info["cross_val"][old_version]``).
+    ``calibrate``: then fit the head's score calibration on the same held-out queries
+    (:func:`fit_head_calibration`; ``new.cross_calibration(old_version)``), so that a mixed
+    index ranks the head's scores against old codes and the own codes' scores on one scale.
     Modifies and returns ``new``. Deterministic for a seed (and ``threads``).
     """
     new = _check_binarizer(new, "new")
@@ -403,6 +407,8 @@ def train_cross_queries(new: Binarizer, x_new, old_codes, old_version: str, *,
         raise ValueError("old_version must be a non-empty str")
     if old_version == new.version:
         raise ValueError(f"old_version {old_version!r} is the new model's own version")
+    if not isinstance(calibrate, bool):
+        raise TypeError(f"calibrate must be a bool, got {type(calibrate).__name__}")
     if teacher not in ("neighbors", "softmax"):
         raise ValueError(f"teacher must be 'neighbors' or 'softmax', got {teacher!r}")
     for name, v in (("batch_size", batch_size), ("negatives", negatives),
@@ -424,7 +430,7 @@ def train_cross_queries(new: Binarizer, x_new, old_codes, old_version: str, *,
 
 def _train_cross_queries(*, new, xn, oc, old_version, epochs, query_bits, batch_size, negatives,
                          mined_k, tau_teacher, tau, lr, val_fraction, patience, seed,
-                         max_time_s, progress, teacher, **_unused):
+                         max_time_s, progress, teacher, calibrate, **_unused):
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(int(seed))
     x = F.normalize(torch.from_numpy(np.asarray(xn, dtype=np.float32)), dim=1)
@@ -510,12 +516,81 @@ def _train_cross_queries(*, new, xn, oc, old_version, epochs, query_bits, batch_
     bar.close()
     head.load_state_dict(best_state)
     head.eval()
+    cal = {m: (1.0, 0.0) for m in CALIBRATION_METRICS}
+    if calibrate:
+        for m in CALIBRATION_METRICS:
+            cal[m] = fit_head_calibration(new, old_version, x[val_q].numpy(), xt.numpy(),
+                                          oc[tr.numpy()], truth.numpy(), query_bits, metric=m)
+        head.calibration.copy_(torch.tensor([cal[m] for m in CALIBRATION_METRICS]))
     info = getattr(new, "train_info", None)
     if not isinstance(info, dict):
         info = new.train_info = {}
     info.setdefault("cross_val", {})[old_version] = {"best_r10@10": best, "log": log,
-                                                     "query_bits": query_bits}
+                                                     "query_bits": query_bits,
+                                                     "calibration": cal}
     return new
+
+
+def _logistic_1d(s: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> tuple:
+    """(w, c) of P(y = 1 | s) = sigmoid(w s + c), by Newton's method in float64."""
+    s, y = np.asarray(s, np.float64), np.asarray(y, np.float64)
+    mu, sd = s.mean(), s.std()
+    sd = sd if sd > 0 else 1.0
+    X = np.stack([(s - mu) / sd, np.ones_like(s)], 1)
+    beta = np.zeros(2)
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-np.clip(X @ beta, -50, 50)))
+        grad = X.T @ (p - y) + ridge * beta
+        hess = (X * (p * (1 - p))[:, None]).T @ X + ridge * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        beta -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    return beta[0] / sd, beta[1] - beta[0] * mu / sd
+
+
+def fit_head_calibration(new: Binarizer, old_version: str, x_queries, x_pool, old_pool_codes,
+                         truth, query_bits: int = 4, top: int = 50,
+                         metric: str = "cosine") -> tuple:
+    """``(scale, shift)`` putting the query head's scores on the own codes' scale, for an
+    index of ``metric`` ("cosine": cosine of the code values; "ip": their inner product).
+
+    ``x_queries`` (nq, D_new): held-out new floats used as queries; ``x_pool`` (n, D_new) and
+    ``old_pool_codes`` (n packed codes of ``old_version``): the same pool items under both
+    versions; ``truth`` (nq, k): each query's true neighbours (rows of the pool). Per version,
+    the ``top`` best cosine scores of each query (head codes against the pool's old codes;
+    own query codes against the pool's own codes, ``new.encode``) are labelled by whether the
+    item is a true neighbour and fitted by a logistic regression ``P = sigmoid(w s + c)``;
+    a head score s then maps to ``(w_h s + c_h - c_own) / w_own``: the own-code score with
+    the same probability of being a true neighbour. A ranking by these scores merges the two
+    versions' candidates by that probability. (1, 0) if a fit is degenerate (w <= 0).
+    """
+    if metric not in CALIBRATION_METRICS:
+        raise ValueError(f"metric must be one of {CALIBRATION_METRICS}, got {metric!r}")
+    unit = F.normalize if metric == "cosine" else (lambda t, dim: t)
+    qspec = CodeSpec(new.dim, query_bits)
+    xq = np.asarray(x_queries, dtype=np.float32)
+    truth = torch.from_numpy(np.asarray(truth, dtype=np.int64))
+    sets = ((new.encode_query_codes(xq, query_bits, target=old_version), old_pool_codes),
+            (new.encode_query_codes(xq, query_bits), new.encode(np.asarray(x_pool, np.float32))))
+    fits = []
+    for q_codes, g_codes in sets:
+        q = unit(torch.from_numpy(qspec.values(q_codes)), dim=1)
+        g = unit(torch.from_numpy(new.spec.values(g_codes)), dim=1)
+        m = min(int(top), g.shape[0])
+        scores, labels = [], []
+        for i in range(0, q.shape[0], 256):
+            sc, ix = (q[i:i + 256] @ g.T).topk(m, dim=1)
+            scores.append(sc.reshape(-1))
+            labels.append((ix[:, :, None] == truth[i:i + 256, None, :]).any(2).reshape(-1))
+        y = torch.cat(labels).numpy()
+        if y.all() or not y.any():
+            return 1.0, 0.0
+        fits.append(_logistic_1d(torch.cat(scores).numpy(), y))
+    (wh, ch), (ws, cs) = fits
+    if not (wh > 0 and ws > 0):
+        return 1.0, 0.0
+    return float(wh / ws), float((ch - cs) / ws)
 
 
 # ------------------------------------------------------------------------------ upgrader

@@ -115,6 +115,33 @@ def _check_version(version: Any) -> int:
     return v
 
 
+def _calibration_args(calibration: Any, tags: list) -> tuple:
+    """(scales, shifts) per version of ``tags`` from ``{version: (scale, shift)}`` (missing
+    versions: (1, 0)); ([], []) for None."""
+    if calibration is None:
+        return [], []
+    if not isinstance(calibration, Mapping):
+        raise TypeError("version_calibration must be a mapping {version: (scale, shift)}, got "
+                        f"{type(calibration).__name__}")
+    cal = {}
+    for v, pair in calibration.items():
+        tag = _check_version(v)
+        if tag not in tags:
+            raise ValueError(f"version_calibration[{tag}]: calibration applies to the items a "
+                             f"version query scores, and version_queries has no version {tag} "
+                             f"(it has {sorted(tags)})")
+        try:
+            a, b = (float(x) for x in pair)
+        except (TypeError, ValueError):
+            raise TypeError(f"version_calibration[{tag}] must be a pair of numbers (scale, "
+                            f"shift), got {pair!r}") from None
+        if not (np.isfinite(a) and np.isfinite(b) and a > 0):
+            raise ValueError(f"version_calibration[{tag}] must have a finite scale > 0 and a "
+                             f"finite shift, got ({a}, {b})")
+        cal[tag] = (a, b)
+    return [cal.get(t, (1.0, 0.0))[0] for t in tags], [cal.get(t, (1.0, 0.0))[1] for t in tags]
+
+
 def _check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
@@ -187,7 +214,8 @@ class _Base:
         return self._core.get_codes(_check_ids(ids, "ids"))[0]
 
     def _search(self, queries: Any, k: Any, threads: Any, filter: Any, exclude: Any,
-                query_bits: Any = None, version_queries: Any = None):
+                query_bits: Any = None, version_queries: Any = None,
+                version_calibration: Any = None):
         qspec = self.spec if query_bits is None else _query_spec(self.spec, query_bits)
         q = _check_codes(qspec, queries, "queries")
         k = _check_k(k)
@@ -206,7 +234,9 @@ class _Base:
                 if codes[-1].shape[0] != q.shape[0]:
                     raise ValueError(f"{name} must have one row per query ({q.shape[0]}), got "
                                      f"{codes[-1].shape[0]}")
-        return self._core.search(q, k, threads, ai, am, ei, em, qspec.bits, tags, codes)
+        scale, shift = _calibration_args(version_calibration, tags)
+        return self._core.search(q, k, threads, ai, am, ei, em, qspec.bits, tags, codes,
+                                 scale, shift)
 
     # ------------------------------------------------------------------ persistence
     def _header(self) -> dict:  # pragma: no cover - overridden
@@ -306,7 +336,8 @@ class Index(_Base):
 
     def search(self, queries: Any, k: int, threads: Optional[int] = None, filter: Any = None,
                exclude: Any = None, query_bits: Optional[int] = None,
-               version_queries: Optional[Mapping[int, Any]] = None):
+               version_queries: Optional[Mapping[int, Any]] = None,
+               version_calibration: Optional[Mapping[int, tuple]] = None):
         """Top-k of each packed query: ``(scores float32 (nq, k), ids int64 (nq, k))``.
 
         Best first, ties to the smaller id, tail padded with id -1 / score -inf.
@@ -322,8 +353,13 @@ class Index(_Base):
         query codes into an older version's code space, ``Binarizer.encode_query_codes(x,
         bits, target=...)``); one pass, one top-k per query over every version. With
         ``"cosine"`` each score is divided by the norm of the query code that made it.
+        ``version_calibration``: ``{version: (scale, shift)}`` for versions of
+        ``version_queries``: their items score ``scale * score + shift`` (scale > 0), ranked
+        and returned so, putting one query's scores under different codes on one scale (a
+        query head's fitted calibration, ``Binarizer.cross_calibration``); others unchanged.
         """
-        return self._search(queries, k, threads, filter, exclude, query_bits, version_queries)
+        return self._search(queries, k, threads, filter, exclude, query_bits, version_queries,
+                            version_calibration)
 
     def _header(self) -> dict:
         return {"spec": self.spec.to_dict(), "metric": self.metric}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -92,14 +92,25 @@ class ResidualMLP(nn.Module):
         return y
 
 
+#: Index metrics a query head's score calibration is fitted for, in its buffer's row order.
+CALIBRATION_METRICS = ("cosine", "ip")
+IDENTITY_CALIBRATION = [[1.0, 0.0], [1.0, 0.0]]
+
+
 class QueryHead(nn.Module):
     """Cross-version query head: L2-normalise, subtract the training mean (``mean``, set by
     the trainer; anisotropic embeddings such as MiniLM's CLS token share a large common
-    direction), then a :class:`ResidualMLP` to the target version's code dims."""
+    direction), then a :class:`ResidualMLP` to the target version's code dims.
+
+    ``calibration`` (buffer ``[[scale, shift] for "cosine", [scale, shift] for "ip"]``,
+    identity until the trainer fits it): maps the scores of this head's query codes against
+    the target version's codes onto the scale of the model's own query codes against its own
+    codes, for one merged ranking (``Index.search(version_calibration=)``)."""
 
     def __init__(self, a: int, c: int, hidden: int, depth: int):
         super().__init__()
         self.register_buffer("mean", torch.zeros(a))
+        self.register_buffer("calibration", torch.tensor(IDENTITY_CALIBRATION))
         self.net = ResidualMLP(a, c, hidden, depth)
 
     def forward(self, x):
@@ -243,6 +254,17 @@ class Binarizer(nn.Module):
             raise ValueError(f"model {self.version!r} has no query head for version "
                              f"{target_version!r}; it has {self.config.cross_versions}")
         return self.cross[self.config.cross_versions.index(target_version)]
+
+    def cross_calibration(self, target_version: str, metric: str = "cosine") -> Tuple[float, float]:
+        """``(scale, shift)`` of the query head into ``target_version`` for an index of
+        ``metric`` ("cosine" or "ip"): its scores map to ``scale * score + shift`` on the
+        scale of this model's own query codes against its own codes
+        (``Index.search(..., version_calibration={tag: ...})``); (1, 0) if never fitted."""
+        if metric not in CALIBRATION_METRICS:
+            raise ValueError(f"metric must be one of {CALIBRATION_METRICS}, got {metric!r}")
+        a, b = self.cross_head(target_version).calibration[
+            CALIBRATION_METRICS.index(metric)].tolist()
+        return float(a), float(b)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -429,6 +451,8 @@ class Binarizer(nn.Module):
                           compatible_with=config.compatible_with,
                           cross_versions=config.cross_versions,
                           cross_hidden=config.cross_hidden, cross_depth=config.cross_depth)
+        for i in range(len(config.cross_versions)):  # files from before head calibration
+            state.setdefault(f"cross.{i}.calibration", torch.tensor(IDENTITY_CALIBRATION))
         load_state_strict(model, state, p, name)
         model.eval()
         return model.to(map_location)

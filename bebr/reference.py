@@ -39,8 +39,9 @@ def topk_rows(scores: np.ndarray, ids: np.ndarray, k: int, descending: bool):
     return out_s, out_i
 
 
-def _scores(spec, qs, queries, codes, metric):
-    """float32 (nq, n) scores of queries (spec ``qs``) against codes (spec ``spec``)."""
+def _scores(spec, qs, queries, codes, metric, calibration=(1.0, 0.0)):
+    """float32 (nq, n) scores of queries (spec ``qs``) against codes (spec ``spec``), mapped
+    to ``scale * score + shift`` by ``calibration`` (in float64, before the cast)."""
     q = int_values(qs, queries)
     d = int_values(spec, codes)
     ip = (q @ d.T).astype(np.float64) / float(qs.scale * spec.scale)
@@ -50,7 +51,8 @@ def _scores(spec, qs, queries, codes, metric):
         ip = ip / (qn[:, None] * dn[None, :])
     elif metric != "ip":
         raise ValueError(f"metric must be 'ip' or 'cosine', got {metric!r}")
-    return ip.astype(np.float32)
+    a, b = calibration
+    return (ip * float(a) + float(b)).astype(np.float32)
 
 
 def search_codes(spec: CodeSpec, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray,
@@ -71,16 +73,19 @@ def search_codes(spec: CodeSpec, queries: np.ndarray, codes: np.ndarray, ids: np
 
 def search_versions(spec: CodeSpec, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray,
                     versions: np.ndarray, k: int, metric: str = "ip",
-                    version_queries: dict | None = None, query_spec: CodeSpec | None = None):
+                    version_queries: dict | None = None, query_spec: CodeSpec | None = None,
+                    version_calibration: dict | None = None):
     """Like :func:`search_codes`, but items whose version is a key of ``version_queries``
-    are scored with that entry's query codes (one row per query) instead of ``queries``."""
+    are scored with that entry's query codes (one row per query) instead of ``queries``,
+    and mapped to ``scale * score + shift`` by ``version_calibration[version]`` if given."""
     qs = spec if query_spec is None else query_spec
     vers = np.asarray(versions)
     sc = _scores(spec, qs, queries, codes, metric)
     for v, vqc in (version_queries or {}).items():
         cols = vers == v
         if cols.any():
-            sc[:, cols] = _scores(spec, qs, vqc, codes[cols], metric)
+            sc[:, cols] = _scores(spec, qs, vqc, codes[cols], metric,
+                                  (version_calibration or {}).get(v, (1.0, 0.0)))
     return topk_rows(sc, np.asarray(ids, dtype=np.int64), k, descending=True)
 
 

@@ -302,6 +302,13 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
       if (vq.versions[v] == vq.versions[w])
         throw std::invalid_argument("version queries given twice for version " + std::to_string(vq.versions[v]));
   if (vq.n > 0 && metric_ == Metric::kHamming) throw std::invalid_argument("a Hamming index has no version queries");
+  for (int v = 0; v < vq.n; ++v) {
+    const float a = vq.scale ? vq.scale[v] : 1.f, b = vq.shift ? vq.shift[v] : 0.f;
+    if (!(a > 0.f) || !std::isfinite(a) || !std::isfinite(b))
+      throw std::invalid_argument("score calibration of version " + std::to_string(vq.versions[v]) +
+                                  " must have a finite scale > 0 and a finite shift, got scale " +
+                                  std::to_string(a) + ", shift " + std::to_string(b));
+  }
   const float pad = metric_ == Metric::kHamming ? std::numeric_limits<float>::infinity()
                                                 : -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < nq * k; ++i) {
@@ -332,6 +339,8 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
       set_slots[set][s / kBlock] |= uint64_t(1) << kR.r_of_item[s % kBlock];
     }
   }
+  // ip: a score is its integer key / s2 (s2 = the product of the two codes' level scales)
+  const double s2 = static_cast<double>(1 << (query_bits - 1)) * (1 << (geo_.bits - 1));
   // cosine with version queries: each entry's keys carry its own query norm in the heap
   const bool scaled = vq.n > 0 && metric_ == Metric::kCosine;
   std::vector<float> qinv;
@@ -404,6 +413,10 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
           qg.slots[g] = set_slots.empty() ? nullptr : set_slots[set].data();
           qg.heap[g] = static_cast<int>(q - q0);
           if (scaled) qg.key_scale[g] = qinv[set * nq + q];
+          if (set > 0) {  // calibration: score -> a * score + b, in key units
+            if (vq.scale) qg.key_scale[g] *= vq.scale[set - 1];
+            if (vq.shift) qg.key_shift[g] = metric_ == Metric::kIP ? static_cast<float>(vq.shift[set - 1] * s2) : vq.shift[set - 1];
+          }
         }
         kt.scan(a, qg, heaps);
       }
@@ -481,7 +494,6 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   for (auto& l : local)
     for (int64_t q = 0; q < nq; ++q) res.heaps[q].merge_from(l.heaps[q]);
 
-  const double s2 = static_cast<double>(1 << (query_bits - 1)) * (1 << (geo_.bits - 1));
   std::vector<std::pair<float, int64_t>> srt;
   for (int64_t q = 0; q < nq; ++q) {
     res.heaps[q].sorted(srt);

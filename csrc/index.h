@@ -48,6 +48,11 @@ struct VersionQueries {
   int n = 0;
   const int32_t* versions = nullptr;
   const uint8_t* const* codes = nullptr;
+  // Optional per-version score calibration (nullptr: none): the items of versions[v] score
+  // scale[v] * score + shift[v] (score as search returns it), so that one query's scores under
+  // different codes compare (a query head's cosine mapped onto the new version's own scale).
+  const float* scale = nullptr;
+  const float* shift = nullptr;
 };
 
 class SdcIndex {

@@ -37,10 +37,8 @@ void scan_scalar(const ScanArgs& a, const QueryGroup& qg, TopK* heaps) {
             ip += (geo.dim - 2 * pc) << ((qbits - 1 - s) + (bits - 1 - t));
           }
         float key = static_cast<float>(ip);
-        if (a.kind == ScoreKind::kCosine) {
-          key = key * a.invn[blk * kBlock + r];
-          if (qg.key_scale[g] != 1.f) key = key * qg.key_scale[g];
-        }
+        if (a.kind == ScoreKind::kCosine) key = key * a.invn[blk * kBlock + r];
+        if (qg.key_scale[g] != 1.f || qg.key_shift[g] != 0.f) key = key * qg.key_scale[g] + qg.key_shift[g];
         heaps[qg.heap[g]].push(key, id);
       }
     }

@@ -15,6 +15,7 @@
 //    (8 bytes per row), then the int32 sum of qv at byte 8C.
 #pragma once
 #include <cstddef>
+#include <cmath>
 #include <cstdint>
 
 #include "layout.h"
@@ -48,10 +49,23 @@ struct QueryGroup {
   // each restricted to that version's slots and all feeding the query's heap.
   const uint64_t* slots[kMaxGroup] = {};
   int heap[kMaxGroup] = {0, 1, 2, 3};
-  // Cosine only: each query's keys are multiplied by this (its inverse norm) before they enter
-  // the heap, so that entries of one query with different codes compare; 1 = unscaled.
+  // Each entry's keys enter the heap as key * key_scale + key_shift (key: the integer score,
+  // for cosine times the item's inverse norm), so that entries of one query with different
+  // codes compare: for cosine key_scale carries the entry's query inverse norm, and both carry
+  // a per-version score calibration (Index.search(version_calibration=)); 1 / 0 = unchanged.
   float key_scale[kMaxGroup] = {1.f, 1.f, 1.f, 1.f};
+  float key_shift[kMaxGroup] = {0.f, 0.f, 0.f, 0.f};
 };
+
+// Lowest unscaled key that can reach heap threshold th after key * ks + sh (ks > 0), minus a
+// slack for the float rounding of that map, so that a prefilter against it never drops an
+// item the heap would keep (the heap itself compares the exactly mapped key).
+inline float unscaled_threshold(float th, float ks, float sh) {
+  if (ks == 1.f && sh == 0.f) return th;
+  const double t = (static_cast<double>(th) - sh) / ks;
+  const double slack = 1e-5 * (std::fabs(t) + (std::fabs(static_cast<double>(th)) + std::fabs(sh)) / ks);
+  return static_cast<float>(t - slack);
+}
 
 // A batch of queries as an int8 matrix for matrix-unit kernels (AMX), stored as 16 x 64 tiles:
 // tile (u, kc) = bytes [(u * kpad/64 + kc) * 1024, +1024), its row r = query 16u + r's scaled

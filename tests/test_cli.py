@@ -334,10 +334,15 @@ def test_compatible_version_upgrade_and_mixed_index(work, tmp_path):
     assert "query head" in p.stderr
     want = mn.encode_query_codes(x_new, 2, target=mn.config.cross_versions[0])
     index = bebr_index_load(tmp_path / "idx")
-    np.testing.assert_array_equal(
-        np.array([json.loads(r)["ids"] for r in p.stdout.splitlines()]),
-        index.search(mn.encode(x_new), 3, version_queries={
-            version_tag(mn.config.cross_versions[0]): want})[1])
+    tag = version_tag(mn.config.cross_versions[0])
+    cal = mn.cross_calibration(mn.config.cross_versions[0], index.metric)
+    assert cal != (1.0, 0.0)
+    got_s, got_i = index.search(mn.encode(x_new), 3, version_queries={tag: want},
+                                version_calibration={tag: cal})
+    rows = [json.loads(r) for r in p.stdout.splitlines()]
+    np.testing.assert_array_equal(np.array([r["ids"] for r in rows]), got_i)
+    # the head's scores come back calibrated
+    np.testing.assert_allclose(np.array([r["scores"] for r in rows]), got_s, rtol=1e-5)
     p2 = cli("search", tmp_path / "new.npy", "--index", tmp_path / "idx", "--model",
              tmp_path / "mn", "-k", 3, "--no-heads", check=True)
     assert "query head" not in p2.stderr and p2.stdout != p.stdout

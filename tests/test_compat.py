@@ -1,5 +1,7 @@
 """Compatible training and the code upgrader on a few thousand real GloVe rows."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -254,6 +256,14 @@ def test_mixed_index_with_version_queries_matches_reference(tmp_path, data, old_
     want = search_versions(spec, q_self, codes, ids, vers, 10, "cosine", {1: q_head}, qspec)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
     assert (got[1] == want[1]).mean() > 0.99
+    # with the head's fitted calibration: the v1 items' scores mapped, one merged ranking
+    cal = headed.cross_calibration("v1")
+    got_c = index.search(q_self, 10, query_bits=4, version_queries={1: q_head},
+                         version_calibration={1: cal})
+    want_c = search_versions(spec, q_self, codes, ids, vers, 10, "cosine", {1: q_head}, qspec,
+                             {1: cal})
+    np.testing.assert_allclose(got_c[0], want_c[0], rtol=1e-5, atol=1e-5)
+    assert (got_c[1] == want_c[1]).mean() > 0.99
     # a mixed index with heads finds more than one searched with the new codes alone
     alone = index.search(headed.encode(x_new[q]), 10)[1]
     assert metrics.recall_at_k(got[1], base[truth]) > metrics.recall_at_k(alone, base[truth])
@@ -261,6 +271,45 @@ def test_mixed_index_with_version_queries_matches_reference(tmp_path, data, old_
     loaded = bebr.Binarizer.load(headed.save(tmp_path / "v2h"))
     assert loaded.config.cross_versions == ["v1"]
     np.testing.assert_array_equal(loaded.encode_query_codes(x_new[q], 4, target="v1"), q_head)
+
+
+def test_head_calibration_is_fitted_saved_and_consistent(tmp_path, data, old_model, headed):
+    """The head's (scale, shift) makes a head score and the own score with the same fitted
+    probability of being a true neighbour equal; it is saved with the model, and a model
+    file from before calibration loads with the identity."""
+    from bebr.compat import _logistic_1d
+
+    g, x_new, q, base, truth = data
+    a, b = headed.cross_calibration("v1")
+    assert a > 0 and np.isfinite(b) and (a, b) != (1.0, 0.0)
+    ip = headed.cross_calibration("v1", "ip")
+    assert ip[0] > 0 and ip != (a, b)
+    cal = headed.train_info["cross_val"]["v1"]["calibration"]
+    assert cal["cosine"] == pytest.approx((a, b)) and cal["ip"] == pytest.approx(ip)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        headed.cross_calibration("v1", "hamming")
+    # logistic fits: the head's fit on mapped scores equals the own fit
+    rng = np.random.default_rng(0)
+    s_h, s_o = rng.normal(0.5, 0.1, 4000), rng.normal(0.7, 0.1, 4000)
+    y_h = rng.random(4000) < 1 / (1 + np.exp(-(20 * s_h - 12)))
+    y_o = rng.random(4000) < 1 / (1 + np.exp(-(15 * s_o - 12)))
+    wh, ch = _logistic_1d(s_h, y_h)
+    wo, co = _logistic_1d(s_o, y_o)
+    assert wh == pytest.approx(20, rel=0.25) and ch == pytest.approx(-12, rel=0.25)
+    am, bm = wh / wo, (ch - co) / wo
+    w2, c2 = _logistic_1d(am * s_h + bm, y_h)
+    assert (w2, c2) == pytest.approx((wo, co), rel=1e-4)
+    loaded = bebr.Binarizer.load(headed.save(tmp_path / "cal"))
+    assert loaded.cross_calibration("v1") == pytest.approx((a, b))
+    assert loaded.cross_calibration("v1", "ip") == pytest.approx(ip)
+    old_style = copy.deepcopy(headed)
+    del old_style.cross_head("v1")._buffers["calibration"]
+    old_style.save(tmp_path / "before")
+    before = bebr.Binarizer.load(tmp_path / "before")
+    assert before.cross_calibration("v1") == before.cross_calibration("v1", "ip") == (1.0, 0.0)
+    with pytest.raises(TypeError, match="calibrate must be a bool"):
+        bebr.train_cross_queries(copy.deepcopy(headed), x_new[base], old_model.encode(g[base]),
+                                 "v1", calibrate=1, **HEAD_KW)
 
 
 def test_train_compatible_learns_heads_for_the_chain(data, old_model, new_model):

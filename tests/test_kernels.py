@@ -176,14 +176,19 @@ def test_query_bits_match_reference(dim, bits, query_bits, n, nq, k, removed, al
        query_bits=st.integers(1, 4), n=st.integers(0, 250), nver=st.integers(1, 3),
        nq=st.sampled_from([1, 3, 6, _C.BATCH_MIN_QUERIES + 3]), k=st.integers(1, 25),
        removed=st.booleans(), allow=st.booleans(), threads=st.sampled_from([1, 2]),
-       seed=st.integers(0, 2**32 - 1))
+       calibrate=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_version_queries_match_reference(dim, bits, query_bits, n, nver, nq, k, removed, allow,
-                                         threads, seed):
+                                         threads, calibrate, seed):
     """Per-version query codes: items of version v scored with version_queries[v], the rest
-    with the main queries, one merged top-k per query; every level bit-identical to scalar,
-    exact (ip) / within float tolerance (cosine) against the numpy reference."""
+    with the main queries, one merged top-k per query, optionally calibrated per version;
+    every level bit-identical to scalar, exact (ip) / within float tolerance (cosine) against
+    the numpy reference. Calibrations are powers of two and multiples of the ip score step,
+    so that ip stays exact in float32."""
     rng = np.random.default_rng(seed)
     spec, qspec = CodeSpec(dim, bits), CodeSpec(dim, query_bits)
+    step = 1.0 / (qspec.scale * spec.scale)  # ip score of one integer key unit
+    cal = ({v: (float(2.0 ** rng.integers(-2, 3)), float(rng.integers(-40, 41)) * step)
+            for v in range(nver) if rng.random() < 0.8} if calibrate else None)
     codes = random_codes(rng, spec, n)
     if n > 4:
         codes[rng.integers(0, n, n // 4)] = codes[0]  # exact ties
@@ -207,7 +212,8 @@ def test_version_queries_match_reference(dim, bits, query_bits, n, nver, nq, k, 
                 if len(gone):
                     idx.remove(gone)
                 got[lvl, metric] = idx.search(queries, k, threads=threads, filter=allowed,
-                                              query_bits=query_bits, version_queries=vq)
+                                              query_bits=query_bits, version_queries=vq,
+                                              version_calibration=cal)
     finally:
         bebr.set_simd_level(before)
     for lvl in LEVELS:
@@ -216,11 +222,11 @@ def test_version_queries_match_reference(dim, bits, query_bits, n, nver, nq, k, 
             np.testing.assert_array_equal(got[lvl, metric][0], got["scalar", metric][0])
     sel = keep if allowed is None else np.isin(ids, allowed)
     want = reference.search_versions(spec, queries, codes[sel], ids[sel], vers[sel], k, "ip",
-                                     vq, qspec)
+                                     vq, qspec, cal)
     np.testing.assert_array_equal(got["scalar", "ip"][1], want[1])
     np.testing.assert_array_equal(got["scalar", "ip"][0], want[0])
     want_c = reference.search_versions(spec, queries, codes[sel], ids[sel], vers[sel], k,
-                                       "cosine", vq, qspec)
+                                       "cosine", vq, qspec, cal)
     np.testing.assert_allclose(got["scalar", "cosine"][0], want_c[0], rtol=1e-5, atol=1e-6)
 
 
@@ -238,6 +244,19 @@ def test_version_queries_bad_input():
         idx.search(q, 2, version_queries={1: random_codes(rng, CodeSpec(20, 3), 3)})
     with pytest.raises(TypeError, match="version must be an int"):
         idx.search(q, 2, version_queries={"1": q})
+    with pytest.raises(ValueError, match="version_queries has no version 2"):
+        idx.search(q, 2, version_queries={1: q}, version_calibration={2: (1.0, 0.0)})
+    for bad in ((0.0, 0.0), (-1.0, 0.0), (1.0, float("nan")), (float("inf"), 0.0)):
+        with pytest.raises(ValueError, match="finite scale > 0"):
+            idx.search(q, 2, version_queries={1: q}, version_calibration={1: bad})
+    with pytest.raises(TypeError, match="pair of numbers"):
+        idx.search(q, 2, version_queries={1: q}, version_calibration={1: 2.0})
+    with pytest.raises(TypeError, match="mapping"):
+        idx.search(q, 2, version_queries={1: q}, version_calibration=[(1.0, 0.0)])
+    # a calibration is applied to the scores it returns
+    s1 = idx.search(q, 3, version_queries={1: q})[0]
+    s2 = idx.search(q, 3, version_queries={1: q}, version_calibration={1: (2.0, 0.5)})[0]
+    np.testing.assert_allclose(s2, 2 * s1 + 0.5, rtol=1e-6)
     # version queries replace the main queries for that version only
     s, i = idx.search(q, 10, version_queries={1: q[::-1].copy()})
     np.testing.assert_array_equal(i, idx.search(q[::-1].copy(), 10)[1])

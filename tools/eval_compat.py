@@ -89,11 +89,12 @@ def search(spec, queries, gallery_by_version, k=10, query_bits=None, version_que
 
 
 def backfill(spec, ev, new_queries, old_gallery, new_gallery, fractions, old_ok, label,
-             query_bits=None, old_queries=None):
+             query_bits=None, old_queries=None, calibration=None):
     """Hot refresh in one ``bebr.Index``: all items start as v1 codes; at each fraction r the
     items of ``metrics.backfill_subset(n, r)`` (nested) still at v1 are re-encoded in place
     by ``upsert(..., version=2)``; new queries search the mixed index (with
-    ``old_queries``: the new version's query-head codes score the items still at v1)."""
+    ``old_queries``: the new version's query-head codes score the items still at v1, their
+    scores mapped by the head's ``calibration`` (scale, shift) if given)."""
     n = old_gallery.shape[0]
     index = bebr.Index(spec, metric="cosine")
     index.add(np.ascontiguousarray(old_gallery), np.arange(n), version=V1)
@@ -108,7 +109,8 @@ def backfill(spec, ev, new_queries, old_gallery, new_gallery, fractions, old_ok,
         if counts.get(V2, 0) != int(round(r * n)):
             raise RuntimeError(f"backfill bookkeeping: {counts} at r={r}")
         ids = index.search(np.ascontiguousarray(new_queries), 10, query_bits=query_bits,
-                           version_queries=vq)[1]
+                           version_queries=vq,
+                           version_calibration=None if calibration is None else {V1: calibration})[1]
         values.append(ev.recall(ids))
         flips.append(M.negative_flip_rate(old_ok, ev.correct(ids)))
     return M.BackfillCurve(np.array(fractions), np.array(values), np.array(flips), label=label)
@@ -312,8 +314,10 @@ def run_budget(dim, bits, data, cache, args, lines, png_dir, first=True):
                  f"(`train_cross_queries`: v2 floats and stored v1 codes of {len(pair):,} "
                  f"gallery items, no query word among them; teacher "
                  f"`{head_teacher(m2, pair)}` by `head_teacher`); new queries search v1 items "
-                 f"with the head's codes and v2 items with their own codes, in one pass "
-                 f"(`Index.search(q, k, query_bits={QB}, version_queries={{1: head codes}})`). "
+                 f"with the head's codes and v2 items with their own codes, in one pass, the "
+                 f"head's scores mapped onto the v2 scale by its fitted calibration "
+                 f"(`Index.search(q, k, query_bits={QB}, version_queries={{1: head codes}}, "
+                 f"version_calibration={{1: model.cross_calibration(v1)}})`). "
                  f"The v2 codes are unchanged. Baseline for the criterion: the better of "
                  f"M(old,old) with 2-bit ({fmt(m_oo)}) and {QB}-bit ({fmt(m_oo4)}) v1 queries, "
                  f"{fmt(base_oo)}.\n")
@@ -334,9 +338,20 @@ def run_budget(dim, bits, data, cache, args, lines, png_dir, first=True):
         cnh = hm.encode(m2)
         h_nn = ev.m(q_self, cnh[bi], query_bits=QB)
         h_no = ev.m(q_head, c1[bi], query_bits=QB)
+        cal = hm.cross_calibration(v1.version)
         hcurve = backfill(spec, ev, q_self, c1[bi], cnh[bi], fr, old_ok, f"{name} + head",
-                         query_bits=QB, old_queries=q_head)
+                          query_bits=QB, old_queries=q_head, calibration=cal)
         head_curves.append(hcurve)
+        if name == DEFAULT:  # ablation: the same head's scores merged uncalibrated
+            uncal = backfill(spec, ev, q_self, c1[bi], cnh[bi], fr, old_ok,
+                             f"{name} + head, uncalibrated", query_bits=QB, old_queries=q_head)
+            SUMMARY.setdefault(tag, {})["uncal"] = uncal.flip_rates
+            cal_note = (f"Calibration (`fit_head_calibration`, fitted in `train_cross_queries` "
+                        f"on its held-out rows) of the default model's head: head cosine -> "
+                        f"{cal[0]:.3f} * cosine {cal[1]:+.3f}. The same head merged "
+                        f"uncalibrated: R10@10 " + " / ".join(fmt(v) for v in uncal.values)
+                        + ", negative flips " + " / ".join(f"{v:.3f}" for v in uncal.flip_rates)
+                        + f" at r = {' / '.join(f'{r:g}' for r in fr)}.\n")
         heads[name] = (h_nn, h_no, hcurve.flip_rates, hm)
         try:
             gain = fmt(M.update_gain(h_no, base_oo, h_nn))
@@ -363,6 +378,7 @@ def run_budget(dim, bits, data, cache, args, lines, png_dir, first=True):
                     title=f"v1 GloVe -> v2 MiniLM, {dim}x{bits}, query heads",
                     references={"M(old,old)": base_oo})
     lines.append(f"![backfill with query heads {tag}]({png.relative_to(ROOT).as_posix()})\n")
+    lines.append(cal_note)
     SUMMARY[tag].update(heads={k: v[:3] for k, v in heads.items()}, base_oo=base_oo,
                         m_oo4=m_oo4)
 

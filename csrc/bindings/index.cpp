@@ -96,7 +96,8 @@ void register_index(py::module_& m) {
           [](const PyIndex& s, const py::array& queries, int k, int threads, std::optional<py::array> allow_ids,
              std::optional<py::array> allow_mask, std::optional<py::array> exclude_ids,
              std::optional<py::array> exclude_mask, int query_bits, const std::vector<int32_t>& vversions,
-             const std::vector<py::array>& vcodes) {
+             const std::vector<py::array>& vcodes, const std::vector<float>& vscale,
+             const std::vector<float>& vshift) {
             if (query_bits < 1 || query_bits > 7)
               throw py::value_error("query_bits must be in [1, 7], got " + std::to_string(query_bits));
             if (s.metric() == Metric::kHamming && query_bits != 1)
@@ -129,6 +130,9 @@ void register_index(py::module_& m) {
             }
             const py::ssize_t nq = q.shape(0);
             if (vversions.size() != vcodes.size()) throw py::value_error("version queries: one code array per version");
+            if ((!vscale.empty() && vscale.size() != vversions.size()) ||
+                (!vshift.empty() && vshift.size() != vversions.size()))
+              throw py::value_error("version calibration: one scale and one shift per version, or none");
             std::vector<py::array_t<uint8_t>> vq_arrays;
             std::vector<const uint8_t*> vq_ptrs;
             for (size_t v = 0; v < vcodes.size(); ++v) {
@@ -143,6 +147,8 @@ void register_index(py::module_& m) {
             vq.n = static_cast<int>(vq_ptrs.size());
             vq.versions = vversions.data();
             vq.codes = vq_ptrs.data();
+            vq.scale = vscale.empty() ? nullptr : vscale.data();
+            vq.shift = vshift.empty() ? nullptr : vshift.data();
             py::array_t<float> scores({nq, static_cast<py::ssize_t>(k)});
             py::array_t<int64_t> ids({nq, static_cast<py::ssize_t>(k)});
             const float pad = s.metric() == Metric::kHamming ? std::numeric_limits<float>::infinity()
@@ -160,7 +166,8 @@ void register_index(py::module_& m) {
           py::arg("queries"), py::arg("k"), py::arg("threads") = 1, py::arg("allow_ids") = py::none(),
           py::arg("allow_mask") = py::none(), py::arg("exclude_ids") = py::none(),
           py::arg("exclude_mask") = py::none(), py::arg("query_bits"), py::arg("version_tags"),
-          py::arg("version_codes"))
+          py::arg("version_codes"), py::arg("version_scale") = std::vector<float>{},
+          py::arg("version_shift") = std::vector<float>{})
       .def("versions", &PyIndex::versions)
       .def("ids_of_version", [](const PyIndex& s, int32_t v) { return to_array(s.ids_of_version(v)); })
       .def("ids", [](const PyIndex& s) { return to_array(s.ids()); })
