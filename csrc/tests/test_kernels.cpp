@@ -137,6 +137,52 @@ TEST_P(LevelsVsScalar, QueryBitsDifferentFromStoredBitsExact) {
 
 INSTANTIATE_TEST_SUITE_P(AllLevels, LevelsVsScalar, ::testing::ValuesIn(bebr::available_simd_levels()));
 
+TEST_P(LevelsVsScalar, CalibratedVersionQueriesBitExact) {
+  // items of version 1 scored with their own query codes and mapped to a * score + b, the
+  // rest with the main queries, one heap per query: each level bit-identical to scalar;
+  // a large shift puts version 1 first; a bad calibration is refused
+  std::mt19937_64 rng(5);
+  for (Metric metric : {Metric::kIP, Metric::kCosine}) {
+    for (int bits : {1, 2, 3}) {
+      const int dim = 70, qbits = 4;
+      SdcIndex idx(dim, bits, metric);
+      const int64_t n = 300;
+      auto codes = random_codes(rng, idx.geometry(), n);
+      std::vector<int64_t> ids(n);
+      for (int64_t i = 0; i < n; ++i) ids[i] = 3 * i + 1;
+      idx.add(codes.data(), n / 2, ids.data(), 0);
+      idx.add(codes.data() + (n / 2) * idx.geometry().code_bytes, n - n / 2, ids.data() + n / 2, 1);
+      const bebr::Geometry qg(dim, qbits);
+      const int64_t nq = 5;
+      const int k = 12;
+      auto q = random_codes(rng, qg, nq), q1 = random_codes(rng, qg, nq);
+      const int32_t vers[1] = {1};
+      const uint8_t* vcodes[1] = {q1.data()};
+      for (float shift : {0.37f, 1e4f}) {
+        const float scale[1] = {0.61f}, sh[1] = {shift};
+        bebr::VersionQueries vq{1, vers, vcodes, scale, sh};
+        auto search = [&](const char* level) {
+          bebr::set_simd_level(level);
+          Result r{std::vector<float>(nq * k), std::vector<int64_t>(nq * k)};
+          idx.search(q.data(), nq, k, 2, {}, r.s.data(), r.i.data(), qbits, vq);
+          return r;
+        };
+        const Result want = search("scalar");
+        const Result got = search(GetParam().c_str());
+        ASSERT_EQ(got.i, want.i) << "bits=" << bits << " shift=" << shift;
+        ASSERT_EQ(got.s, want.s) << "bits=" << bits << " shift=" << shift;
+        if (shift > 1e3f)
+          for (int64_t i = 0; i < nq * k; ++i) EXPECT_GE(got.i[i], ids[n / 2]) << "version 1 first";
+      }
+      float sc[nq * k];
+      int64_t id[nq * k];
+      const float bad_scale[1] = {-1.f}, zero[1] = {0.f};
+      bebr::VersionQueries bad{1, vers, vcodes, bad_scale, zero};
+      EXPECT_THROW(idx.search(q.data(), nq, k, 1, {}, sc, id, qbits, bad), std::invalid_argument);
+    }
+  }
+}
+
 TEST(SdcIndex, ExactInnerProductOfExtremeCodes) {
   // all levels max: <v, v> = dim * (2^bits - 1)^2 / 4^(bits-1)
   for (int bits = 1; bits <= 4; ++bits) {
