@@ -107,14 +107,23 @@ class QueryHead(nn.Module):
     the target version's codes onto the scale of the model's own query codes against its own
     codes, for one merged ranking (``Index.search(version_calibration=)``)."""
 
-    def __init__(self, a: int, c: int, hidden: int, depth: int):
+    def __init__(self, a: int, c: int, hidden: int, depth: int, members: int = 1):
         super().__init__()
         self.register_buffer("mean", torch.zeros(a))
         self.register_buffer("calibration", torch.tensor(IDENTITY_CALIBRATION))
-        self.net = ResidualMLP(a, c, hidden, depth)
+        # an ensemble of ``members`` independently trained MLPs; the query direction is the
+        # mean of their unit outputs (one member: its output as is)
+        self.nets = nn.ModuleList([ResidualMLP(a, c, hidden, depth) for _ in range(members)])
+
+    def member(self, k: int, x):
+        """Output of member ``k`` alone (what the trainer fits)."""
+        return self.nets[k](F.normalize(x, dim=1) - self.mean)
 
     def forward(self, x):
-        return self.net(F.normalize(x, dim=1) - self.mean)
+        if len(self.nets) == 1:
+            return self.member(0, x)
+        xc = F.normalize(x, dim=1) - self.mean
+        return torch.stack([F.normalize(n(xc), dim=1) for n in self.nets]).mean(0)
 
 
 @dataclass
@@ -132,6 +141,8 @@ class BinarizerConfig:
     cross_versions: List[str] = field(default_factory=list)
     cross_hidden: int = 1024
     cross_depth: int = 2
+    # ensemble members of each head, aligned with cross_versions (empty: one member each)
+    cross_members: List[int] = field(default_factory=list)
 
     def validate(self) -> None:
         for name in ("in_dim", "dim", "bits", "hidden", "depth"):
@@ -160,6 +171,16 @@ class BinarizerConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not isinstance(self.cross_members, list) or not all(
+                isinstance(m, int) and not isinstance(m, bool) and m >= 1
+                for m in self.cross_members) \
+                or len(self.cross_members) not in (0, len(self.cross_versions)):
+            raise ValueError(f"cross_members must be empty or one positive int per "
+                             f"cross_versions entry, got {self.cross_members!r}")
+
+    def members_of(self, i: int) -> int:
+        """Ensemble members of head ``i``."""
+        return self.cross_members[i] if self.cross_members else 1
 
 
 @dataclass
@@ -216,7 +237,7 @@ class Binarizer(nn.Module):
     def __init__(self, in_dim: int, dim: int, bits: int, *, hidden: int = 512, depth: int = 1,
                  version: Optional[str] = None, compatible_with: str = "",
                  cross_versions: Sequence[str] = (), cross_hidden: int = 1024,
-                 cross_depth: int = 2):
+                 cross_depth: int = 2, cross_members: Sequence[int] = ()):
         super().__init__()
         cfg = BinarizerConfig(in_dim, dim, bits, hidden, depth,
                               version if version is not None else uuid.uuid4().hex,
@@ -232,20 +253,34 @@ class Binarizer(nn.Module):
         # Cross-version query heads (QueryHead): cross[i] maps an input to a query direction in the code
         # space of version config.cross_versions[i] (bebr.compat.train_cross_queries).
         self.cross = nn.ModuleList()
-        for v in cross_versions:
-            self.add_cross_head(v)
+        members = list(cross_members) or [1] * len(cross_versions)
+        if len(members) != len(cross_versions):
+            raise ValueError(f"cross_members must give one count per cross version, got "
+                             f"{list(cross_members)} for {list(cross_versions)}")
+        for v, m in zip(cross_versions, members):
+            self.add_cross_head(v, m)
 
-    def add_cross_head(self, target_version: str) -> "QueryHead":
-        """A fresh query head for the code space of ``target_version`` (replacing any)."""
+    def add_cross_head(self, target_version: str, members: int = 1) -> "QueryHead":
+        """A fresh query head (an ensemble of ``members`` MLPs) for the code space of
+        ``target_version``, replacing any."""
         if not isinstance(target_version, str) or not target_version:
             raise ValueError("target_version must be a non-empty str")
+        if isinstance(members, bool) or not isinstance(members, (int, np.integer)) \
+                or members < 1:
+            raise ValueError(f"members must be a positive int, got {members!r}")
         head = QueryHead(self.in_dim, self.dim, self.config.cross_hidden,
-                         self.config.cross_depth)
-        if target_version in self.config.cross_versions:
-            self.cross[self.config.cross_versions.index(target_version)] = head
+                         self.config.cross_depth, int(members))
+        cfg = self.config
+        counts = [cfg.members_of(i) for i in range(len(cfg.cross_versions))]
+        if target_version in cfg.cross_versions:
+            i = cfg.cross_versions.index(target_version)
+            self.cross[i] = head
+            counts[i] = int(members)
         else:
-            self.config.cross_versions.append(target_version)
+            cfg.cross_versions.append(target_version)
             self.cross.append(head)
+            counts.append(int(members))
+        cfg.cross_members = counts if any(c != 1 for c in counts) else []
         return head
 
     def cross_head(self, target_version: str) -> "QueryHead":
@@ -450,9 +485,13 @@ class Binarizer(nn.Module):
                           depth=config.depth, version=config.version,
                           compatible_with=config.compatible_with,
                           cross_versions=config.cross_versions,
-                          cross_hidden=config.cross_hidden, cross_depth=config.cross_depth)
-        for i in range(len(config.cross_versions)):  # files from before head calibration
+                          cross_hidden=config.cross_hidden, cross_depth=config.cross_depth,
+                          cross_members=config.cross_members)
+        for i in range(len(config.cross_versions)):  # files from before ensembles/calibration
             state.setdefault(f"cross.{i}.calibration", torch.tensor(IDENTITY_CALIBRATION))
+            legacy = f"cross.{i}.net."
+            for key in [k for k in state if k.startswith(legacy)]:
+                state[f"cross.{i}.nets.0." + key[len(legacy):]] = state.pop(key)
         load_state_strict(model, state, p, name)
         model.eval()
         return model.to(map_location)

@@ -229,8 +229,11 @@ def test_query_head_searches_old_codes_better_than_old_queries(data, old_model, 
     plain = metrics.recall_at_k(index.search(headed.encode(x_new[q]), 10)[1], truth)
     assert m_no > m_oo + 0.02 and m_no > plain + 0.05, (m_no, m_oo, plain)
     info = headed.train_info["cross_val"]["v1"]
-    assert info["query_bits"] == 4 and info["best_r10@10"] == max(
-        e["val_r10@10"] for e in info["log"])
+    assert info["query_bits"] == 4 and info["members"] == 3 == len(info["member_logs"])
+    # each member keeps its best epoch; the ensemble of the three is what the head scores
+    assert info["member_best"] == [max(e["val_r10@10"] for e in lg)
+                                   for lg in info["member_logs"]]
+    assert len(headed.cross_head("v1").nets) == 3
     assert headed.config.cross_versions == ["v1"]
     with pytest.raises(ValueError, match="no query head for version 'v0'"):
         headed.encode_query_codes(x_new[q], 4, target="v0")
@@ -302,14 +305,50 @@ def test_head_calibration_is_fitted_saved_and_consistent(tmp_path, data, old_mod
     loaded = bebr.Binarizer.load(headed.save(tmp_path / "cal"))
     assert loaded.cross_calibration("v1") == pytest.approx((a, b))
     assert loaded.cross_calibration("v1", "ip") == pytest.approx(ip)
-    old_style = copy.deepcopy(headed)
-    del old_style.cross_head("v1")._buffers["calibration"]
+    single = copy.deepcopy(headed)  # a one-member head, as written before ensembles
+    single.cross_head("v1").nets = single.cross_head("v1").nets[:1]
+    single.config.cross_members = []
+    old_style = copy.deepcopy(single)  # the file layout before calibration and ensembles
+    h = old_style.cross_head("v1")
+    del h._buffers["calibration"]
+    h.net = h.nets[0]
+    del h.nets
     old_style.save(tmp_path / "before")
+    assert any(".net." in k for k in old_style.state_dict())
     before = bebr.Binarizer.load(tmp_path / "before")
     assert before.cross_calibration("v1") == before.cross_calibration("v1", "ip") == (1.0, 0.0)
+    np.testing.assert_array_equal(before.encode_query_codes(x_new[q], 4, target="v1"),
+                                  single.encode_query_codes(x_new[q], 4, target="v1"))
     with pytest.raises(TypeError, match="calibrate must be a bool"):
         bebr.train_cross_queries(copy.deepcopy(headed), x_new[base], old_model.encode(g[base]),
                                  "v1", calibrate=1, **HEAD_KW)
+
+
+def test_ensemble_head_averages_its_members_and_round_trips(tmp_path, data, old_model,
+                                                           headed):
+    g, x_new, q, base, truth = data
+    m = bebr.train_cross_queries(copy.deepcopy(headed), x_new[base], old_model.encode(g[base]),
+                                 "v1", members=2, **dict(HEAD_KW, epochs=2))
+    head = m.cross_head("v1")
+    assert len(head.nets) == 2 and m.config.cross_members == [2]
+    info = m.train_info["cross_val"]["v1"]
+    assert info["members"] == 2 and len(info["member_logs"]) == 2
+    xq = torch.from_numpy(x_new[q[:20]])
+    with torch.no_grad():
+        want = (torch.nn.functional.normalize(head.member(0, xq), dim=1)
+                + torch.nn.functional.normalize(head.member(1, xq), dim=1)) / 2
+        np.testing.assert_allclose(head(xq).numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(head.member(0, xq), head.member(1, xq))
+    loaded = bebr.Binarizer.load(m.save(tmp_path / "ens"))
+    assert loaded.config.cross_members == [2]
+    np.testing.assert_array_equal(loaded.encode_query_codes(x_new[q], 4, target="v1"),
+                                  m.encode_query_codes(x_new[q], 4, target="v1"))
+    # a second head of one member next to it keeps the per-head counts
+    m.add_cross_head("v0")
+    assert m.config.cross_members == [2, 1]
+    with pytest.raises(ValueError, match="members must be a positive int"):
+        bebr.train_cross_queries(copy.deepcopy(headed), x_new[base], old_model.encode(g[base]),
+                                 "v1", members=0, **HEAD_KW)
 
 
 def test_train_compatible_learns_heads_for_the_chain(data, old_model, new_model):

@@ -169,9 +169,10 @@ class Cache:
         return m
 
 
-DEFAULT = "BEBR compat only (default)"
+DEFAULT = "BEBR compat only (default, weight 0.5)"
 ABLATION = [
     (DEFAULT, CompatWeights()),
+    ("BEBR compat only, weight 1", CompatWeights(compat=1)),
     ("RACT", CompatWeights(compat=0, ract=1, cross_distill=0)),
     ("BEBR compat + cross-distill", CompatWeights(compat=1, ract=0, cross_distill=1)),
     ("BEBR compat + neighbour targets", CompatWeights(compat=1, neighbor=1)),
@@ -311,7 +312,8 @@ def run_budget(dim, bits, data, cache, args, lines, png_dir, first=True):
     base_oo = max(m_oo, m_oo4)
     lines.append(f"#### With cross-version query heads ({tag}, {QB}-bit query codes)\n")
     lines.append(f"Each v2 model also learns a query head into the v1 code space "
-                 f"(`train_cross_queries`: v2 floats and stored v1 codes of {len(pair):,} "
+                 f"(`train_cross_queries`, an ensemble of 3 residual MLPs, the default "
+                 f"`members=3`: v2 floats and stored v1 codes of {len(pair):,} "
                  f"gallery items, no query word among them; teacher "
                  f"`{head_teacher(m2, pair)}` by `head_teacher`); new queries search v1 items "
                  f"with the head's codes and v2 items with their own codes, in one pass, the "
@@ -328,9 +330,7 @@ def run_budget(dim, bits, data, cache, args, lines, png_dir, first=True):
     heads, head_curves = {}, []
     for name, model, mname in (("independent", ind, f"v2ind_{tag}"),
                                (DEFAULT, results[DEFAULT][0],
-                                f"v2c_{tag}_{wtag(weights_of[DEFAULT])}"),
-                               ("RACT", results["RACT"][0],
-                                f"v2c_{tag}_{wtag(weights_of['RACT'])}")):
+                                f"v2c_{tag}_{wtag(weights_of[DEFAULT])}")):
         hname = f"{mname}_head{QB}_{len(pair)}"
         hm, hname = with_head(cache, hname, model, m2, c1, v1.version, pair)
         q_self = hm.encode_query_codes(m2[qi], QB)
