@@ -88,16 +88,24 @@ class _ShardServer:
         return {"path": self.path, "n": len(idx), "spec": getattr(idx, "spec", None),
                 "descending": type(idx).__name__ != "HammingIndex"}
 
-    def search(self, queries, k, threads=None, query_bits=None):
-        # Arrays unpickled from Ray's object store carry a non-canonical dtype instance that
-        # bebr._C's identity dtype check refuses ("must have dtype uint8, got uint8");
-        # a view with the canonical dtype fixes that without a copy.
-        q = np.ascontiguousarray(queries)
-        if q.dtype == np.uint8:
-            q = q.view(np.uint8)
-        if query_bits is None:
-            return self.index.search(q, k, threads=threads)
-        return self.index.search(q, k, threads=threads, query_bits=query_bits)
+    def search(self, queries, k, threads=None, query_bits=None, version_queries=None,
+               version_calibration=None):
+        kw = {}
+        if query_bits is not None:
+            kw["query_bits"] = query_bits
+        if version_queries is not None:
+            kw["version_queries"] = {v: _canonical(c) for v, c in version_queries.items()}
+        if version_calibration is not None:
+            kw["version_calibration"] = version_calibration
+        return self.index.search(_canonical(queries), k, threads=threads, **kw)
+
+
+def _canonical(codes):
+    """Arrays unpickled from Ray's object store carry a non-canonical dtype instance that
+    bebr._C's identity dtype check refuses ("must have dtype uint8, got uint8"); a view with
+    the canonical dtype fixes that without a copy."""
+    q = np.ascontiguousarray(codes)
+    return q.view(np.uint8) if q.dtype == np.uint8 else q
 
 
 class ShardedIndex:
@@ -135,11 +143,17 @@ class ShardedIndex:
         return sum(self.sizes)
 
     def search(self, queries: np.ndarray, k: int, threads: Optional[int] = None,
-               query_bits: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+               query_bits: Optional[int] = None, version_queries=None,
+               version_calibration=None) -> Tuple[np.ndarray, np.ndarray]:
         """Global top-k over all shards: ``(scores float32 (nq, k), ids int64 (nq, k))``.
-        ``query_bits``: as in :meth:`bebr.Index.search` (SDC index shards only)."""
+        ``query_bits``, ``version_queries``, ``version_calibration``: as in
+        :meth:`bebr.Index.search` (SDC index shards only); shards of a mixed-version index
+        score each version's items with its own query codes, so the merge is exact."""
         q = self._ray.put(np.ascontiguousarray(queries))
-        parts = self._ray.get([a.search.remote(q, k, threads, query_bits)
+        vq = None if version_queries is None else self._ray.put(
+            {int(v): np.ascontiguousarray(c) for v, c in dict(version_queries).items()})
+        parts = self._ray.get([a.search.remote(q, k, threads, query_bits, vq,
+                                               version_calibration)
                                for a in self.actors])
         return merge_topk([p[0] for p in parts], [p[1] for p in parts], k,
                           descending=self.descending)

@@ -162,3 +162,23 @@ def test_sharded_index_equals_one_index(ray_local, tmp_path):
         q4 = bebr.CodeSpec(40, 4).pack(rng.integers(0, 16, (7, 40)))
         np.testing.assert_array_equal(sharded.search(q4, 10, query_bits=4)[1],
                                       one.search(q4, 10, query_bits=4)[1])
+    # a mixed-version index in shards: version queries and calibration pass through
+    vers = np.where(np.arange(n) % 3 == 0, 1, 2)
+    mixed = bebr.Index(spec, "cosine")
+    paths = []
+    for s, (a, b) in enumerate([(0, 1700), (1700, n)]):
+        idx = bebr.Index(spec, "cosine")
+        for v in (1, 2):
+            sel = np.arange(a, b)[vers[a:b] == v]
+            idx.add(codes[sel], ids[sel], version=v)
+            mixed.add(codes[sel], ids[sel], version=v)
+        idx.save(tmp_path / f"mixed{s}.bebr")
+        paths.append(tmp_path / f"mixed{s}.bebr")
+    q1 = bebr.CodeSpec(40, 4).pack(rng.integers(0, 16, (7, 40)))
+    kw = dict(query_bits=4, version_queries={1: q1}, version_calibration={1: (0.8, 0.05)})
+    with ShardedIndex(paths) as sharded:
+        got_s, got_i = sharded.search(q4, 10, **kw)
+        want_s, want_i = mixed.search(q4, 10, **kw)
+        np.testing.assert_array_equal(got_i, want_i)
+        np.testing.assert_array_equal(got_s, want_s)
+        assert not np.array_equal(got_i, mixed.search(q4, 10, query_bits=4)[1])
