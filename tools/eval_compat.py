@@ -25,6 +25,7 @@ import io
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -201,7 +202,7 @@ def head_teacher(x_new, pair) -> str:
     return "neighbors" if float((x_new[a] * x_new[b]).sum(1).mean()) > 0.4 else "softmax"
 
 
-def with_head(cache, name, model, x_new, old_codes, old_version, pair):
+def with_head(cache, name, model, x_new, old_codes, old_version, pair, seed=0):
     """A copy of ``model`` plus a query head into ``old_version``'s codes, cached under
     ``name`` + the teacher; returns (model, cache name)."""
     teacher = head_teacher(x_new, pair)
@@ -210,13 +211,21 @@ def with_head(cache, name, model, x_new, old_codes, old_version, pair):
     def fit():
         m = copy.deepcopy(model)
         return train_cross_queries(m, x_new[pair], old_codes[pair], old_version,
-                                   progress=False, threads=1, teacher=teacher)
+                                   progress=False, threads=1, teacher=teacher, seed=seed)
     return cache.get(key, fit), key
 
 
 def wtag(w: CompatWeights) -> str:
     return (f"c{w.compat:g}r{w.ract:g}x{w.cross_distill:g}u{w.unibct:g}t{w.tau:g}"
             f"n{w.neighbor:g}k{w.neighbor_k}{w.neighbor_loss}{w.neighbor_tau:g}")
+
+
+def _link(png: Path) -> str:
+    """Markdown path of a plot: relative to the repository when it is inside it."""
+    try:
+        return png.relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(png)
 
 
 def fmt(x):
@@ -229,7 +238,7 @@ def run_budget(dim, bits, data, cache, args, lines, png_dir, first=True):
     tag = f"{dim}x{bits}"
     # center=True: the setting BENCHMARKS section 3 was measured with (train_binarizer's default
     # became center=False afterwards; compat centers its new models itself)
-    kw = dict(epochs=ep, progress=False, seed=0, threads=1, max_train_rows=args.train_rows,
+    kw = dict(epochs=ep, progress=False, seed=args.seed, threads=1, max_train_rows=args.train_rows,
               center=True)
     print(f"== budget {tag} ({dim * bits} bits)", flush=True)
     v1 = cache.get(f"v1_{tag}", lambda: train_binarizer(g, dim, bits, version="glove50-v1", **kw))
@@ -302,7 +311,7 @@ def run_budget(dim, bits, data, cache, args, lines, png_dir, first=True):
     png = png_dir / f"compat_backfill_{tag}.png"
     M.plot_backfill(curves, png, title=f"v1 GloVe -> v2 MiniLM, {dim}x{bits} codes",
                     references={"M(old,old)": m_oo, "M(indep new,new)": m_ii})
-    lines.append(f"![backfill {tag}]({png.relative_to(ROOT).as_posix()})\n")
+    lines.append(f"![backfill {tag}]({_link(png)})\n")
 
     # ---- cross-version query heads: each v2 model gets a query head into v1's code space,
     # trained on gallery pairs only (v2 float + stored v1 code); 4-bit query codes; one
@@ -332,7 +341,7 @@ def run_budget(dim, bits, data, cache, args, lines, png_dir, first=True):
                                (DEFAULT, results[DEFAULT][0],
                                 f"v2c_{tag}_{wtag(weights_of[DEFAULT])}")):
         hname = f"{mname}_head{QB}_{len(pair)}"
-        hm, hname = with_head(cache, hname, model, m2, c1, v1.version, pair)
+        hm, hname = with_head(cache, hname, model, m2, c1, v1.version, pair, args.seed)
         q_self = hm.encode_query_codes(m2[qi], QB)
         q_head = hm.encode_query_codes(m2[qi], QB, target=v1.version)
         cnh = hm.encode(m2)
@@ -385,7 +394,7 @@ def run_budget(dim, bits, data, cache, args, lines, png_dir, first=True):
     M.plot_backfill(head_curves + [curves[0]], png,
                     title=f"v1 GloVe -> v2 MiniLM, {dim}x{bits}, query heads",
                     references={"M(old,old)": base_oo})
-    lines.append(f"![backfill with query heads {tag}]({png.relative_to(ROOT).as_posix()})\n")
+    lines.append(f"![backfill with query heads {tag}]({_link(png)})\n")
     lines.append(cal_note)
     SUMMARY[tag].update(heads={k: v[:3] for k, v in heads.items()}, base_oo=base_oo,
                         m_oo4=m_oo4)
@@ -399,7 +408,7 @@ def run_budget(dim, bits, data, cache, args, lines, png_dir, first=True):
     up = cache.get(f"up_{tag}_{wtag(CompatWeights())}_{n_pair}",
                    lambda: train_upgrader(c1[bi][paired], new, m2[bi][paired],
                                           epochs=args.upgrade_epochs, progress=False,
-                                          threads=1),
+                                          threads=1, seed=args.seed),
                    kind=CodeUpgrader)
     t = time.perf_counter()
     upgraded = up.upgrade(c1[bi])
@@ -432,7 +441,7 @@ def run_budget(dim, bits, data, cache, args, lines, png_dir, first=True):
 def run_chain(dim, bits, data, cache, args, lines, v1, v2, c1, c2):
     g, m2, m3, qi, bi = data
     tag = f"{dim}x{bits}"
-    kw = dict(epochs=args.epochs, progress=False, seed=0, threads=1,
+    kw = dict(epochs=args.epochs, progress=False, seed=args.seed, threads=1,
               max_train_rows=args.train_rows)
     v3 = cache.get(f"v3c_{tag}_{wtag(CompatWeights())}",
                    lambda: train_compatible(m3, m2, v2, version="minilm-cls-v3",
@@ -462,9 +471,9 @@ def run_chain(dim, bits, data, cache, args, lines, v1, v2, c1, c2):
     # pairs; v2's head into v1 comes from run_budget), 4-bit queries everywhere
     pair = gallery_pairs(bi, args)
     v3h, _ = with_head(cache, f"v3c_{tag}_{wtag(CompatWeights())}_head{QB}v2_{len(pair)}", v3,
-                       m3, c2, v2.version, pair)
+                       m3, c2, v2.version, pair, args.seed)
     v3h, _ = with_head(cache, f"v3c_{tag}_{wtag(CompatWeights())}_head{QB}v2v1_{len(pair)}",
-                       v3h, m3, c1, v1.version, pair)
+                       v3h, m3, c1, v1.version, pair, args.seed)
     models = {"v1": (v1, g), "v2": (v2, m2), "v3": (v3h, m3)}
     matq = {}
     for qv, (qm, qx) in models.items():
@@ -503,6 +512,10 @@ def main(argv=None):
     ap.add_argument("--no-chain", action="store_true")
     ap.add_argument("--write", action="store_true", help="write BENCHMARKS.md section 3")
     ap.add_argument("--cache", default=None, help="model cache dir")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="training seed of every model and head (the query split, the paired "
+                         "samples and the backfill order stay fixed); a seed other than 0 "
+                         "caches under compat_models_seed<N>")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -511,12 +524,15 @@ def main(argv=None):
     m3 = minilm_cls_embeddings(words)
     qi, bi = ds.query_split(len(words), 2000, seed=0)
     data = (g, m2, m3, qi, bi)
-    cache = Cache(Path(args.cache) if args.cache else ds.data_dir() / "compat_models",
+    default_cache = "compat_models" + (f"_seed{args.seed}" if args.seed else "")
+    cache = Cache(Path(args.cache) if args.cache else ds.data_dir() / default_cache,
                   args.epochs, args.train_rows)
     lines = []
+    # plots go to docs/ only with --write (a trial run leaves the committed ones alone)
+    png_dir = ROOT / "docs" if args.write else Path(tempfile.mkdtemp(prefix="eval_compat_"))
     for i, b in enumerate(args.budgets.split(",")):
         dim, bits = (int(v) for v in b.lower().split("x"))
-        v1, v2, c1, c2 = run_budget(dim, bits, data, cache, args, lines, ROOT / "docs",
+        v1, v2, c1, c2 = run_budget(dim, bits, data, cache, args, lines, png_dir,
                                     first=i == 0)
         if i == 0 and not args.no_chain:
             run_chain(dim, bits, data, cache, args, lines, v1, v2, c1, c2)
