@@ -221,11 +221,17 @@ def cmd_train(args) -> int:
         if x_old.shape[0] != x.shape[0]:
             raise CliError(f"--old-input has {x_old.shape[0]} rows but the new input has "
                            f"{x.shape[0]}; they must be the same items, row for row")
+        if args.head_members < 1:
+            raise CliError(f"--head-members must be >= 1, got {args.head_members}")
         model = train_compatible(x, x_old, old, dim=args.dim, bits=args.bits, seed=args.seed,
-                                 progress=not args.no_progress, **kw)
+                                 progress=not args.no_progress,
+                                 cross_queries=not args.no_heads,
+                                 cross_kwargs={"members": args.head_members}, **kw)
     else:
         if args.old_input:
             raise CliError("--old-input is only used with --compatible-with")
+        if args.no_heads or args.head_members != 3:
+            raise CliError("--no-heads / --head-members are only used with --compatible-with")
         model = train_binarizer(x, args.dim or 64, args.bits or 2, seed=args.seed,
                                 progress=not args.no_progress, **kw)
     model.save(args.out)
@@ -570,6 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train a new version compatible with this deployed model")
     p.add_argument("--old-input", nargs="+", default=None,
                    help="the old model's embeddings of the same items (row for row)")
+    p.add_argument("--head-members", type=int, default=3,
+                   help="with --compatible-with: ensemble members of the query head into the "
+                        "old version's codes (default 3; training time grows with them)")
+    p.add_argument("--no-heads", action="store_true",
+                   help="with --compatible-with: no query head (compatible codes only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_common(p)
     p.set_defaults(func=cmd_train)

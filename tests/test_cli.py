@@ -303,7 +303,12 @@ def test_compatible_version_upgrade_and_mixed_index(work, tmp_path):
     np.save(tmp_path / "new.npy", x_new)
     bebr("train", tmp_path / "new.npy", "-o", tmp_path / "mn", "--compatible-with",
          d / "model", "--old-input", tmp_path / "old.npy", "--epochs", 1, "--version", "v2",
-         "--max-time", 5, "--threads", 1, "--no-progress")
+         "--max-time", 5, "--threads", 1, "--no-progress", "--head-members", 2)
+    bebr("train", tmp_path / "new.npy", "-o", tmp_path / "mn0", "--compatible-with",
+         d / "model", "--old-input", tmp_path / "old.npy", "--epochs", 1, "--version", "v2b",
+         "--max-time", 5, "--threads", 1, "--no-progress", "--no-heads")
+    assert_clean_error(cli("train", tmp_path / "new.npy", "-o", tmp_path / "bad",
+                           "--head-members", 2), "only used with --compatible-with")
     bebr("train-upgrader", "--old", d / "model", "--new", tmp_path / "mn", "--old-input",
          tmp_path / "old.npy", "--new-input", tmp_path / "new.npy", "-o", tmp_path / "up",
          "--epochs", 1, "--max-time", 5, "--no-progress")
@@ -331,6 +336,8 @@ def test_compatible_version_upgrade_and_mixed_index(work, tmp_path):
 
     mn = Binarizer.load(tmp_path / "mn")
     assert mn.config.cross_versions == [Binarizer.load(d / "model").version]
+    assert mn.config.cross_members == [2]
+    assert Binarizer.load(tmp_path / "mn0").config.cross_versions == []
     assert "query head" in p.stderr
     want = mn.encode_query_codes(x_new, 2, target=mn.config.cross_versions[0])
     index = bebr_index_load(tmp_path / "idx")
