@@ -565,6 +565,20 @@ the all-candidate softmax is nearly flat: in earlier runs of this script (one-me
 cross-test was 0.511 with it vs 0.573 with own-neighbour targets, v3 -> v1 0.020 vs 0.074;
 for v2 -> v1 at 128x2 the other way round, 0.070 (softmax) vs 0.063 (own neighbours).
 
+Second seed (`python tools/eval_compat.py --budgets 128x2 --no-chain --quick --seed 1`, and
+the same with `--budgets 64x2`: every model and head retrained with seed 1; queries, pairs and
+backfill order unchanged), with heads: 128x2 M(new,old) 0.093 vs M(old,old) 0.064, self-test
+0.743 vs 0.746 (-0.4%), flips 0.084 / 0.018 / 0.005 / 0.003 / 0.001 vs 0.145 / 0.028 / 0.010 /
+0.003 / 0.001 (codes alone); 64x2 M(new,old) 0.078 vs 0.064, flips 0.092 / 0.036 / 0.018 /
+0.008 / 0.004 vs 0.144 / 0.060 / 0.033 / 0.017 / 0.009, but self-test 0.558 vs 0.577 (-3.2%,
+outside 3%; codes alone 0.485 vs 0.507, -4.5%). The compat weight does not close that gap
+(seed 1, codes alone / 4-bit queries: weight 0.1 -3.4% / -2.6%, 0.25 -3.6% / -3.5%;
+`align="old"` -3.8% / -2.6%; selection on self recall only -4.5% / -3.2%); the batches do:
+`train_compatible(..., neighbors=3)` (mined-neighbour batches, train's default, instead of
+random ones) gave +2.5% / -0.5% at seed 1 and +3.1% / +1.1% at seed 0, with codes-alone
+cross-test 0.021 instead of 0.014-0.015. Not yet the default: every model of this script would
+have to be retrained (the figures above are from `neighbors=0`).
+
 What moved the 64x2 figures (quick scripts on the cached models of the run before, the
 same queries and truth as this script; one seed):
 - Compatible training at lr 3e-3 instead of 5e-4 (6 epochs, no early stop): self-test vs the
