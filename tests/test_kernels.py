@@ -69,11 +69,14 @@ def test_extreme_values_exact(level):
 
 
 def search_every_level(spec, codes, ids, queries, k, threads, gone=(), allowed=None,
-                       query_bits=None):
+                       query_bits=None, versions=None, version_queries=None,
+                       version_calibration=None):
     """Search an index of (codes, ids) minus `gone` at every SIMD level and both metrics
-    (query codes at `query_bits`, default the index's bits); assert every level is
-    bit-identical to scalar (same float ops everywhere) and return the results keyed by
-    (level, metric)."""
+    (query codes at `query_bits`, default the index's bits; with `versions`, row i is added
+    as version versions[i], and `version_queries` / `version_calibration` go to search);
+    assert every level is bit-identical to scalar (same float ops everywhere) and return the
+    results keyed by (level, metric)."""
+    vers = np.zeros(len(ids), dtype=np.int64) if versions is None else np.asarray(versions)
     before = bebr.simd_level()
     results = {}
     try:
@@ -81,11 +84,14 @@ def search_every_level(spec, codes, ids, queries, k, threads, gone=(), allowed=N
             bebr.set_simd_level(lvl)
             for metric in ("ip", "cosine"):
                 idx = bebr.Index(spec, metric)
-                idx.add(codes, ids)
+                for v in np.unique(vers):
+                    idx.add(codes[vers == v], ids[vers == v], version=int(v))
                 if len(gone):
                     idx.remove(gone)
                 results[lvl, metric] = idx.search(queries, k, threads=threads, filter=allowed,
-                                                  query_bits=query_bits)
+                                                  query_bits=query_bits,
+                                                  version_queries=version_queries,
+                                                  version_calibration=version_calibration)
     finally:
         bebr.set_simd_level(before)
     for lvl in LEVELS:
@@ -199,27 +205,9 @@ def test_version_queries_match_reference(dim, bits, query_bits, n, nver, nq, k, 
     gone = ids[::3] if removed else ids[:0]
     keep = np.isin(ids, gone, invert=True)
     allowed = ids[keep][rng.random(keep.sum()) < 0.7] if allow else None
-    before = bebr.simd_level()
-    got = {}
-    try:
-        for lvl in LEVELS:
-            bebr.set_simd_level(lvl)
-            for metric in ("ip", "cosine"):
-                idx = bebr.Index(spec, metric)
-                for v in range(nver + 1):
-                    if (vers == v).any():
-                        idx.add(codes[vers == v], ids[vers == v], version=v)
-                if len(gone):
-                    idx.remove(gone)
-                got[lvl, metric] = idx.search(queries, k, threads=threads, filter=allowed,
-                                              query_bits=query_bits, version_queries=vq,
-                                              version_calibration=cal)
-    finally:
-        bebr.set_simd_level(before)
-    for lvl in LEVELS:
-        for metric in ("ip", "cosine"):
-            np.testing.assert_array_equal(got[lvl, metric][1], got["scalar", metric][1])
-            np.testing.assert_array_equal(got[lvl, metric][0], got["scalar", metric][0])
+    got = search_every_level(spec, codes, ids, queries, k, threads, gone=gone, allowed=allowed,
+                             query_bits=query_bits, versions=vers, version_queries=vq,
+                             version_calibration=cal)
     sel = keep if allowed is None else np.isin(ids, allowed)
     want = reference.search_versions(spec, queries, codes[sel], ids[sel], vers[sel], k, "ip",
                                      vq, qspec, cal)
