@@ -221,16 +221,16 @@ def cmd_train(args) -> int:
         if x_old.shape[0] != x.shape[0]:
             raise CliError(f"--old-input has {x_old.shape[0]} rows but the new input has "
                            f"{x.shape[0]}; they must be the same items, row for row")
-        if args.head_members < 1:
+        if args.head_members is not None and args.head_members < 1:
             raise CliError(f"--head-members must be >= 1, got {args.head_members}")
+        cross = {} if args.head_members is None else {"members": args.head_members}
         model = train_compatible(x, x_old, old, dim=args.dim, bits=args.bits, seed=args.seed,
                                  progress=not args.no_progress,
-                                 cross_queries=not args.no_heads,
-                                 cross_kwargs={"members": args.head_members}, **kw)
+                                 cross_queries=not args.no_heads, cross_kwargs=cross, **kw)
     else:
         if args.old_input:
             raise CliError("--old-input is only used with --compatible-with")
-        if args.no_heads or args.head_members != 3:
+        if args.no_heads or args.head_members is not None:
             raise CliError("--no-heads / --head-members are only used with --compatible-with")
         model = train_binarizer(x, args.dim or 64, args.bits or 2, seed=args.seed,
                                 progress=not args.no_progress, **kw)
@@ -576,9 +576,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train a new version compatible with this deployed model")
     p.add_argument("--old-input", nargs="+", default=None,
                    help="the old model's embeddings of the same items (row for row)")
-    p.add_argument("--head-members", type=int, default=3,
+    p.add_argument("--head-members", type=int, default=None,
                    help="with --compatible-with: ensemble members of the query head into the "
-                        "old version's codes (default 3; training time grows with them)")
+                        "old version's codes (default: train_cross_queries' 3; training time "
+                        "grows with them)")
     p.add_argument("--no-heads", action="store_true",
                    help="with --compatible-with: no query head (compatible codes only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
