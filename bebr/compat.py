@@ -241,8 +241,7 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
     random pool of at most this many items (cost: items x pool x D_new once).
     Other keyword arguments go to :func:`bebr.train.train_binarizer`
     (``batch_size``, ``lr``, ``loss``, ``max_time_s``, ``log``, ...); defaults differing
-    from train's: ``lr=3e-3``, ``patience=epochs`` (no early stop), ``neighbors=0`` (random
-    batches: mined-neighbour batches put true neighbours among the InfoNCE negatives).
+    from train's: ``lr=3e-3``, ``patience=epochs`` (no early stop).
     The result gets a fresh ``version`` (or the one given) and ``compatible_with ==
     old.version``; chaining (v3 against v2 against v1) keeps the chain in one code space.
     ``cross_queries`` (default on): also learn query heads (:func:`train_cross_queries`,
@@ -311,10 +310,10 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
     # 5e-4 the models stayed near the init and 6 epochs fell short of an independent model's
     # self-test (GloVe -> MiniLM 64x2 -6.3% vs -3.1%; 128x2 -2.0% vs -1.8%)
     train_kwargs.setdefault("lr", 3e-3)
-    # random batches: with mined-neighbour batches (train's default since its neighbors=3)
-    # the in-batch negatives of the compat InfoNCE include each anchor's true neighbours, and
-    # fine-tuning fell below the init within one epoch (BENCHMARKS.md section 3)
-    train_kwargs.setdefault("neighbors", 0)
+    # mined-neighbour batches (train's default neighbors=3): at lr 3e-3 they lift self-test
+    # above random batches (GloVe -> MiniLM 64x2, codes alone: +2.5% vs -4.5% against an
+    # independent model at seed 1; BENCHMARKS.md section 3); at lr 5e-4 they had fallen
+    # below the init within one epoch
     train_kwargs.setdefault("patience", epochs if epochs is not None else 1000)
     defaults = inspect.signature(train_binarizer).parameters
     hidden = train_kwargs.pop("hidden", defaults["hidden"].default)
@@ -384,9 +383,9 @@ def train_cross_queries(new: Binarizer, x_new, old_codes, old_version: str, *,
     ``x_new`` (n, D_new): the new upstream embeddings of n items; ``old_codes``: those items'
     stored packed codes of version ``old_version`` (``CodeSpec(new.dim, new.bits)``, e.g.
     ``Index.get_codes``): no old floats and no old model are needed, so every version still
-    in an index can get a head. The head (``new.add_cross_head``: a residual MLP on the
-    L2-normalised, centered input, :class:`bebr.model.QueryHead`) is trained so that the new float space's neighbourhoods are what the
-    query finds among old codes: per anchor, a softmax over candidates (the batch, each
+    in an index can get a head. The head (``new.add_cross_head``: an ensemble of residual
+    MLPs on the L2-normalised, centered input, :class:`bebr.model.QueryHead`) is trained so
+    that the new float space's neighbourhoods are what the query finds among old codes: per anchor, a softmax over candidates (the batch, each
     anchor's ``mined_k`` new-float neighbours and ``negatives`` random items; the anchor
     itself excluded, as a query is never its own answer) of ``cos(head(x_a), o_c) / tau``
     is fitted (KL) to the softmax of ``cos(x_a, x_c) / tau_teacher``. Start: the least-squares
