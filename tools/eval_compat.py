@@ -680,7 +680,8 @@ def targets_block():
         others = ", ".join(f"{nm} {fmt(v[0])} ({100 * (v[0] / s_['m_ii'] - 1):+.1f}%)"
                            for nm, v in s_["rows"].items() if nm != DEFAULT)
         per.append(f"{tag} **{'met' if gap >= -3 else 'not met'}**: default {fmt(m_nn)} vs "
-                   f"independent {fmt(s_['m_ii'])} ({gap:+.1f}%); {others}")
+                   f"independent {fmt(s_['m_ii'])} ({gap:+.1f}%)" + (f"; {others}" if others
+                                                                      else ""))
     out.append("- Compatible M(new,new) within 3% of the independent model (same epochs, no "
                "early stop for both): " + "; ".join(per) + ".")
     fl = []
@@ -692,9 +693,10 @@ def targets_block():
         fl.append(f"{tag}: RACT {'/'.join(f'{v:.3f}' for v in r)} vs BEBR "
                   f"{'/'.join(f'{v:.3f}' for v in b)}")
         wins.append(bool((r <= b).all() and (r < b).any()))
-    out.append(f"- Negative flips during the backfill (r = 0 .. 1) lower with RACT than with the "
-               f"plain BEBR compat loss: **{'met' if all(wins) else 'not met'}** "
-               f"(one seed; {len(wins)} budgets). " + "; ".join(fl) + ".")
+    if wins:  # no RACT row under --default-only
+        out.append(f"- Negative flips during the backfill (r = 0 .. 1) lower with RACT than with "
+                   f"the plain BEBR compat loss: **{'met' if all(wins) else 'not met'}** "
+                   f"(one seed; {len(wins)} budgets). " + "; ".join(fl) + ".")
     up = []
     for tag, s in SUMMARY.items():
         if not tag.startswith("chain") and "upgrader" in s:
