@@ -221,8 +221,6 @@ def cmd_train(args) -> int:
         if x_old.shape[0] != x.shape[0]:
             raise CliError(f"--old-input has {x_old.shape[0]} rows but the new input has "
                            f"{x.shape[0]}; they must be the same items, row for row")
-        if args.head_members is not None and args.head_members < 1:
-            raise CliError(f"--head-members must be >= 1, got {args.head_members}")
         cross = {} if args.head_members is None else {"members": args.head_members}
         model = train_compatible(x, x_old, old, dim=args.dim, bits=args.bits, seed=args.seed,
                                  progress=not args.no_progress,

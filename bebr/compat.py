@@ -268,6 +268,24 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
             raise TypeError(f"train_compatible sets {key} itself")
     if older_codes is not None and not isinstance(older_codes, Mapping):
         raise TypeError("older_codes must be a mapping {version id: packed codes}")
+    if cross_queries:  # the head options, checked before minutes of training, not after
+        if cross_kwargs is not None and not isinstance(cross_kwargs, Mapping):
+            raise TypeError("cross_kwargs must be a mapping of train_cross_queries options")
+        ck = dict(seed=seed, progress=progress, threads=train_kwargs.get("threads"),
+                  max_time_s=train_kwargs.get("max_time_s"))
+        ck.update(cross_kwargs or {})
+        try:
+            opts = inspect.signature(train_cross_queries).bind(None, None, None, None, **ck)
+        except TypeError as e:
+            raise TypeError(f"cross_kwargs: {e}") from None
+        opts.apply_defaults()
+        for ver, codes in (older_codes or {}).items():
+            if codes.shape[0] != xn.shape[0]:
+                raise ValueError(f"older_codes[{ver!r}] has {codes.shape[0]} rows, x_new "
+                                 f"{xn.shape[0]}")
+        _check_head_options(bits, **{k: opts.arguments[k] for k in (
+            "calibrate", "teacher", "batch_size", "negatives", "mined_k", "patience", "members",
+            "query_bits")})
     version = uuid.uuid4().hex if version is None else version
     if not isinstance(version, str) or not version:
         raise ValueError("version must be a non-empty str")
@@ -355,15 +373,9 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
     model.train_info["compat_weights"] = asdict(weights)
     model.train_info["val_self_cross"] = val_log
     if cross_queries:
-        ck = dict(seed=seed, progress=progress, threads=train_kwargs.get("threads"),
-                  max_time_s=train_kwargs.get("max_time_s"))
-        ck.update(cross_kwargs or {})
         targets = {old.version: old.encode(xo)}
         targets.update(older_codes or {})
         for ver, codes in targets.items():
-            if codes.shape[0] != xn.shape[0]:
-                raise ValueError(f"older_codes[{ver!r}] has {codes.shape[0]} rows, x_new "
-                                 f"{xn.shape[0]}")
             train_cross_queries(model, xn, codes, ver, **ck)
     return model
 
@@ -414,6 +426,21 @@ def train_cross_queries(new: Binarizer, x_new, old_codes, old_version: str, *,
         raise ValueError("old_version must be a non-empty str")
     if old_version == new.version:
         raise ValueError(f"old_version {old_version!r} is the new model's own version")
+    _check_head_options(new.bits, calibrate=calibrate, teacher=teacher, batch_size=batch_size,
+                        negatives=negatives, mined_k=mined_k, patience=patience,
+                        members=members, query_bits=query_bits)
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        return _train_cross_queries(**locals())
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _check_head_options(bits: int, *, calibrate, teacher, batch_size, negatives, mined_k,
+                        patience, members, query_bits) -> None:
+    """The data-free options of :func:`train_cross_queries`, checked for ``bits``-bit codes."""
     if not isinstance(calibrate, bool):
         raise TypeError(f"calibrate must be a bool, got {type(calibrate).__name__}")
     if teacher not in ("neighbors", "softmax"):
@@ -423,16 +450,9 @@ def train_cross_queries(new: Binarizer, x_new, old_codes, old_version: str, *,
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if isinstance(query_bits, bool) or not isinstance(query_bits, (int, np.integer)) \
-            or not 1 <= query_bits <= max_query_bits(new.bits):
-        raise ValueError(f"query_bits must be an int in [1, {max_query_bits(new.bits)}] over "
-                         f"{new.bits}-bit codes, got {query_bits!r}")
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    try:
-        return _train_cross_queries(**locals())
-    finally:
-        torch.set_num_threads(old_threads)
+            or not 1 <= query_bits <= max_query_bits(bits):
+        raise ValueError(f"query_bits must be an int in [1, {max_query_bits(bits)}] over "
+                         f"{bits}-bit codes, got {query_bits!r}")
 
 
 def _train_cross_queries(*, new, xn, oc, old_version, epochs, query_bits, batch_size, negatives,

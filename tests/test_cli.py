@@ -309,6 +309,10 @@ def test_compatible_version_upgrade_and_mixed_index(work, tmp_path):
          "--max-time", 5, "--threads", 1, "--no-progress", "--no-heads")
     assert_clean_error(cli("train", tmp_path / "new.npy", "-o", tmp_path / "bad",
                            "--head-members", 2), "only used with --compatible-with")
+    assert_clean_error(cli("train", tmp_path / "new.npy", "-o", tmp_path / "bad",
+                           "--compatible-with", d / "model", "--old-input", tmp_path / "old.npy",
+                           "--head-members", 0), "members must be a positive int")
+    assert not (tmp_path / "bad").exists()
     bebr("train-upgrader", "--old", d / "model", "--new", tmp_path / "mn", "--old-input",
          tmp_path / "old.npy", "--new-input", tmp_path / "new.npy", "-o", tmp_path / "up",
          "--epochs", 1, "--max-time", 5, "--no-progress")

@@ -378,3 +378,25 @@ def test_query_head_bad_inputs(data, old_model, headed):
         bebr.train_cross_queries(headed, x_new[base], codes.astype(np.int16), "v1", **HEAD_KW)
     with pytest.raises(TypeError, match="older_codes"):
         train_compatible(x_new, g, old_model, older_codes=[codes], **KW)
+
+
+def test_train_compatible_checks_head_options_before_training(data, old_model, monkeypatch):
+    """Bad head options or older codes fail at once, not after the codes have trained."""
+    g, x_new, q, base, truth = data
+
+    def no_training(*a, **k):
+        raise AssertionError("train_binarizer ran before the head options were checked")
+    monkeypatch.setattr(bebr.compat, "train_binarizer", no_training)
+    with pytest.raises(ValueError, match="members must be a positive int"):
+        train_compatible(x_new, g, old_model, cross_kwargs={"members": 0}, **KW)
+    with pytest.raises(ValueError, match="teacher"):
+        train_compatible(x_new, g, old_model, cross_kwargs={"teacher": "x"}, **KW)
+    with pytest.raises(ValueError, match="query_bits"):
+        train_compatible(x_new, g, old_model, cross_kwargs={"query_bits": 9}, **KW)
+    with pytest.raises(TypeError, match="cross_kwargs"):
+        train_compatible(x_new, g, old_model, cross_kwargs={"bogus": 1}, **KW)
+    with pytest.raises(TypeError, match="cross_kwargs must be a mapping"):
+        train_compatible(x_new, g, old_model, cross_kwargs=[("members", 2)], **KW)
+    with pytest.raises(ValueError, match=r"older_codes\['v0'\] has"):
+        train_compatible(x_new, g, old_model, older_codes={"v0": old_model.encode(g[:5])},
+                         **KW)
