@@ -56,6 +56,8 @@ __all__ = ["CompatWeights", "compat_loss", "train_compatible", "train_cross_quer
            "CodeUpgrader", "train_upgrader", "UPGRADER_FORMAT_VERSION"]
 
 UPGRADER_FORMAT_VERSION = 1
+# top scores per held-out query that the head calibration fits on (fit_head_calibration)
+CALIBRATION_TOP = 50
 
 
 # ------------------------------------------------------------------------------ losses
@@ -504,9 +506,9 @@ def _train_cross_queries(*, new, xn, oc, old_version, epochs, query_bits, batch_
     best = val_recall(head)
     cal = {m: (1.0, 0.0) for m in CALIBRATION_METRICS}
     if calibrate:
-        for m in CALIBRATION_METRICS:
-            cal[m] = fit_head_calibration(new, old_version, x[val_q].numpy(), xt.numpy(),
-                                          oc[tr.numpy()], truth.numpy(), query_bits, metric=m)
+        cal = _fit_calibrations(new, old_version, x[val_q].numpy(), xt.numpy(), oc[tr.numpy()],
+                                truth.numpy(), query_bits, CALIBRATION_TOP,
+                                CALIBRATION_METRICS)
         head.calibration.copy_(torch.tensor([cal[m] for m in CALIBRATION_METRICS]))
     info = getattr(new, "train_info", None)
     if not isinstance(info, dict):
@@ -597,7 +599,7 @@ def _logistic_1d(s: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> tuple:
 
 
 def fit_head_calibration(new: Binarizer, old_version: str, x_queries, x_pool, old_pool_codes,
-                         truth, query_bits: int = 4, top: int = 50,
+                         truth, query_bits: int = 4, top: int = CALIBRATION_TOP,
                          metric: str = "cosine") -> tuple:
     """``(scale, shift)`` putting the query head's scores on the own codes' scale, for an
     index of ``metric`` ("cosine": cosine of the code values; "ip": their inner product).
@@ -614,16 +616,29 @@ def fit_head_calibration(new: Binarizer, old_version: str, x_queries, x_pool, ol
     """
     if metric not in CALIBRATION_METRICS:
         raise ValueError(f"metric must be one of {CALIBRATION_METRICS}, got {metric!r}")
-    unit = F.normalize if metric == "cosine" else (lambda t, dim: t)
+    return _fit_calibrations(new, old_version, x_queries, x_pool, old_pool_codes, truth,
+                             query_bits, top, (metric,))[metric]
+
+
+def _fit_calibrations(new, old_version, x_queries, x_pool, old_pool_codes, truth, query_bits,
+                      top, metrics) -> dict:
+    """:func:`fit_head_calibration` for each of ``metrics``, the codes encoded once."""
     qspec = CodeSpec(new.dim, query_bits)
     xq = np.asarray(x_queries, dtype=np.float32)
     truth = torch.from_numpy(np.asarray(truth, dtype=np.int64))
     sets = ((new.encode_query_codes(xq, query_bits, target=old_version), old_pool_codes),
             (new.encode_query_codes(xq, query_bits), new.encode(np.asarray(x_pool, np.float32))))
+    sets = [(torch.from_numpy(qspec.values(q)), torch.from_numpy(new.spec.values(g)))
+            for q, g in sets]
+    return {metric: _fit_calibration(sets, truth, top, metric) for metric in metrics}
+
+
+def _fit_calibration(sets, truth, top, metric) -> tuple:
+    unit = F.normalize if metric == "cosine" else (lambda t, dim: t)
     fits = []
-    for q_codes, g_codes in sets:
-        q = unit(torch.from_numpy(qspec.values(q_codes)), dim=1)
-        g = unit(torch.from_numpy(new.spec.values(g_codes)), dim=1)
+    for q_values, g_values in sets:
+        q = unit(q_values, dim=1)
+        g = unit(g_values, dim=1)
         m = min(int(top), g.shape[0])
         scores, labels = [], []
         for i in range(0, q.shape[0], 256):
