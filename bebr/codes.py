@@ -150,7 +150,23 @@ class CodeSpec:
         ``f = m / |v_j|``; all of them are swept in order with running sums of ``<c, v>`` and
         ``|c|^2``, and the best is kept. bits=1 gives the sign (0 -> +1); a zero row gets level
         ``2**(bits-1)`` (the smallest positive value) everywhere. Deterministic.
+
+        Computed in compiled code (``bebr._C.quantize_angle``) with exactly the float64
+        arithmetic of the numpy sweep :meth:`quantize_angle_reference` (same results, bit
+        for bit; ``chunk`` only bounds that reference's memory).
         """
+        v = np.asarray(values, dtype=np.float64)
+        if v.ndim != 2 or v.shape[1] != self.dim:
+            raise ValueError(f"values must have shape (n, {self.dim}), got {v.shape}")
+        if not np.isfinite(v).all():
+            raise ValueError("values has NaN or inf entries")
+        from . import _C
+
+        return _C.quantize_angle(np.ascontiguousarray(v), self.bits)
+
+    def quantize_angle_reference(self, values: np.ndarray, chunk: int = 1024) -> np.ndarray:
+        """The numpy sweep that defines :meth:`quantize_angle` (its test oracle): events in
+        stable-argsort order of the scales, sums accumulated left to right."""
         v = np.asarray(values, dtype=np.float64)
         if v.ndim != 2 or v.shape[1] != self.dim:
             raise ValueError(f"values must have shape (n, {self.dim}), got {v.shape}")
@@ -173,10 +189,10 @@ class CodeSpec:
             order = np.argsort(f, axis=1, kind="stable")
             j_of = order // (half - 1)                           # dim of each event
             m_of = order % (half - 1) + 1                        # its new magnitude step
-            ip = 0.5 * a.sum(1, keepdims=True) + np.cumsum(
-                np.take_along_axis(a, j_of, axis=1), axis=1)
+            total = np.cumsum(a, axis=1)[:, -1:]                 # left-to-right sum
+            ip = 0.5 * total + np.cumsum(np.take_along_axis(a, j_of, axis=1), axis=1)
             nn = 0.25 * self.dim + np.cumsum(2.0 * m_of, axis=1)
-            cos = np.concatenate([0.5 * a.sum(1, keepdims=True) / np.sqrt(0.25 * self.dim),
+            cos = np.concatenate([0.5 * total / np.sqrt(0.25 * self.dim),
                                   ip / np.sqrt(nn)], axis=1)
             cos[:, 1:][~np.isfinite(np.take_along_axis(f, order, axis=1))] = -np.inf
             best = cos.argmax(axis=1)                            # events taken: best

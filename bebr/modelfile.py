@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Dict
 
 from .fileio import CorruptFileError, atomic_write_bytes, sha256_bytes
 
+if TYPE_CHECKING:  # torch is imported only by the functions that take or make torch objects
+    import numpy as np
+    import torch
+    from torch import nn
+
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "write_model_dir", "read_header", "read_weights",
-           "load_state_strict"]
+           "read_weights_numpy", "load_state_strict"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def write_model_dir(path, module: nn.Module, model_name: str, header: dict) -> Path:
+def write_model_dir(path, module: "nn.Module", model_name: str, header: dict) -> Path:
     """Write ``module``'s weights and ``header`` (plus the weights' size and SHA-256) into
     the directory ``path``; each file atomically. Returns the directory."""
     from safetensors.torch import save as st_save
@@ -62,10 +64,21 @@ def read_header(path, fmt: str, format_version: int, what: str) -> dict:
     return header
 
 
-def read_weights(path, header: dict) -> Dict[str, torch.Tensor]:
+def read_weights(path, header: dict) -> Dict[str, "torch.Tensor"]:
     """Read ``path/model.safetensors``, checking its size and SHA-256 against ``header``."""
     from safetensors.torch import load as st_load
 
+    return _load_blob(path, header, st_load)
+
+
+def read_weights_numpy(path, header: dict) -> Dict[str, "np.ndarray"]:
+    """:func:`read_weights` as numpy arrays (``safetensors.numpy``; no torch)."""
+    from safetensors.numpy import load as st_load
+
+    return _load_blob(path, header, st_load)
+
+
+def _load_blob(path, header: dict, st_load):
     cfg_path = Path(path) / CONFIG_NAME
     try:
         want_sha = str(header["weights_sha256"])
@@ -85,7 +98,7 @@ def read_weights(path, header: dict) -> Dict[str, torch.Tensor]:
         raise CorruptFileError(f"{wpath}: unreadable safetensors ({e})") from e
 
 
-def load_state_strict(module: nn.Module, state: Dict[str, torch.Tensor], path,
+def load_state_strict(module: "nn.Module", state: Dict[str, "torch.Tensor"], path,
                       name: str) -> None:
     """Load ``state`` into ``module``, refusing missing/unexpected keys and wrong shapes."""
     wpath = Path(path) / WEIGHTS_NAME
