@@ -30,6 +30,15 @@ void matvec_scalar(const float* w, int64_t out, int64_t in, const double* x, int
   }
 }
 
+void matvec_f32_scalar(const float* w, int64_t out, int64_t in, const float* x, int64_t n, float* y) {
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t i = 0; i < out; ++i) {
+      float acc = 0;
+      for (int64_t k = 0; k < in; ++k) acc += w[i * in + k] * x[r * in + k];
+      y[r * out + i] = acc;
+    }
+}
+
 // Run fn(begin, end) over [0, n) split into `threads` contiguous ranges; rethrows the first
 // exception of any worker once all joined.
 template <class Fn>
@@ -60,13 +69,97 @@ void parallel_rows(int64_t n, int threads, int64_t min_rows, Fn fn) {
 constexpr int64_t kChunk = 64;  // rows per pass through the layers (bounds the scratch)
 
 // Rows of x (n, d) divided by max(||row||, 1e-12) in place (torch.nn.functional.normalize).
-void normalize_rows(double* x, int64_t n, int64_t d) {
+template <class T>
+void normalize_rows(T* x, int64_t n, int64_t d) {
   for (int64_t r = 0; r < n; ++r) {
-    double* xr = x + r * d;
-    double s = 0;
+    T* xr = x + r * d;
+    T s = 0;
     for (int64_t j = 0; j < d; ++j) s += xr[j] * xr[j];
-    const double nrm = std::max(std::sqrt(s), 1e-12);
+    const T nrm = std::max(std::sqrt(s), static_cast<T>(1e-12));
     for (int64_t j = 0; j < d; ++j) xr[j] = xr[j] / nrm;
+  }
+}
+
+template <class T>
+void matvec(const float* w, int64_t out, int64_t in, const T* x, int64_t n, T* y);
+template <>
+void matvec<double>(const float* w, int64_t out, int64_t in, const double* x, int64_t n, double* y) {
+  active_infer_kernels().matvec(w, out, in, x, n, y);
+}
+template <>
+void matvec<float>(const float* w, int64_t out, int64_t in, const float* x, int64_t n, float* y) {
+  active_infer_kernels().matvec_f32(w, out, in, x, n, y);
+}
+
+template <class T>
+void mlp_forward_t(const Mlp& m, const T* x, int64_t n, T* y) {
+  matvec<T>(m.skip.data(), m.c, m.a, x, n, y);
+  std::vector<T> h, z;
+  for (size_t i = 0; i < m.blocks.size(); ++i) {
+    const Block& b = m.blocks[i];
+    const T* in = i == 0 ? x : y;
+    h.resize(n * b.h);
+    z.resize(n * b.c);
+    matvec<T>(b.w1.data(), b.h, b.a, in, n, h.data());
+    for (int64_t j = 0; j < b.h; ++j) {
+      const T b1 = b.b1[j], mu = b.bn_mean[j], g = b.bn_w[j], be = b.bn_b[j];
+      const T sd = static_cast<T>(std::sqrt(static_cast<double>(b.bn_var[j]) + b.eps));
+      for (int64_t r = 0; r < n; ++r) {
+        const T v = ((h[r * b.h + j] + b1) - mu) / sd * g + be;
+        h[r * b.h + j] = v > 0 ? v : T(0);
+      }
+    }
+    matvec<T>(b.w2.data(), b.c, b.h, h.data(), n, z.data());
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t j = 0; j < b.c; ++j) y[r * b.c + j] = y[r * b.c + j] + (z[r * b.c + j] + static_cast<T>(b.b2[j]));
+  }
+}
+
+// Levels of rows x (nb, D), evaluated in T; with flagged != nullptr (float32 pass) marks
+// the rows with a pre-activation closer to 0 than margin * RMS of its step.
+template <class T>
+void levels_rows(const Model& model, const float* x, int64_t nb, uint8_t* lv, double margin, uint8_t* flagged) {
+  const int64_t D = model.in_dim, d = model.dim;
+  const int bits = model.bits;
+  std::vector<T> xin(nb * D), xn, pre(nb * d), c(nb * d), xh;
+  for (int64_t r = 0; r < nb; ++r)
+    for (int64_t j = 0; j < D; ++j)
+      xin[r * D + j] = static_cast<T>(static_cast<T>(x[r * D + j]) - static_cast<T>(model.in_mean[j]));
+  auto check = [&]() {
+    if (!flagged) return;
+    for (int64_t r = 0; r < nb; ++r) {
+      const T* p = pre.data() + r * d;
+      double s = 0;
+      for (int64_t j = 0; j < d; ++j) s += static_cast<double>(p[j]) * p[j];
+      const double th = margin * std::sqrt(s / static_cast<double>(d));
+      bool bad = false;
+      for (int64_t j = 0; j < d; ++j) bad = bad || std::fabs(static_cast<double>(p[j])) < th;
+      if (bad) flagged[r] = 1;
+    }
+  };
+  mlp_forward_t<T>(model.W, xin.data(), nb, pre.data());
+  check();
+  for (int64_t i = 0; i < nb * d; ++i) {
+    const bool pos = pre[i] >= 0;
+    c[i] = pos ? T(1) : T(-1);
+    lv[i] = static_cast<uint8_t>(pos ? 1u << (bits - 1) : 0u);
+  }
+  if (bits == 1) return;
+  xn = xin;
+  normalize_rows(xn.data(), nb, D);
+  xh.resize(nb * D);
+  for (int t = 1; t < bits; ++t) {
+    mlp_forward_t<T>(model.B[t - 1], c.data(), nb, xh.data());
+    normalize_rows(xh.data(), nb, D);
+    for (int64_t i = 0; i < nb * D; ++i) xh[i] = xn[i] - xh[i];
+    mlp_forward_t<T>(model.R[t - 1], xh.data(), nb, pre.data());
+    check();
+    const T step = static_cast<T>(std::ldexp(1.0, -t));
+    for (int64_t i = 0; i < nb * d; ++i) {
+      const bool pos = pre[i] >= 0;
+      c[i] = c[i] + (pos ? step : -step);
+      if (pos) lv[i] = static_cast<uint8_t>(lv[i] | (1u << (bits - 1 - t)));
+    }
   }
 }
 
@@ -99,13 +192,19 @@ void check_mlp(const Mlp& m, int64_t a, int64_t c, const std::string& what) {
 }
 
 // One query row: levels of the code of max cosine with v (CodeSpec.quantize_angle, exact).
-// Events (dimension j, magnitude step m in 1..K) at the scales f = m / |v_j| are swept in
-// (f, j * K + m - 1) order, the order of numpy's stable argsort in the reference; they come
-// from K lists (one per m) over the dimensions sorted by |v_j| descending, merged by a heap.
+// Events (dimension j, magnitude step m in 1..K) at the scales f = m / |v_j| are taken in
+// (f, j * K + m - 1) order, the order of numpy's stable argsort in the reference; a prefix
+// scores crit = (S + 2 sum A_j) / sqrt(dim + 8 sum m) over its events, exact int64 sums with
+// A_j = |v_j| in units of 2^-32 max|v|, and the first maximum wins. The events are first
+// bucketed by the bits of f (16 buckets per octave); a bucket is sorted and swept event by
+// event only if the bound (S + 2 (cs + its A)) / sqrt(dim + 8 (cn + 1)) of any prefix ending
+// in it reaches the best value at a bucket boundary, else it is taken or left whole.
 struct Quantizer {
-  std::vector<double> a;
-  std::vector<int32_t> order, pos, seq, m;
-  std::vector<int32_t> heap;  // list indices (m - 1), keyed by their head event
+  static constexpr int kShift = 48;  // 2^(52-48) = 16 buckets per octave of f
+  static constexpr int kBuckets = 1024;
+  std::vector<double> a, ef;
+  std::vector<int64_t> A, bsum_a, bsum_m;
+  std::vector<int32_t> eidx, eb, cnt, start, sorted, fill, m;
 
   void row(const double* v, int64_t dim, int bits, uint8_t* out) {
     const int half = 1 << (bits - 1);
@@ -115,100 +214,113 @@ struct Quantizer {
     }
     const int K = half - 1;
     a.resize(dim);
-    double S = 0;
+    A.resize(dim);
+    double amax = 0;
     for (int64_t j = 0; j < dim; ++j) {
       a[j] = std::fabs(v[j]);
-      S = S + a[j];
-    }
-    order.resize(dim);
-    for (int64_t j = 0; j < dim; ++j) order[j] = static_cast<int32_t>(j);
-    std::sort(order.begin(), order.end(), [&](int32_t x, int32_t y) { return a[x] > a[y] || (a[x] == a[y] && x < y); });
-    // Per list m: the dims in `order`, then fixed up by insertion into exact (f, idx) order
-    // (division rounding can make m / a_x == m / a_y for a_x != a_y). lists[(m-1)*dim + p].
-    lists.resize(static_cast<size_t>(K) * dim);
-    for (int mm = 1; mm <= K; ++mm) {
-      int32_t* L = lists.data() + static_cast<size_t>(mm - 1) * dim;
-      std::copy(order.begin(), order.end(), L);
-      for (int64_t p = 1; p < dim; ++p) {
-        const int32_t j = L[p];
-        int64_t q = p;
-        while (q > 0 && less(mm, j, mm, L[q - 1], K)) {
-          L[q] = L[q - 1];
-          --q;
-        }
-        L[q] = j;
-      }
-    }
-    pos.assign(K, 0);
-    heap.clear();
-    for (int mm = 1; mm <= K; ++mm) push(mm - 1, dim, K);
-    seq.resize(static_cast<size_t>(K) * dim);
-    const double base = 0.5 * S;
-    const double quarter = 0.25 * static_cast<double>(dim);
-    double best_cos = base / std::sqrt(quarter);
-    int64_t best = 0, e = 0;
-    double cs = 0, cn = 0;
-    while (!heap.empty()) {
-      const int li = pop(dim, K);
-      const int32_t j = lists[static_cast<size_t>(li) * dim + pos[li]];
-      const int mm = li + 1;
-      const double f = static_cast<double>(mm) / a[j];
-      if (std::isinf(f)) break;  // a_j == 0: never taken; every later event is inf too
-      ++pos[li];
-      if (pos[li] < dim) push(li, dim, K);
-      seq[e] = j;
-      cs = cs + a[j];
-      cn = cn + 2.0 * mm;
-      const double cos = (base + cs) / std::sqrt(quarter + cn);
-      ++e;
-      if (cos > best_cos) {
-        best_cos = cos;
-        best = e;
-      }
+      amax = std::max(amax, a[j]);
     }
     m.assign(dim, 0);
-    for (int64_t i = 0; i < best; ++i) ++m[seq[i]];
+    if (!(amax > 0)) {
+      for (int64_t j = 0; j < dim; ++j) out[j] = static_cast<uint8_t>(v[j] >= 0 ? half : half - 1);
+      return;
+    }
+    const double scale = 4294967296.0 / amax;
+    int64_t S = 0;
+    for (int64_t j = 0; j < dim; ++j) {
+      A[j] = static_cast<int64_t>(std::floor(a[j] * scale + 0.5));
+      S += A[j];
+    }
+    // pass 1: events, their buckets, per-bucket counts and sums
+    const size_t cap = static_cast<size_t>(K) * dim;
+    ef.resize(cap);
+    eidx.resize(cap);
+    eb.resize(cap);
+    cnt.assign(kBuckets, 0);
+    bsum_a.assign(kBuckets, 0);
+    bsum_m.assign(kBuckets, 0);
+    uint64_t key_min;
+    const double fmin = 1.0 / amax;
+    std::memcpy(&key_min, &fmin, 8);
+    size_t E = 0;
+    for (int64_t j = 0; j < dim; ++j) {
+      if (!(a[j] > 0)) continue;
+      for (int mm = 1; mm <= K; ++mm) {
+        const double f = static_cast<double>(mm) / a[j];
+        if (std::isinf(f)) break;  // never taken (and larger m is inf too)
+        uint64_t key;
+        std::memcpy(&key, &f, 8);
+        const uint64_t bk = (key - key_min) >> kShift;
+        const int32_t b = bk < static_cast<uint64_t>(kBuckets) ? static_cast<int32_t>(bk) : kBuckets - 1;
+        ef[E] = f;
+        eidx[E] = static_cast<int32_t>(j * K + mm - 1);
+        eb[E] = b;
+        ++cnt[b];
+        bsum_a[b] += A[j];
+        bsum_m[b] += mm;
+        ++E;
+      }
+    }
+    // counting sort by bucket (stable: generation order is idx order)
+    start.resize(kBuckets + 1);
+    start[0] = 0;
+    for (int b = 0; b < kBuckets; ++b) start[b + 1] = start[b] + cnt[b];
+    fill.assign(start.begin(), start.end() - 1);
+    sorted.resize(E);
+    for (size_t e = 0; e < E; ++e) sorted[fill[eb[e]]++] = static_cast<int32_t>(e);
+    const double sdim = static_cast<double>(dim);
+    auto crit_of = [&](int64_t cs, int64_t cn) {
+      return static_cast<double>(S + 2 * cs) / std::sqrt(static_cast<double>(dim + 8 * cn));
+    };
+    // best value at a bucket boundary: a lower bound of the maximum
+    const double crit0 = static_cast<double>(S) / std::sqrt(sdim);
+    double lb = crit0;
+    {
+      int64_t cs = 0, cn = 0;
+      for (int b = 0; b < kBuckets; ++b) {
+        if (!cnt[b]) continue;
+        cs += bsum_a[b];
+        cn += bsum_m[b];
+        lb = std::max(lb, crit_of(cs, cn));
+      }
+    }
+    double best = crit0;
+    int best_b = -1;
+    int64_t best_i = 0, cs = 0, cn = 0;
+    for (int b = 0; b < kBuckets; ++b) {
+      if (!cnt[b]) continue;
+      if (crit_of(cs + bsum_a[b], cn + 1) >= lb) {
+        int32_t* first = sorted.data() + start[b];
+        std::sort(first, first + cnt[b], [&](int32_t x, int32_t y) {
+          return ef[x] < ef[y] || (ef[x] == ef[y] && eidx[x] < eidx[y]);
+        });
+        for (int32_t i = 0; i < cnt[b]; ++i) {
+          const int32_t idx = eidx[first[i]];
+          cs += A[idx / K];
+          cn += idx % K + 1;
+          const double c = crit_of(cs, cn);
+          if (c > best) {
+            best = c;
+            best_b = b;
+            best_i = i + 1;
+          }
+        }
+      } else {
+        cs += bsum_a[b];
+        cn += bsum_m[b];
+        const double c = crit_of(cs, cn);
+        if (c > best) {
+          best = c;
+          best_b = b;
+          best_i = cnt[b];
+        }
+      }
+    }
+    if (best_b >= 0) {
+      const int64_t stop = start[best_b] + best_i;
+      for (int64_t i = 0; i < stop; ++i) ++m[eidx[sorted[i]] / K];
+    }
     for (int64_t j = 0; j < dim; ++j) out[j] = static_cast<uint8_t>(v[j] >= 0 ? half + m[j] : half - 1 - m[j]);
-  }
-
- private:
-  std::vector<int32_t> lists;
-
-  // (m_x / a_x, x * K + m_x - 1) < (m_y / a_y, y * K + m_y - 1)
-  bool less(int mx, int32_t x, int my, int32_t y, int K) const {
-    const double fx = static_cast<double>(mx) / a[x], fy = static_cast<double>(my) / a[y];
-    if (fx != fy) return fx < fy;
-    return static_cast<int64_t>(x) * K + mx - 1 < static_cast<int64_t>(y) * K + my - 1;
-  }
-  bool list_less(int l1, int l2, int64_t dim, int K) const {
-    return less(l1 + 1, lists[static_cast<size_t>(l1) * dim + pos[l1]], l2 + 1,
-                lists[static_cast<size_t>(l2) * dim + pos[l2]], K);
-  }
-  void push(int li, int64_t dim, int K) {
-    heap.push_back(li);
-    size_t i = heap.size() - 1;
-    while (i > 0) {
-      const size_t p = (i - 1) / 2;
-      if (!list_less(heap[i], heap[p], dim, K)) break;
-      std::swap(heap[i], heap[p]);
-      i = p;
-    }
-  }
-  int pop(int64_t dim, int K) {
-    const int top = heap[0];
-    heap[0] = heap.back();
-    heap.pop_back();
-    size_t i = 0;
-    for (;;) {
-      const size_t l = 2 * i + 1, r = l + 1;
-      size_t s = i;
-      if (l < heap.size() && list_less(heap[l], heap[s], dim, K)) s = l;
-      if (r < heap.size() && list_less(heap[r], heap[s], dim, K)) s = r;
-      if (s == i) break;
-      std::swap(heap[i], heap[s]);
-      i = s;
-    }
-    return top;
   }
 };
 
@@ -262,7 +374,7 @@ void check_head(const Model& model, int head) {
 }  // namespace
 
 const InferKernels& infer_kernels_scalar() {
-  static const InferKernels k{"scalar", &matvec_scalar};
+  static const InferKernels k{"scalar", &matvec_scalar, &matvec_f32_scalar};
   return k;
 }
 
@@ -295,62 +407,36 @@ void Model::validate() const {
   }
 }
 
-void mlp_forward(const Mlp& m, const double* x, int64_t n, double* y) {
-  const MatvecFn mv = active_infer_kernels().matvec;
-  mv(m.skip.data(), m.c, m.a, x, n, y);
-  std::vector<double> h, z;
-  for (size_t i = 0; i < m.blocks.size(); ++i) {
-    const Block& b = m.blocks[i];
-    const double* in = i == 0 ? x : y;
-    h.resize(n * b.h);
-    z.resize(n * b.c);
-    mv(b.w1.data(), b.h, b.a, in, n, h.data());
-    for (int64_t j = 0; j < b.h; ++j) {
-      const double b1 = b.b1[j], mu = b.bn_mean[j], g = b.bn_w[j], be = b.bn_b[j];
-      const double sd = std::sqrt(static_cast<double>(b.bn_var[j]) + b.eps);
-      for (int64_t r = 0; r < n; ++r) {
-        const double v = ((h[r * b.h + j] + b1) - mu) / sd * g + be;
-        h[r * b.h + j] = v > 0 ? v : 0.0;
-      }
-    }
-    mv(b.w2.data(), b.c, b.h, h.data(), n, z.data());
-    for (int64_t r = 0; r < n; ++r)
-      for (int64_t j = 0; j < b.c; ++j) y[r * b.c + j] = y[r * b.c + j] + (z[r * b.c + j] + static_cast<double>(b.b2[j]));
-  }
-}
+void mlp_forward(const Mlp& m, const double* x, int64_t n, double* y) { mlp_forward_t<double>(m, x, n, y); }
+void mlp_forward(const Mlp& m, const float* x, int64_t n, float* y) { mlp_forward_t<float>(m, x, n, y); }
 
-void encode_levels(const Model& model, const float* x, int64_t n, uint8_t* levels, int threads) {
+void encode_levels(const Model& model, const float* x, int64_t n, uint8_t* levels, int threads, double margin) {
   const int64_t D = model.in_dim, d = model.dim;
-  const int bits = model.bits;
   parallel_rows(n, threads, 16, [&](int64_t begin, int64_t end) {
-    std::vector<double> xin(kChunk * D), xn(kChunk * D), pre(kChunk * d), c(kChunk * d), xh(kChunk * D);
+    std::vector<uint8_t> flagged(kChunk);
+    std::vector<float> redo;
+    std::vector<uint8_t> redo_lv;
     for (int64_t s = begin; s < end; s += kChunk) {
       const int64_t nb = std::min(kChunk, end - s);
-      const float* xs = x + s * D;
-      for (int64_t r = 0; r < nb; ++r)
-        for (int64_t j = 0; j < D; ++j)
-          xin[r * D + j] = static_cast<double>(xs[r * D + j]) - static_cast<double>(model.in_mean[j]);
-      mlp_forward(model.W, xin.data(), nb, pre.data());
       uint8_t* lv = levels + s * d;
-      for (int64_t i = 0; i < nb * d; ++i) {
-        const bool pos = pre[i] >= 0;
-        c[i] = pos ? 1.0 : -1.0;
-        lv[i] = static_cast<uint8_t>(pos ? 1u << (bits - 1) : 0u);
+      if (!(margin > 0)) {
+        levels_rows<double>(model, x + s * D, nb, lv, 0.0, nullptr);
+        continue;
       }
-      if (bits == 1) continue;
-      std::copy(xin.begin(), xin.begin() + nb * D, xn.begin());
-      normalize_rows(xn.data(), nb, D);
-      for (int t = 1; t < bits; ++t) {
-        mlp_forward(model.B[t - 1], c.data(), nb, xh.data());
-        normalize_rows(xh.data(), nb, D);
-        for (int64_t i = 0; i < nb * D; ++i) xh[i] = xn[i] - xh[i];
-        mlp_forward(model.R[t - 1], xh.data(), nb, pre.data());
-        const double step = std::ldexp(1.0, -t);
-        for (int64_t i = 0; i < nb * d; ++i) {
-          const bool pos = pre[i] >= 0;
-          c[i] = c[i] + (pos ? step : -step);
-          if (pos) lv[i] = static_cast<uint8_t>(lv[i] | (1u << (bits - 1 - t)));
-        }
+      std::fill(flagged.begin(), flagged.end(), 0);
+      levels_rows<float>(model, x + s * D, nb, lv, margin, flagged.data());
+      redo.clear();
+      for (int64_t r = 0; r < nb; ++r)
+        if (flagged[r]) redo.insert(redo.end(), x + (s + r) * D, x + (s + r + 1) * D);
+      if (redo.empty()) continue;
+      const int64_t nr = static_cast<int64_t>(redo.size()) / D;
+      redo_lv.resize(nr * d);
+      levels_rows<double>(model, redo.data(), nr, redo_lv.data(), 0.0, nullptr);
+      int64_t i = 0;
+      for (int64_t r = 0; r < nb; ++r) {
+        if (!flagged[r]) continue;
+        std::copy(redo_lv.begin() + i * d, redo_lv.begin() + (i + 1) * d, lv + r * d);
+        ++i;
       }
     }
   });

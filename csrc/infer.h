@@ -21,9 +21,14 @@ namespace infer {
 // y[r * out + i] = sum_k w[i * in + k] * x[r * in + k] (r < n, i < out), 8-lane float64.
 using MatvecFn = void (*)(const float* w, int64_t out, int64_t in, const double* x, int64_t n, double* y);
 
+// The same product in float32 (the fast pass of encode_levels; its summation order is the
+// kernel's own, which is why only margin-checked signs are taken from it).
+using MatvecF32Fn = void (*)(const float* w, int64_t out, int64_t in, const float* x, int64_t n, float* y);
+
 struct InferKernels {
   const char* name;
   MatvecFn matvec;
+  MatvecF32Fn matvec_f32;
 };
 
 const InferKernels& infer_kernels_scalar();
@@ -66,11 +71,16 @@ struct Model {
   void validate() const;  // throws std::invalid_argument on inconsistent shapes
 };
 
-// Rows of ResidualMLP m applied to x (n, m.a) float64 -> y (n, m.c).
+// Rows of ResidualMLP m applied to x (n, m.a) -> y (n, m.c), in float64 or float32.
 void mlp_forward(const Mlp& m, const double* x, int64_t n, double* y);
+void mlp_forward(const Mlp& m, const float* x, int64_t n, float* y);
 
-// Levels (n, dim) of the stored codes of x (n, in_dim) float32; `threads` workers.
-void encode_levels(const Model& model, const float* x, int64_t n, uint8_t* levels, int threads);
+// Levels (n, dim) of the stored codes of x (n, in_dim) float32; `threads` workers. The signs
+// are those of the float64 evaluation. margin > 0: a float32 pass first, whose signs are
+// kept for a row only if every pre-activation of every step satisfies
+// |pre| >= margin * RMS(pre of that step); other rows are evaluated in float64.
+void encode_levels(const Model& model, const float* x, int64_t n, uint8_t* levels, int threads,
+                   double margin = 0.0);
 
 // The query projection W(x - in_mean) (head < 0) or query head `head`'s direction, (n, dim).
 void encode_query(const Model& model, int head, const float* x, int64_t n, double* z, int threads);

@@ -1,8 +1,8 @@
 """Cached benchmark models of tools/bench_query_path.py (trained once, reused).
 
 A model is cached under ``bebr.datasets.data_dir() / "models" / "query_path" / KEY`` where
-KEY hashes the data name, (dim, bits), the training settings and the source of
-bebr/train.py, so a change of either retrains. Training holds the lock file ``KEY.lock`` so
+KEY hashes the data name, (dim, bits), the number of base rows, the training settings and
+CACHE_VERSION (bump it when a change of bebr's training should retrain the models). Training holds the lock file ``KEY.lock`` so
 that at most one training of a key runs at a time.
 """
 
@@ -16,15 +16,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 TRAIN_SETTINGS = dict(seed=0, center=False, max_time_s=240.0, progress=False)
+CACHE_VERSION = 1
 
 
 def model_key(data: str, dim: int, bits: int, n_rows: int) -> str:
     from bebr.codes import max_query_bits
 
-    src = (ROOT / "bebr" / "train.py").read_bytes()
-    desc = json.dumps(dict(data=data, dim=dim, bits=bits, n=n_rows,
+    desc = json.dumps(dict(data=data, dim=dim, bits=bits, n=n_rows, cache=CACHE_VERSION,
                            query_bits=max_query_bits(bits), **TRAIN_SETTINGS), sort_keys=True)
-    return f"{data}-{dim}x{bits}-" + hashlib.sha256(desc.encode() + src).hexdigest()[:16]
+    return f"{data}-{dim}x{bits}-" + hashlib.sha256(desc.encode()).hexdigest()[:16]
 
 
 def cached_model(data: str, xb, dim: int, bits: int, threads: int = 1, log=print):

@@ -97,20 +97,22 @@ void register_infer(py::module_& m) {
       .def_property_readonly("n_heads", [](const infer::Model& md) { return md.heads.size(); })
       .def(
           "encode_levels",
-          [](const infer::Model& md, const py::array& x, int threads) {
+          [](const infer::Model& md, const py::array& x, int threads, double margin) {
             auto a = checked_array<float>(x, "x", 2, md.in_dim);
             check_threads(threads);
+            if (!(margin >= 0 && margin < 1)) throw py::value_error("margin must be in [0, 1)");
             const int64_t n = a.shape(0);
             py::array_t<uint8_t> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(md.dim)});
             const float* xp = a.data();
             uint8_t* op = out.mutable_data();
             {
               py::gil_scoped_release nogil;
-              infer::encode_levels(md, xp, n, op, threads);
+              infer::encode_levels(md, xp, n, op, threads, margin);
             }
             return out;
           },
-          py::arg("x"), py::arg("threads") = 1, "Levels (n, dim) uint8 of float32 rows x (n, in_dim).")
+          py::arg("x"), py::arg("threads") = 1, py::arg("margin") = 0.0,
+          "Levels (n, dim) uint8 of float32 rows x (n, in_dim) (margin > 0: float32 pass first).")
       .def(
           "encode_query",
           [](const infer::Model& md, const py::array& x, int head, int threads) {
