@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
-import numpy as np
-
 from .codes import max_query_bits
 from .encoder import Encoder
+from .versions import version_tag
 
 __all__ = ["Searcher", "search_args"]
 
@@ -29,14 +28,13 @@ def _as_encoder(model) -> Encoder:
                     f"{type(model).__name__}")
 
 
-def _index_tag(held, version: str):
-    """The key of ``version`` among an index's version keys ``held`` (str model versions;
-    int tags of ``bebr.jobs.version_tag`` for int-tagged indexes)."""
-    if any(isinstance(v, (int, np.integer)) for v in held):
-        from .jobs import version_tag
-
-        return version_tag(version)
-    return version
+def _index_key(held, version: str):
+    """The key of model version ``version`` among an index's version keys ``held``
+    (``Index.versions()``: the version string if registered, else its int tag), or None."""
+    if version in held:
+        return version
+    tag = version_tag(version)
+    return tag if tag in held else None
 
 
 def search_args(encoder, versions: Mapping[Any, int], x, *, query_bits: Optional[int] = None,
@@ -60,8 +58,8 @@ def search_args(encoder, versions: Mapping[Any, int], x, *, query_bits: Optional
         held = {v for v, c in dict(versions).items() if c}
         vq, cal = {}, {}
         for ver in enc.config.cross_versions:
-            tag = _index_tag(held, ver)
-            if tag in held and ver != enc.version:
+            tag = _index_key(held, ver)
+            if tag is not None and ver != enc.version:
                 vq[tag] = enc.encode_query_codes(x, qb, target=ver, threads=threads)
                 cal[tag] = enc.cross_calibration(ver, metric)
         if vq:

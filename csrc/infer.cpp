@@ -4,6 +4,7 @@
 #include "infer.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -196,12 +197,11 @@ void check_mlp(const Mlp& m, int64_t a, int64_t c, const std::string& what) {
 // (f, j * K + m - 1) order, the order of numpy's stable argsort in the reference; a prefix
 // scores crit = (S + 2 sum A_j) / sqrt(dim + 8 sum m) over its events, exact int64 sums with
 // A_j = |v_j| in units of 2^-32 max|v|, and the first maximum wins. The events are first
-// bucketed by the bits of f (16 buckets per octave); a bucket is sorted and swept event by
+// bucketed by the bits of f (16 buckets per octave, 64 for K > 7); a bucket is sorted and swept event by
 // event only if the bound (S + 2 (cs + its A)) / sqrt(dim + 8 (cn + 1)) of any prefix ending
 // in it reaches the best value at a bucket boundary, else it is taken or left whole.
 struct Quantizer {
-  static constexpr int kShift = 48;  // 2^(52-48) = 16 buckets per octave of f
-  static constexpr int kBuckets = 1024;
+  static constexpr int kBuckets = 4096;
   std::vector<double> a, ef;
   std::vector<int64_t> A, bsum_a, bsum_m;
   std::vector<int32_t> eidx, eb, cnt, start, sorted, fill, m;
@@ -213,6 +213,7 @@ struct Quantizer {
       return;
     }
     const int K = half - 1;
+    const int kShift = K > 7 ? 46 : 48;  // 2^(52 - kShift) buckets per octave of f
     a.resize(dim);
     A.resize(dim);
     double amax = 0;
@@ -231,15 +232,12 @@ struct Quantizer {
       A[j] = static_cast<int64_t>(std::floor(a[j] * scale + 0.5));
       S += A[j];
     }
-    // pass 1: events, their buckets, per-bucket counts and sums
+    // pass 1: the events and their range of scales
     const size_t cap = static_cast<size_t>(K) * dim;
     ef.resize(cap);
     eidx.resize(cap);
     eb.resize(cap);
-    cnt.assign(kBuckets, 0);
-    bsum_a.assign(kBuckets, 0);
-    bsum_m.assign(kBuckets, 0);
-    uint64_t key_min;
+    uint64_t key_min, key_max = 0;
     const double fmin = 1.0 / amax;
     std::memcpy(&key_min, &fmin, 8);
     size_t E = 0;
@@ -248,23 +246,34 @@ struct Quantizer {
       for (int mm = 1; mm <= K; ++mm) {
         const double f = static_cast<double>(mm) / a[j];
         if (std::isinf(f)) break;  // never taken (and larger m is inf too)
-        uint64_t key;
-        std::memcpy(&key, &f, 8);
-        const uint64_t bk = (key - key_min) >> kShift;
-        const int32_t b = bk < static_cast<uint64_t>(kBuckets) ? static_cast<int32_t>(bk) : kBuckets - 1;
         ef[E] = f;
         eidx[E] = static_cast<int32_t>(j * K + mm - 1);
-        eb[E] = b;
-        ++cnt[b];
-        bsum_a[b] += A[j];
-        bsum_m[b] += mm;
         ++E;
       }
     }
+    for (size_t e = 0; e < E; ++e) {
+      uint64_t key;
+      std::memcpy(&key, &ef[e], 8);
+      key_max = std::max(key_max, key);
+    }
+    const int nb = static_cast<int>(std::min<uint64_t>(kBuckets, ((key_max - key_min) >> kShift) + 1));
+    cnt.assign(nb, 0);
+    bsum_a.assign(nb, 0);
+    bsum_m.assign(nb, 0);
+    for (size_t e = 0; e < E; ++e) {
+      uint64_t key;
+      std::memcpy(&key, &ef[e], 8);
+      const uint64_t bk = (key - key_min) >> kShift;
+      const int32_t b = bk < static_cast<uint64_t>(nb) ? static_cast<int32_t>(bk) : nb - 1;
+      eb[e] = b;
+      ++cnt[b];
+      bsum_a[b] += A[eidx[e] / K];
+      bsum_m[b] += eidx[e] % K + 1;
+    }
     // counting sort by bucket (stable: generation order is idx order)
-    start.resize(kBuckets + 1);
+    start.resize(nb + 1);
     start[0] = 0;
-    for (int b = 0; b < kBuckets; ++b) start[b + 1] = start[b] + cnt[b];
+    for (int b = 0; b < nb; ++b) start[b + 1] = start[b] + cnt[b];
     fill.assign(start.begin(), start.end() - 1);
     sorted.resize(E);
     for (size_t e = 0; e < E; ++e) sorted[fill[eb[e]]++] = static_cast<int32_t>(e);
@@ -277,19 +286,37 @@ struct Quantizer {
     double lb = crit0;
     {
       int64_t cs = 0, cn = 0;
-      for (int b = 0; b < kBuckets; ++b) {
+      for (int b = 0; b < nb; ++b) {
         if (!cnt[b]) continue;
         cs += bsum_a[b];
         cn += bsum_m[b];
         lb = std::max(lb, crit_of(cs, cn));
       }
     }
+    // Bound of any prefix ending inside bucket b (starting at sums cs, cn): an event of
+    // step m there has f >= g (the bucket's lowest scale), so A_j <= m * scale / g + 1/2;
+    // with t = the steps taken in the bucket, crit <= (P + 2 c t) / sqrt(Q + 8 t), P, Q the
+    // start's sums, c = scale / g + 1/2, t in [1, its step sum]: maximal at an end or at
+    // t* = (4P - 2cQ) / (8c). Evaluated with a relative slack of 1e-9 for rounding.
+    auto bound = [&](int b, int64_t cs, int64_t cn) {
+      uint64_t gk = key_min + (static_cast<uint64_t>(b) << kShift);
+      double g;
+      std::memcpy(&g, &gk, 8);
+      const double c = scale / g + 0.5;
+      const double P = static_cast<double>(S + 2 * cs), Q = static_cast<double>(dim + 8 * cn);
+      const double M = static_cast<double>(bsum_m[b]);
+      auto at = [&](double t) { return (P + 2 * c * t) / std::sqrt(Q + 8 * t); };
+      double u = std::max(at(1.0), at(M));
+      const double ts = (4 * P - 2 * c * Q) / (8 * c);
+      if (ts > 1.0 && ts < M) u = std::max(u, at(ts));
+      return u * (1 + 1e-9);
+    };
     double best = crit0;
     int best_b = -1;
     int64_t best_i = 0, cs = 0, cn = 0;
-    for (int b = 0; b < kBuckets; ++b) {
+    for (int b = 0; b < nb; ++b) {
       if (!cnt[b]) continue;
-      if (crit_of(cs + bsum_a[b], cn + 1) >= lb) {
+      if (bound(b, cs, cn) >= lb) {
         int32_t* first = sorted.data() + start[b];
         std::sort(first, first + cnt[b], [&](int32_t x, int32_t y) {
           return ef[x] < ef[y] || (ef[x] == ef[y] && eidx[x] < eidx[y]);
@@ -410,8 +437,9 @@ void Model::validate() const {
 void mlp_forward(const Mlp& m, const double* x, int64_t n, double* y) { mlp_forward_t<double>(m, x, n, y); }
 void mlp_forward(const Mlp& m, const float* x, int64_t n, float* y) { mlp_forward_t<float>(m, x, n, y); }
 
-void encode_levels(const Model& model, const float* x, int64_t n, uint8_t* levels, int threads, double margin) {
+int64_t encode_levels(const Model& model, const float* x, int64_t n, uint8_t* levels, int threads, double margin) {
   const int64_t D = model.in_dim, d = model.dim;
+  std::atomic<int64_t> redone{0};
   parallel_rows(n, threads, 16, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> flagged(kChunk);
     std::vector<float> redo;
@@ -430,6 +458,7 @@ void encode_levels(const Model& model, const float* x, int64_t n, uint8_t* level
         if (flagged[r]) redo.insert(redo.end(), x + (s + r) * D, x + (s + r + 1) * D);
       if (redo.empty()) continue;
       const int64_t nr = static_cast<int64_t>(redo.size()) / D;
+      redone += nr;
       redo_lv.resize(nr * d);
       levels_rows<double>(model, redo.data(), nr, redo_lv.data(), 0.0, nullptr);
       int64_t i = 0;
@@ -440,6 +469,7 @@ void encode_levels(const Model& model, const float* x, int64_t n, uint8_t* level
       }
     }
   });
+  return redone.load();
 }
 
 void encode_query(const Model& model, int head, const float* x, int64_t n, double* z, int threads) {

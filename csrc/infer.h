@@ -78,9 +78,10 @@ void mlp_forward(const Mlp& m, const float* x, int64_t n, float* y);
 // Levels (n, dim) of the stored codes of x (n, in_dim) float32; `threads` workers. The signs
 // are those of the float64 evaluation. margin > 0: a float32 pass first, whose signs are
 // kept for a row only if every pre-activation of every step satisfies
-// |pre| >= margin * RMS(pre of that step); other rows are evaluated in float64.
-void encode_levels(const Model& model, const float* x, int64_t n, uint8_t* levels, int threads,
-                   double margin = 0.0);
+// |pre| >= margin * RMS(pre of that step); other rows are evaluated in float64 (returns
+// their number).
+int64_t encode_levels(const Model& model, const float* x, int64_t n, uint8_t* levels, int threads,
+                      double margin = 0.0);
 
 // The query projection W(x - in_mean) (head < 0) or query head `head`'s direction, (n, dim).
 void encode_query(const Model& model, int head, const float* x, int64_t n, double* z, int threads);

@@ -17,7 +17,7 @@ from hypothesis import given, settings, strategies as st
 
 import bebr
 from bebr import CodeSpec, Encoder, Index
-from bebr.encoder import FAST_MIN_ROWS
+from bebr.encoder import FAST_MARGIN, FAST_MIN_ROWS
 from bebr.fileio import CorruptFileError
 from bebr.model import Binarizer
 
@@ -107,19 +107,27 @@ def test_codes_match_torch_float64(level, in_dim, dim, bits, qbits, depth, hidde
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("in_dim,dim,bits,depth", [(50, 50, 2, 0), (33, 17, 4, 1),
                                                    (64, 31, 3, 2), (9, 70, 1, 1)])
-def test_bulk_float32_pass_matches_float64(level, in_dim, dim, bits, depth):
-    """Batches of FAST_MIN_ROWS+ rows take the float32 BLAS pass: same codes as float64."""
+def test_float32_pass_with_margin_matches_float64(level, in_dim, dim, bits, depth):
+    """Batches of FAST_MIN_ROWS+ rows take the float32 pass; rows with a pre-activation
+    within the margin of 0 are redone in float64: the same codes as float64 throughout."""
     model = make_model(in_dim, dim, bits, hidden=32, depth=depth, seed=dim)
-    x = rows(3 * FAST_MIN_ROWS + 5, in_dim, 1)
+    x = rows(400, in_dim, 1).astype(np.float64)
+    w = model.W.skip.weight.detach().double().numpy()[0]
+    mu = model.in_mean.detach().double().numpy()
+    if depth == 0:  # rows whose first pre-activation is ~0: float32 rounding decides its sign
+        z = x[:200] - mu
+        x[:200] = mu + z - np.outer(z @ w / (w @ w), w)
+    x = x.astype(np.float32)
     with simd(level):
-        enc = model.to_encoder()
-        lv32, flagged = enc._levels32(x)
-        assert 0 < flagged.sum() < len(x)  # some rows need float64, most do not
+        core = model.to_encoder()._core
         want = torch64_levels(model, x)
-        assert np.array_equal(enc.encode_levels(x), want)
-        assert np.array_equal(enc.encode_levels(x, batch_size=100), want)
-        assert np.array_equal(enc._core.encode_levels(x, 1), want)
-        assert np.array_equal(lv32[~flagged], want[~flagged])
+        assert np.array_equal(core.encode_levels(x, 1, 0.0), want)
+        assert np.array_equal(core.encode_levels(x, 1, FAST_MARGIN), want)
+        assert np.array_equal(core.encode_levels(x, 2, FAST_MARGIN), want)
+        assert np.array_equal(model.to_encoder().encode_levels(x, batch_size=37), want)
+        if depth == 0:  # without the margin the float32 signs differ somewhere
+            assert not np.array_equal(core.encode_levels(x, 1, 1e-300), want)
+            assert 200 <= core.float64_rows(x, FAST_MARGIN) < 400
 
 
 def test_simd_levels_give_identical_float64_projections():
@@ -354,3 +362,44 @@ def test_import_bebr_does_not_import_torch(tmp_path):
                        cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+# --------------------------------------------------------------------------- Searcher
+def _two_versions():
+    old = make_model(14, 11, 2, seed=21)
+    new = make_model(14, 11, 2, heads=[2], seed=22)
+    new.config.cross_versions[0] = old.version  # the head maps into old's code space
+    xb = rows(300, 14, 5)
+    index = Index(new.spec, "cosine")
+    index.add(old.encode(xb[:150]), version=old.version)
+    index.add(new.encode(xb[150:]), np.arange(150, 300), version=new.version)
+    return old, new, index
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_searcher_matches_index_search_with_heads(threads):
+    old, new, index = _two_versions()
+    x = rows(7, 14, 6)
+    enc = new.to_encoder()
+    s = bebr.Searcher(new, index)
+    got = s.search(x, 5, threads=threads)
+    want = index.search(enc.encode_query_codes(x, 4), 5, query_bits=4,
+                        version_queries={old.version: enc.encode_query_codes(x, 4,
+                                                                              target=old.version)},
+                        version_calibration={old.version: enc.cross_calibration(old.version)})
+    assert np.array_equal(got[1], want[1]) and np.array_equal(got[0], want[0])
+    kw = bebr.search_args(enc, index.versions(), x, query_bits=2, heads=False)
+    assert set(kw) == {"queries", "query_bits"} and kw["query_bits"] == 2
+    plain = s.search(x, 5, query_bits=2, heads=False)
+    assert np.array_equal(plain[1], index.search(enc.encode_query_codes(x, 2), 5,
+                                                 query_bits=2)[1])
+    only = s.search(x, 5, filter=np.arange(150, 300))
+    assert set(only[1].ravel().tolist()) <= set(range(150, 300))
+
+
+def test_searcher_checks_spec():
+    _, new, _ = _two_versions()
+    with pytest.raises(ValueError, match="the index holds"):
+        bebr.Searcher(new, Index(CodeSpec(11, 1)))
+    with pytest.raises(TypeError, match="bebr.Encoder or a bebr.Binarizer"):
+        bebr.Searcher(object(), Index(new.spec))

@@ -114,6 +114,20 @@ void register_infer(py::module_& m) {
           py::arg("x"), py::arg("threads") = 1, py::arg("margin") = 0.0,
           "Levels (n, dim) uint8 of float32 rows x (n, in_dim) (margin > 0: float32 pass first).")
       .def(
+          "float64_rows",
+          [](const infer::Model& md, const py::array& x, double margin, int threads) {
+            auto a = checked_array<float>(x, "x", 2, md.in_dim);
+            check_threads(threads);
+            if (!(margin > 0 && margin < 1)) throw py::value_error("margin must be in (0, 1)");
+            const int64_t n = a.shape(0);
+            std::vector<uint8_t> lv(static_cast<size_t>(n * md.dim));
+            const float* xp = a.data();
+            py::gil_scoped_release nogil;
+            return infer::encode_levels(md, xp, n, lv.data(), threads, margin);
+          },
+          py::arg("x"), py::arg("margin"), py::arg("threads") = 1,
+          "How many rows of x the float32 pass with this margin leaves to float64.")
+      .def(
           "encode_query",
           [](const infer::Model& md, const py::array& x, int head, int threads) {
             auto a = checked_array<float>(x, "x", 2, md.in_dim);
