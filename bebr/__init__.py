@@ -29,9 +29,10 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
+    if name in _LAZY or name in ("model", "train", "compat"):
         try:
-            value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+            mod = import_module(f".{_LAZY.get(name, name)}", __name__)
+            value = mod if name in ("model", "train", "compat") else getattr(mod, name)
         except ModuleNotFoundError as e:
             if e.name != "torch":
                 raise

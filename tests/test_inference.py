@@ -403,3 +403,43 @@ def test_searcher_checks_spec():
         bebr.Searcher(new, Index(CodeSpec(11, 1)))
     with pytest.raises(TypeError, match="bebr.Encoder or a bebr.Binarizer"):
         bebr.Searcher(object(), Index(new.spec))
+
+
+_NO_TORCH_CLI = """
+import sys
+sys.modules["torch"] = None
+from bebr.cli import main
+rc = main(sys.argv[1:])
+assert sys.modules.get("torch") is None, "torch was imported"
+sys.exit(rc)
+"""
+
+
+def test_cli_encode_index_search_without_torch(tmp_path):
+    model = make_model(16, 12, 2, seed=11)
+    p = model.save(tmp_path / "m")
+    x = rows(500, 16, 11)
+    np.save(tmp_path / "base.npy", x)
+    np.save(tmp_path / "queries.npy", x[:5])
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    def run(*args):
+        r = subprocess.run([sys.executable, "-c", _NO_TORCH_CLI, *map(str, args)],
+                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    run("encode", "--model", p, tmp_path / "base.npy", "-o", tmp_path / "codes", "--no-progress")
+    from bebr.io import CodeShards
+
+    codes, ids = CodeShards(tmp_path / "codes").load_all()
+    assert np.array_equal(codes, model.encode(x)) and np.array_equal(ids, np.arange(500))
+    run("index", "build", tmp_path / "codes", "-o", tmp_path / "i.bebr")
+    r = run("search", "--index", tmp_path / "i.bebr", "--model", p, tmp_path / "queries.npy",
+            "-k", 3)
+    found = [json.loads(line)["ids"] for line in r.stdout.splitlines()]
+    assert [f[0] for f in found] == list(range(5))  # each base row finds itself first
+    r = subprocess.run([sys.executable, "-c", _NO_TORCH_CLI, "train", str(tmp_path / "base.npy"),
+                        "--dim", "8", "--bits", "1", "-o", str(tmp_path / "t")],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180)
+    assert r.returncode != 0 and "pip install torch==2.13.0" in r.stderr

@@ -133,7 +133,7 @@ def bench_data(name, x, qi, bi, args, log):
         qb_fine = max_query_bits(bits)
         qenc = median_us(lambda q: enc.encode_query_codes(q, qb_fine), singles)
         for qb, label in ((qb_fine, f"{qb_fine}-bit query codes"), (bits, "stored-bit queries")):
-            fn = lambda q, qb=qb: searcher.search(q, 10, query_bits=qb)[1]
+            fn = lambda q, qb=qb: searcher.search(q, 10, query_bits=qb, threads=1)[1]
             one = median_us(fn, singles)
             qps, ids = best_qps(fn, xq)
             row(method=f"bebr {dim}x{bits}, {label}", bytes=model.spec.code_bytes,
