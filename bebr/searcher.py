@@ -10,7 +10,7 @@ query's lookup tables and scans once over every version.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
 from .codes import max_query_bits
 from .encoder import Encoder
@@ -37,13 +37,15 @@ def _index_key(held, version: str):
     return tag if tag in held else None
 
 
-def search_args(encoder, versions: Mapping[Any, int], x, *, query_bits: Optional[int] = None,
+def search_args(encoder, versions: Union[Mapping[Any, int], Callable[[], Mapping[Any, int]]], x,
+                *, query_bits: Optional[int] = None,
                 heads: bool = True, metric: str = "cosine",
                 threads: Optional[int] = None) -> dict:
     """The keyword arguments of ``Index.search`` (``queries``, ``query_bits`` and, when
     heads apply, ``version_queries`` / ``version_calibration``) for float queries ``x``
     (n, in_dim) against an index holding ``versions`` (``Index.versions()``: {version: live
-    count}) of items.
+    count}) of items; a callable (``index.versions``) is called only if the model has query
+    heads (counting the items per version scans the index).
 
     ``query_bits``: bits per dimension of the query codes (default: the finest the kernel
     scores exactly over the stored codes, ``max_query_bits(encoder.bits)``). ``heads``:
@@ -55,7 +57,7 @@ def search_args(encoder, versions: Mapping[Any, int], x, *, query_bits: Optional
     qb = max_query_bits(enc.bits) if query_bits is None else query_bits
     out = {"queries": enc.encode_query_codes(x, qb, threads=threads), "query_bits": qb}
     if heads and enc.config.cross_versions:
-        held = {v for v, c in dict(versions).items() if c}
+        held = {v for v, c in dict(versions() if callable(versions) else versions).items() if c}
         vq, cal = {}, {}
         for ver in enc.config.cross_versions:
             tag = _index_key(held, ver)
@@ -93,7 +95,7 @@ class Searcher:
     def search_args(self, x, *, query_bits: Optional[int] = None, heads: Optional[bool] = None,
                     threads: Optional[int] = None) -> dict:
         """:func:`search_args` for this index (its current versions and metric)."""
-        return search_args(self.encoder, self.index.versions(), x,
+        return search_args(self.encoder, self.index.versions, x,
                            query_bits=self.query_bits if query_bits is None else query_bits,
                            heads=self.heads if heads is None else heads,
                            metric=self.index.metric, threads=threads)

@@ -158,6 +158,37 @@ def bench_data(name, x, qi, bi, args, log):
     return rows, extra
 
 
+def breakdown(data, args, log):
+    """One float query, 1 thread: median time of encoding it into query codes, of the scan
+    (``Index.search`` of those codes) and of both through ``Searcher.search``."""
+    from _qp_models import cached_model
+
+    words, glove = ds.glove_words(100_000)
+    qi, bi = ds.query_split(len(words), 2000, seed=0)
+    out = []
+    for name in data:
+        x = glove if name == "v1" else ds.minilm_embeddings(words)
+        xb, xq = np.ascontiguousarray(x[bi]), np.ascontiguousarray(x[qi])
+        singles = [xq[i:i + 1] for i in range(args.single)]
+        for dim, bits in CONFIGS[name]:
+            enc = cached_model("glove" if name == "v1" else "minilm", xb, dim, bits).to_encoder()
+            index = bebr.Index(enc.spec, "cosine")
+            index.add(enc.encode(xb))
+            s = bebr.Searcher(enc, index)
+            for qb in sorted({bits, max_query_bits(bits)}):
+                codes = [enc.encode_query_codes(q, qb) for q in singles]
+                it = iter(codes)
+                r = dict(data=name, model=f"{dim}x{bits}", query_bits=qb,
+                         encode_us=median_us(lambda q: enc.encode_query_codes(q, qb), singles),
+                         scan_us=median_us(lambda q: index.search(next(it), 10, query_bits=qb,
+                                                                  threads=1), singles),
+                         total_us=median_us(lambda q: s.search(q, 10, query_bits=qb,
+                                                               threads=1), singles))
+                log(json.dumps(r))
+                out.append(r)
+    return out
+
+
 def table(rows, extra, imports) -> str:
     out = ["| data | method | bytes/vec | R10@10 | one query | batch QPS |",
            "|---|---|---:|---:|---:|---:|"]
@@ -175,8 +206,9 @@ def table(rows, extra, imports) -> str:
         out.append(f"| {'GloVe' if e['data'] == 'v1' else 'MiniLM'} | {e['model']} | "
                    f"{e['compiled_vps_1t']:,.0f} / {e['compiled_vps_2t']:,.0f} | "
                    f"{e['torch_vps_1t']:,.0f} / {e['torch_vps_2t']:,.0f} | "
-                   f"{e['rows_float64']:.1%} | {e['rows_differ_vs_torch32']:.2%} / "
-                   f"{e['dims_differ_vs_torch32']:.4%} |")
+                   f"{e['rows_float64']:.1%} | {e['rows_differ_vs_torch32'] * 98000:.0f} rows"
+                   f" ({e['rows_differ_vs_torch32']:.4%}) / "
+                   f"{e['dims_differ_vs_torch32']:.6%} of dims |")
     out += ["", "| `python -c ...` | wall s | peak RSS MB |", "|---|---:|---:|"]
     for k, v in imports.items():
         out.append(f"| `{k}` | {v['wall_s']:.2f} | {v['rss_mb']:.0f} |")
@@ -187,8 +219,9 @@ def write_section(text, cmd):
     path = ROOT / "BENCHMARKS.md"
     s = path.read_text()
     body = (f"{MARKER}\n## Query path: float query in, top-10 out\n\n"
-            f"`{cmd}` (1 thread; the machine's load average during the run: "
-            f"{os.getloadavg()[0]:.1f}).\n\n{text}\n\n")
+            f"`{cmd}` (1 thread everywhere; protocol in the script's docstring; the machine's "
+            f"load average when the section was written: {os.getloadavg()[0]:.1f}).\n\n"
+            f"{text}\n\n")
     if MARKER in s:
         i = s.index(MARKER)
         j = s.find("<!-- section:", i + len(MARKER))
@@ -203,8 +236,37 @@ def main(argv=None):
     ap.add_argument("--data", nargs="+", default=["v1", "v2"], choices=["v1", "v2"])
     ap.add_argument("--single", type=int, default=300, help="queries timed one at a time")
     ap.add_argument("--write", action="store_true", help="write the section of BENCHMARKS.md")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="only time one query's encoding, scan and both (bebr rows)")
+    ap.add_argument("--render", metavar="LOG", default=None,
+                    help="only re-render the tables from the JSON lines of a run's output")
     args = ap.parse_args(argv)
     log = lambda s: print(s, flush=True)
+    if args.breakdown:
+        res = breakdown(args.data, args, log)
+        print("| data | model | query bits | encode | scan | Searcher.search |\n"
+              "|---|---|---:|---:|---:|---:|\n" + "\n".join(
+                  f"| {'GloVe' if r['data'] == 'v1' else 'MiniLM'} | {r['model']} | "
+                  f"{r['query_bits']} | {r['encode_us']:.0f} us | {r['scan_us']:.0f} us | "
+                  f"{r['total_us']:.0f} us |" for r in res))
+        return
+    if args.render:
+        rows, extra, imports = [], [], {}
+        for line in Path(args.render).read_text().splitlines():
+            if not line.startswith("{"):
+                continue
+            d = json.loads(line)
+            if "import bebr" in d:
+                imports = d
+            elif "method" in d:
+                rows.append(d)
+            else:
+                extra.append(d)
+        text = table(rows, extra, imports)
+        print(text)
+        if args.write:
+            write_section(text, "python tools/bench_query_path.py --single 200 --write")
+        return
     imports = {"import bebr": import_cost("import bebr"),
                "import bebr; bebr.Binarizer; bebr.train_compatible (what import bebr loaded "
                "before)": import_cost("import bebr; bebr.Binarizer; bebr.train_compatible")}
