@@ -238,6 +238,41 @@ TEST(WriteDense, ConsistentWhileAnotherThreadAddsAndRemoves) {
   writer.join();
 }
 
+// ---------------------------------------------------------------- thresholds
+class Levels_ : public ::testing::TestWithParam<std::string> {
+ protected:
+  void TearDown() override { bebr::set_simd_level(bebr::available_simd_levels().back()); }
+};
+
+// A calibration that maps one version's scores far below the int32 range: the heap threshold
+// then lies far below every integer score of the other items (before: a float -> int32 cast
+// out of range, undefined behaviour, caught by the sanitizer build).
+TEST_P(Levels_, OutOfRangeCalibratedThresholds) {
+  SdcIndex idx(64, 2, Metric::kIP);
+  std::mt19937_64 rng(13);
+  const int64_t n = 256;  // 4 blocks, versions 1 and 2 alternating
+  std::vector<uint8_t> c(n * idx.geometry().code_bytes);
+  for (auto& b : c) b = static_cast<uint8_t>(rng());
+  for (int64_t i = 0; i < n; ++i) idx.upsert(c.data() + i * idx.geometry().code_bytes, 1, &i, 1 + int32_t(i % 2));
+  const int k = 5;
+  int32_t vers[1] = {1};
+  const uint8_t* vcodes[1] = {c.data()};
+  for (float shift : {-1e30f, 1e30f, -3e9f, 3e9f}) {
+    float scale[1] = {1.f}, sh[1] = {shift};
+    bebr::VersionQueries vq{1, vers, vcodes, scale, sh};
+    std::vector<float> s(k), want_s(k);
+    std::vector<int64_t> i(k), want_i(k);
+    bebr::set_simd_level("scalar");
+    idx.search(c.data(), 1, k, 1, {}, want_s.data(), want_i.data(), 0, vq);
+    bebr::set_simd_level(GetParam());
+    idx.search(c.data(), 1, k, 1, {}, s.data(), i.data(), 0, vq);
+    EXPECT_EQ(i, want_i) << shift;
+    EXPECT_EQ(s, want_s) << shift;
+    for (int j = 0; j < k; ++j) EXPECT_EQ(want_i[j] % 2, shift < 0 ? 1 : 0) << shift;  // version 2 / 1 first
+  }
+}
+INSTANTIATE_TEST_SUITE_P(AllLevels, Levels_, ::testing::ValuesIn(bebr::available_simd_levels()));
+
 // ---------------------------------------------------------------- thread plan
 TEST(SearchStats, MinParallelWorkDecidesTheWorkers) {
   SdcIndex idx(1024, 2, Metric::kIP);  // 16 KiB blocks: 16 per cache chunk
