@@ -38,8 +38,9 @@ def _make(kind):
     if kind == "hamming":
         idx.add(codes)
     else:
-        idx.add(codes[:100], version=1)
-        idx.add(codes[100:], ids=np.arange(500, 550), version=2)
+        idx.register_version("model-b", lineage=["model-a"])
+        idx.add(codes[:100], version="model-a")
+        idx.add(codes[100:], ids=np.arange(500, 550), version="model-b")
     idx.remove(np.arange(0, 100, 4))
     return idx, codes[:4]
 
