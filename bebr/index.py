@@ -670,7 +670,7 @@ def _read_index_file(path, mmap: bool, verify: bool, kind: str):
                     buf = f.read(e["nbytes"])
                     if len(buf) != e["nbytes"]:
                         raise CorruptFileError(f"{path}: truncated section {name!r}")
-                arrays[name] = np.frombuffer(buf, dtype=dt).copy()
+                arrays[name] = np.frombuffer(buf, dtype=dt)  # assign_dense copies
     return header, arrays, mm
 
 

@@ -1,14 +1,17 @@
 """Resident bytes per item of a loaded index: ``Index.memory_bytes()`` (what the C++ core owns:
-codes unless memory-mapped, ids, versions, alive masks, inverse norms, id map) and the process
-RSS growth of the load, for ``mmap=True`` and ``mmap=False``.
+codes unless memory-mapped, ids, versions, alive masks, inverse norms, id map) and the RSS
+growth of a fresh process that loads the file, for ``mmap=True`` and ``mmap=False``.
 
-    python tools/index_memory.py [--n 200000] [--dim 64] [--bits 4]
+    PYTHONPATH=. python tools/index_memory.py [--n 200000] [--dim 64] [--bits 4]
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -46,14 +49,24 @@ def main() -> None:
             del idx
             gc.collect()
             for mmap in (True, False):
-                before = rss_bytes()
-                loaded = bebr.Index.load(path, mmap=mmap, verify=False)
-                grown = rss_bytes() - before
-                owned = loaded.memory_bytes()
+                out = subprocess.run([sys.executable, __file__, "--child", str(path), str(mmap)],
+                                     capture_output=True, text=True, check=True).stdout
+                owned, grown = json.loads(out)
                 print(f"{metric:8} {str(mmap):5} {owned / args.n:13.1f} {grown / args.n:18.1f}")
-                del loaded
-                gc.collect()
+
+
+def child(path: str, mmap: bool) -> None:
+    """Load path in this fresh process: print [owned bytes, RSS growth of the load]."""
+    bebr.Index(CodeSpec(8, 1))  # import-time allocations before the first RSS reading
+    gc.collect()
+    before = rss_bytes()
+    loaded = bebr.Index.load(path, mmap=mmap, verify=False)
+    grown = rss_bytes() - before
+    print(json.dumps([loaded.memory_bytes(), grown]))
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3] == "True")
+    else:
+        main()
