@@ -143,7 +143,10 @@ def test_flipped_bytes(files, capsys):
 def _paths(obj, prefix=()):
     """Every (path, value) below a JSON object, containers included."""
     out = []
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    if isinstance(obj, dict):
+        items = obj.items()
+    else:
+        items = enumerate(obj) if isinstance(obj, list) else ()
     for k, v in items:
         out.append((prefix + (k,), v))
         out.extend(_paths(v, prefix + (k,)))
@@ -159,8 +162,8 @@ RETYPED = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
 @st.composite
 def header_edits(draw):
     kind = draw(KINDS)
-    return kind, draw(st.integers(0, 10**6)), draw(st.sampled_from(["remove", "retype", "nudge"])), \
-        draw(RETYPED), draw(st.integers(-3, 3))
+    op = draw(st.sampled_from(["remove", "retype", "nudge"]))
+    return kind, draw(st.integers(0, 10**6)), op, draw(RETYPED), draw(st.integers(-3, 3))
 
 
 def test_edited_json_headers(files, capsys):
