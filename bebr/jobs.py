@@ -351,7 +351,7 @@ def encode_shards(model: Union[PathLike, Any], inputs, out_dir: PathLike, *,
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
     if isinstance(model, (str, os.PathLike)):
         model_path = str(Path(model).resolve())
-        model_obj = load_model(model_path)
+        model_obj = load_model(model_path, "encoder")
         model_sha = model_digest(model_path)
     else:
         if engine != "local" or workers > 1:
