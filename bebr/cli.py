@@ -18,6 +18,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from .codes import MAX_BITS, MAX_DIM
+
 __all__ = ["main", "build_parser"]
 
 FORMATS_HELP = """\
@@ -39,6 +41,53 @@ manifest.json (model version, code spec, per-shard counts and SHA-256 checksums)
 
 class CliError(Exception):
     """A usage error detected by the CLI itself (printed as ``bebr: error: ...``)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line: ``bebr CMD: error: ... (see bebr CMD --help)``,
+    exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} "
+                     "--help)\n")
+
+
+def _int_range(lo: int, hi: Optional[int] = None):
+    """argparse type: an int in ``[lo, hi]`` (no upper bound if ``hi`` is None)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            want = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"must be {want}, got {v}")
+        return v
+    parse.__name__ = "int"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite float > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (np.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
+def _code_spec_arg(text: str):
+    """argparse type: ``DIMxBITS`` (e.g. ``32x2``) -> CodeSpec."""
+    from .codes import CodeSpec
+
+    try:
+        dim, bits = (int(t) for t in text.lower().split("x"))
+        return CodeSpec(dim, bits)
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"expected DIMxBITS such as 32x2, got {text!r} "
+                                         f"({e})") from None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -69,16 +118,19 @@ def _load_model(path: str):
 
 def _read_rows(inputs: Sequence[str], *, max_rows: Optional[int], skip_bad: bool,
                column: Optional[str] = None, dim: Optional[int] = None,
-               sample_seed: Optional[int] = None) -> np.ndarray:
+               sample_seed: Optional[int] = None, with_ids: bool = False):
     """Read float rows from the inputs into memory (for training/eval), streaming.
 
     At most ``max_rows`` rows: the first ones, or with ``sample_seed`` a uniform random
     sample (sorted row numbers drawn with that seed from the total row count, so two inputs
     with the same row count give the same rows: paired samples stay paired).
+    ``with_ids``: return ``(rows, ids)``, the ids being those ``bebr encode`` gives the same
+    rows (the id column, else the row number across all inputs).
     """
     from .io import check_rows, open_inputs
 
     sources = open_inputs(list(inputs), column=column, dim=dim)
+    id_parts: List[np.ndarray] = []
     total = sum(s.n for s in sources)
     chosen = None
     if sample_seed is not None and max_rows is not None and total > max_rows:
@@ -97,18 +149,24 @@ def _read_rows(inputs: Sequence[str], *, max_rows: Optional[int], skip_bad: bool
                 picked = np.zeros(x.shape[0], bool)
                 picked[chosen[lo:hi] - g0] = True
                 sel &= picked
+            ids = ch.ids if ch.ids is not None else np.arange(
+                base + ch.offset, base + ch.offset + x.shape[0], dtype=np.int64)
             if not sel.all():
-                x = x[sel]
+                x, ids = x[sel], ids[sel]
             if chosen is None and max_rows is not None:
-                x = x[:max_rows - have]
+                x, ids = x[:max_rows - have], ids[:max_rows - have]
             parts.append(x)
+            id_parts.append(ids)
             have += x.shape[0]
             if chosen is None and max_rows is not None and have >= max_rows:
-                return np.concatenate(parts)
+                break
+        if chosen is None and max_rows is not None and have >= max_rows:
+            break
         base += s.n
     if not have:
         raise ValueError("empty input: no valid rows left")
-    return np.concatenate(parts)
+    rows = np.concatenate(parts)
+    return (rows, np.concatenate(id_parts)) if with_ids else rows
 
 
 def _read_queries(path: str, *, dim: Optional[int] = None, column: Optional[str] = None):
@@ -163,10 +221,18 @@ def _add_shards(index, dirs: Sequence[str], args) -> int:
             if not entry.count:
                 continue
             kw = {"version": str(cs.model_version)} if takes_version else {}
-            index.add(np.ascontiguousarray(codes), np.ascontiguousarray(ids), **kw)
+            try:
+                index.add(np.ascontiguousarray(codes), np.ascontiguousarray(ids), **kw)
+            except (ValueError, IndexError) as e:  # duplicate, negative or held ids
+                raise type(e)(f"{cs.directory / entry.ids} (shard {entry.index}): {e}") \
+                    from None
             added += entry.count
         _say(args, f"added {len(cs)} codes of model version {cs.model_version} from {d}")
     return added
+
+
+def _spec_text(spec) -> str:
+    return f"{spec.dim}x{spec.bits}"
 
 
 def _write_results(args, scores: np.ndarray, ids: np.ndarray) -> None:
@@ -229,7 +295,8 @@ def cmd_train(args) -> int:
             raise CliError("--old-input is only used with --compatible-with")
         if args.no_heads or args.head_members is not None:
             raise CliError("--no-heads / --head-members are only used with --compatible-with")
-        model = train_binarizer(x, args.dim or 64, args.bits or 2, seed=args.seed,
+        model = train_binarizer(x, 64 if args.dim is None else args.dim,
+                                2 if args.bits is None else args.bits, seed=args.seed,
                                 progress=not args.no_progress, **kw)
     model.save(args.out)
     _say(args, f"trained {model.spec} on {x.shape[0]} x {x.shape[1]} rows in "
@@ -319,7 +386,9 @@ def cmd_index_remove(args) -> int:
     if (args.ids is None) == (args.ids_file is None):
         raise CliError("give the ids to remove with exactly one of --ids or --ids-file")
     if args.ids_file:
-        ids = np.load(args.ids_file, allow_pickle=False)
+        from .io.readers import load_npy
+
+        ids = load_npy(args.ids_file, "ids")
         if ids.dtype.kind not in "iu":
             raise CliError(f"{args.ids_file}: ids must be integers, got dtype {ids.dtype}")
         ids = ids.astype(np.int64).ravel()
@@ -357,6 +426,8 @@ def cmd_search(args) -> int:
     if (args.model is None) == (not args.codes):
         raise CliError("give float queries with --model MODEL, or packed code queries "
                        "with --codes (exactly one)")
+    if args.codes_spec is not None and not args.codes:
+        raise CliError("--codes-spec is only used with --codes")
     from .codes import CodeSpec
 
     index = _index_load(args.index, mmap=True)
@@ -382,6 +453,10 @@ def cmd_search(args) -> int:
         version_queries, calibration = _head_queries(model, index, x, qspec.bits, heads, args)
     else:
         p = Path(args.queries)
+        if args.codes_spec is not None and args.codes_spec != qspec:
+            raise CliError(f"--codes-spec {_spec_text(args.codes_spec)}: the queries must be "
+                           f"{_spec_text(qspec)} codes for this index ({spec}"
+                           f"{'' if args.query_bits is None else ', --query-bits'})")
         if p.is_dir():
             from .io import CodeShards
 
@@ -390,10 +465,11 @@ def cmd_search(args) -> int:
                 raise CliError(f"{p}: codes are {cs.spec}, the queries must be {qspec}")
             q, _ = cs.load_all()
         else:
-            if not p.exists():
-                raise FileNotFoundError(f"{p}: no such file")
-            q = np.load(p, allow_pickle=False)
-            q = qspec.check_packed(q, f"{p}")
+            from .io.readers import load_npy
+
+            # a bare .npy carries no spec: only its byte width (and padding bits) can be
+            # checked, so 16x4 codes pass for 32x2; --codes-spec states what they are
+            q = qspec.check_packed(load_npy(p, "packed codes"), f"{p}")
         version_queries, calibration = None, None
     t0 = time.perf_counter()
     extra = {} if args.query_bits is None else {"query_bits": args.query_bits}
@@ -470,16 +546,20 @@ def cmd_eval(args) -> int:
     from .metrics import recall_at_k
 
     model = _load_model(args.model)
-    base = _read_rows(args.base, max_rows=args.max_rows, skip_bad=False, column=args.column,
-                      dim=model.in_dim)
+    # ids as `bebr encode` gives them (the id column, else row numbers), so that an index
+    # built from BASE and the float ground truth name items alike
+    base, base_ids = _read_rows(args.base, max_rows=args.max_rows, skip_bad=False,
+                                column=args.column, dim=model.in_dim, with_ids=True)
     if args.index and not args.queries:
         raise CliError("--index needs --queries (held-out queries would be in the index)")
     if args.queries:
         queries = _read_queries(args.queries, dim=model.in_dim, column=args.column)
-        base_ids = np.arange(base.shape[0])
     else:
-        qi, base_ids = query_split(base.shape[0], args.num_queries, seed=args.seed)
-        queries, base = base[qi], base[base_ids]
+        if args.num_queries >= base.shape[0]:
+            raise CliError(f"--num-queries {args.num_queries} leaves no base rows (BASE has "
+                           f"{base.shape[0]} rows)")
+        qi, keep = query_split(base.shape[0], args.num_queries, seed=args.seed)
+        queries, base, base_ids = base[qi], base[keep], base_ids[keep]
     if args.k > base.shape[0]:
         raise CliError(f"-k {args.k} is larger than the base ({base.shape[0]} rows)")
     truth = base_ids[exact_topk(l2_normalize(queries), l2_normalize(base), args.k)]
@@ -489,6 +569,10 @@ def cmd_eval(args) -> int:
             raise CliError(f"model {args.model} makes {model.spec} codes, the index holds "
                            f"{index.spec}")
         _check_versions(model, index, False)
+        if len(index) != base.shape[0]:
+            raise CliError(f"{args.index} holds {len(index)} items but BASE has "
+                           f"{base.shape[0]} rows; eval needs the index built from exactly "
+                           "BASE (all of it: no --max-rows)")
     else:
         index = _api("Index")(model.spec, metric=args.metric)
         index.add(model.encode(base), base_ids.astype(np.int64))
@@ -498,6 +582,12 @@ def cmd_eval(args) -> int:
         if r < args.k:
             continue
         _, found = index.search(qc, r)
+        if args.index:
+            stray = found[(found >= 0) & ~np.isin(found, base_ids)]
+            if stray.size:
+                raise CliError(f"{args.index} returned id {int(stray[0])}, which is not an id "
+                               "of BASE (its id column, else its row numbers): the index was "
+                               "not built from BASE")
         rows.append({"metric": f"R{args.k}@{r}", "value": round(recall_at_k(found, truth), 4)})
     out = {"model": args.model, "index": args.index, "version": model.version,
            "spec": model.spec.to_dict(), "n_base": int(base.shape[0]),
@@ -558,15 +648,15 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
     g.add_argument("--address", default=None,
                    help="Ray cluster address (e.g. auto, ray://head:10001); default: start a "
                         "local Ray instance. Workers must see the same filesystem paths")
-    g.add_argument("--ray-cpus", type=int, default=None,
+    g.add_argument("--ray-cpus", type=_int_range(1), default=None,
                    help="CPUs of the local Ray instance started when --address is not given "
                         "(default: all)")
-    g.add_argument("--workers", type=int, default=1,
+    g.add_argument("--workers", type=_int_range(1), default=1,
                    help="local engine: number of worker processes (default: 1, in process)")
-    g.add_argument("--threads", type=int, default=1,
+    g.add_argument("--threads", type=_int_range(1), default=1,
                    help="torch threads per worker (default: 1; fixed so output is "
                         "deterministic)")
-    g.add_argument("--chunk-rows", type=int, default=65536,
+    g.add_argument("--chunk-rows", type=_int_range(1), default=65536,
                    help="rows encoded at a time; bounds memory (default: 65536)")
     g.add_argument("--overwrite", action="store_true",
                    help="start over in an output directory that holds a different job")
@@ -575,7 +665,7 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="bebr", formatter_class=fmt,
         description="bebr: binary embedding compression with versioned compatibility.\n"
                     "Train a Binarizer on float embeddings, encode them into compact "
@@ -595,17 +685,20 @@ def build_parser() -> argparse.ArgumentParser:
                               "--dim 64 --bits 2")
     p.add_argument("inputs", nargs="+", help="embedding files, directories or globs")
     p.add_argument("-o", "--out", required=True, help="model directory to write")
-    p.add_argument("--dim", type=int, default=None, help="code dimensions (default 64)")
-    p.add_argument("--bits", type=int, default=None, help="bits per dimension, 1..4 (default 2)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: auto)")
-    p.add_argument("--batch-size", type=int, default=None, help="training batch size")
-    p.add_argument("--lr", type=float, default=None, help="learning rate")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--max-rows", type=int, default=200_000,
+    p.add_argument("--dim", type=_int_range(1, MAX_DIM), default=None,
+                   help="code dimensions (default 64)")
+    p.add_argument("--bits", type=_int_range(1, MAX_BITS), default=None,
+                   help="bits per dimension, 1..4 (default 2)")
+    p.add_argument("--epochs", type=_int_range(1), default=None,
+                   help="training epochs (default: auto)")
+    p.add_argument("--batch-size", type=_int_range(1), default=None, help="training batch size")
+    p.add_argument("--lr", type=_positive_float, default=None, help="learning rate")
+    p.add_argument("--seed", type=_int_range(0), default=0, help="random seed (default 0)")
+    p.add_argument("--max-rows", type=_int_range(1), default=200_000,
                    help="train on a uniform random sample of at most this many rows (drawn "
                         "with --seed; default 200000)")
     p.add_argument("--max-time", type=float, default=None, help="stop training after N s")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=_int_range(1), default=None,
                    help="torch threads while training (default: torch's; 1 is faster on a "
                         "loaded machine)")
     p.add_argument("--version", default=None, help="version id to give the model "
@@ -641,7 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="embedding files, directories or globs")
     p.add_argument("--model", required=True, help="trained model directory (bebr train)")
     p.add_argument("-o", "--out", required=True, help="output code-shard directory")
-    p.add_argument("--shard-rows", type=int, default=1 << 20,
+    p.add_argument("--shard-rows", type=_int_range(1), default=1 << 20,
                    help="max rows per output shard; each input file is cut into shards of "
                         "at most this many rows (default 1048576)")
     p.add_argument("--skip-bad", action="store_true",
@@ -667,12 +760,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-input", nargs="+", required=True,
                    help="new model's embeddings of the same items, row for row")
     p.add_argument("-o", "--out", required=True, help="upgrader directory to write")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs")
-    p.add_argument("--max-rows", type=int, default=200_000,
+    p.add_argument("--epochs", type=_int_range(1), default=None, help="training epochs")
+    p.add_argument("--max-rows", type=_int_range(1), default=200_000,
                    help="train on a random sample of at most this many paired rows "
                         "(default 200000)")
     p.add_argument("--max-time", type=float, default=None, help="stop training after N s")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_range(0), default=0)
     p.add_argument("--column", default=None, help="parquet embedding column")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_common(p)
@@ -747,8 +840,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="index file")
     p.add_argument("--model", default=None, help="model that encodes float queries")
     p.add_argument("--codes", action="store_true", help="queries are packed codes")
-    p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
-    p.add_argument("--threads", type=int, default=None, help="search threads")
+    p.add_argument("--codes-spec", type=_code_spec_arg, default=None, metavar="DIMxBITS",
+                   help="with --codes: the spec the query codes were made with (e.g. 32x2); "
+                        "refused unless it is the index's (or --query-bits') spec. A bare "
+                        ".npy of codes carries no spec, so without this only its byte width "
+                        "is checked (16x4 codes have the width of 32x2); a code-shard "
+                        "directory's manifest states its spec and is always checked")
+    p.add_argument("-k", type=_int_range(1), default=10, help="results per query (default 10)")
+    p.add_argument("--threads", type=_int_range(1), default=None, help="search threads")
     p.add_argument("--query-bits", type=int, default=None, choices=[1, 2, 3, 4],
                    help="encode the queries at this many bits per dimension (queries are "
                         "never stored; 4 raises recall over 1-2-bit items for a slower "
@@ -777,17 +876,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--queries", default=None,
                    help="query embeddings (default: --num-queries rows held out of the base)")
-    p.add_argument("--num-queries", type=int, default=1000, help="held-out queries")
+    p.add_argument("--num-queries", type=_int_range(1), default=1000, help="held-out queries")
     p.add_argument("--index", default=None,
                    help="search this index (its ids = row numbers of BASE, as `bebr encode` "
                         "gives without an id column) instead of encoding BASE; needs "
                         "--queries")
-    p.add_argument("-k", type=int, default=10, help="float top-k ground truth (default 10)")
-    p.add_argument("--recall-at", type=int, nargs="*", default=[10, 100],
+    p.add_argument("-k", type=_int_range(1), default=10, help="float top-k ground truth (default 10)")
+    p.add_argument("--recall-at", type=_int_range(1), nargs="*", default=[10, 100],
                    help="code result depths r (default 10 100)")
     p.add_argument("--metric", choices=("ip", "cosine"), default="ip")
-    p.add_argument("--max-rows", type=int, default=None, help="use at most N base rows")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-rows", type=_int_range(1), default=None, help="use at most N base rows")
+    p.add_argument("--seed", type=_int_range(0), default=0)
     p.add_argument("--column", default=None, help="parquet embedding column")
     _add_common(p)
     p.set_defaults(func=cmd_eval)
@@ -810,13 +909,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "them into code shards, build an index, answer word "
                                    "queries, and print recall@10 and latency next to exact "
                                    "float search.")
-    p.add_argument("--words", type=int, default=100_000, help="GloVe words (default 100000)")
-    p.add_argument("--dim", type=int, default=128, help="code dimensions (default 128)")
-    p.add_argument("--bits", type=int, default=2, help="bits per dimension (default 2)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default auto)")
+    p.add_argument("--words", type=_int_range(1), default=100_000, help="GloVe words (default 100000)")
+    p.add_argument("--dim", type=_int_range(1, MAX_DIM), default=128, help="code dimensions (default 128)")
+    p.add_argument("--bits", type=_int_range(1, MAX_BITS), default=2, help="bits per dimension (default 2)")
+    p.add_argument("--epochs", type=_int_range(1), default=None,
+                   help="training epochs (default auto)")
     p.add_argument("--max-time", type=float, default=30.0,
                    help="training loop time budget in seconds (default 30)")
-    p.add_argument("--train-rows", type=int, default=40_000,
+    p.add_argument("--train-rows", type=_int_range(1), default=40_000,
                    help="words sampled for training (default 40000)")
     p.add_argument("--words-query", nargs="*", default=["king", "france", "computer",
                                                         "music", "river"],

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..codes import CodeSpec
 from ..fileio import CorruptFileError, atomic_writer
-from .manifest import Manifest, ShardEntry, shard_names
+from .manifest import Manifest, ShardEntry, outside_directory, shard_names
 
 __all__ = ["CodeShards", "write_code_shard", "CRASH_ENV"]
 
@@ -102,9 +102,12 @@ class CodeShards:
 
     def _load(self, name: str, shape, dtype) -> np.ndarray:
         p = self.directory / name
+        why = outside_directory(self.directory, p)
+        if why:
+            raise CorruptFileError(why)
         try:
             a = np.load(p, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, EOFError) as e:
             raise CorruptFileError(f"{p}: unreadable shard ({e})") from None
         if a.shape != shape or a.dtype != dtype:
             raise CorruptFileError(f"{p}: shard holds {a.dtype} {a.shape}, manifest says "
