@@ -111,9 +111,20 @@ def _say(args, msg: str) -> None:
 
 
 def _load_model(path: str):
-    from .jobs import load_model
+    import warnings
 
-    return load_model(path)
+    from .jobs import load_model
+    from .model import UncalibratedHeadWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UncalibratedHeadWarning)
+        model = load_model(path)
+    for w in caught:  # one line each, like the errors; other warnings pass on as they were
+        if issubclass(w.category, UncalibratedHeadWarning):
+            print(f"bebr: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return model
 
 
 def _read_rows(inputs: Sequence[str], *, max_rows: Optional[int], skip_bad: bool,

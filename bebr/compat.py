@@ -676,6 +676,7 @@ class CodeUpgrader(nn.Module):
     """
 
     model_name = "code_upgrader"
+    _CONFIG_KEYS = ("in_spec", "out_spec", "hidden", "depth", "from_version", "to_version")
 
     def __init__(self, in_spec: CodeSpec, out_spec: CodeSpec, *, hidden: int = 512,
                  depth: int = 2, from_version: str = "", to_version: str = ""):
@@ -743,6 +744,8 @@ class CodeUpgrader(nn.Module):
     def load(cls, path) -> "CodeUpgrader":
         """Load a saved upgrader; corrupted, truncated or foreign files raise
         :class:`bebr.fileio.CorruptFileError`. Never unpickles."""
+        from .codes import MAX_BITS
+
         p = Path(path)
         header = read_header(p, "bebr.upgrader", UPGRADER_FORMAT_VERSION, "CodeUpgrader")
         cfg_path = p / CONFIG_NAME
@@ -750,12 +753,22 @@ class CodeUpgrader(nn.Module):
             raise CorruptFileError(f"{cfg_path}: not a bebr CodeUpgrader header")
         try:
             c = header["config"]
-            model = cls(CodeSpec.from_dict(c["in_spec"]), CodeSpec.from_dict(c["out_spec"]),
-                        hidden=c["hidden"], depth=c["depth"], from_version=c["from_version"],
-                        to_version=c["to_version"])
+            if not isinstance(c, dict) or set(c) != set(cls._CONFIG_KEYS):
+                raise ValueError(f"config keys {sorted(c) if isinstance(c, dict) else c!r} "
+                                 f"are not {sorted(cls._CONFIG_KEYS)}")
+            specs = CodeSpec.from_dict(c["in_spec"]), CodeSpec.from_dict(c["out_spec"])
+            for what, sp in zip(("in_spec", "out_spec"), specs):
+                if sp.bits > MAX_BITS:
+                    raise ValueError(f"{what} {sp}: stored codes have at most {MAX_BITS} bits")
+            with torch.device("meta"):  # check the fields without allocating the weights
+                cls(*specs, hidden=c["hidden"], depth=c["depth"],
+                    from_version=c["from_version"], to_version=c["to_version"])
         except (KeyError, TypeError, ValueError) as e:
             raise CorruptFileError(f"{cfg_path}: bad header field ({e})") from e
-        load_state_strict(model, read_weights(p, header), p, cls.model_name)
+        model = load_state_strict(
+            lambda: cls(*specs, hidden=c["hidden"], depth=c["depth"],
+                        from_version=c["from_version"], to_version=c["to_version"]),
+            read_weights(p, header), p, cls.model_name)
         model.eval()
         return model
 

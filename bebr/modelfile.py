@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict
+from typing import Callable, Dict, Union
 
 import torch
 from torch import nn
@@ -85,18 +85,40 @@ def read_weights(path, header: dict) -> Dict[str, torch.Tensor]:
         raise CorruptFileError(f"{wpath}: unreadable safetensors ({e})") from e
 
 
-def load_state_strict(module: nn.Module, state: Dict[str, torch.Tensor], path,
-                      name: str) -> None:
-    """Load ``state`` into ``module``, refusing missing/unexpected keys and wrong shapes."""
+def load_state_strict(module: Union[nn.Module, Callable[[], nn.Module]],
+                      state: Dict[str, torch.Tensor], path, name: str) -> nn.Module:
+    """Load ``state`` into ``module`` and return it, refusing missing/unexpected keys, and any
+    tensor whose shape or dtype is not the one the module (built from the header's config)
+    has, or whose float values are not all finite: CorruptFileError naming the tensor.
+    Nothing is cast.
+
+    ``module`` may be a zero-argument callable building the module: it is then first built
+    on the ``meta`` device (no memory) and checked, so a header whose sizes were edited
+    (``hidden: 10**9``) is refused before anything that large is allocated.
+    """
+    if callable(module) and not isinstance(module, nn.Module):
+        with torch.device("meta"):
+            _check_state(module().state_dict(), state, path, name)
+        module = module()
+    _check_state(module.state_dict(), state, path, name)
+    module.load_state_dict(state, strict=True)
+    return module
+
+
+def _check_state(expected: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor], path,
+                 name: str) -> None:
     wpath = Path(path) / WEIGHTS_NAME
-    expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CorruptFileError(f"{wpath}: weights do not match {name}: missing keys "
                                f"{missing}, unexpected keys {unexpected}")
-    for k, v in state.items():
-        if v.shape != expected[k].shape:
+    for k in sorted(state):
+        v, want = state[k], expected[k]
+        if v.shape != want.shape:
             raise CorruptFileError(f"{wpath}: {k} has shape {tuple(v.shape)}, expected "
-                                   f"{tuple(expected[k].shape)}")
-    module.load_state_dict(state, strict=True)
+                                   f"{tuple(want.shape)} (from {CONFIG_NAME})")
+        if v.dtype != want.dtype:
+            raise CorruptFileError(f"{wpath}: {k} has dtype {v.dtype}, expected {want.dtype}")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CorruptFileError(f"{wpath}: {k} holds NaN or inf values")
