@@ -8,6 +8,7 @@ file or the complete new one, never a half-written file under the final name.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from typing import BinaryIO, Iterator, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["atomic_writer", "atomic_write_bytes", "sha256_bytes", "sha256_file",
-           "CorruptFileError"]
+           "CorruptFileError", "HEADER_SHA_KEY", "header_digest", "check_header_digest"]
 
 
 class CorruptFileError(ValueError):
@@ -81,3 +82,26 @@ def sha256_file(path: PathLike, chunk_bytes: int = 1 << 22) -> str:
                 break
             h.update(chunk)
     return h.hexdigest()
+
+
+HEADER_SHA_KEY = "header_sha256"
+
+
+def header_digest(header: dict) -> str:
+    """SHA-256 of a JSON header's canonical form (sorted keys, no spaces), without its own
+    ``header_sha256`` key: a header carries it so that an edited or bit-flipped field
+    (``"dim": 30`` -> ``31``, a changed version id) is refused, not silently believed."""
+    body = {k: v for k, v in header.items() if k != HEADER_SHA_KEY}
+    return sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                   ensure_ascii=True).encode())
+
+
+def check_header_digest(header: dict, path) -> None:
+    """Refuse ``header`` (read from ``path``) if its ``header_sha256`` does not match; files
+    from before the key existed (no key) pass."""
+    want = header.get(HEADER_SHA_KEY)
+    if want is None:
+        return
+    if not isinstance(want, str) or header_digest(header) != want:
+        raise CorruptFileError(f"{path}: header checksum mismatch (edited or corrupted "
+                               "header)")

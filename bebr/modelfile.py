@@ -2,7 +2,8 @@
 
 Shared by every saved torch model of bebr (``Binarizer``, ``CodeUpgrader``). The header
 carries the file kind (``format``), its ``format_version``, the registered model name, the
-model's own fields, and the weights' byte count and SHA-256; each file is written atomically.
+model's own fields, the weights' byte count and SHA-256, and the SHA-256 of the header itself
+(``header_sha256``, over its canonical JSON without that key); each file is written atomically.
 Loading checks all of that and loads the weights strictly (names missing or unexpected keys
 and wrong shapes), raising :class:`bebr.fileio.CorruptFileError` for anything off.
 """
@@ -16,7 +17,8 @@ from typing import Callable, Dict, Union
 import torch
 from torch import nn
 
-from .fileio import CorruptFileError, atomic_write_bytes, sha256_bytes
+from .fileio import (HEADER_SHA_KEY, CorruptFileError, atomic_write_bytes, check_header_digest,
+                     header_digest, sha256_bytes)
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "write_model_dir", "read_header", "read_weights",
            "load_state_strict"]
@@ -38,6 +40,7 @@ def write_model_dir(path, module: nn.Module, model_name: str, header: dict) -> P
     blob = st_save(state, metadata={"format": "pt", "model": model_name})
     full = dict(header, weights=WEIGHTS_NAME, weights_sha256=sha256_bytes(blob),
                 weights_bytes=len(blob))
+    full[HEADER_SHA_KEY] = header_digest(full)
     atomic_write_bytes(p / WEIGHTS_NAME, blob)
     atomic_write_bytes(p / CONFIG_NAME, (json.dumps(full, indent=2) + "\n").encode())
     return p
@@ -52,13 +55,14 @@ def read_header(path, fmt: str, format_version: int, what: str) -> dict:
     cfg_path = p / CONFIG_NAME
     try:
         header = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise CorruptFileError(f"{cfg_path}: not valid JSON ({e})") from e
     if not isinstance(header, dict) or header.get("format") != fmt:
         raise CorruptFileError(f"{cfg_path}: not a bebr {what} header")
     if header.get("format_version") != format_version:
         raise CorruptFileError(f"{cfg_path}: format_version {header.get('format_version')!r}"
                                f" is not supported (this bebr reads {format_version})")
+    check_header_digest(header, cfg_path)
     return header
 
 

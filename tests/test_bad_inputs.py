@@ -27,7 +27,7 @@ import bebr
 from bebr import Binarizer, CodeSpec, HammingIndex, Index
 from bebr.cli import main
 from bebr.compat import CodeUpgrader
-from bebr.fileio import CorruptFileError
+from bebr.fileio import CorruptFileError, header_digest
 from bebr.io import CodeShards, Manifest, open_inputs, open_source, read_vecs, write_vecs
 from bebr.jobs import encode_shards, upgrade_shards, version_tag
 
@@ -109,9 +109,9 @@ def env(tmp_path_factory):
     _copy_dir(t / "m", b / "m_badjson")
     (b / "m_badjson" / "config.json").write_text("{ nope")
     _copy_dir(t / "m", b / "m_nokey")
-    cfg = json.loads((t / "m" / "config.json").read_text())
-    del cfg["config"]["in_dim"]
-    (b / "m_nokey" / "config.json").write_text(json.dumps(cfg))
+    _edit_json(b / "m_nokey" / "config.json", lambda h: h["config"].pop("in_dim"))
+    _copy_dir(t / "m", b / "m_edited")
+    _edit_json(b / "m_edited" / "config.json", lambda h: h.update(version="v9"), seal=False)
     _copy_dir(t / "m", b / "m_trunc")
     w = b / "m_trunc" / "model.safetensors"
     w.write_bytes(w.read_bytes()[:-9])
@@ -143,6 +143,9 @@ def env(tmp_path_factory):
     _edit_json(b / "c_count" / "manifest.json", lambda m: m["shards"][0].update(count="120"))
     _copy_dir(t / "c", b / "c_spec")
     _edit_json(b / "c_spec" / "manifest.json", lambda m: m.update(spec={"dim": 0, "bits": 2}))
+    _copy_dir(t / "c", b / "c_edited")
+    _edit_json(b / "c_edited" / "manifest.json", lambda m: m["spec"].update(dim=29),
+               seal=False)
     _copy_dir(t / "c", b / "c_version")
     _edit_json(b / "c_version" / "manifest.json", lambda m: m.update(format_version=99))
     # index files
@@ -158,9 +161,13 @@ def _copy_dir(src, dst):
         (dst / f).write_bytes((src / f).read_bytes())
 
 
-def _edit_json(path, edit):
+def _edit_json(path, edit, seal=True):
+    """Edit a JSON header; ``seal``: with a matching header_sha256 (a crafted file, so that
+    the field checks behind the checksum are reached)."""
     d = json.loads(path.read_text())
     edit(d)
+    if seal:
+        d["header_sha256"] = header_digest(d)
     path.write_text(json.dumps(d))
 
 
@@ -183,16 +190,19 @@ BAD_EMBEDDINGS = [  # (file in bad/, what the one error line must say)
 BAD_MODELS = [("nomodel", "no such model file"), ("m_badjson", "not valid JSON"),
               ("m_nokey", "bad header field"), ("m_trunc", "truncated or replaced"),
               ("m_flip", "SHA-256 mismatch"), ("m_empty", "config.json"),
-              ("m_file", "is not a saved Binarizer directory")]
+              ("m_file", "is not a saved Binarizer directory"),
+              ("m_edited", "header checksum mismatch")]
 UPGRADER_WHY = {"m_file": "is not a saved CodeUpgrader directory",  # Binarizer files:
                 "m_nokey": "not a bebr CodeUpgrader header",  # the kind is checked first
                 "m_trunc": "not a bebr CodeUpgrader header",
-                "m_flip": "not a bebr CodeUpgrader header"}
+                "m_flip": "not a bebr CodeUpgrader header",
+                "m_edited": "not a bebr CodeUpgrader header"}
 BAD_SHARDS = [("noshards", "no such code-shard directory"), ("emptydir", "no manifest"),
               ("c_json", "corrupted manifest"), ("c_flip", "checksum mismatch"),
               ("c_gone", "ids-00000.npy: missing"), ("c_escape", "must lie in the manifest"),
               ("c_incomplete", "incomplete job"), ("c_count", "corrupted manifest"),
-              ("c_spec", "CodeSpec.dim must be in"), ("c_version", "format version 99")]
+              ("c_spec", "CodeSpec.dim must be in"), ("c_version", "format version 99"),
+              ("c_edited", "header checksum mismatch")]
 BAD_INDEXES = [("noindex.bebr", "no such index file"), ("zero.bebr", "zero.bebr"),
                ("junk.bebr", "junk.bebr"), ("trunc.bebr", "trunc.bebr")]
 BAD_CODES = [("zero.npy", "not a readable .npy file"), ("obj.npy", "not a readable .npy"),

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from bebr import Binarizer, CodeSpec
 from bebr.compat import CodeUpgrader
-from bebr.fileio import CorruptFileError, sha256_file
+from bebr.fileio import CorruptFileError, header_digest, sha256_file
 from bebr.io import CodeShards, Manifest, open_source
 from bebr.io.idcheck import check_ids, find_duplicate_id
 from bebr.io.readers import load_npy
@@ -43,7 +43,14 @@ def _rewrite_weights(path, state):
     cfg = json.loads((path / "config.json").read_text())
     cfg["weights_sha256"] = sha256_file(path / "model.safetensors")
     cfg["weights_bytes"] = os.path.getsize(path / "model.safetensors")
-    (path / "config.json").write_text(json.dumps(cfg))
+    _seal(path / "config.json", cfg)
+
+
+def _seal(path, header):
+    """Write a JSON header with a matching header_sha256: a crafted file, not a corrupted one
+    (an unsealed edit is refused by the checksum before any field check)."""
+    header["header_sha256"] = header_digest(header)
+    path.write_text(json.dumps(header))
 
 
 def _write_parquet(path, x, ids):
@@ -56,7 +63,7 @@ def _write_parquet(path, x, ids):
 def _edit_manifest(directory, edit):
     m = json.loads((directory / "manifest.json").read_text())
     edit(m)
-    (directory / "manifest.json").write_text(json.dumps(m))
+    _seal(directory / "manifest.json", m)
 
 
 # ------------------------------------------------------------------ manifest paths
@@ -102,6 +109,37 @@ def _save(tmp_path, x, name="x.npy"):
     return tmp_path / name
 
 
+@pytest.mark.parametrize("edit", [lambda h: h.update(version="v3"),
+                                  lambda h: h["config"].update(dim=31),
+                                  lambda h: h.pop("code_spec")])
+def test_edited_model_header_is_refused_by_its_checksum(model, tmp_path, edit):
+    model.save(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    edit(cfg)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CorruptFileError, match="config.json: header checksum mismatch"):
+        Binarizer.load(tmp_path / "m")
+    del cfg["header_sha256"]  # a file from before the checksum: its fields are checked
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    if "code_spec" in cfg and cfg["version"] == "v1" and cfg["config"]["dim"] == 32:
+        raise AssertionError("edit did nothing")
+    with pytest.raises(CorruptFileError):
+        Binarizer.load(tmp_path / "m")
+
+
+def test_edited_manifest_is_refused_by_its_checksum(model, x, tmp_path):
+    out = tmp_path / "c"
+    encode_shards(model, _save(tmp_path, x), out, progress=False)
+    m = json.loads((out / "manifest.json").read_text())
+    m["spec"]["dim"] = 31  # same code width as 32: only the checksum can tell
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CorruptFileError, match="header checksum mismatch"):
+        CodeShards(out)
+    del m["header_sha256"]  # manifests from before the checksum still load
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert CodeShards(out).spec == CodeSpec(31, 2)
+
+
 # ------------------------------------------------------------------ weights
 @pytest.mark.parametrize("what", ["dtype", "shape", "nan"])
 def test_binarizer_weights_dtype_shape_and_values_checked(model, tmp_path, what):
@@ -141,7 +179,7 @@ def test_upgrader_load_checks_weights_against_config(tmp_path, what):
             cfg["config"]["hidden"] = 10 ** 12  # refused before anything that big is built
         else:
             cfg["config"]["in_spec"]["bits"] = 6
-        (tmp_path / "u" / "config.json").write_text(json.dumps(cfg))
+        _seal(tmp_path / "u" / "config.json", cfg)
     match = {"dtype": "has dtype torch.float16", "shape": "has shape", "hidden": "has shape",
              "bits": "at most 4 bits"}[what]
     with pytest.raises(CorruptFileError, match=match):
@@ -201,7 +239,7 @@ def test_model_without_head_calibration_is_marked_and_warned(tmp_path):
         assert Binarizer.load(tmp_path / "fresh").uncalibrated_heads == []
     cfg = json.loads((tmp_path / "again" / "config.json").read_text())
     cfg["uncalibrated_heads"] = ["nope"]
-    (tmp_path / "again" / "config.json").write_text(json.dumps(cfg))
+    _seal(tmp_path / "again" / "config.json", cfg)
     with pytest.raises(CorruptFileError, match="uncalibrated_heads"):
         Binarizer.load(tmp_path / "again")
 

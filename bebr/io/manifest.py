@@ -2,7 +2,8 @@
 manifest").
 
 The manifest is the only authority on what is complete: a shard file counts only when the
-manifest lists it with a matching SHA-256. It is rewritten atomically after every finished
+manifest lists it with a matching SHA-256. The manifest carries the SHA-256 of its own
+canonical JSON (``header_sha256``), so an edited or bit-flipped field is refused. It is rewritten atomically after every finished
 shard, so a killed job leaves a manifest that lists exactly the shards that were complete.
 """
 
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from ..codes import CodeSpec
-from ..fileio import CorruptFileError, atomic_write_bytes, sha256_file
+from ..fileio import (HEADER_SHA_KEY, CorruptFileError, atomic_write_bytes, check_header_digest,
+                      header_digest, sha256_file)
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MANIFEST_NAME", "Manifest", "ShardEntry",
            "outside_directory", "shard_names"]
@@ -115,13 +117,15 @@ class Manifest:
         return sum(e.skipped for e in self.shards.values())
 
     def to_dict(self) -> Dict[str, Any]:
-        return {
+        d = {
             "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
             "model_version": self.model_version, "spec": self.spec.to_dict(),
             "job": self.job, "inputs": self.inputs, "units": self.units,
             "complete": self.complete, "count": self.count, "skipped": self.skipped,
             "shards": [asdict(self.shards[i]) for i in sorted(self.shards)],
         }
+        d[HEADER_SHA_KEY] = header_digest(d)
+        return d
 
     def save(self, directory: Union[str, Path]) -> None:
         """Write ``directory/manifest.json`` atomically."""
@@ -146,6 +150,10 @@ class Manifest:
         if d.get("format_version") != FORMAT_VERSION:
             raise CorruptFileError(f"{path}: manifest format version {d.get('format_version')!r}"
                                    f" is not supported (this bebr reads {FORMAT_VERSION})")
+        try:
+            check_header_digest(d, path)
+        except CorruptFileError as e:
+            raise CorruptFileError(f"{e} (corrupted manifest)") from None
         try:
             if not isinstance(d["shards"], list):
                 raise TypeError(f"'shards' must be a list, got {type(d['shards']).__name__}")
