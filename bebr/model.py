@@ -484,7 +484,7 @@ class Binarizer(nn.Module):
         header = read_header(p, "bebr.binarizer", FORMAT_VERSION, "Binarizer")
         cfg_path = p / CONFIG_NAME
         name = header.get("model")
-        if name not in MODEL_REGISTRY:
+        if not isinstance(name, str) or name not in MODEL_REGISTRY:
             raise CorruptFileError(f"{cfg_path}: unknown model name {name!r}; registered: "
                                    f"{sorted(MODEL_REGISTRY)}")
         model_cls = MODEL_REGISTRY[name]
