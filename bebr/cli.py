@@ -3,6 +3,8 @@
 Every subcommand has ``--help``. Errors in the input (missing files, wrong dims, NaN/inf rows,
 empty input, corrupted shards, manifests or models, version or code-spec mismatches) print one
 line ``bebr: error: ...`` on stderr and exit with status 1; ``--debug`` shows the traceback.
+Usage errors (unknown options, missing arguments, out-of-range values such as ``--dim 0``)
+print one line ``bebr CMD: error: ...`` and exit with status 2.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ manifest lists (SHA-256), skips them, and runs only the rest. A different job in
 directory is refused (``JobMismatchError``) unless ``overwrite=True``.
 
 Ids: an input with an id column (parquet) keeps its ids; otherwise an item's id is its row
-number across all inputs in order (input 0 rows first).
+number across all inputs in order (input 0 rows first). Ids an index would refuse (negative,
+the sentinel, duplicates within or across shards) are refused naming the input row
+(bebr/io/idcheck.py).
 """
 
 from __future__ import annotations
