@@ -544,3 +544,29 @@ def test_index_build_names_the_shard_with_refused_ids(work, tmp_path):
                              "emb": pa.FixedSizeListArray.from_arrays(flat, 50)}), dup)
     assert_clean_error(cli("encode", "--model", d / "model", dup, "-o", tmp_path / "o"),
                        "dup.parquet (id column 'id'): rows 0 and 2 have the same id 5")
+
+
+def test_uncalibrated_head_model_warns_on_one_line(work, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from bebr import Binarizer
+    from bebr.fileio import header_digest, sha256_file
+
+    d, _ = work
+    torch.manual_seed(0)
+    m = tmp_path / "legacy"
+    Binarizer(50, 32, 2, hidden=16, version="v2", cross_versions=["v1"], cross_hidden=8,
+              cross_depth=1).save(m)
+    state = load_file(str(m / "model.safetensors"))
+    del state["cross.0.calibration"]  # written before heads were calibrated
+    save_file(state, str(m / "model.safetensors"))
+    cfg = json.loads((m / "config.json").read_text())
+    cfg.update(weights_sha256=sha256_file(m / "model.safetensors"),
+               weights_bytes=os.path.getsize(m / "model.safetensors"))
+    cfg["header_sha256"] = header_digest(cfg)
+    (m / "config.json").write_text(json.dumps(cfg))
+    p = cli("encode", "--model", m, d / "queries.npy", "-o", tmp_path / "o", "--no-progress",
+            check=True)
+    warn = [line for line in p.stderr.splitlines() if line.startswith("bebr: warning: ")]
+    assert len(warn) == 1 and "versions ['v1'] have no score calibration" in warn[0]
