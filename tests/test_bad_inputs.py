@@ -29,7 +29,7 @@ from bebr.cli import main
 from bebr.compat import CodeUpgrader
 from bebr.fileio import CorruptFileError, header_digest
 from bebr.io import CodeShards, Manifest, open_inputs, open_source, read_vecs, write_vecs
-from bebr.jobs import encode_shards, upgrade_shards, version_tag
+from bebr.jobs import encode_shards, upgrade_shards
 
 D, DIM, BITS = 16, 30, 2       # dim 30: the codes have padding bits
 API_ERRORS = (TypeError, ValueError, IndexError, FileNotFoundError)  # CorruptFileError: ValueError
@@ -49,7 +49,7 @@ def env(tmp_path_factory):
     encode_shards(t / "m", t / "x.npy", t / "c", progress=False, shard_rows=120)
     idx = Index(model.spec)
     codes, ids = CodeShards(t / "c").load_all()
-    idx.add(codes, ids, version=version_tag("v1"))
+    idx.add(codes, ids, version="v1")
     idx.save(t / "idx.bebr")
     CodeUpgrader(model.spec, model.spec, hidden=8, depth=1, from_version="v1",
                  to_version="v2").save(t / "up")
