@@ -15,6 +15,8 @@ import os
 import subprocess
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -113,20 +115,29 @@ def _say(args, msg: str) -> None:
 
 
 def _load_model(path: str):
-    import warnings
-
     from .jobs import load_model
+
+    return load_model(path)
+
+
+@contextmanager
+def _one_line_warnings():
+    """bebr's own warnings about the user's files (``UncalibratedHeadWarning``) as one line
+    ``bebr: warning: ...`` on stderr, like the errors; other warnings as Python shows them."""
     from .model import UncalibratedHeadWarning
 
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, UncalibratedHeadWarning):
+                print(f"bebr: warning: {' '.join(str(message).split())}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
         warnings.simplefilter("always", UncalibratedHeadWarning)
-        model = load_model(path)
-    for w in caught:  # one line each, like the errors; other warnings pass on as they were
-        if issubclass(w.category, UncalibratedHeadWarning):
-            print(f"bebr: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return model
+        yield
 
 
 def _read_rows(inputs: Sequence[str], *, max_rows: Optional[int], skip_bad: bool,
@@ -967,9 +978,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         getattr(args, "help_parser", parser).print_help(sys.stderr)
         return 2
     try:
-        if getattr(args, "passthrough", False):
-            return args.func(args, extra)
-        return args.func(args)
+        with _one_line_warnings():
+            if getattr(args, "passthrough", False):
+                return args.func(args, extra)
+            return args.func(args)
     except KeyboardInterrupt:
         print("bebr: interrupted", file=sys.stderr)
         return 130

@@ -537,12 +537,13 @@ def test_index_build_names_the_shard_with_refused_ids(work, tmp_path):
         cli("encode", "--model", d / "model", d / "base.fvecs", "-o", tmp_path / name,
             "--no-progress", "--shard-rows", 2000, check=True)
     assert_clean_error(cli("index", "build", tmp_path / "a", tmp_path / "b", "-o",
-                           tmp_path / "i"), "b/ids-00000.npy (shard 0): ")
+                           tmp_path / "i", "-q"), "b/ids-00000.npy (shard 0): ")
     dup = tmp_path / "dup.parquet"
     flat = pa.array(np.ones(3 * 50, np.float32), type=pa.float32())
     pq.write_table(pa.table({"id": np.array([5, 6, 5], np.int64),
                              "emb": pa.FixedSizeListArray.from_arrays(flat, 50)}), dup)
-    assert_clean_error(cli("encode", "--model", d / "model", dup, "-o", tmp_path / "o"),
+    assert_clean_error(cli("encode", "--model", d / "model", dup, "-o", tmp_path / "o",
+                           "--no-progress"),
                        "dup.parquet (id column 'id'): rows 0 and 2 have the same id 5")
 
 
