@@ -199,6 +199,7 @@ def _write_results(args, scores: np.ndarray, ids: np.ndarray) -> None:
 
 # ----------------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
+    t_start = time.monotonic()  # --max-time bounds the whole command, reading included
     train_binarizer = _api("train_binarizer")
     if args.compatible_with and args.skip_bad:
         raise CliError("--skip-bad would unpair --old-input from the new input; clean the "
@@ -206,10 +207,10 @@ def cmd_train(args) -> int:
     x = _read_rows(args.inputs, max_rows=args.max_rows, skip_bad=args.skip_bad,
                    column=args.column, sample_seed=args.seed)
     kw = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
-                            ("lr", args.lr), ("version", args.version),
-                            ("max_time_s", args.max_time), ("threads", args.threads))
+                            ("lr", args.lr), ("version", args.version), ("threads", args.threads))
           if v is not None}
     t0 = time.perf_counter()
+    progress = not (args.no_progress or args.quiet)
     if args.compatible_with:
         if not args.old_input:
             raise CliError("--compatible-with needs --old-input: the old model's embeddings "
@@ -222,16 +223,22 @@ def cmd_train(args) -> int:
             raise CliError(f"--old-input has {x_old.shape[0]} rows but the new input has "
                            f"{x.shape[0]}; they must be the same items, row for row")
         cross = {} if args.head_members is None else {"members": args.head_members}
+        if args.max_time is not None:
+            kw["max_time_s"] = max(0.0, args.max_time - (time.monotonic() - t_start))
         model = train_compatible(x, x_old, old, dim=args.dim, bits=args.bits, seed=args.seed,
-                                 progress=not args.no_progress,
+                                 progress=progress,
                                  cross_queries=not args.no_heads, cross_kwargs=cross, **kw)
     else:
         if args.old_input:
             raise CliError("--old-input is only used with --compatible-with")
         if args.no_heads or args.head_members is not None:
             raise CliError("--no-heads / --head-members are only used with --compatible-with")
+        if args.max_time is not None:
+            kw["max_time_s"] = max(0.0, args.max_time - (time.monotonic() - t_start))
         model = train_binarizer(x, args.dim or 64, args.bits or 2, seed=args.seed,
-                                progress=not args.no_progress, **kw)
+                                progress=progress, **kw)
+    for cut in (getattr(model, "train_info", None) or {}).get("time_budget", {}).get("cuts", []):
+        _say(args, f"bebr: --max-time {args.max_time:g} s cut {cut}")
     model.save(args.out)
     _say(args, f"trained {model.spec} on {x.shape[0]} x {x.shape[1]} rows in "
                f"{time.perf_counter() - t0:.1f} s; model version {model.version} -> {args.out}")
@@ -561,7 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=int, default=200_000,
                    help="train on a uniform random sample of at most this many rows (drawn "
                         "with --seed; default 200000)")
-    p.add_argument("--max-time", type=float, default=None, help="stop training after N s")
+    p.add_argument("--max-time", type=float, default=None,
+                   help="time budget of the whole command in seconds: neighbour mining, "
+                        "training and query heads are cut to fit (what was cut is printed)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads while training (default: torch's; 1 is faster on a "
                         "loaded machine)")
