@@ -473,19 +473,20 @@ def cmd_eval(args) -> int:
 def _tools_dir() -> Path:
     d = Path(__file__).resolve().parent.parent / "tools"
     if not d.is_dir():
-        raise CliError("bebr bench runs the studies in tools/ of a bebr source checkout; "
-                       f"none found at {d}")
+        raise CliError("`bebr bench NAME` runs a research script of tools/ in a bebr source "
+                       f"checkout (none found at {d}); the benchmark suite ships in the "
+                       "package: `bebr bench [--quick] [--study NAME] --out DIR`")
     return d
 
 
 def cmd_bench(args, extra: List[str]) -> int:
+    if not args.study:  # the whole suite (bebr/bench/suite.py): studies, plots, report
+        cmd = [sys.executable, "-m", "bebr.bench", *extra]
+        _say(args, "running: " + " ".join(cmd))
+        return subprocess.call(cmd)
     tools = _tools_dir()
     studies = {p.stem[len("bench_"):]: p for p in sorted(tools.glob("bench_*.py"))}
     studies.update({p.stem[len("eval_"):]: p for p in sorted(tools.glob("eval_*.py"))})
-    if not args.study:  # the whole suite (tools/bench_suite.py): studies, plots, report
-        cmd = [sys.executable, str(tools / "bench_suite.py"), *extra]
-        _say(args, "running: " + " ".join(cmd))
-        return subprocess.call(cmd)
     if args.study == "list":
         for name, p in sorted(studies.items()):
             print(f"{name:12s} {p.relative_to(tools.parent)}")
@@ -754,11 +755,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("bench", formatter_class=fmt, help="run a benchmark study from tools/",
+    p = sub.add_parser("bench", formatter_class=fmt, help="run the benchmark suite",
                        description="Without a study name: the benchmark suite "
-                                   "(tools/bench_suite.py), `bebr bench [--quick] [--study "
-                                   "NAME ...] [--out DIR]`, which writes the BENCHMARKS.md "
-                                   "sections, docs/*.png plots and the README table. With "
+                                   "(bebr/bench/, needs bebr[bench]), `bebr bench [--quick] "
+                                   "[--study NAME ...] [--out DIR]`, which writes the BENCHMARKS.md"
+                                   " sections, docs/*.png plots and the README table. With "
                                    "a name: one benchmark script of tools/ (bench_*.py, "
                                    "eval_*.py) in a source checkout; arguments after the "
                                    "study name go to the study (e.g. --quick). `bebr bench "

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 import bebr
-from benchlib import (bebr_models, load_data, lsh_bits, md_table, median_times,
+from ..lib import (bebr_models, load_data, lsh_bits, md_table, median_times,
                       models_markdown, recall)
 
 NAME = "bench-iso-recall"

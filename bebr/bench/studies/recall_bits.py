@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 import bebr
-from benchlib import (bebr_models, faiss_baselines, faiss_search, flat_topk, load_data,
+from ..lib import (bebr_models, faiss_baselines, faiss_search, flat_topk, load_data,
                       lsh_bits, md_table, models_markdown, recall)
 
 NAME = "bench-recall-bits"
