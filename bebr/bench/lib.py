@@ -4,7 +4,7 @@ Timing and bandwidth come from bebr/bench/timing.py (shared with tools/bench_ker
 `median_times` (interleaved repeats, median), `measure_bandwidth` (C++ streaming read
 kernel) and `build_faiss_pq`. This module adds what the studies share on top: the machine
 description, a load-average sampler, RSS, Markdown tables, BENCHMARKS.md/README section writing,
-the ANCHORS.md data protocol (with tiny `quick` sizes), trained-model caching, and the faiss
+the word data protocol of `bebr.datasets` (with tiny `quick` sizes), trained-model caching, and the faiss
 baselines (LSH, PQ, RaBitQ, SQ) with symmetric and asymmetric query handling.
 
 Layout relied on: every section of BENCHMARKS.md starts with a line `<!-- section: NAME ... -->`
@@ -197,7 +197,7 @@ def write_readme_block(path: Path, body: str) -> None:
 
 # ----------------------------------------------------------------------------- data
 def load_data(name: str, quick: bool, nq: int = 2000):
-    """ANCHORS.md protocol: (base, queries, truth top-100) for "glove" or "minilm".
+    """The word protocol: (base, queries, truth top-100) for "glove" or "minilm".
 
     Full: 100k words, 2000 queries, the other 98k the base. Quick: 3000 words, 100 queries.
     """
