@@ -778,7 +778,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, default=2, help="bits per dimension (default 2)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default auto)")
     p.add_argument("--max-time", type=float, default=30.0,
-                   help="training loop time budget in seconds (default 30)")
+                   help="training time budget in seconds, neighbour mining included "
+                        "(default 30)")
     p.add_argument("--train-rows", type=int, default=40_000,
                    help="words sampled for training (default 40000)")
     p.add_argument("--words-query", nargs="*", default=["king", "france", "computer",
