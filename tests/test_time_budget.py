@@ -89,3 +89,14 @@ def test_train_compatible_with_heads_within_budget(warm_torch):
     assert "old-v1" in new.train_info["cross_val"]
     q = new.encode_query_codes(x_new[:3], 4, target="old-v1")
     assert q.shape[0] == 3
+
+
+def test_cli_train_shows_progress_unless_quiet(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", _rows(3000, 16, 5))
+    args = ["train", str(tmp_path / "x.npy"), "--dim", "8", "--bits", "2", "--epochs", "1",
+            "--threads", "1"]
+    assert main(args + ["-o", str(tmp_path / "m1")]) == 0
+    err = capsys.readouterr().err
+    assert "mining neighbours" in err and "bebr 8x2" in err and "trained" in err
+    assert main(args + ["-o", str(tmp_path / "m2"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
