@@ -471,8 +471,8 @@ def train_cross_queries(new: Binarizer, x_new, old_codes, old_version: str, *,
     the mean of their unit outputs (BENCHMARKS.md section 3: 3 members lift cross-test
     recall over one; training time grows with the members). ``max_time_s`` bounds the whole
     call: neighbour mining gets at most 30% of it, each member an equal share of what is then
-    left less 15% kept for the calibration, which is skipped (identity) when no time is left;
-    what was cut is listed in ``new.train_info["cross_val"][old_version]["time_budget"]``.
+    left less 15% kept for the calibration (which always runs: one encoding of the pool); what
+    was cut is listed in ``new.train_info["cross_val"][old_version]["time_budget"]``.
     ``calibrate``: then fit the head's score calibration on the same held-out queries
     (:func:`fit_head_calibration`; ``new.cross_calibration(old_version)``), so that a mixed
     index ranks the head's scores against old codes and the own codes' scores on one scale.
@@ -573,11 +573,7 @@ def _train_cross_queries(*, new, xn, oc, old_version, epochs, query_bits, batch_
     head.eval()
     best = val_recall(head)
     cal = {m: (1.0, 0.0) for m in CALIBRATION_METRICS}
-    if calibrate and budget.expired():
-        budget.cuts.append("calibration: skipped at the time limit; the head's scores keep "
-                           "the identity calibration")
-        calibrate = False
-    if calibrate:
+    if calibrate:  # never cut: one encoding of the pool, and a mixed index ranks by it
         cal = _fit_calibrations(new, old_version, x[val_q].numpy(), xt.numpy(), oc[tr.numpy()],
                                 truth.numpy(), query_bits, CALIBRATION_TOP,
                                 CALIBRATION_METRICS)
