@@ -288,6 +288,7 @@ def _write_results(args, scores: np.ndarray, ids: np.ndarray) -> None:
 
 # ----------------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
+    t_start = time.monotonic()  # --max-time bounds the whole command, reading included
     train_binarizer = _api("train_binarizer")
     if args.compatible_with and args.skip_bad:
         raise CliError("--skip-bad would unpair --old-input from the new input; clean the "
@@ -295,10 +296,10 @@ def cmd_train(args) -> int:
     x = _read_rows(args.inputs, max_rows=args.max_rows, skip_bad=args.skip_bad,
                    column=args.column, sample_seed=args.seed)
     kw = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
-                            ("lr", args.lr), ("version", args.version),
-                            ("max_time_s", args.max_time), ("threads", args.threads))
+                            ("lr", args.lr), ("version", args.version), ("threads", args.threads))
           if v is not None}
     t0 = time.perf_counter()
+    progress = not (args.no_progress or args.quiet)
     if args.compatible_with:
         if not args.old_input:
             raise CliError("--compatible-with needs --old-input: the old model's embeddings "
@@ -311,17 +312,23 @@ def cmd_train(args) -> int:
             raise CliError(f"--old-input has {x_old.shape[0]} rows but the new input has "
                            f"{x.shape[0]}; they must be the same items, row for row")
         cross = {} if args.head_members is None else {"members": args.head_members}
+        if args.max_time is not None:
+            kw["max_time_s"] = max(0.0, args.max_time - (time.monotonic() - t_start))
         model = train_compatible(x, x_old, old, dim=args.dim, bits=args.bits, seed=args.seed,
-                                 progress=not args.no_progress,
+                                 progress=progress,
                                  cross_queries=not args.no_heads, cross_kwargs=cross, **kw)
     else:
         if args.old_input:
             raise CliError("--old-input is only used with --compatible-with")
         if args.no_heads or args.head_members is not None:
             raise CliError("--no-heads / --head-members are only used with --compatible-with")
+        if args.max_time is not None:
+            kw["max_time_s"] = max(0.0, args.max_time - (time.monotonic() - t_start))
         model = train_binarizer(x, 64 if args.dim is None else args.dim,
                                 2 if args.bits is None else args.bits, seed=args.seed,
-                                progress=not args.no_progress, **kw)
+                                progress=progress, **kw)
+    for cut in (getattr(model, "train_info", None) or {}).get("time_budget", {}).get("cuts", []):
+        _say(args, f"bebr: --max-time {args.max_time:g} s cut {cut}")
     model.save(args.out)
     _say(args, f"trained {model.spec} on {x.shape[0]} x {x.shape[1]} rows in "
                f"{time.perf_counter() - t0:.1f} s; model version {model.version} -> {args.out}")
@@ -623,19 +630,20 @@ def cmd_eval(args) -> int:
 def _tools_dir() -> Path:
     d = Path(__file__).resolve().parent.parent / "tools"
     if not d.is_dir():
-        raise CliError("bebr bench runs the studies in tools/ of a bebr source checkout; "
-                       f"none found at {d}")
+        raise CliError("`bebr bench NAME` runs a research script of tools/ in a bebr source "
+                       f"checkout (none found at {d}); the benchmark suite ships in the "
+                       "package: `bebr bench [--quick] [--study NAME] --out DIR`")
     return d
 
 
 def cmd_bench(args, extra: List[str]) -> int:
+    if not args.study:  # the whole suite (bebr/bench/suite.py): studies, plots, report
+        cmd = [sys.executable, "-m", "bebr.bench", *extra]
+        _say(args, "running: " + " ".join(cmd))
+        return subprocess.call(cmd)
     tools = _tools_dir()
     studies = {p.stem[len("bench_"):]: p for p in sorted(tools.glob("bench_*.py"))}
     studies.update({p.stem[len("eval_"):]: p for p in sorted(tools.glob("eval_*.py"))})
-    if not args.study:  # the whole suite (tools/bench_suite.py): studies, plots, report
-        cmd = [sys.executable, str(tools / "bench_suite.py"), *extra]
-        _say(args, "running: " + " ".join(cmd))
-        return subprocess.call(cmd)
     if args.study == "list":
         for name, p in sorted(studies.items()):
             print(f"{name:12s} {p.relative_to(tools.parent)}")
@@ -721,7 +729,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=_int_range(1), default=200_000,
                    help="train on a uniform random sample of at most this many rows (drawn "
                         "with --seed; default 200000)")
-    p.add_argument("--max-time", type=float, default=None, help="stop training after N s")
+    p.add_argument("--max-time", type=_positive_float, default=None,
+                   help="time budget of the whole command in seconds: neighbour mining, "
+                        "training and query heads are cut to fit (what was cut is printed)")
     p.add_argument("--threads", type=_int_range(1), default=None,
                    help="torch threads while training (default: torch's; 1 is faster on a "
                         "loaded machine)")
@@ -915,11 +925,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("bench", formatter_class=fmt, help="run a benchmark study from tools/",
+    p = sub.add_parser("bench", formatter_class=fmt, help="run the benchmark suite",
                        description="Without a study name: the benchmark suite "
-                                   "(tools/bench_suite.py), `bebr bench [--quick] [--study "
-                                   "NAME ...] [--out DIR]`, which writes the BENCHMARKS.md "
-                                   "sections, docs/*.png plots and the README table. With "
+                                   "(bebr/bench/, needs bebr[bench]), `bebr bench [--quick] "
+                                   "[--study NAME ...] [--out DIR]`, which writes the BENCHMARKS.md"
+                                   " sections, docs/*.png plots and the README table. With "
                                    "a name: one benchmark script of tools/ (bench_*.py, "
                                    "eval_*.py) in a source checkout; arguments after the "
                                    "study name go to the study (e.g. --quick). `bebr bench "
@@ -939,7 +949,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_int_range(1), default=None,
                    help="training epochs (default auto)")
     p.add_argument("--max-time", type=float, default=30.0,
-                   help="training loop time budget in seconds (default 30)")
+                   help="training time budget in seconds, neighbour mining included "
+                        "(default 30)")
     p.add_argument("--train-rows", type=_int_range(1), default=40_000,
                    help="words sampled for training (default 40000)")
     p.add_argument("--words-query", nargs="*", default=["king", "france", "computer",

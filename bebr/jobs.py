@@ -307,6 +307,67 @@ def _progress(total: int, desc: str, enabled: bool):
                 dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
 
 
+# --------------------------------------------------------------------------- worker processes
+def _watch_parent(parent_pid: int) -> None:
+    """Worker initializer: die with the parent. Linux: the kernel sends SIGKILL when the
+    parent exits (prctl PR_SET_PDEATHSIG); everywhere: a daemon thread polls the parent pid.
+    A parent already gone by now (a race with the prctl call) ends the worker at once."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):  # no libc prctl: the polling thread still runs
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def poll() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    import threading
+
+    threading.Thread(target=poll, name="bebr-parent-watch", daemon=True).start()
+
+
+@contextmanager
+def _worker_pool(workers: int):
+    """A spawn-context process pool whose workers die with this process (:func:`_watch_parent`).
+    While it runs in the main thread, SIGTERM (default action) raises SystemExit here so the
+    workers are terminated instead of left running; on any error the queued shards are dropped
+    and the running ones terminated."""
+    import multiprocessing as mp
+    import signal
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                               initializer=_watch_parent, initargs=(os.getpid(),))
+    restore = None
+    if threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        def on_term(signum, frame):
+            raise SystemExit(128 + signum)
+
+        restore = signal.signal(signal.SIGTERM, on_term)
+    ok = False
+    try:
+        yield pool
+        ok = True
+    finally:
+        if restore is not None:
+            signal.signal(signal.SIGTERM, restore)
+        if not ok:
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _execute(tasks: List[Any], rows: List[int], manifest: Manifest, out_dir: Path, *,
              engine: str, workers: int, address: Optional[str], progress: bool,
              desc: str, model=None, ray_cpus: Optional[int] = None,
@@ -325,17 +386,13 @@ def _execute(tasks: List[Any], rows: List[int], manifest: Manifest, out_dir: Pat
                 run = _encode_unit if isinstance(t, EncodeTask) else _upgrade_unit
                 record(run(t, model=model, on_chunk=bar.update))
         elif engine == "local":
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
+            from concurrent.futures import as_completed
 
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
-            try:
+            with _worker_pool(workers) as pool:
                 futs = {pool.submit(_run_task, t): r for t, r in zip(tasks, rows)}
                 for f in as_completed(futs):
                     record(f.result())
                     bar.update(futs[f])
-            finally:  # on an error, drop the queued shards instead of running them all
-                pool.shutdown(wait=True, cancel_futures=True)
         elif engine == "ray":
             from .raytools import run_tasks_ray
 
