@@ -114,10 +114,12 @@ def _say(args, msg: str) -> None:
         print(msg, file=sys.stderr)
 
 
-def _load_model(path: str):
+def _load_model(path: str, kind: str = "encoder"):
+    """A saved model: the torch-free bebr.Encoder for encoding and search ("encoder"), the
+    torch Binarizer where training needs one ("binarizer")."""
     from .jobs import load_model
 
-    return load_model(path)
+    return load_model(path, kind)
 
 
 @contextmanager
@@ -305,7 +307,7 @@ def cmd_train(args) -> int:
             raise CliError("--compatible-with needs --old-input: the old model's embeddings "
                            "of the same items, row for row")
         train_compatible = _api("train_compatible")
-        old = _load_model(args.compatible_with)
+        old = _load_model(args.compatible_with, "binarizer")
         x_old = _read_rows(args.old_input, max_rows=args.max_rows, skip_bad=False,
                            column=args.column, dim=old.in_dim, sample_seed=args.seed)
         if x_old.shape[0] != x.shape[0]:
@@ -337,7 +339,7 @@ def cmd_train(args) -> int:
 
 def cmd_train_upgrader(args) -> int:
     train_upgrader = _api("train_upgrader")
-    old, new = _load_model(args.old), _load_model(args.new)
+    old, new = _load_model(args.old, "binarizer"), _load_model(args.new, "binarizer")
     x_old = _read_rows(args.old_input, max_rows=args.max_rows, skip_bad=False,
                        column=args.column, dim=old.in_dim, sample_seed=args.seed)
     x_new = _read_rows(args.new_input, max_rows=args.max_rows, skip_bad=False,

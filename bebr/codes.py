@@ -150,7 +150,27 @@ class CodeSpec:
         ``f = m / |v_j|``; all of them are swept in order with running sums of ``<c, v>`` and
         ``|c|^2``, and the best is kept. bits=1 gives the sign (0 -> +1); a zero row gets level
         ``2**(bits-1)`` (the smallest positive value) everywhere. Deterministic.
+
+        Exact arithmetic: the scales ``f`` are float64 quotients, swept in (f, j, m) order;
+        the cosines compare ``(sum_j A_j (2 m_j + 1)) / sqrt(sum_j (2 m_j + 1)^2)`` with the
+        integer sums exact, ``A_j = floor(|v_j| 2^32 / max|v| + 1/2)`` (|v| rounded to 2^-32 of
+        the row's largest entry, so the result does not depend on a summation order), the
+        first maximum kept. Computed in compiled code (``bebr._C.quantize_angle``), which
+        skips the parts of the sweep whose bound shows they cannot hold the maximum; bit for
+        bit the numpy sweep :meth:`quantize_angle_reference` (``chunk`` bounds its memory).
         """
+        v = np.asarray(values, dtype=np.float64)
+        if v.ndim != 2 or v.shape[1] != self.dim:
+            raise ValueError(f"values must have shape (n, {self.dim}), got {v.shape}")
+        if not np.isfinite(v).all():
+            raise ValueError("values has NaN or inf entries")
+        from . import _C
+
+        return _C.quantize_angle(np.ascontiguousarray(v), self.bits)
+
+    def quantize_angle_reference(self, values: np.ndarray, chunk: int = 1024) -> np.ndarray:
+        """The numpy sweep that defines :meth:`quantize_angle` (its test oracle): every event
+        in stable-argsort order of the scales, the exact integer sums of the docstring there."""
         v = np.asarray(values, dtype=np.float64)
         if v.ndim != 2 or v.shape[1] != self.dim:
             raise ValueError(f"values must have shape (n, {self.dim}), got {v.shape}")
@@ -167,19 +187,24 @@ class CodeSpec:
         for s0 in range(0, v.shape[0], chunk):
             a = np.abs(v[s0:s0 + chunk])                         # (r, dim)
             r = a.shape[0]
-            with np.errstate(divide="ignore"):
+            amax = a.max(axis=1, keepdims=True)
+            with np.errstate(divide="ignore", invalid="ignore"):
                 f = steps[None, None, :] / a[:, :, None]         # (r, dim, half-1), inf if a=0
+                A = np.floor(a * (4294967296.0 / amax) + 0.5)
+            A = np.where(amax > 0, A, 0).astype(np.int64)        # |v| in units of 2^-32 max
             f = f.reshape(r, -1)
             order = np.argsort(f, axis=1, kind="stable")
             j_of = order // (half - 1)                           # dim of each event
             m_of = order % (half - 1) + 1                        # its new magnitude step
-            ip = 0.5 * a.sum(1, keepdims=True) + np.cumsum(
-                np.take_along_axis(a, j_of, axis=1), axis=1)
-            nn = 0.25 * self.dim + np.cumsum(2.0 * m_of, axis=1)
-            cos = np.concatenate([0.5 * a.sum(1, keepdims=True) / np.sqrt(0.25 * self.dim),
-                                  ip / np.sqrt(nn)], axis=1)
-            cos[:, 1:][~np.isfinite(np.take_along_axis(f, order, axis=1))] = -np.inf
-            best = cos.argmax(axis=1)                            # events taken: best
+            ip2 = A.sum(1, keepdims=True) + 2 * np.cumsum(np.take_along_axis(A, j_of, axis=1),
+                                                           axis=1)
+            nn4 = self.dim + 8 * np.cumsum(m_of, axis=1)
+            crit = np.concatenate([A.sum(1, keepdims=True).astype(np.float64)
+                                   / np.sqrt(float(self.dim)),
+                                   ip2.astype(np.float64) / np.sqrt(nn4.astype(np.float64))],
+                                  axis=1)
+            crit[:, 1:][~np.isfinite(np.take_along_axis(f, order, axis=1))] = -np.inf
+            best = crit.argmax(axis=1)                           # events taken: best
             taken = np.zeros(f.shape, dtype=bool)                # events before the best
             np.put_along_axis(taken, order, np.arange(f.shape[1])[None, :] < best[:, None],
                               axis=1)

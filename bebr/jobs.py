@@ -71,13 +71,18 @@ _MODEL_CACHE: Dict[Tuple[str, str, str], Any] = {}
 
 
 def load_model(path: PathLike, kind: str = "binarizer"):
-    """Load a saved model (``bebr.Binarizer.load``, or ``bebr.compat.CodeUpgrader.load`` for
-    ``kind="upgrader"``); cached per process so a worker loads each model once."""
+    """Load a saved model (``bebr.Binarizer.load``, the torch-free ``bebr.Encoder.load`` for
+    ``kind="encoder"``, or ``bebr.compat.CodeUpgrader.load`` for ``kind="upgrader"``); cached
+    per process so a worker loads each model once."""
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no such model file")
     key = (str(Path(path).resolve()), model_digest(path), kind)  # rewritten: reload
     if key not in _MODEL_CACHE:
-        if kind == "binarizer":
+        if kind == "encoder":
+            from .encoder import Encoder
+
+            _MODEL_CACHE[key] = Encoder.load(path)
+        elif kind == "binarizer":
             from . import model as _model
 
             _MODEL_CACHE[key] = _model.Binarizer.load(path)
@@ -106,7 +111,13 @@ def model_input_dim(model) -> Optional[int]:
 
 @contextmanager
 def _torch_threads(threads: int):
-    import torch
+    try:
+        import torch
+    except ImportError:  # serving without torch: the Encoder runs its own threads
+        torch = None
+    if torch is None:
+        yield
+        return
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -161,7 +172,7 @@ class EncodeTask:
 
 def _encode_unit(task: EncodeTask, model=None,
                  on_chunk: Optional[Callable[[int], None]] = None) -> ShardEntry:
-    model = model if model is not None else load_model(task.model_path)
+    model = model if model is not None else load_model(task.model_path, "encoder")
     src = open_source(task.source_path, column=task.column, id_column=task.id_column)
     u = task.unit
     codes, ids, skipped, rows = [], [], 0, []

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import uuid
 import warnings
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -31,14 +32,15 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .codes import MAX_BITS, MAX_DIM, MAX_QUERY_BITS, CodeSpec
+from .codes import MAX_QUERY_BITS, CodeSpec
+from .encoder import (CALIBRATION_METRICS, FORMAT_VERSION, IDENTITY_CALIBRATION, BinarizerConfig,
+                      Encoder, _row_margins)
+from .encoder import as_float_rows as _as_float_rows
 from .fileio import CorruptFileError
 from .modelfile import CONFIG_NAME, load_state_strict, read_header, read_weights, write_model_dir
 
 __all__ = ["Binarizer", "BinarizerConfig", "BinarizerOutput", "QueryHead", "ResidualMLP", "sign_ste",
            "MODEL_REGISTRY", "register_model", "FORMAT_VERSION", "UncalibratedHeadWarning"]
-
-FORMAT_VERSION = 1
 
 
 class UncalibratedHeadWarning(UserWarning):
@@ -98,11 +100,6 @@ class ResidualMLP(nn.Module):
         return y
 
 
-#: Index metrics a query head's score calibration is fitted for, in its buffer's row order.
-CALIBRATION_METRICS = ("cosine", "ip")
-IDENTITY_CALIBRATION = [[1.0, 0.0], [1.0, 0.0]]
-
-
 class QueryHead(nn.Module):
     """Cross-version query head: L2-normalise, subtract the training mean (``mean``, set by
     the trainer; anisotropic embeddings such as MiniLM's CLS token share a large common
@@ -133,63 +130,6 @@ class QueryHead(nn.Module):
 
 
 @dataclass
-class BinarizerConfig:
-    """Everything needed to rebuild a Binarizer's architecture."""
-
-    in_dim: int
-    dim: int
-    bits: int
-    hidden: int = 512
-    depth: int = 1
-    version: str = ""
-    compatible_with: str = ""  # version id of the parent this model was trained compatible with
-    # version ids of older code versions this model has a cross-version query head for
-    cross_versions: List[str] = field(default_factory=list)
-    cross_hidden: int = 1024
-    cross_depth: int = 2
-    # ensemble members of each head, aligned with cross_versions (empty: one member each)
-    cross_members: List[int] = field(default_factory=list)
-
-    def validate(self) -> None:
-        for name in ("in_dim", "dim", "bits", "hidden", "depth"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-        if self.in_dim < 1:
-            raise ValueError(f"in_dim must be >= 1, got {self.in_dim}")
-        if not 1 <= self.dim <= MAX_DIM:
-            raise ValueError(f"dim must be in [1, {MAX_DIM}], got {self.dim}")
-        if not 1 <= self.bits <= MAX_BITS:
-            raise ValueError(f"bits must be in [1, {MAX_BITS}], got {self.bits}")
-        if self.hidden < 1 or self.depth < 0:
-            raise ValueError(f"need hidden >= 1 and depth >= 0, got {self.hidden}, {self.depth}")
-        if not isinstance(self.version, str):
-            raise TypeError(f"version must be a str, got {type(self.version).__name__}")
-        if not isinstance(self.compatible_with, str):
-            raise TypeError(f"compatible_with must be a str, got "
-                            f"{type(self.compatible_with).__name__}")
-        if not isinstance(self.cross_versions, list) or not all(
-                isinstance(v, str) and v for v in self.cross_versions) \
-                or len(set(self.cross_versions)) != len(self.cross_versions):
-            raise ValueError(f"cross_versions must be a list of distinct non-empty str, got "
-                             f"{self.cross_versions!r}")
-        for name in ("cross_hidden", "cross_depth"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not isinstance(self.cross_members, list) or not all(
-                isinstance(m, int) and not isinstance(m, bool) and m >= 1
-                for m in self.cross_members) \
-                or len(self.cross_members) not in (0, len(self.cross_versions)):
-            raise ValueError(f"cross_members must be empty or one positive int per "
-                             f"cross_versions entry, got {self.cross_members!r}")
-
-    def members_of(self, i: int) -> int:
-        """Ensemble members of head ``i``."""
-        return self.cross_members[i] if self.cross_members else 1
-
-
-@dataclass
 class BinarizerOutput:
     """Forward result. ``codes``: differentiable code values c (n, dim) in the level grid;
     ``bits``: the per-step sign tensors b_t (n, dim) in {-1, +1}; ``pre``: the pre-activations
@@ -202,6 +142,9 @@ class BinarizerOutput:
 
 
 MODEL_REGISTRY: Dict[str, type] = {}
+# Binarizer -> (weights fingerprint, its exported Encoder): Binarizer.to_encoder's cache,
+# outside the module so that copying or pickling a model never carries it
+_ENCODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def register_model(name: str):
@@ -213,21 +156,6 @@ def register_model(name: str):
         cls.model_name = name
         return cls
     return deco
-
-
-def _as_float_rows(x, in_dim: Optional[int], name: str = "x") -> np.ndarray:
-    """Validate an (n, D) real array-like (memmaps stay memmaps); raises TypeError/ValueError."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    if not isinstance(x, np.ndarray):
-        x = np.asarray(x)
-    if x.dtype.kind not in "fiu" or x.dtype == np.bool_:
-        raise TypeError(f"{name} must be a real numeric array, got dtype {x.dtype}")
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-d (n, D), got shape {x.shape}")
-    if in_dim is not None and x.shape[1] != in_dim:
-        raise ValueError(f"{name} has {x.shape[1]} columns, the model expects in_dim={in_dim}")
-    return x
 
 
 @register_model("recurrent_binarizer")
@@ -364,6 +292,36 @@ class Binarizer(nn.Module):
         return out
 
     # ------------------------------------------------------------------ encode
+    # On the CPU (the default for a model on the CPU) every encode* call runs the compiled
+    # torch-free path of an exported :class:`bebr.Encoder` (``to_encoder``; the codes' exact
+    # definition is in bebr/encoder.py). ``device`` (a torch device other than the CPU, e.g.
+    # "cuda", where the model must live) runs torch's float32 forward there instead; rows
+    # with a pre-activation within the encoder's margin of 0 are re-evaluated by the
+    # compiled float64 path, so the codes are the same on either device.
+    def to_encoder(self) -> Encoder:
+        """The torch-free :class:`bebr.Encoder` of the current weights (exported once and
+        reused while the weights and buffers are unchanged)."""
+        state = self.state_dict()
+        key = (repr(self.config), tuple((k, v.data_ptr(), v._version, str(v.device))
+                                        for k, v in state.items()))
+        cached = _ENCODERS.get(self)
+        if cached is None or cached[0] != key:
+            enc = Encoder(self.config, {k: v.detach().cpu().numpy().copy()
+                                        for k, v in state.items()}, where=repr(self))
+            _ENCODERS[self] = cached = (key, enc)
+        return cached[1]
+
+    def _torch_device(self, device) -> Optional["torch.device"]:
+        """None for the compiled CPU path, else the torch device to run on."""
+        here = next(self.parameters()).device
+        dev = here if device is None else torch.device(device)
+        if dev.type == "cpu":
+            return None
+        if dev != here:
+            raise ValueError(f"device={str(dev)!r}, but the model is on {str(here)!r}; "
+                             f"move it with model.to({str(dev)!r})")
+        return dev
+
     def _batches(self, x, batch_size: int):
         arr = _as_float_rows(x, self.in_dim)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
@@ -375,14 +333,26 @@ class Binarizer(nn.Module):
                 raise ValueError(f"x has NaN or inf values in rows [{s}, {s + len(chunk)})")
             yield s, torch.from_numpy(chunk)
 
-    def encode_levels(self, x, batch_size: int = 8192) -> np.ndarray:
+    def encode_levels(self, x, batch_size: int = 8192, *, device=None,
+                      threads: Optional[int] = None) -> np.ndarray:
         """Levels (n, dim) uint8 in [0, 2^bits): level = sum_t beta_t 2^(bits-1-t)."""
+        dev = self._torch_device(device)
+        if dev is None:
+            return self.to_encoder().encode_levels(x, batch_size, threads=threads)
+        return self._encode_levels_torch(x, batch_size, refine=True, threads=threads)
+
+    def _encode_levels_torch(self, x, batch_size: int = 8192, *, refine: bool = True,
+                             threads: Optional[int] = None) -> np.ndarray:
+        """Torch's float32 forward on the model's device; ``refine``: rows the encoder's
+        margin flags are re-evaluated in float64 (bebr/encoder.py), else torch's signs as
+        they are (bebr before the compiled path)."""
         arr = _as_float_rows(x, self.in_dim)
         n = arr.shape[0]
         out = np.empty((n, self.dim), dtype=np.uint8)
         was_training = self.training
         self.eval()
         dev = next(self.parameters()).device
+        enc = self.to_encoder() if refine else None
         try:
             with torch.inference_mode():
                 for s, xb in self._batches(arr, batch_size):
@@ -390,33 +360,54 @@ class Binarizer(nn.Module):
                     lv = torch.zeros(o.codes.shape, dtype=torch.uint8, device=dev)
                     for t, b in enumerate(o.bits):
                         lv |= (b > 0).to(torch.uint8) << (self.bits - 1 - t)
-                    out[s:s + len(xb)] = lv.cpu().numpy()
+                    lv = lv.cpu().numpy()
+                    if enc is not None:
+                        flagged = np.zeros(len(xb), dtype=bool)
+                        for pre in o.pre:
+                            flagged |= _row_margins(pre.float().cpu().numpy())
+                        rows = np.flatnonzero(flagged)
+                        if len(rows):
+                            lv[rows] = enc._core.encode_levels(
+                                np.ascontiguousarray(xb.numpy()[rows]),
+                                1 if threads is None else int(threads))
+                    out[s:s + len(xb)] = lv
         finally:
             self.train(was_training)
         return out
 
-    def encode(self, x, batch_size: int = 8192) -> np.ndarray:
+    def encode(self, x, batch_size: int = 8192, *, device=None,
+               threads: Optional[int] = None) -> np.ndarray:
         """Packed uint8 codes (n, spec.code_bytes) in ``CodeSpec.pack`` format, streamed in
         batches of ``batch_size`` rows (x may be a memmap), without autograd."""
+        if self._torch_device(device) is None:
+            return self.to_encoder().encode(x, batch_size, threads=threads)
         arr = _as_float_rows(x, self.in_dim)
         out = np.empty((arr.shape[0], self.spec.code_bytes), dtype=np.uint8)
         step = 1 << 16
         for s in range(0, arr.shape[0], step):
-            out[s:s + step] = self.spec.pack(self.encode_levels(arr[s:s + step], batch_size))
+            out[s:s + step] = self.spec.pack(self.encode_levels(arr[s:s + step], batch_size,
+                                                                device=device, threads=threads))
         return out
 
-    def encode_values(self, x, batch_size: int = 8192) -> np.ndarray:
+    def encode_values(self, x, batch_size: int = 8192, *, device=None,
+                      threads: Optional[int] = None) -> np.ndarray:
         """Float32 code values (n, dim), i.e. ``spec.values(encode(x))``."""
-        return self.spec.level_values()[self.encode_levels(x, batch_size)]
+        return self.spec.level_values()[self.encode_levels(x, batch_size, device=device,
+                                                           threads=threads)]
 
-    def encode_query(self, x, batch_size: int = 8192) -> np.ndarray:
+    def encode_query(self, x, batch_size: int = 8192, *, device=None,
+                     threads: Optional[int] = None) -> np.ndarray:
         """Asymmetric query representation (n, dim) float32: the continuous first-step
         projection ``W(x)`` (before the sign). Score it by inner product against stored code
-        values divided by their norm (the per-query scale does not change the ranking)."""
+        values divided by their norm (the per-query scale does not change the ranking).
+        On the CPU it is evaluated in float64 (rounded to float32 at the end)."""
+        if self._torch_device(device) is None:
+            return self.to_encoder().encode_query(x, batch_size, threads=threads)
         return self._run(lambda xb: self.W(xb - self.in_mean), x, batch_size)
 
     def encode_query_codes(self, x, bits: Optional[int] = None, batch_size: int = 8192,
-                           target: Optional[str] = None) -> np.ndarray:
+                           target: Optional[str] = None, *, device=None,
+                           threads: Optional[int] = None) -> np.ndarray:
         """Packed query codes at ``bits`` bits per dimension (default: the model's), for
         ``Index.search(codes, k, query_bits=bits)`` against codes made by :meth:`encode`.
 
@@ -428,14 +419,20 @@ class Binarizer(nn.Module):
         ``target``: the version id of an older code version this model has a cross-version
         query head for (``config.cross_versions``): the codes then search that version's
         stored codes (``Index.search(..., version_queries={tag: codes})``).
+        On the CPU the projection is evaluated in float64 and quantized in compiled code
+        (bit-identical to ``quantize_angle`` of that projection); on another ``device`` torch's
+        float32 projection is quantized (equal but for near-ties).
         """
         bits = self.bits if bits is None else bits
         if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) \
                 or not 1 <= bits <= MAX_QUERY_BITS:
             raise ValueError(f"bits must be an int in [1, {MAX_QUERY_BITS}], got {bits!r}")
+        if self._torch_device(device) is None:
+            return self.to_encoder().encode_query_codes(x, bits, batch_size, target,
+                                                        threads=threads)
         qspec = CodeSpec(self.dim, int(bits))
-        z = self.encode_query(x, batch_size) if target is None else \
-            self._run(self.cross_head(target), x, batch_size)
+        z = self._run(lambda xb: self.W(xb - self.in_mean), x, batch_size) if target is None \
+            else self._run(self.cross_head(target), x, batch_size)
         return qspec.pack(qspec.quantize_angle(z))
 
     def _run(self, module, x, batch_size: int) -> np.ndarray:

@@ -12,22 +12,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Dict, Union
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable, Dict, Union
 
 from .fileio import (HEADER_SHA_KEY, CorruptFileError, atomic_write_bytes, check_header_digest,
                      header_digest, sha256_bytes)
 
+if TYPE_CHECKING:  # torch is imported only by the functions that take or make torch objects
+    import numpy as np
+    import torch
+    from torch import nn
+
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "write_model_dir", "read_header", "read_weights",
-           "load_state_strict"]
+           "read_weights_numpy", "load_state_strict"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def write_model_dir(path, module: nn.Module, model_name: str, header: dict) -> Path:
+def write_model_dir(path, module: "nn.Module", model_name: str, header: dict) -> Path:
     """Write ``module``'s weights and ``header`` (plus the weights' size and SHA-256) into
     the directory ``path``; each file atomically. Returns the directory."""
     from safetensors.torch import save as st_save
@@ -66,10 +68,21 @@ def read_header(path, fmt: str, format_version: int, what: str) -> dict:
     return header
 
 
-def read_weights(path, header: dict) -> Dict[str, torch.Tensor]:
+def read_weights(path, header: dict) -> Dict[str, "torch.Tensor"]:
     """Read ``path/model.safetensors``, checking its size and SHA-256 against ``header``."""
     from safetensors.torch import load as st_load
 
+    return _load_blob(path, header, st_load)
+
+
+def read_weights_numpy(path, header: dict) -> Dict[str, "np.ndarray"]:
+    """:func:`read_weights` as numpy arrays (``safetensors.numpy``; no torch)."""
+    from safetensors.numpy import load as st_load
+
+    return _load_blob(path, header, st_load)
+
+
+def _load_blob(path, header: dict, st_load):
     cfg_path = Path(path) / CONFIG_NAME
     try:
         want_sha = str(header["weights_sha256"])
@@ -89,8 +102,8 @@ def read_weights(path, header: dict) -> Dict[str, torch.Tensor]:
         raise CorruptFileError(f"{wpath}: unreadable safetensors ({e})") from e
 
 
-def load_state_strict(module: Union[nn.Module, Callable[[], nn.Module]],
-                      state: Dict[str, torch.Tensor], path, name: str) -> nn.Module:
+def load_state_strict(module: "Union[nn.Module, Callable[[], nn.Module]]",
+                      state: Dict[str, "torch.Tensor"], path, name: str) -> "nn.Module":
     """Load ``state`` into ``module`` and return it, refusing missing/unexpected keys, and any
     tensor whose shape or dtype is not the one the module (built from the header's config)
     has, or whose float values are not all finite: CorruptFileError naming the tensor.
@@ -100,6 +113,9 @@ def load_state_strict(module: Union[nn.Module, Callable[[], nn.Module]],
     on the ``meta`` device (no memory) and checked, so a header whose sizes were edited
     (``hidden: 10**9``) is refused before anything that large is allocated.
     """
+    import torch
+    from torch import nn
+
     if callable(module) and not isinstance(module, nn.Module):
         with torch.device("meta"):
             _check_state(module().state_dict(), state, path, name)
@@ -109,8 +125,10 @@ def load_state_strict(module: Union[nn.Module, Callable[[], nn.Module]],
     return module
 
 
-def _check_state(expected: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor], path,
+def _check_state(expected: Dict[str, "torch.Tensor"], state: Dict[str, "torch.Tensor"], path,
                  name: str) -> None:
+    import torch
+
     wpath = Path(path) / WEIGHTS_NAME
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

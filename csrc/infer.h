@@ -1,0 +1,100 @@
+// Float64 CPU inference of a trained Binarizer (bebr.encoder.Encoder): the recurrent encoder,
+// the query projection, the cross-version query heads, the exact max-cosine query quantizer
+// and the bit-plane packing, without torch.
+//
+// Data layout: every weight matrix is float32, row-major (out, in), exactly as torch's
+// nn.Linear stores it; vectors (biases, BatchNorm statistics, means) are float32. Inputs are
+// float32 rows (n, in_dim), C-contiguous; all arithmetic is float64 (products of two float32
+// are exact in float64), so the codes are the signs of the float64 evaluation of the model.
+// Matrix-vector products accumulate in 8 lanes (lane = k % 8, one fused multiply-add per
+// element, zero-padded to a multiple of 8) reduced as ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)):
+// every SIMD level computes the same bits. Levels (n, dim) uint8 and packed codes follow
+// CodeSpec (docs/FORMAT.md section 1).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace bebr {
+namespace infer {
+
+// y[r * out + i] = sum_k w[i * in + k] * x[r * in + k] (r < n, i < out), 8-lane float64.
+using MatvecFn = void (*)(const float* w, int64_t out, int64_t in, const double* x, int64_t n, double* y);
+
+// The same product in float32 (the fast pass of encode_levels; its summation order is the
+// kernel's own, which is why only margin-checked signs are taken from it).
+using MatvecF32Fn = void (*)(const float* w, int64_t out, int64_t in, const float* x, int64_t n, float* y);
+
+struct InferKernels {
+  const char* name;
+  MatvecFn matvec;
+  MatvecF32Fn matvec_f32;
+};
+
+const InferKernels& infer_kernels_scalar();
+#ifdef BEBR_HAVE_AVX2
+const InferKernels& infer_kernels_avx2();
+#endif
+#ifdef BEBR_HAVE_AVX512
+const InferKernels& infer_kernels_avx512();
+#endif
+// The table of the active SIMD level (bebr::simd_level_name(); "amx" uses the avx512 one).
+const InferKernels& active_infer_kernels();
+
+// Linear(a, h) -> BatchNorm1d(h) (eval: running statistics) -> ReLU -> Linear(h, c).
+struct Block {
+  int64_t a = 0, h = 0, c = 0;
+  std::vector<float> w1, b1, bn_mean, bn_var, bn_w, bn_b, w2, b2;
+  double eps = 1e-5;
+};
+
+// skip(x) (no bias) + blocks with skip connections (bebr.model.ResidualMLP).
+struct Mlp {
+  int64_t a = 0, c = 0;
+  std::vector<float> skip;
+  std::vector<Block> blocks;
+};
+
+// normalize(x) - mean, then the mean of the members' unit outputs (one member: its output).
+struct Head {
+  std::vector<float> mean;
+  std::vector<Mlp> nets;
+};
+
+struct Model {
+  int64_t in_dim = 0, dim = 0;
+  int bits = 0;
+  std::vector<float> in_mean;
+  Mlp W;
+  std::vector<Mlp> B, R;  // bits - 1 each
+  std::vector<Head> heads;
+  void validate() const;  // throws std::invalid_argument on inconsistent shapes
+};
+
+// Rows of ResidualMLP m applied to x (n, m.a) -> y (n, m.c), in float64 or float32.
+void mlp_forward(const Mlp& m, const double* x, int64_t n, double* y);
+void mlp_forward(const Mlp& m, const float* x, int64_t n, float* y);
+
+// Levels (n, dim) of the stored codes of x (n, in_dim) float32; `threads` workers. The signs
+// are those of the float64 evaluation. margin > 0: a float32 pass first, whose signs are
+// kept for a row only if every pre-activation of every step satisfies
+// |pre| >= margin * RMS(pre of that step); other rows are evaluated in float64 (returns
+// their number).
+int64_t encode_levels(const Model& model, const float* x, int64_t n, uint8_t* levels, int threads,
+                      double margin = 0.0);
+
+// The query projection W(x - in_mean) (head < 0) or query head `head`'s direction, (n, dim).
+void encode_query(const Model& model, int head, const float* x, int64_t n, double* z, int threads);
+
+// Packed query codes (n, qbits * ceil(dim / 8)): the projection quantized by max cosine.
+void encode_query_codes(const Model& model, int head, const float* x, int64_t n, int qbits, uint8_t* out,
+                        int threads);
+
+// CodeSpec(dim, bits).quantize_angle of rows v (n, dim) float64: levels (n, dim) (bits 1..7).
+void quantize_angle(const double* v, int64_t n, int64_t dim, int bits, uint8_t* levels, int threads);
+
+// CodeSpec(dim, bits).pack: levels (n, dim) -> (n, bits * ceil(dim / 8)).
+void pack_levels(const uint8_t* levels, int64_t n, int64_t dim, int bits, uint8_t* out);
+
+}  // namespace infer
+}  // namespace bebr
