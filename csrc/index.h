@@ -96,6 +96,8 @@ class SdcIndex {
   const std::vector<int64_t>& slot_ids() const { return ids_; }
   const std::vector<int32_t>& slot_versions() const { return versions_; }
   const std::vector<float>& slot_invn() const { return invn_; }
+  const std::vector<uint64_t>& slot_alive() const { return alive_; }  // per block r-mask of live slots
+  size_t id_map_bytes() const { return slot_of_.memory_bytes(); }
   // Replace the content with n dense live slots. codes: n_blocks*block_bytes bytes; if
   // external, the index reads it in place (caller keeps it alive) until a change copies it.
   void assign(const uint8_t* codes, bool external, int64_t n, const int64_t* ids,

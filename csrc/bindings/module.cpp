@@ -5,4 +5,5 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "bebr compiled core (private; use the bebr package)";
   bebr::register_simd(m);
   bebr::register_index(m);
+  bebr::register_ivf(m);
 }
