@@ -2,13 +2,14 @@
 
 from .codes import CodeSpec
 from .index import HammingIndex, Index, set_simd_level, simd_level, simd_levels
+from .ivf import IVFIndex
 from . import metrics
 from .model import Binarizer
 from .train import train_binarizer
 from .compat import (CodeUpgrader, CompatWeights, train_compatible, train_cross_queries,
                      train_upgrader)
 
-__all__ = ["CodeSpec", "HammingIndex", "Index", "metrics", "set_simd_level", "simd_level",
+__all__ = ["CodeSpec", "HammingIndex", "Index", "IVFIndex", "metrics", "set_simd_level", "simd_level",
            "simd_levels",
            "Binarizer", "train_binarizer",
            "CodeUpgrader", "CompatWeights", "train_compatible", "train_cross_queries",
