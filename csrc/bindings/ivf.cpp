@@ -130,11 +130,11 @@ void register_ivf(py::module_& m) {
           py::arg("queries"), py::arg("nprobe"), py::arg("query_bits"))
       .def(
           "search",
-          [](const PyIvf& s, const py::array& queries, int k, int nprobe, int threads, std::optional<py::array> allow_ids,
+          [](const PyIvf& s, const py::array& queries, int k, int threads, std::optional<py::array> allow_ids,
              std::optional<py::array> allow_mask, std::optional<py::array> exclude_ids,
              std::optional<py::array> exclude_mask, int query_bits, const std::vector<int32_t>& vversions,
              const std::vector<py::array>& vcodes, const std::vector<float>& vscale,
-             const std::vector<float>& vshift) {
+             const std::vector<float>& vshift, int nprobe) {
             if (query_bits < 1 || query_bits > 7)
               throw py::value_error("query_bits must be in [1, 7], got " + std::to_string(query_bits));
             auto q = checked_array<uint8_t>(queries, "queries", 2, query_bits * s.geometry().plane_bytes);
@@ -198,11 +198,9 @@ void register_ivf(py::module_& m) {
             }
             return py::make_tuple(scores, ids);
           },
-          py::arg("queries"), py::arg("k"), py::arg("nprobe"), py::arg("threads") = 1,
-          py::arg("allow_ids") = py::none(), py::arg("allow_mask") = py::none(),
-          py::arg("exclude_ids") = py::none(), py::arg("exclude_mask") = py::none(), py::arg("query_bits"),
-          py::arg("version_tags"), py::arg("version_codes"), py::arg("version_scale") = std::vector<float>{},
-          py::arg("version_shift") = std::vector<float>{})
+          py::arg("queries"), py::arg("k"), py::arg("threads"), py::arg("allow_ids"), py::arg("allow_mask"),
+          py::arg("exclude_ids"), py::arg("exclude_mask"), py::arg("query_bits"), py::arg("version_tags"),
+          py::arg("version_codes"), py::arg("version_scale"), py::arg("version_shift"), py::arg("nprobe"))
       .def("versions", &PyIvf::versions)
       .def("ids_of_version", [](const PyIvf& s, int32_t v) { return vec_array(s.ids_of_version(v)); })
       .def("ids", [](const PyIvf& s) { return vec_array(s.ids()); })
