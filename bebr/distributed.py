@@ -161,7 +161,7 @@ class ShardedIndex:
         None); the merge is then exact over what each shard's probe returns."""
         q = self._ray.put(np.ascontiguousarray(queries))
         vq = None if version_queries is None else self._ray.put(
-            {int(v): np.ascontiguousarray(c) for v, c in dict(version_queries).items()})
+            {v: np.ascontiguousarray(c) for v, c in dict(version_queries).items()})
         parts = self._ray.get([a.search.remote(q, k, threads, query_bits, vq,
                                                version_calibration, nprobe)
                                for a in self.actors])

@@ -11,7 +11,8 @@ flat index's, id for id and bit for bit.
 
 The contract is ``bebr.Index``'s (ids, add / upsert / remove, versions, filters, threads,
 padding, save / load / mmap with checksums), plus ``train``, ``nlist``, ``is_trained`` and the
-``nprobe`` search argument. Versions: an item is assigned by its own codes; with
+``nprobe`` search argument. Versions are model version strings (or int tags) kept in the
+same registry as ``Index`` and saved in the file header. An item is assigned by its own codes; with
 ``version_queries`` each version's query codes probe their own lists and score only that
 version's items there (calibrations as in ``Index``).
 
@@ -35,6 +36,7 @@ from .codes import CodeSpec
 from .fileio import CorruptFileError
 from .index import (_METRICS, Index, _check_codes, _check_k, _read_index_file,
                     _write_index_file)
+from .versions import Version, VersionRegistry
 
 __all__ = ["IVFIndex", "Refine"]
 
@@ -74,6 +76,7 @@ class IVFIndex(Index):
         self.metric = metric
         self._core = _C.IvfIndex(spec.dim, spec.bits, metric, _check_positive(nlist, "nlist"))
         self._mmap: Optional[np.memmap] = None
+        self._registry = VersionRegistry()
 
     def __repr__(self) -> str:
         return (f"IVFIndex(CodeSpec(dim={self.spec.dim}, bits={self.spec.bits}), "
@@ -147,12 +150,12 @@ class IVFIndex(Index):
         return int(self._core.memory_bytes())
 
     # ------------------------------------------------------------------ changes
-    def add(self, packed: Any, ids: Any = None, version: Any = 0) -> np.ndarray:
+    def add(self, packed: Any, ids: Any = None, version: Version = 0) -> np.ndarray:
         """``Index.add``; ValueError if the index is not trained."""
         self._require_trained()
         return super().add(packed, ids, version)
 
-    def upsert(self, packed: Any, ids: Any, version: Any = 0) -> None:
+    def upsert(self, packed: Any, ids: Any, version: Version = 0) -> None:
         """``Index.upsert`` (a replaced item moves to the list of its new code)."""
         self._require_trained()
         super().upsert(packed, ids, version)
@@ -199,7 +202,9 @@ class IVFIndex(Index):
     def _from_header(cls, header: dict) -> "IVFIndex":
         if header["metric"] not in _METRICS:
             raise ValueError(f"unknown metric {header['metric']!r}")
-        return cls(CodeSpec.from_dict(header["spec"]), int(header["nlist"]), header["metric"])
+        idx = cls(CodeSpec.from_dict(header["spec"]), int(header["nlist"]), header["metric"])
+        idx._registry = VersionRegistry.from_list(header["versions"])
+        return idx
 
     @classmethod
     def load(cls, path: "os.PathLike[str] | str", mmap: bool = True, verify: bool = True):
@@ -223,11 +228,7 @@ class IVFIndex(Index):
         if len(idx) != header["n"]:
             raise CorruptFileError(f"{path}: item count does not match the header")
         idx._mmap = mm
-        idx._load_header_extra(header)
         return idx
-
-    def _load_header_extra(self, header: dict) -> None:
-        """Hook for header state beyond the core (version registry)."""
 
 
 def _rerank(cand: np.ndarray, vectors: Any, queries: Any, k: int, cosine: bool):

@@ -69,3 +69,33 @@ def test_minilm_embeddings_cached(tmp_path, monkeypatch):
         ds.minilm_embeddings(words)
     with pytest.raises(ValueError, match="empty"):
         ds.minilm_embeddings([])
+
+
+def test_mpnet_missing_packages_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("BEBR_DATA", str(tmp_path))
+    monkeypatch.setattr(ds, "MPNET_PACKAGES", ("bebr-no-such-package-part-001",))
+    with pytest.raises(ImportError, match=r"bebr\[mpnet\]"):
+        ds.mpnet_embeddings(["king"], cache=False)
+
+
+def _have_mpnet() -> bool:
+    from importlib import metadata
+    try:
+        for name in ds.MPNET_PACKAGES:
+            metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _have_mpnet(), reason="needs pip install 'bebr[mpnet]'")
+def test_mpnet_embeddings_unpacked_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("BEBR_DATA", str(tmp_path))
+    words = ["king", "queen", "apple", "banana"]
+    e = ds.mpnet_embeddings(words)
+    assert e.shape == (4, 768) and e.dtype == np.float32
+    sims = e @ e.T
+    assert sims[0, 1] > sims[0, 2] and sims[2, 3] > sims[2, 1]
+    assert (tmp_path / "models" / "all-mpnet-base-v2" / "modules.json").exists()
+    assert not list((tmp_path / "models").glob(".mpnet-*"))  # no temporary left behind
+    np.testing.assert_array_equal(ds.mpnet_embeddings(words), e)

@@ -114,20 +114,20 @@ def test_mixed_versions_with_version_queries_and_calibration():
     a, b = clustered_codes(spec, 500, rng), clustered_codes(spec, 400, rng)
     ivf.train(np.vstack([a, b]))
     for idx in (ivf, flat):
-        idx.add(a, version=1)
-        idx.add(b, version=2)
-    assert ivf.versions() == flat.versions() == {1: 500, 2: 400}
-    np.testing.assert_array_equal(np.sort(ivf.ids_of_version(2)), np.arange(500, 900))
+        idx.add(a, version="m-v1")
+        idx.add(b, version="m-v2")
+    assert ivf.versions() == flat.versions() == {"m-v1": 500, "m-v2": 400}
+    np.testing.assert_array_equal(np.sort(ivf.ids_of_version("m-v2")), np.arange(500, 900))
     q = random_queries(spec, 4, 5, rng)
-    vq = {2: random_queries(spec, 4, 5, rng)}
-    cal = {2: (1.3, -0.05)}
+    vq = {"m-v2": random_queries(spec, 4, 5, rng)}
+    cal = {"m-v2": (1.3, -0.05)}
     for kw in (dict(version_queries=vq), dict(version_queries=vq, version_calibration=cal)):
         same(ivf.search(q, 12, query_bits=4, nprobe=8, **kw), flat.search(q, 12, query_bits=4, **kw))
     # partial probe: version 2's items are found through its own query codes' lists
     s, i = ivf.search(q, 900, query_bits=4, nprobe=1, version_queries=vq)
     assign = ivf.assign(np.vstack([a, b]))
     l_main = ivf.probe(q, 1, query_bits=4)[:, 0]
-    l_v2 = ivf.probe(vq[2], 1, query_bits=4)[:, 0]
+    l_v2 = ivf.probe(vq["m-v2"], 1, query_bits=4)[:, 0]
     for r in range(5):
         want = set(np.flatnonzero((assign[:500] == l_main[r]))) | \
             set(500 + np.flatnonzero(assign[500:] == l_v2[r]))
@@ -206,7 +206,8 @@ def test_save_load_mmap_roundtrip(tmp_path):
     rng = np.random.default_rng(6)
     spec = CodeSpec(50, 2)
     codes = clustered_codes(spec, 1000, rng)
-    ivf, _ = pair(spec, "cosine", 9, codes)
+    ivf, _ = pair(spec, "cosine", 9, codes, version="v-a")
+    ivf.register_version("v-b", lineage=["v-a"])
     ivf.remove(np.arange(0, 1000, 7))
     q = random_queries(spec, 4, 5, rng)
     want = ivf.search(q, 10, query_bits=4, nprobe=3)
@@ -218,6 +219,8 @@ def test_save_load_mmap_roundtrip(tmp_path):
         np.testing.assert_array_equal(got.centroids(), ivf.centroids())
         same(got.search(q, 10, query_bits=4, nprobe=3), want)
         np.testing.assert_array_equal(got.list_sizes(), ivf.list_sizes())
+        assert got.versions() == {"v-a": 857}
+        assert got.version_info()["v-b"].lineage == ("v-a",)
     got = IVFIndex.load(p, mmap=True)
     got.add(codes[:5], [5000 + i for i in range(5)])  # copy-on-write of the touched lists
     assert len(got) == len(ivf) + 5 and 5004 in got
