@@ -16,29 +16,68 @@
 #include <vector>
 
 #include "dispatch.h"
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include "thread_pool.h"
 
 namespace bebr {
 namespace {
 
-constexpr int kPad = 8;  // centroid rows and query values are padded to a multiple of 8 floats
+// centroid rows and query values are padded to a multiple of kPad floats: kPad partial sums
+// (four 8-float vectors) keep the adds independent, so a dot is not bound by add latency
+constexpr int kPad = 32;
 
 int padded(int dim) { return (dim + kPad - 1) / kPad * kPad; }
 
 // out[i * nlist + l] = <x_i, c_l> for m rows of x (each dp floats) and nlist centroid rows.
-// Eight partial sums in a fixed order: every clone (and every machine) gives the same bits.
-__attribute__((target_clones("avx2", "default")))
-void dot_rows(const float* x, int m, const float* c, int nlist, int dp, float* out) {
+// kPad partial sums s[u] (u = j mod kPad) reduced in a fixed tree: the AVX2 version (four
+// 8-lane accumulators, lane u of accumulator a = s[8a + u], multiply then add, no FMA) gives
+// the same bits as the portable one.
+inline float reduce_partials(float* s) {
+  for (int w = kPad / 2; w >= 1; w /= 2)
+    for (int u = 0; u < w; ++u) s[u] += s[u + w];
+  return s[0];
+}
+
+void dot_rows_portable(const float* x, int m, const float* c, int nlist, int dp, float* out) {
   for (int l = 0; l < nlist; ++l) {
     const float* cl = c + static_cast<size_t>(l) * dp;
     for (int i = 0; i < m; ++i) {
       const float* xi = x + static_cast<size_t>(i) * dp;
-      float s[kPad] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      float s[kPad] = {};
       for (int j = 0; j < dp; j += kPad)
         for (int u = 0; u < kPad; ++u) s[u] += xi[j + u] * cl[j + u];
-      out[static_cast<size_t>(i) * nlist + l] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+      out[static_cast<size_t>(i) * nlist + l] = reduce_partials(s);
     }
   }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) void dot_rows_avx2(const float* x, int m, const float* c, int nlist, int dp,
+                                                   float* out) {
+  for (int l = 0; l < nlist; ++l) {
+    const float* cl = c + static_cast<size_t>(l) * dp;
+    for (int i = 0; i < m; ++i) {
+      const float* xi = x + static_cast<size_t>(i) * dp;
+      __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (int j = 0; j < dp; j += kPad)
+        for (int v = 0; v < 4; ++v)
+          a[v] = _mm256_add_ps(a[v], _mm256_mul_ps(_mm256_loadu_ps(xi + j + 8 * v), _mm256_loadu_ps(cl + j + 8 * v)));
+      alignas(32) float s[kPad];
+      for (int v = 0; v < 4; ++v) _mm256_store_ps(s + 8 * v, a[v]);
+      out[static_cast<size_t>(i) * nlist + l] = reduce_partials(s);
+    }
+  }
+}
+#endif
+
+void dot_rows(const float* x, int m, const float* c, int nlist, int dp, float* out) {
+#if defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx2) return dot_rows_avx2(x, m, c, nlist, dp, out);
+#endif
+  dot_rows_portable(x, m, c, nlist, dp, out);
 }
 
 // Code values of a packed code as floats, zero-padded to dp.
