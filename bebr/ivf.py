@@ -19,8 +19,8 @@ version's items there (calibrations as in ``Index``).
 Refinement (optional): ``search(..., refine=Refine(vectors, queries, factor))`` takes the top
 ``k * factor`` SDC candidates and re-ranks them by the exact float inner product (cosine for
 ``metric="cosine"``) of ``queries`` with ``vectors[id]`` (rows indexed by id: an in-RAM array
-or ``numpy.load(path, mmap_mode="r")``, faiss ``IndexRefineFlat`` style); scores are then the
-float ones.
+or ``numpy.load(path, mmap_mode="r")``, faiss ``IndexRefineFlat`` style, or ``SQ8`` codes of
+them, faiss ``Refine(SQ8)`` style); scores are then the float ones.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from .index import (_METRICS, Index, _check_codes, _check_k, _read_index_file,
                     _write_index_file)
 from .versions import Version, VersionRegistry
 
-__all__ = ["IVFIndex", "Refine"]
+__all__ = ["IVFIndex", "Refine", "SQ8"]
 
 
 def _check_positive(value: Any, name: str) -> int:
@@ -47,6 +47,56 @@ def _check_positive(value: Any, name: str) -> int:
     if value <= 0:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return int(value)
+
+
+class SQ8:
+    """Re-ranking vectors stored as uint8 per-dimension scalar quantization (faiss SQ8): 1
+    byte per dimension plus a float32 norm per row. ``SQ8.encode(x)`` fits the per-dimension
+    range of ``x`` and quantizes it; rows are indexed by id like ``Refine.vectors``."""
+
+    def __init__(self, codes: np.ndarray, lo: np.ndarray, step: np.ndarray) -> None:
+        self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        self.lo = np.asarray(lo, dtype=np.float32)
+        self.step = np.asarray(step, dtype=np.float32)
+        if self.codes.ndim != 2 or self.lo.shape != (self.codes.shape[1],) or \
+                self.step.shape != self.lo.shape:
+            raise ValueError(f"SQ8: codes (n, d) with lo and step (d,), got {self.codes.shape}, "
+                             f"{self.lo.shape}, {self.step.shape}")
+        self.norms = np.linalg.norm(self.decode(np.arange(self.codes.shape[0])), axis=1)
+
+    @classmethod
+    def encode(cls, x: Any, chunk: int = 65536) -> "SQ8":
+        x = np.asarray(x, dtype=np.float32)
+        lo, hi = x.min(axis=0), x.max(axis=0)
+        step = np.maximum(hi - lo, 1e-12) / 255.0
+        codes = np.empty(x.shape, np.uint8)
+        for s in range(0, x.shape[0], chunk):
+            codes[s:s + chunk] = np.clip(np.rint((x[s:s + chunk] - lo) / step), 0, 255)
+        return cls(codes, lo, step)
+
+    @property
+    def shape(self) -> tuple:
+        return self.codes.shape
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.nbytes + self.norms.nbytes + self.lo.nbytes + self.step.nbytes
+
+    def decode(self, rows: np.ndarray) -> np.ndarray:
+        return self.codes[rows].astype(np.float32) * self.step + self.lo
+
+    def scores(self, cand: np.ndarray, q: np.ndarray, cosine: bool) -> np.ndarray:
+        """Inner products (cosines) of queries q (nq, d) with the rows cand (nq, c)."""
+        c = self.codes[cand.reshape(-1)].reshape(*cand.shape, -1)
+        s = np.einsum("qcd,qd->qc", c.astype(np.float32), q * self.step) + (q @ self.lo)[:, None]
+        if cosine:
+            s = s / np.maximum(self.norms[cand], 1e-30) / \
+                np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+        return s
 
 
 @dataclass(frozen=True)
@@ -243,11 +293,14 @@ def _rerank(cand: np.ndarray, vectors: Any, queries: Any, k: int, cosine: bool):
         raise ValueError(f"refine.vectors has {vectors.shape[0]} rows but a candidate has id "
                          f"{int(cand[valid].max())} (rows must be indexed by id)")
     rows = np.where(valid, cand, 0)
-    x = np.asarray(vectors[rows.reshape(-1)], dtype=np.float32).reshape(*cand.shape, -1)
-    if cosine:
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
-        x = x / np.maximum(np.linalg.norm(x, axis=2, keepdims=True), 1e-30)
-    s = np.einsum("qcd,qd->qc", x, q)
+    if isinstance(vectors, SQ8):
+        s = vectors.scores(rows, q, cosine)
+    else:
+        x = np.asarray(vectors[rows.reshape(-1)], dtype=np.float32).reshape(*cand.shape, -1)
+        if cosine:
+            q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+            x = x / np.maximum(np.linalg.norm(x, axis=2, keepdims=True), 1e-30)
+        s = np.einsum("qcd,qd->qc", x, q)
     s = np.where(valid, s, -np.inf).astype(np.float32)
     order = np.lexsort((np.where(valid, cand, np.iinfo(np.int64).max), -s), axis=1)[:, :k]
     r = np.arange(cand.shape[0])[:, None]

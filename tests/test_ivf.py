@@ -307,3 +307,24 @@ def test_refine_reranks_with_float_vectors(tmp_path):
     np.testing.assert_allclose(s, np.take_along_axis(xq @ x.T, exact, 1), rtol=1e-5)
     with pytest.raises(ValueError, match="columns"):
         ivf.search(q, 5, refine=Refine(vec[:, :10], xq))
+
+
+def test_refine_with_sq8_codes():
+    from bebr.ivf import SQ8
+
+    rng = np.random.default_rng(10)
+    spec = CodeSpec(24, 2)
+    x = rng.standard_normal((500, 24)).astype(np.float32)
+    codes = spec.pack(np.clip(np.floor((x + 2) / 4 * 4), 0, 3).astype(np.uint8))
+    ivf = IVFIndex(spec, 4, "cosine")
+    ivf.train(codes)
+    ivf.add(codes)
+    sq = SQ8.encode(x)
+    assert np.abs(sq.decode(np.arange(500)) - x).max() <= sq.step.max() / 2 + 1e-6
+    xq = rng.standard_normal((4, 24)).astype(np.float32)
+    q = CodeSpec(24, 4).pack(np.clip(np.floor((xq + 2) / 4 * 16), 0, 15).astype(np.uint8))
+    s, i = ivf.search(q, 6, query_bits=4, nprobe=4, refine=Refine(sq, xq, factor=100))
+    d = sq.decode(np.arange(500))
+    cos = (xq @ d.T) / np.linalg.norm(d, axis=1) / np.linalg.norm(xq, axis=1)[:, None]
+    np.testing.assert_array_equal(i, np.argsort(-cos, axis=1, kind="stable")[:, :6])
+    np.testing.assert_allclose(s, np.take_along_axis(cos, i, 1), rtol=1e-5, atol=1e-6)
