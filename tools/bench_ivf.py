@@ -6,7 +6,8 @@ GloVe words (bebr.datasets), ``--nq`` held-out queries (bebr.datasets.query_spli
 exact float top-10 truth by inner product (the rows are L2-normalised). bebr: a Binarizer of
 ``--budget`` (e.g. 192x2) trained on a sample of the base rows only, SDC over 2-bit item codes
 with 4-bit query codes (``encode_query_codes(x, 4)``, ``search(query_bits=4)``), optionally
-re-ranked with float16 vectors (``bebr.ivf.Refine``). Every configuration is searched with one
+re-ranked with SQ8 codes of the float vectors (``bebr.ivf.Refine``, ``bebr.ivf.SQ8``: the same
+refine data as faiss ``Refine(SQ8)``). Every configuration is searched with one
 thread, single queries (a loop of ``--single`` queries) and one batch of all queries; the
 fastest configuration of each method reaching R10@10 0.90 / 0.95 is reported with its QPS,
 bytes per vector (whole index: codes, ids, lists, centroids, graph, refine data; faiss: the
@@ -31,7 +32,7 @@ import numpy as np
 
 import bebr
 from bebr import datasets
-from bebr.ivf import IVFIndex, Refine
+from bebr.ivf import SQ8, IVFIndex, Refine
 
 CACHE = datasets.data_dir() / "bench_ivf"
 
@@ -109,7 +110,7 @@ def bebr_rows(xb, xq, truth, model, key, nlists, nprobes, refines, nq_single, tr
     codes = model.encode(xb)
     q4 = model.encode_query_codes(xq, 4)
     spec = model.spec
-    xb16 = xb.astype(np.float16)
+    refine_data = SQ8.encode(xb)
     flat = bebr.Index(spec, "cosine")
     flat.add(codes)
     _, fi = flat.search(q4, 10, threads=1, query_bits=4)
@@ -131,10 +132,10 @@ def bebr_rows(xb, xq, truth, model, key, nlists, nprobes, refines, nq_single, tr
                     if r == 0:
                         return ivf.search(q4[sl], 10, threads=1, query_bits=4, nprobe=nprobe)[1]
                     return ivf.search(q4[sl], 10, threads=1, query_bits=4, nprobe=nprobe,
-                                      refine=Refine(xb16, xq[sl], r))[1]
+                                      refine=Refine(refine_data, xq[sl], r))[1]
                 single, batch, ids = timed_search(fn, nq_single, xq.shape[0])
-                bpv = (mem + (xb16.nbytes if r else 0)) / xb.shape[0]
-                row = dict(method=f"bebr IVF{nlist} SDC {spec.dim}x{spec.bits} q4" + (" + fp16 refine" if r else ""),
+                bpv = (mem + (refine_data.nbytes if r else 0)) / xb.shape[0]
+                row = dict(method=f"bebr IVF{nlist} SDC {spec.dim}x{spec.bits} q4" + (" + SQ8 refine" if r else ""),
                            params=dict(nlist=nlist, nprobe=nprobe, refine=r),
                            recall=recall10(ids, truth), qps_single=single, qps_batch=batch,
                            bytes_per_vector=bpv, build_s=build, model_train_s=train_s)
@@ -289,6 +290,36 @@ def scaling(ns, dim, bits, nlist_per_sqrt, nprobe, nq, seed=0):
     return rows
 
 
+def render(res: dict) -> str:
+    """Markdown tables of a result file: best configuration per method at each target, and
+    the scaling rows."""
+    out = []
+    if "rows" in res:
+        for t, best in res["best"].items():
+            for mode in ("qps_single", "qps_batch"):
+                rows = sorted((r for r in best if r["mode"] == mode), key=lambda r: -r[mode])
+                out.append(f"R10@10 >= {t}, 1 thread, {'single queries' if mode == 'qps_single' else 'one batch of all queries'}:\n")
+                out.append("| method | params | R10@10 | QPS | bytes/vector | build s |")
+                out.append("|---|---|---:|---:|---:|---:|")
+                for r in rows:
+                    p = ", ".join(f"{k}={v}" for k, v in r["params"].items())
+                    out.append(f"| {r['method']} | {p} | {r['recall']:.3f} | {r[mode]:.0f} | "
+                               f"{r['bytes_per_vector']:.0f} | {r['build_s']:.0f} |")
+                reached = {r["method"] for r in res["rows"] if r["recall"] >= float(t)}
+                missing = sorted({r["method"] for r in res["rows"]} - reached)
+                if missing:
+                    out.append(f"\nnot reached: {'; '.join(missing)}")
+                out.append("")
+    if "scaling" in res:
+        out.append("| n | nlist | nprobe | flat ms | IVF ms | flat / IVF | IVF R10@10 vs flat | IVF build s | IVF bytes/vector |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in res["scaling"]:
+            out.append(f"| {r['n']:,} | {r['nlist']} | {r['nprobe']} | {r['flat_ms']:.2f} | {r['ivf_ms']:.3f} | "
+                       f"{r['flat_ms'] / r['ivf_ms']:.1f}x | {r['ivf_recall_vs_flat']:.3f} | {r['ivf_build_s']:.0f} | "
+                       f"{r['ivf_bytes_per_vector']:.0f} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="minilm")
@@ -300,19 +331,33 @@ def main(argv=None):
     ap.add_argument("--nlist", default="1024")
     ap.add_argument("--nprobe", default="4,8,16,32,64,128")
     ap.add_argument("--refine", default="0,2,4,8")
-    ap.add_argument("--faiss", default="IVF1024,RaBitQfs,RFlat;IVF1024,RaBitQfs2,RFlat;"
-                    "IVF1024,RaBitQfs4;IVF1024,RaBitQfs4,RFlat;IVF1024,PQ96x4fs,RFlat;"
-                    "IVF1024,PQ96x4fs,Refine(SQ8);HNSW32,SQ8")
+    ap.add_argument("--faiss", default="IVF{nlist},RaBitQfs,Refine(SQ8);IVF{nlist},RaBitQfs2,Refine(SQ8);"
+                    "IVF{nlist},RaBitQfs4;IVF{nlist},RaBitQfs4,Refine(SQ8);IVF{nlist},RaBitQfs,RFlat;"
+                    "IVF{nlist},PQ96x4fs,Refine(SQ8);IVF{nlist},PQ96x4fs,RFlat;HNSW32,SQ8",
+                    help="faiss factory strings (';'-separated); {nlist}: the first --nlist")
     ap.add_argument("--kfactor", default="2,4,8")
     ap.add_argument("--ef", default="16,32,64,128,256")
     ap.add_argument("--skip-faiss", action="store_true")
     ap.add_argument("--scaling", default="")
     ap.add_argument("--scaling-dim", type=int, default=192)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", default=None, help="result JSON to write")
+    ap.add_argument("--render", default=None, help="print the markdown tables of a result JSON")
     a = ap.parse_args(argv)
+    if a.render:
+        text = Path(a.render).read_text()
+        try:
+            res = json.loads(text)
+        except ValueError:  # a run's stderr log: its JSON row lines (an interrupted run)
+            rows = [json.loads(l) for l in text.splitlines() if l.startswith('{"method"')]
+            res = dict(rows=rows, best={str(t): [dict(r, mode=m) for (_, m), r in
+                                                 best_at(rows, t).items()] for t in (0.90, 0.95)})
+        print(render(res))
+        return
+    if not a.out:
+        ap.error("--out is required (or --render)")
     ints = lambda s: [int(v) for v in s.split(",") if v]
     CACHE.mkdir(parents=True, exist_ok=True)
-    res = dict(simd=bebr.simd_level(), argv=sys.argv[1:])
+    res = dict(simd=bebr.simd_level(), argv=sys.argv[1:], load_avg=os.getloadavg())
     if a.scaling:
         res["scaling"] = scaling(ints(a.scaling), a.scaling_dim, 2, 2.0, 16, 200)
     else:
@@ -322,7 +367,8 @@ def main(argv=None):
         rows = bebr_rows(xb, xq, truth, model, key, ints(a.nlist), ints(a.nprobe), ints(a.refine),
                          a.single, train_s)
         if not a.skip_faiss:
-            rows += faiss_rows(xb, xq, truth, key, a.faiss.split(";"), ints(a.nprobe),
+            facs = a.faiss.replace("{nlist}", str(ints(a.nlist)[0])).split(";")
+            rows += faiss_rows(xb, xq, truth, key, facs, ints(a.nprobe),
                                ints(a.kfactor), ints(a.ef), a.single)
         res["rows"] = rows
         res["best"] = {str(t): [dict(r, mode=m) for (_, m), r in best_at(rows, t).items()]
