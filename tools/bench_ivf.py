@@ -237,6 +237,33 @@ def best_at(rows, target):
     return out
 
 
+# ----------------------------------------------------------------------------- probing
+def probe_study(xb, xq, truth, model, nlist, nprobes):
+    """Share of the true top-10 items that lie in the probed lists (the recall ceiling of a
+    probe) when the query meets the centroids as its 4-bit query code values (what
+    IVFIndex.search does) or as its float projection (Binarizer.encode_query)."""
+    codes = model.encode(xb)
+    ivf = IVFIndex(model.spec, nlist, "cosine")
+    ivf.train(codes[np.random.default_rng(0).choice(codes.shape[0], min(codes.shape[0], 64 * nlist), replace=False)],
+              max_points_per_centroid=64)
+    lists = ivf.assign(codes)
+    q4 = model.encode_query_codes(xq, 4)
+    proj = model.encode_query(xq)
+    cent = ivf.centroids()
+    rows = []
+    for nprobe in nprobes:
+        by_code = ivf.probe(q4, nprobe, query_bits=4)
+        by_float = np.argsort(-(proj @ cent.T), axis=1, kind="stable")[:, :nprobe]
+        cov = {}
+        for name, probed in (("query code values", by_code), ("float projection", by_float)):
+            hit = [np.isin(lists[truth[i]], probed[i]).mean() for i in range(truth.shape[0])]
+            cov[name] = float(np.mean(hit))
+        row = dict(nlist=nlist, nprobe=nprobe, coverage=cov)
+        log(json.dumps(row))
+        rows.append(row)
+    return rows
+
+
 # ----------------------------------------------------------------------------- scaling
 def scaling(ns, dim, bits, nlist_per_sqrt, nprobe, nq, seed=0):
     """Synthetic Gaussian mixture codes: flat vs IVF single-query latency against n."""
@@ -310,6 +337,12 @@ def render(res: dict) -> str:
                 if missing:
                     out.append(f"\nnot reached: {'; '.join(missing)}")
                 out.append("")
+    if "probe" in res:
+        out.append("| nlist | nprobe | coverage, query code values | coverage, float projection |")
+        out.append("|---:|---:|---:|---:|")
+        for r in res["probe"]:
+            c = r["coverage"]
+            out.append(f"| {r['nlist']} | {r['nprobe']} | {c['query code values']:.3f} | {c['float projection']:.3f} |")
     if "scaling" in res:
         out.append("| n | nlist | nprobe | flat ms | IVF ms | flat / IVF | IVF R10@10 vs flat | IVF build s | IVF bytes/vector |")
         out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -338,6 +371,8 @@ def main(argv=None):
     ap.add_argument("--kfactor", default="2,4,8")
     ap.add_argument("--ef", default="16,32,64,128,256")
     ap.add_argument("--skip-faiss", action="store_true")
+    ap.add_argument("--probe-study", action="store_true",
+                    help="only measure probe coverage: query codes vs float projection")
     ap.add_argument("--scaling", default="")
     ap.add_argument("--scaling-dim", type=int, default=192)
     ap.add_argument("--out", default=None, help="result JSON to write")
@@ -364,6 +399,10 @@ def main(argv=None):
         xb, xq, truth, key = load_data(a.data, a.n, a.nq)
         log(f"data {key}: base {xb.shape}, queries {xq.shape}")
         model, train_s = binarizer(xb, a.budget, key, a.train_time)
+        if a.probe_study:
+            res["probe"] = probe_study(xb, xq, truth, model, ints(a.nlist)[0], ints(a.nprobe))
+            Path(a.out).write_text(json.dumps(res, indent=1))
+            return
         rows = bebr_rows(xb, xq, truth, model, key, ints(a.nlist), ints(a.nprobe), ints(a.refine),
                          a.single, train_s)
         if not a.skip_faiss:
