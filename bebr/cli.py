@@ -392,10 +392,18 @@ def cmd_search(args) -> int:
             raise CliError(f"model {args.model} makes {model.spec} codes, the index holds {spec}")
         _check_versions(model, index, args.any_version)
         x = _read_queries(args.queries, dim=model.in_dim, column=args.column)
+        heads = [] if args.no_heads else _head_versions(model, index)
+        if heads and args.query_bits is None:
+            # the heads' calibrations are fitted for train_cross_queries' 4-bit query codes
+            args.query_bits = HEAD_QUERY_BITS
+            qspec = CodeSpec(spec.dim, HEAD_QUERY_BITS)
+        elif heads and args.query_bits != HEAD_QUERY_BITS:
+            _say(args, f"warning: the query heads' calibrations were fitted for "
+                       f"{HEAD_QUERY_BITS}-bit query codes, not {args.query_bits}")
+        _check_covered(model, index, heads, args)
         q = model.encode(x) if args.query_bits is None else \
             model.encode_query_codes(x, args.query_bits)
-        version_queries, calibration = (None, None) if args.no_heads else \
-            _head_queries(model, index, x, qspec.bits, args)
+        version_queries, calibration = _head_queries(model, index, x, qspec.bits, heads, args)
     else:
         p = Path(args.queries)
         if p.is_dir():
@@ -430,22 +438,59 @@ def cmd_search(args) -> int:
     return 0
 
 
-def _head_queries(model, index, x, bits: int, args):
-    """Query codes of the model's cross-version heads for the versions the index holds
-    (``{version: codes}``) and the heads' score calibrations for the index's metric
-    (``{version: (scale, shift)}``); (None, None) if none."""
+#: Query bits of the heads' calibration (``train_cross_queries``' default query_bits).
+HEAD_QUERY_BITS = 4
+
+
+def _held(index) -> dict:
+    """``{version_tag: version}`` of the versions with items in ``index``."""
     from .versions import version_tag
 
-    if not model.config.cross_versions or not hasattr(index, "versions"):
-        return None, None
-    held = {version_tag(v) for v, c in dict(index.versions()).items() if c}
+    return {version_tag(v): v for v, c in dict(index.versions()).items() if c}
+
+
+def _head_versions(model, index) -> list:
+    """The model's cross-version heads whose target versions the index holds."""
+    from .versions import version_tag
+
+    if not hasattr(index, "versions"):
+        return []
+    held = _held(index)
+    return [v for v in model.config.cross_versions if version_tag(v) in held]
+
+
+def _check_covered(model, index, heads, args) -> None:
+    """Refuse (unless --any-version) items of versions that are neither the model's own,
+    nor a version its codes were trained compatible with, nor served by a head: they would
+    be scored with the model's own query codes and merged in silently."""
+    from .versions import version_tag
+
+    if not hasattr(index, "versions"):
+        return
+    ok = {version_tag(v) for v in [model.version, *heads] if v}
+    if getattr(model, "compatible_with", ""):
+        ok.add(version_tag(model.compatible_with))
+    left = sorted(str(v) for t, v in _held(index).items() if t not in ok)
+    if not left:
+        return
+    if not args.any_version:
+        raise CliError(f"the index holds items of versions {left} that model "
+                       f"{model.version!r} has no query head for; pass --any-version to score "
+                       "them with the model's own query codes")
+    _say(args, f"warning: items of versions {left} are scored with the model's own query "
+               "codes (no query head)")
+
+
+def _head_queries(model, index, x, bits: int, heads, args):
+    """Query codes of the model's cross-version ``heads`` (``{version: codes}``) and their
+    score calibrations for the index's metric (``{version: (scale, shift)}``); (None, None)
+    if none."""
     out, cal = {}, {}
-    for ver in model.config.cross_versions:
-        if version_tag(ver) in held:
-            out[ver] = model.encode_query_codes(x, bits, target=ver)
-            cal[ver] = model.cross_calibration(ver, index.metric)
-            _say(args, f"items of version {ver} are searched with the model's query head "
-                       f"into that version's codes")
+    for ver in heads:
+        out[ver] = model.encode_query_codes(x, bits, target=ver)
+        cal[ver] = model.cross_calibration(ver, index.metric)
+        _say(args, f"items of version {ver} are searched with the model's query head "
+                   f"into that version's codes")
     return out or None, cal or None
 
 
@@ -718,6 +763,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("index", help="index file")
     _add_common(q)
     q.set_defaults(func=cmd_index_info)
+
+    from .cli_collection import register as register_collection
+
+    register_collection(sub, fmt, _add_common)
 
     p = sub.add_parser("search", formatter_class=fmt, help="search an index",
                        description="Search an index with float queries (encoded by --model) "

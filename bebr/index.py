@@ -15,16 +15,25 @@ Contract of ``search`` (both classes):
   at or past ``len(mask)`` read as False). Ids in an allow/exclude list that are not in the
   index are ignored. Both may be given: an item must be allowed and not excluded.
 
-Ids are non-negative int64 (-1 is the "no result" sentinel). ``add`` without ids continues
-from one past the largest id ever added (0, 1, 2, ... for a fresh index).
+Ids are int64 in [0, 2**63 - 2] (``MAX_ID``; -1 is the "no result" id and 2**63 - 1 the
+heaps' empty slot). ``add`` without ids continues from one past the largest id ever added
+(0, 1, 2, ... for a fresh index); the C++ core assigns them under its lock, so concurrent adds
+get distinct ids.
 
-Concurrency: an index may be searched from several threads while another thread adds,
-upserts or removes; a readers-writer lock in the C++ core serialises changes against searches,
-so a search sees the index either before or after a change, never in between.
+Concurrency: an index may be searched (and saved) from several threads while another thread
+adds, upserts or removes; a readers-writer lock in the C++ core serialises changes against
+searches and saves, so a search or a saved file sees the index either before or after a
+change, never in between.
+
+Threads: a search starts one more thread per ``min_parallel_work()`` block-queries (64-item
+blocks scanned times queries; default 4096, env ``BEBR_MIN_PARALLEL_WORK`` at import,
+``set_min_parallel_work``), up to its ``threads``; ``last_search_stats()`` tells how the
+calling thread's last search was split.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -38,7 +47,11 @@ from .fileio import CorruptFileError, atomic_writer, sha256_bytes
 from .versions import Version, VersionInfo, VersionRegistry, version_tag
 
 __all__ = ["Index", "HammingIndex", "simd_level", "simd_levels", "set_simd_level",
+           "min_parallel_work", "set_min_parallel_work", "last_search_stats", "MAX_ID",
            "INDEX_FORMAT_VERSION"]
+
+#: Largest item id (2**63 - 1 is the search heaps' empty-slot sentinel).
+MAX_ID = 2**63 - 2
 
 #: Version of the ``.bebr`` index file layout written by ``Index.save`` (docs/FORMAT.md).
 #: 2 added the version registry to the header; files of version 1 still load.
@@ -63,6 +76,29 @@ def set_simd_level(level: str) -> None:
     if not isinstance(level, str):
         raise TypeError(f"level must be a str, got {type(level).__name__}")
     _C.set_simd_level(level)
+
+
+def min_parallel_work() -> int:
+    """Search work (block-queries: 64-item blocks scanned x queries) per thread started."""
+    return int(_C.min_parallel_work())
+
+
+def set_min_parallel_work(work: int) -> None:
+    """Set the search work per thread started (>= 1; default 4096, below which a thread costs
+    more than it saves). Process-wide; also env ``BEBR_MIN_PARALLEL_WORK`` at import."""
+    if isinstance(work, bool) or not isinstance(work, (int, np.integer)):
+        raise TypeError(f"work must be an int, got {type(work).__name__}")
+    if work < 1:
+        raise ValueError(f"min_parallel_work must be >= 1, got {work}")
+    _C.set_min_parallel_work(int(work))
+
+
+def last_search_stats() -> dict:
+    """How the calling thread's last search ran: ``{"workers"`` (threads planned),
+    ``"active_workers"`` (threads that scanned part of it), ``"items"`` (work items),
+    ``"split"`` (``"none"``, ``"queries"``: query groups over the whole database, or
+    ``"database"``: chunks of blocks for all queries)``}``."""
+    return dict(_C.last_search_stats())
 
 
 # ---------------------------------------------------------------------------- input checks
@@ -102,8 +138,9 @@ def _check_ids(ids: Any, name: str, n: Optional[int] = None) -> np.ndarray:
         raise ValueError(f"{name} must be 1-d, got shape {arr.shape}")
     if n is not None and arr.shape[0] != n:
         raise ValueError(f"{name} must have one id per code ({n}), got {arr.shape[0]}")
-    if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
-        raise ValueError(f"{name} must fit in int64")
+    if arr.size and arr.max() > MAX_ID:
+        raise ValueError(f"{name} must be <= 2**63 - 2 (2**63 - 1 is the search's empty-slot "
+                         f"id), got {arr.max()}")
     if arr.size and arr.min() < 0:
         raise ValueError(f"{name} must be >= 0 (-1 is the 'no result' id), got {arr.min()}")
     return np.ascontiguousarray(arr, dtype=np.int64)
@@ -254,12 +291,17 @@ class _Base:
     def save(self, path: "os.PathLike[str] | str") -> None:
         """Write the index to ``path`` atomically (docs/FORMAT.md, section "Index file").
 
-        Compacts first. A crash mid-save leaves any previous file at ``path`` intact.
+        Compacts first. A crash mid-save leaves any previous file at ``path`` intact. Safe
+        while other threads change the index: the C++ core streams the file from its buffers
+        under its shared lock (a concurrent add or remove waits for it; searches do not), so
+        the file holds the index as it was at one moment, without a copy in memory.
         """
-        codes, ids, versions, invn, next_id, n = self._core.export_dense()
-        sections = [("codes", codes), ("ids", ids), ("versions", versions), ("invn", invn)]
-        _write_index_file(path, dict(self._header(), kind=type(self).__name__, n=int(n),
-                                     next_id=int(next_id), block=64), sections)
+        _write_index_file(path, self._core, lambda: dict(self._header(), kind=type(self).__name__))
+
+    def memory_bytes(self) -> int:
+        """Bytes of memory the index holds: codes (unless memory-mapped), ids, versions,
+        alive masks, inverse norms and the id map (docs/FORMAT.md, "Resident memory")."""
+        return int(self._core.memory_bytes())
 
     @classmethod
     def load(cls, path: "os.PathLike[str] | str", mmap: bool = True, verify: bool = True):
@@ -276,9 +318,11 @@ class _Base:
         header, arrays, mm = _read_index_file(path, mmap=mmap, verify=verify, kind=cls.__name__)
         try:
             idx = cls._from_header(header)
-        except (KeyError, TypeError, ValueError) as e:
+        except CorruptFileError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
             raise CorruptFileError(f"{path}: bad index header: {e}") from None
-        _assign(idx, header, arrays, mm)
+        _assign(idx, header, arrays, mm, path)
         return idx
 
     @property
@@ -331,13 +375,8 @@ class Index(_Base):
         """
         codes = _check_codes(self.spec, packed, "packed")
         v = self._tag_for_write(version)
-        if ids is None:
-            start = self._core.next_id
-            arr = np.arange(start, start + codes.shape[0], dtype=np.int64)
-        else:
-            arr = _check_ids(ids, "ids", codes.shape[0])
-        self._core.add(codes, arr, v)
-        return arr
+        arr = None if ids is None else _check_ids(ids, "ids", codes.shape[0])
+        return self._core.add(codes, arr, v)  # without ids: assigned under the core's lock
 
     def upsert(self, packed: Any, ids: Any, version: Version = 0) -> None:
         """Replace the codes and version of present ids and add the absent ones."""
@@ -442,13 +481,8 @@ class HammingIndex(_Base):
     def add(self, packed: Any, ids: Any = None) -> np.ndarray:
         """Add bit codes ``(n, ceil(nbits/8))`` uint8 (zero padding bits). Returns the ids."""
         codes = _check_codes(self.spec, packed, "packed")
-        if ids is None:
-            start = self._core.next_id
-            arr = np.arange(start, start + codes.shape[0], dtype=np.int64)
-        else:
-            arr = _check_ids(ids, "ids", codes.shape[0])
-        self._core.add(codes, arr, 0)
-        return arr
+        arr = None if ids is None else _check_ids(ids, "ids", codes.shape[0])
+        return self._core.add(codes, arr, 0)  # without ids: assigned under the core's lock
 
     def search(self, queries: Any, k: int, threads: Optional[int] = None, filter: Any = None,
                exclude: Any = None):
@@ -467,40 +501,120 @@ class HammingIndex(_Base):
 _FIXED = struct.Struct("<8sII")  # magic, format version, header length
 
 
-def _write_index_file(path, header: dict, sections) -> None:
-    align = 64
-    entries = []
-    # offsets are relative to the start of the data area (after the padded header)
-    off = 0
-    for name, arr in sections:
-        arr = np.ascontiguousarray(arr)
-        entries.append({"name": name, "dtype": arr.dtype.str, "count": int(arr.size),
-                        "offset": off, "nbytes": int(arr.nbytes),
-                        "sha256": sha256_bytes(memoryview(arr).cast("B"))})
-        off += (arr.nbytes + align - 1) // align * align
-    header = dict(header, format_version=INDEX_FORMAT_VERSION, sections=entries)
-    hbytes = json.dumps(header, sort_keys=True).encode()
-    hsum = sha256_bytes(hbytes).encode()  # 64 hex chars
-    start = _FIXED.size + 64 + len(hbytes)
-    data_start = (start + align - 1) // align * align
+_ALIGN = 64
+#: The sections of an index file, in file order, with their dtypes (docs/FORMAT.md).
+_SECTIONS = {"codes": "|u1", "ids": "<i8", "versions": "<i4", "invn": "<f4"}
+_WIDE = 10**19  # wider than any value an int64 field of the header takes: reserves its room
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _write_index_file(path, core, make_header) -> None:
+    """Write an index file: the C++ core streams the data area (write_dense, under its shared
+    lock, checksums on the way) at a data offset fixed beforehand; the header, written last
+    at offset 0, is padded with spaces to the length reserved for it (n, next_id and the
+    section fields reserved at 20 digits, the widest int64). make_header() gives the header's
+    other keys; it is called again after the data is written (a version registered
+    meanwhile is in the header; if the header then outgrows its room the file is redone)."""
     with atomic_writer(path) as f:
-        f.write(_FIXED.pack(_MAGIC, INDEX_FORMAT_VERSION, len(hbytes)))
-        f.write(hsum)
-        f.write(hbytes)
-        f.write(b"\x00" * (data_start - start))
-        pos = 0
-        for (name, arr), e in zip(sections, entries):
-            f.write(b"\x00" * (e["offset"] - pos))
-            f.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
-            pos = e["offset"] + e["nbytes"]
-        total = off
-        f.write(b"\x00" * (total - pos))
+        for _ in range(8):
+            wide = [{"name": name, "dtype": dt, "count": _WIDE, "offset": _WIDE,
+                     "nbytes": _WIDE, "sha256": "0" * 64} for name, dt in _SECTIONS.items()]
+            reserve = len(_header_json(make_header(), _WIDE, _WIDE, wide))
+            data_start = _align(_FIXED.size + 64 + reserve)
+            f.flush()
+            info = core.write_dense(f.fileno(), data_start)
+            hbytes = _header_json(make_header(), info["n"], info["next_id"], info["sections"])
+            if len(hbytes) <= reserve:
+                hbytes += b" " * (reserve - len(hbytes))
+                f.seek(0)
+                f.write(_FIXED.pack(_MAGIC, INDEX_FORMAT_VERSION, len(hbytes)))
+                f.write(sha256_bytes(hbytes).encode())  # 64 hex chars
+                f.write(hbytes)
+                f.write(b"\x00" * (data_start - _FIXED.size - 64 - len(hbytes)))
+                return
+            f.truncate(0)  # the header outgrew its room: write the file again
+        raise RuntimeError(f"{path}: the index header kept growing while saving (versions "
+                           f"registered concurrently); save again")
+
+
+def _header_json(base: dict, n: int, next_id: int, sections: list) -> bytes:
+    header = dict(base, n=n, next_id=next_id, block=_ALIGN, format_version=INDEX_FORMAT_VERSION,
+                  sections=sections)
+    return json.dumps(header, sort_keys=True).encode()
+
+
+def _map_section(f, dtype: np.dtype, offset: int, count: int) -> np.memmap:
+    """Read-only map of ``count`` items at byte ``offset`` of the open file ``f``: the
+    descriptor whose bytes were just verified, never the path again (a file atomically
+    replaced in between would pair this header with another file's data)."""
+    return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=(count,))
+
+
+def _int_field(d: dict, key: str, where: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
+    if key not in d:
+        raise CorruptFileError(f"{where}: missing key {key!r}")
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise CorruptFileError(f"{where}: {key!r} must be an int, got {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise CorruptFileError(f"{where}: {key!r} must be in [{lo}, {hi}], got {v}")
+    return v
+
+
+def _check_header(header: Any, path: str, kind: str, version: int) -> dict:
+    """The header's structure and types (values the index checks on assign are left to it);
+    CorruptFileError naming the key for anything missing or ill-typed. Returns the sections
+    by name."""
+    if not isinstance(header, dict) or header.get("kind") != kind \
+            or header.get("format_version") != version:
+        raise CorruptFileError(f"{path}: not a {kind} file of format version {version}")
+    where = f"{path}: index header"
+    n = _int_field(header, "n", where, 0, MAX_ID + 1)
+    _int_field(header, "next_id", where, 0, MAX_ID + 1)
+    if _int_field(header, "block", where) != _ALIGN:
+        raise CorruptFileError(f"{where}: 'block' must be {_ALIGN}, got {header['block']}")
+    if not isinstance(header.get("metric"), str):
+        raise CorruptFileError(f"{where}: 'metric' must be a str, got "
+                               f"{type(header.get('metric')).__name__}")
+    sections = header.get("sections")
+    if not isinstance(sections, list) or len(sections) != len(_SECTIONS):
+        raise CorruptFileError(f"{where}: 'sections' must be a list of {len(_SECTIONS)} "
+                               f"entries ({', '.join(_SECTIONS)})")
+    by_name = {}
+    for i, e in enumerate(sections):
+        w = f"{where}: sections[{i}]"
+        if not isinstance(e, dict) or set(e) != {"name", "dtype", "count", "offset", "nbytes",
+                                                 "sha256"}:
+            raise CorruptFileError(f"{w} must be an object with keys name, dtype, count, "
+                                   f"offset, nbytes, sha256")
+        name = e["name"]
+        if not isinstance(name, str) or name not in _SECTIONS or name in by_name:
+            raise CorruptFileError(f"{w}: unknown or repeated section name {name!r}")
+        if not isinstance(e["dtype"], str) or e["dtype"] != _SECTIONS[name]:
+            raise CorruptFileError(f"{w}: section {name!r} must have dtype "
+                                   f"{_SECTIONS[name]!r}, got {e['dtype']!r}")
+        count = _int_field(e, "count", w)
+        offset = _int_field(e, "offset", w)
+        nbytes = _int_field(e, "nbytes", w)
+        if offset % _ALIGN or nbytes != count * np.dtype(e["dtype"]).itemsize:
+            raise CorruptFileError(f"{w}: section {name!r} offset or size is inconsistent")
+        sha = e["sha256"]
+        if not isinstance(sha, str) or len(sha) != 64 or set(sha) - set("0123456789abcdef"):
+            raise CorruptFileError(f"{w}: 'sha256' must be 64 lowercase hex digits")
+        by_name[name] = e
+    if by_name["ids"]["count"] != n or by_name["versions"]["count"] != n:
+        raise CorruptFileError(f"{where}: ids and versions must have n = {n} entries, got "
+                               f"{by_name['ids']['count']} and {by_name['versions']['count']}")
+    return by_name
 
 
 def _read_index_file(path, mmap: bool, verify: bool, kind: str):
     path = os.fspath(path)
-    size = os.path.getsize(path)
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         fixed = f.read(_FIXED.size)
         if len(fixed) < _FIXED.size:
             raise CorruptFileError(f"{path}: truncated (no header)")
@@ -510,6 +624,8 @@ def _read_index_file(path, mmap: bool, verify: bool, kind: str):
         if version not in _READABLE_FORMATS:
             raise CorruptFileError(f"{path}: index format version {version} is not supported "
                                    f"(this bebr reads versions {list(_READABLE_FORMATS)})")
+        if _FIXED.size + 64 + hlen > size:
+            raise CorruptFileError(f"{path}: truncated header")
         hsum = f.read(64)
         hbytes = f.read(hlen)
         if len(hbytes) != hlen or len(hsum) != 64:
@@ -518,69 +634,59 @@ def _read_index_file(path, mmap: bool, verify: bool, kind: str):
             raise CorruptFileError(f"{path}: header checksum mismatch (corrupted)")
         try:
             header = json.loads(hbytes)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise CorruptFileError(f"{path}: unreadable header: {e}") from None
-        if not isinstance(header, dict) or header.get("kind") != kind \
-                or header.get("format_version") != version:
-            raise CorruptFileError(f"{path}: not a {kind} file of format version {version}")
-        start = _FIXED.size + 64 + hlen
-        data_start = (start + 63) // 64 * 64
+        sections = _check_header(header, path, kind, version)
+        data_start = _align(_FIXED.size + 64 + hlen)
         arrays = {}
         mm = None
-        for e in header["sections"]:
+        for name, e in sections.items():
             begin = data_start + e["offset"]
             if begin + e["nbytes"] > size:
-                raise CorruptFileError(f"{path}: truncated: section {e['name']!r} needs bytes "
+                raise CorruptFileError(f"{path}: truncated: section {name!r} needs bytes "
                                        f"[{begin}, {begin + e['nbytes']}) but the file has {size}")
             dt = np.dtype(e["dtype"])
-            if dt.itemsize * e["count"] != e["nbytes"]:
-                raise CorruptFileError(f"{path}: section {e['name']!r} size is inconsistent")
-            use_mmap = mmap and e["name"] == "codes" and e["nbytes"] > 0
+            use_mmap = mmap and name == "codes" and e["nbytes"] > 0
+            buf = None
             if verify:
                 f.seek(begin)
-                import hashlib
                 h = hashlib.sha256()
-                left = e["nbytes"]
-                buf = None
                 if not use_mmap:
                     buf = bytearray(e["nbytes"])
                     view = memoryview(buf)
-                    got = f.readinto(view)
-                    if got != e["nbytes"]:
-                        raise CorruptFileError(f"{path}: truncated section {e['name']!r}")
+                    if f.readinto(view) != e["nbytes"]:
+                        raise CorruptFileError(f"{path}: truncated section {name!r}")
                     h.update(view)
                 else:
+                    left = e["nbytes"]
                     while left:
                         chunk = f.read(min(left, 1 << 22))
                         if not chunk:
-                            raise CorruptFileError(f"{path}: truncated section {e['name']!r}")
+                            raise CorruptFileError(f"{path}: truncated section {name!r}")
                         h.update(chunk)
                         left -= len(chunk)
                 if h.hexdigest() != e["sha256"]:
                     raise CorruptFileError(f"{path}: checksum mismatch in section "
-                                           f"{e['name']!r} (corrupted)")
+                                           f"{name!r} (corrupted)")
             if use_mmap:
-                mm = np.memmap(path, dtype=dt, mode="r", offset=begin, shape=(e["count"],))
-                arrays[e["name"]] = mm
+                mm = _map_section(f, dt, begin, e["count"])
+                arrays[name] = mm
             else:
                 if not verify:
                     f.seek(begin)
                     buf = f.read(e["nbytes"])
                     if len(buf) != e["nbytes"]:
-                        raise CorruptFileError(f"{path}: truncated section {e['name']!r}")
-                arrays[e["name"]] = np.frombuffer(buf, dtype=dt).copy()
-    for name in ("codes", "ids", "versions", "invn"):
-        if name not in arrays:
-            raise CorruptFileError(f"{path}: missing section {name!r}")
+                        raise CorruptFileError(f"{path}: truncated section {name!r}")
+                arrays[name] = np.frombuffer(buf, dtype=dt)  # assign_dense copies
     return header, arrays, mm
 
 
-def _assign(idx, header: dict, arrays: dict, mm) -> None:
+def _assign(idx, header: dict, arrays: dict, mm, path="index file") -> None:
     try:
         idx._core.assign_dense(arrays["codes"], arrays["ids"], arrays["versions"],
-                               arrays["invn"], int(header["next_id"]), mm is not None)
+                               arrays["invn"], header["next_id"], mm is not None)
     except (ValueError, TypeError) as e:
-        raise CorruptFileError(f"index file content is inconsistent: {e}") from None
+        raise CorruptFileError(f"{path}: content is inconsistent: {e}") from None
     if len(idx) != header["n"]:
-        raise CorruptFileError("index file: item count does not match the header")
+        raise CorruptFileError(f"{path}: item count does not match the header")
     idx._mmap = mm

@@ -23,6 +23,7 @@ class CodeBuffer {
   uint8_t* data() { return p_; }
   const uint8_t* data() const { return p_; }
   size_t size() const { return size_; }
+  size_t capacity() const { return cap_; }
 
   void swap(CodeBuffer& o) noexcept {
     std::swap(p_, o.p_);

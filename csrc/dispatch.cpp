@@ -16,45 +16,6 @@
 namespace bebr {
 namespace {
 
-bool cpu_has_avx2() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
-#else
-  return false;
-#endif
-}
-
-bool cpu_has_avx512() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512vnni");
-#else
-  return false;
-#endif
-}
-
-// AMX-INT8 + AVX-512 VBMI on the CPU, and the OS grants this process the AMX tile state
-// (Linux: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), asked once).
-bool cpu_has_amx() {
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__linux__) && defined(SYS_arch_prctl)
-  static const bool ok = [] {
-    if (!cpu_has_avx512() || !__builtin_cpu_supports("avx512vbmi")) return false;
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-    const bool tile = (d >> 24) & 1, int8 = (d >> 25) & 1;
-    if (!tile || !int8) return false;
-    constexpr long kReqXcompPerm = 0x1023, kXtiledata = 18;
-    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtiledata) == 0;
-  }();
-  return ok;
-#else
-  return false;
-#endif
-}
-
 const KernelTable* pick_default() {
   const char* env = std::getenv("BEBR_SIMD");
   if (env && *env) return &kernels_for(env);  // throws on a bad value: surfaced at import
@@ -69,17 +30,78 @@ std::atomic<const KernelTable*>& active_slot() {
 
 }  // namespace
 
-std::vector<std::string> available_simd_levels() {
+std::vector<std::string> levels_for(uint64_t f) {
+  auto has = [f](uint64_t need) { return (f & need) == need; };
   std::vector<std::string> out{"scalar"};
-#ifdef BEBR_HAVE_AVX2
-  if (cpu_has_avx2()) out.push_back("avx2");
+  if (has(kLevelAvx2)) out.push_back("avx2");
+  if (has(kLevelAvx512)) out.push_back("avx512");
+  if (has(kLevelAmx)) out.push_back("amx");
+  return out;
+}
+
+uint64_t cpu_features() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const uint64_t features = [] {
+    uint64_t f = 0;
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+    auto bit = [](unsigned reg, int i) { return ((reg >> i) & 1u) != 0; };
+    if (bit(c, 0)) f |= kSse3;
+    if (bit(c, 9)) f |= kSsse3;
+    if (bit(c, 19)) f |= kSse41;
+    if (bit(c, 20)) f |= kSse42;
+    if (bit(c, 23)) f |= kPopcnt;
+    if (bit(c, 26)) f |= kXsave;
+    if (bit(c, 28)) f |= kAvx;
+    uint64_t xcr0 = 0;
+    if (bit(c, 27)) {  // OSXSAVE: XGETBV is usable
+      unsigned lo = 0, hi = 0;
+      __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+      xcr0 = (uint64_t(hi) << 32) | lo;
+    }
+    if ((xcr0 & 0x6) == 0x6) f |= kOsYmm;
+    if ((xcr0 & 0xe6) == 0xe6) f |= kOsZmm;
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+      if (bit(b, 5)) f |= kAvx2;
+      if (bit(b, 16)) f |= kAvx512F;
+      if (bit(b, 17)) f |= kAvx512Dq;
+      if (bit(b, 30)) f |= kAvx512Bw;
+      if (bit(b, 31)) f |= kAvx512Vl;
+      if (bit(c, 1)) f |= kAvx512Vbmi;
+      if (bit(c, 11)) f |= kAvx512Vnni;
+      if (bit(c, 12)) f |= kAvx512Bitalg;
+      if (bit(d, 24)) f |= kAmxTile;
+      if (bit(d, 25)) f |= kAmxInt8;
+    }
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    // AMX tile data is off until the process asks (Linux: ARCH_REQ_XCOMP_PERM, XTILEDATA)
+    if ((f & (kAmxTile | kAmxInt8)) == (kAmxTile | kAmxInt8) && (xcr0 & 0x60000) == 0x60000) {
+      constexpr long kReqXcompPerm = 0x1023, kXtiledata = 18;
+      if (syscall(SYS_arch_prctl, kReqXcompPerm, kXtiledata) == 0) f |= kOsAmx;
+    }
 #endif
-#ifdef BEBR_HAVE_AVX512
-  if (cpu_has_avx512()) out.push_back("avx512");
+    return f;
+  }();
+  return features;
+#else
+  return 0;
 #endif
-#ifdef BEBR_HAVE_AMX
-  if (cpu_has_amx()) out.push_back("amx");
+}
+
+std::vector<std::string> available_simd_levels() {
+  std::vector<std::string> out;
+  for (const auto& l : levels_for(cpu_features())) {
+#ifndef BEBR_HAVE_AVX2
+    if (l == "avx2") continue;
 #endif
+#ifndef BEBR_HAVE_AVX512
+    if (l == "avx512") continue;
+#endif
+#ifndef BEBR_HAVE_AMX
+    if (l == "amx") continue;
+#endif
+    out.push_back(l);
+  }
   return out;
 }
 

@@ -21,6 +21,18 @@ namespace bebr {
 
 std::atomic<int64_t> testing_fail_item{-1};
 
+namespace {
+std::atomic<int64_t> g_min_parallel_work{4096};
+thread_local SearchStats t_last_search;
+}  // namespace
+
+SearchStats last_search_stats() { return t_last_search; }
+int64_t min_parallel_work() { return g_min_parallel_work.load(std::memory_order_relaxed); }
+void set_min_parallel_work(int64_t work) {
+  if (work < 1) throw std::invalid_argument("min_parallel_work must be >= 1, got " + std::to_string(work));
+  g_min_parallel_work.store(work, std::memory_order_relaxed);
+}
+
 float inverse_norm(const Geometry& geo, const uint8_t* packed) {
   // sum_j v_j^2 = sum_{s,t} w_s w_t (dim - 2 popcount(d_s ^ d_t))
   const int P = geo.plane_bytes, b = geo.bits;
@@ -29,7 +41,8 @@ float inverse_norm(const Geometry& geo, const uint8_t* packed) {
     for (int y = 0; y < b; ++y) {
       int pc = 0;
       for (int p = 0; p < P; ++p) pc += __builtin_popcount(packed[x * P + p] ^ packed[y * P + p]);
-      s += static_cast<int64_t>(geo.dim - 2 * pc) << ((b - 1 - x) + (b - 1 - y));
+      // a product, not a shift: dim - 2 pc may be negative
+      s += static_cast<int64_t>(geo.dim - 2 * pc) * (int64_t(1) << ((b - 1 - x) + (b - 1 - y)));
     }
   return static_cast<float>(1.0 / std::sqrt(static_cast<double>(s)));
 }
@@ -87,6 +100,9 @@ void SdcIndex::check_new_ids(const int64_t* ids, int64_t n, bool allow_present) 
   seen.reserve(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     if (ids[i] < 0) throw std::invalid_argument("ids must be >= 0, got " + std::to_string(ids[i]) + " at position " + std::to_string(i));
+    if (ids[i] > kMaxId)
+      throw std::invalid_argument("ids must be <= 2**63 - 2 (2**63 - 1 is the 'no result' id), got " +
+                                  std::to_string(ids[i]) + " at position " + std::to_string(i));
     if (!seen.emplace(ids[i], i).second)
       throw std::invalid_argument("duplicate id " + std::to_string(ids[i]) + " in ids (positions " +
                                   std::to_string(seen[ids[i]]) + " and " + std::to_string(i) + ")");
@@ -113,16 +129,24 @@ void SdcIndex::append(const uint8_t* codes, int64_t n, const int64_t* ids, int32
   nalive_ += n;
 }
 
-void SdcIndex::add(const uint8_t* codes, int64_t n, const int64_t* ids, int32_t version) {
+int64_t SdcIndex::add(const uint8_t* codes, int64_t n, const int64_t* ids, int32_t version) {
+  if (n < 0) throw std::invalid_argument("n must be >= 0, got " + std::to_string(n));
   std::unique_lock lk(mu_);
   std::vector<int64_t> gen;
+  int64_t first = -1;
   if (!ids) {
+    // next_id_ <= kMaxId + 1, so kMaxId + 1 - next_id_ cannot overflow
+    if (n > kMaxId + 1 - next_id_)
+      throw std::invalid_argument("cannot assign " + std::to_string(n) + " more ids: the next id is " +
+                                  std::to_string(next_id_) + " and ids end at 2**63 - 2");
+    first = next_id_;
     gen.resize(n);
     for (int64_t i = 0; i < n; ++i) gen[i] = next_id_ + i;
     ids = gen.data();
   }
   check_new_ids(ids, n, false);
   if (n) append(codes, n, ids, version);
+  return first;
 }
 
 void SdcIndex::upsert(const uint8_t* codes, int64_t n, const int64_t* ids, int32_t version) {
@@ -217,11 +241,14 @@ void SdcIndex::assign(const uint8_t* codes, bool external, int64_t n, const int6
   std::unique_lock lk(mu_);
   const int64_t nb = (n + kBlock - 1) / kBlock;
   const size_t nbytes = static_cast<size_t>(nb) * geo_.block_bytes;
+  if (n < 0) throw std::invalid_argument("n must be >= 0, got " + std::to_string(n));
+  if (next_id < 0 || next_id > kMaxId + 1)
+    throw std::invalid_argument("next_id must be in [0, 2**63 - 1], got " + std::to_string(next_id));
   IdMap map;  // slot i <-> ids[i], the values ids_ gets below
   map.reserve(static_cast<size_t>(n), ids);
   for (int64_t i = 0; i < n; ++i) {
-    if (ids[i] < 0 || map.contains(ids[i], ids))
-      throw std::invalid_argument("stored ids are negative or duplicated (id " + std::to_string(ids[i]) + ")");
+    if (ids[i] < 0 || ids[i] > kMaxId || map.contains(ids[i], ids))
+      throw std::invalid_argument("stored ids are negative, too large or duplicated (id " + std::to_string(ids[i]) + ")");
     map.insert(ids[i], i, ids);
   }
   slot_of_ = std::move(map);
@@ -315,6 +342,7 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
     out_scores[i] = pad;
     out_ids[i] = -1;
   }
+  t_last_search = SearchStats{};
   std::shared_lock lk(mu_);
   if (nq == 0 || nalive_ == 0) return;
   const KernelTable& kt = active_kernels();
@@ -426,8 +454,9 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   TopKSet res(nq, k);
   // Starting a thread costs far more than a small scan (and much more on a loaded machine):
   // every thread gets at least kMinWork block-queries (~256K item-queries) or is not started.
-  constexpr int64_t kMinWork = 4096;
-  const int T = static_cast<int>(std::min<int64_t>(threads, std::max<int64_t>(1, nb * nq / kMinWork)));
+  // (min_parallel_work(), 4096 unless changed)
+  const int64_t min_work = min_parallel_work();
+  const int T = static_cast<int>(std::min<int64_t>(threads, std::max<int64_t>(1, nb * nq / min_work)));
   // Many queries: threads take groups of kQueryItem queries over the whole database (each
   // chunk of blocks reused from cache by the group's queries). Few queries: threads take
   // chunks of blocks for all queries into their own heaps, merged at the end. Work items
@@ -446,6 +475,7 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   struct Work {
     std::atomic<int64_t> next{0};
     std::atomic<int64_t> done{0};
+    std::atomic<int> active{0};  // threads that processed at least one item
     std::atomic<bool> failed{false};
     std::mutex mu;
     std::condition_variable cv;
@@ -466,9 +496,10 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
     }
   };
   auto worker = [work, nitems, &process](int t) {
-    for (;;) {
+    for (bool first = true;; first = false) {
       const int64_t item = work->next.fetch_add(1);
       if (item >= nitems) return;
+      if (first) work->active.fetch_add(1);
       if (!work->failed.load()) {  // after a failure the remaining items are only counted
         try {
           process(t, item);
@@ -489,6 +520,10 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   {
     std::unique_lock<std::mutex> lk(work->mu);
     work->cv.wait(lk, [&] { return work->done.load() == nitems; });
+    t_last_search.workers = T;
+    t_last_search.active_workers = work->active.load();
+    t_last_search.items = nitems;
+    t_last_search.split = T == 1 ? "none" : split_queries ? "queries" : "database";
     if (work->err) std::rethrow_exception(work->err);
   }
   for (auto& l : local)

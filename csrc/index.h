@@ -7,11 +7,13 @@
 // compact() (also run automatically when more than half the slots are dead) rewrites the live
 // slots densely in slot order.
 //
-// Concurrency: a readers-writer lock; searches share it, mutations take it exclusively, so a
-// search running while another thread adds sees the index either before or after the add.
+// Concurrency: a readers-writer lock; searches and write_dense share it, mutations take it
+// exclusively, so a search or a save running while another thread adds sees the index either
+// before or after the add. Ids without a caller's ids are assigned under the same lock.
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <shared_mutex>
 #include <string>
@@ -55,6 +57,39 @@ struct VersionQueries {
   const float* shift = nullptr;
 };
 
+// Largest item id: 2**63 - 1 is the "no result" sentinel of the top-k heaps (TopK::kNoId).
+constexpr int64_t kMaxId = std::numeric_limits<int64_t>::max() - 1;
+
+// One section of an index file as write_dense wrote it (docs/FORMAT.md, "Index file"):
+// numpy dtype string, element count, byte offset from the start of the data area (a multiple of
+// 64), byte length and the SHA-256 (hex) of those bytes.
+struct SectionInfo {
+  std::string name, dtype;
+  int64_t count = 0, offset = 0, nbytes = 0;
+  std::string sha256;
+};
+struct DenseFileInfo {
+  int64_t n = 0, next_id = 0;
+  std::vector<SectionInfo> sections;  // codes, ids, versions, invn
+};
+
+// How the calling thread's last search ran: threads planned (1 + helpers offered work), threads
+// that processed at least one work item, work items, and how the work was split ("none",
+// "queries": groups of queries over the whole database, "database": chunks of blocks).
+struct SearchStats {
+  int workers = 0;
+  int active_workers = 0;
+  int64_t items = 0;
+  const char* split = "none";
+};
+SearchStats last_search_stats();
+
+// A search starts one more thread per min_parallel_work() block-queries (blocks scanned x
+// queries), up to its `threads`. Default 4096 (~256K item-queries: below that a thread costs
+// more than it saves); lower it to run the threaded paths on small indexes (tests).
+int64_t min_parallel_work();
+void set_min_parallel_work(int64_t work);  // throws std::invalid_argument if work < 1
+
 class SdcIndex {
  public:
   SdcIndex(int dim, int bits, Metric metric);
@@ -64,9 +99,12 @@ class SdcIndex {
   int64_t size() const;
   int64_t next_id() const;
 
-  // Add n codes (public packed layout). ids may be null: next_id() .. next_id()+n-1.
-  // Throws std::invalid_argument (nothing changed) on negative, duplicate or present ids.
-  void add(const uint8_t* codes, int64_t n, const int64_t* ids, int32_t version);
+  // Add n codes (public packed layout). ids may be null: next_id() .. next_id()+n-1, read and
+  // taken under the lock (concurrent adds get distinct ids); returns the first id assigned
+  // (next_id() at the call when ids is null, else -1).
+  // Throws std::invalid_argument (nothing changed) on negative, duplicate, present or too
+  // large (> kMaxId) ids.
+  int64_t add(const uint8_t* codes, int64_t n, const int64_t* ids, int32_t version);
   // Replace the codes/version of present ids, add the others.
   void upsert(const uint8_t* codes, int64_t n, const int64_t* ids, int32_t version);
   // Remove ids; throws std::invalid_argument (nothing changed) if any is not present.
@@ -89,23 +127,29 @@ class SdcIndex {
   // Packed codes of ids (throws std::invalid_argument if one is absent).
   void get_codes(const int64_t* ids, int64_t n, uint8_t* out, int32_t* versions) const;
 
-  // ---- persistence (compact first; then every slot < size() is live) ----
-  // Copies of the dense arrays; codes_view() points into the index (valid while unchanged).
-  const uint8_t* codes_data() const { return codes_; }
-  size_t codes_nbytes() const;
-  const std::vector<int64_t>& slot_ids() const { return ids_; }
-  const std::vector<int32_t>& slot_versions() const { return versions_; }
-  const std::vector<float>& slot_invn() const { return invn_; }
-  const std::vector<uint64_t>& slot_alive() const { return alive_; }  // per block r-mask of live slots
-  size_t id_map_bytes() const { return slot_of_.memory_bytes(); }
+  // ---- persistence ----
+  // Write the data area of an index file to the open file descriptor fd at byte data_start,
+  // under the shared lock (a concurrent add/remove waits; searches run on): the live slots
+  // densely in slot order, sections codes (blocked), ids (int64), versions (int32) and invn
+  // (float32, cosine only: n_blocks * 64 r-ordered, else empty), each at a multiple of 64
+  // from data_start, zero-padded to the next one, streamed in pieces with their SHA-256
+  // computed on the way (no copy of the index). Returns what the header needs. Throws
+  // std::system_error if a write fails.
+  DenseFileInfo write_dense(int fd, int64_t data_start) const;
   // Replace the content with n dense live slots. codes: n_blocks*block_bytes bytes; if
   // external, the index reads it in place (caller keeps it alive) until a change copies it.
+  // Throws std::invalid_argument (nothing changed) on negative, too large or duplicated ids
+  // or a next_id out of [0, kMaxId + 1].
   void assign(const uint8_t* codes, bool external, int64_t n, const int64_t* ids,
               const int32_t* versions, const float* invn, int64_t next_id);
-  bool codes_external() const { return external_; }
-  int64_t n_slots() const { return nslots_; }
+  bool codes_external() const;
+  // Bytes of memory the index owns (code buffer, ids, versions, alive masks, inverse norms,
+  // id map; capacities), excluding external (memory-mapped) codes.
+  size_t memory_bytes() const;
 
  private:
+  friend class IvfIndex;  // ivf.cpp scans and exports each list's blocks in place
+  size_t codes_nbytes() const;
   void ensure_owned_capacity(int64_t slots);
   void write_slot(int64_t slot, const uint8_t* code);
   void check_new_ids(const int64_t* ids, int64_t n, bool allow_present) const;

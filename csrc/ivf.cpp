@@ -374,8 +374,8 @@ void IvfIndex::finish_assign(int64_t next_id) {
   next_id_ = next_id;
   for (int l = 0; l < nlist_; ++l) {
     const SdcIndex& L = *lists_[l];
-    for (int64_t s = 0; s < L.n_slots(); ++s) {
-      const int64_t id = L.slot_ids()[s];
+    for (int64_t s = 0; s < L.nslots_; ++s) {
+      const int64_t id = L.ids_[s];
       if (id < 0) continue;
       gids_.push_back(id);
       glist_.push_back(l);
@@ -451,10 +451,25 @@ size_t IvfIndex::memory_bytes() const {
   std::shared_lock lk(mu_);
   size_t b = centroids_.size() * sizeof(float) + gids_.capacity() * sizeof(int64_t) +
              glist_.capacity() * sizeof(int32_t) + gmap_.memory_bytes() + lists_.size() * sizeof(SdcIndex);
-  for (const auto& l : lists_)
-    b += l->codes_nbytes() + l->slot_ids().capacity() * sizeof(int64_t) + l->slot_versions().capacity() * sizeof(int32_t) +
-         l->slot_invn().capacity() * sizeof(float) + l->slot_alive().capacity() * sizeof(uint64_t) + l->id_map_bytes();
+  for (const auto& l : lists_) b += l->memory_bytes();
   return b;
+}
+
+void IvfIndex::export_dense(std::vector<uint8_t>& codes, std::vector<int64_t>& ids, std::vector<int32_t>& versions,
+                            std::vector<float>& invn, std::vector<int64_t>& sizes) {
+  std::unique_lock lk(mu_);
+  sizes.assign(nlist_, 0);
+  for (int l = 0; l < nlist_; ++l) {
+    SdcIndex& L = *lists_[l];
+    L.compact();
+    std::shared_lock ll(L.mu_);
+    sizes[l] = L.nslots_;
+    codes.insert(codes.end(), L.codes_, L.codes_ + L.codes_nbytes());
+    ids.insert(ids.end(), L.ids_.begin(), L.ids_.begin() + L.nslots_);
+    versions.insert(versions.end(), L.versions_.begin(), L.versions_.begin() + L.nslots_);
+    if (metric_ == Metric::kCosine)
+      invn.insert(invn.end(), L.invn_.begin(), L.invn_.begin() + (L.nslots_ + kBlock - 1) / kBlock * kBlock);
+  }
 }
 
 void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int threads, const FilterSpec& filter,
@@ -525,9 +540,9 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
   std::vector<int32_t> work_lists;
   int64_t work = 0;  // block-entries
   for (int l = 0; l < nlist_; ++l)
-    if (start[l + 1] > start[l] && lists_[l]->n_slots() > 0) {
+    if (start[l + 1] > start[l] && lists_[l]->nslots_ > 0) {
       work_lists.push_back(l);
-      work += (start[l + 1] - start[l]) * ((lists_[l]->n_slots() + kBlock - 1) / kBlock);
+      work += (start[l + 1] - start[l]) * ((lists_[l]->nslots_ + kBlock - 1) / kBlock);
     }
 
   const double s2 = static_cast<double>(1 << (query_bits - 1)) * (1 << (geo_.bits - 1));
@@ -562,8 +577,8 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
   parallel_items(static_cast<int64_t>(work_lists.size()), std::max(T, 1), [&](int t, int64_t item) {
     const int l = work_lists[item];
     const SdcIndex& L = *lists_[l];
-    const int64_t n = L.n_slots(), nb = (n + kBlock - 1) / kBlock;
-    const int64_t* ids = L.slot_ids().data();
+    const int64_t n = L.nslots_, nb = (n + kBlock - 1) / kBlock;
+    const int64_t* ids = L.ids_.data();
     TopK* heaps = t == 0 ? res.heaps.data() : local[t - 1].heaps.data();
     std::vector<uint64_t> fm;
     if (filter.any()) {
@@ -574,7 +589,7 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
     std::vector<uint64_t> set_slots;  // nsets x nb
     if (vq.n > 0) {
       set_slots.assign(static_cast<size_t>(nsets) * nb, 0);
-      const int32_t* vers = L.slot_versions().data();
+      const int32_t* vers = L.versions_.data();
       for (int64_t s = 0; s < n; ++s) {
         int set = 0;
         for (int v = 0; v < vq.n; ++v)
@@ -584,11 +599,11 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
     }
     ScanArgs base;
     base.geo = geo_;
-    base.codes = L.codes_data();
-    base.alive = L.slot_alive().data();
+    base.codes = L.codes_;
+    base.alive = L.alive_.data();
     base.filter = fm.empty() ? nullptr : fm.data();
     base.ids = ids;
-    base.invn = L.slot_invn().empty() ? nullptr : L.slot_invn().data();
+    base.invn = L.invn_.empty() ? nullptr : L.invn_.data();
     base.kind = metric_ == Metric::kCosine ? ScoreKind::kCosine : ScoreKind::kInnerProduct;
     base.qbits = query_bits;
     const int64_t e0 = start[l], e1 = start[l + 1];

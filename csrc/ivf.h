@@ -67,6 +67,10 @@ class IvfIndex {
   // Bytes held in RAM (or mapped): codes, per-slot ids / versions / norms / masks, id tables,
   // centroids.
   size_t memory_bytes() const;
+  // Compact every list, then copy out its dense arrays (blocked codes, ids, versions, cosine
+  // inverse norms), lists concatenated in list order, and the live items per list.
+  void export_dense(std::vector<uint8_t>& codes, std::vector<int64_t>& ids, std::vector<int32_t>& versions,
+                    std::vector<float>& invn, std::vector<int64_t>& sizes);
 
   // ---- persistence: lists are exported / assigned one by one through SdcIndex's dense API,
   // then finish_assign() rebuilds the id table (throws std::invalid_argument on an id in two

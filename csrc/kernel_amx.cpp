@@ -199,7 +199,7 @@ class Selector {
       if (th != -std::numeric_limits<float>::infinity()) {
         __mmask16 any;
         if (!cosine) {
-          any = _mm512_cmpge_epi32_mask(vmax, _mm512_set1_epi32(static_cast<int32_t>(th)));
+          any = _mm512_cmpge_epi32_mask(vmax, _mm512_set1_epi32(int_threshold(th)));
         } else {
           const __m512 f = _mm512_cvtepi32_ps(vmax);
           const __m512 inv = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(f, _mm512_setzero_ps(), _CMP_GE_OQ), inv_lo, inv_hi);

@@ -1,4 +1,4 @@
-// AVX-512 (F/BW/VL/DQ + VNNI; BITALG byte popcount for bits=1 when the CPU has it)
+// AVX-512 (F/BW/VL/DQ + VNNI + BITALG: byte popcount for bits=1)
 // instantiation of kernel_body.inc: one 64-byte row = 64 slots = one zmm.
 // Compiled with per-file flags from CMakeLists.txt; called only after dispatch checks the CPU.
 #include <immintrin.h>

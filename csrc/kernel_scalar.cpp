@@ -34,7 +34,7 @@ void scan_scalar(const ScanArgs& a, const QueryGroup& qg, TopK* heaps) {
           for (int t = 0; t < bits; ++t) {
             int pc = 0;
             for (int p = 0; p < P; ++p) pc += popcount8(q[s * P + p] ^ row[t * P + p]);
-            ip += (geo.dim - 2 * pc) << ((qbits - 1 - s) + (bits - 1 - t));
+            ip += (geo.dim - 2 * pc) * (1 << ((qbits - 1 - s) + (bits - 1 - t)));  // may be < 0: no shift
           }
         float key = static_cast<float>(ip);
         if (a.kind == ScoreKind::kCosine) key = key * a.invn[blk * kBlock + r];

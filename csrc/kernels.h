@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cmath>
 #include <cstdint>
+#include <climits>
 
 #include "layout.h"
 #include "topk.h"
@@ -65,6 +66,15 @@ inline float unscaled_threshold(float th, float ks, float sh) {
   const double t = (static_cast<double>(th) - sh) / ks;
   const double slack = 1e-5 * (std::fabs(t) + (std::fabs(static_cast<double>(th)) + std::fabs(sh)) / ks);
   return static_cast<float>(t - slack);
+}
+
+// Lowest int32 score that can reach the float threshold th (floor(th), clamped to the int32
+// range; -inf, NaN and anything below the range give INT32_MIN, so every score passes). A
+// plain cast of an out-of-range float is undefined behaviour (a mapped threshold can be one).
+inline int32_t int_threshold(float th) {
+  if (!(th > -2147483648.f)) return INT32_MIN;
+  if (th >= 2147483520.f) return INT32_MAX;  // the largest float below 2^31
+  return static_cast<int32_t>(std::floor(th));
 }
 
 // A batch of queries as an int8 matrix for matrix-unit kernels (AMX), stored as 16 x 64 tiles:

@@ -343,13 +343,15 @@ def test_compatible_version_upgrade_and_mixed_index(work, tmp_path):
     assert mn.config.cross_members == [2]
     assert Binarizer.load(tmp_path / "mn0").config.cross_versions == []
     assert "query head" in p.stderr
-    want = mn.encode_query_codes(x_new, 2, target=mn.config.cross_versions[0])
+    # the heads' calibrations were fitted for 4-bit query codes: bebr search uses them
+    want = mn.encode_query_codes(x_new, 4, target=mn.config.cross_versions[0])
     index = bebr_index_load(tmp_path / "idx")
-    tag = version_tag(mn.config.cross_versions[0])
+    tag = mn.config.cross_versions[0]  # versions are model version strings
     cal = mn.cross_calibration(mn.config.cross_versions[0], index.metric)
     assert cal != (1.0, 0.0)
-    got_s, got_i = index.search(mn.encode(x_new), 3, version_queries={tag: want},
-                                version_calibration={tag: cal})
+    assert version_tag(tag) in {version_tag(v) for v in index.versions()}
+    got_s, got_i = index.search(mn.encode_query_codes(x_new, 4), 3, query_bits=4,
+                                version_queries={tag: want}, version_calibration={tag: cal})
     rows = [json.loads(r) for r in p.stdout.splitlines()]
     np.testing.assert_array_equal(np.array([r["ids"] for r in rows]), got_i)
     # the head's scores come back calibrated

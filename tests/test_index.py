@@ -234,8 +234,8 @@ def test_bad_inputs():
         bebr.Index(spec, metric="l2")
     with pytest.raises(TypeError, match="CodeSpec"):
         bebr.Index(12)
-    with pytest.raises(TypeError, match="version must be an int"):
-        idx.add(good, version="v2")
+    with pytest.raises(TypeError, match="version must be a str"):
+        idx.add(good, version=2.5)
     with pytest.raises(ValueError, match="remove"):
         idx.remove([77])
     # a single code as 1-d and list input of uint8 arrays are accepted

@@ -230,8 +230,8 @@ def test_version_queries_bad_input():
         idx.search(q, 2, version_queries={1: q[:2]})
     with pytest.raises(ValueError, match=r"shape \(n, 6\)"):
         idx.search(q, 2, version_queries={1: random_codes(rng, CodeSpec(20, 3), 3)})
-    with pytest.raises(TypeError, match="version must be an int"):
-        idx.search(q, 2, version_queries={"1": q})
+    with pytest.raises(TypeError, match="version must be a str"):
+        idx.search(q, 2, version_queries={1.5: q})
     with pytest.raises(ValueError, match="version_queries has no version 2"):
         idx.search(q, 2, version_queries={1: q}, version_calibration={2: (1.0, 0.0)})
     for bad in ((0.0, 0.0), (-1.0, 0.0), (1.0, float("nan")), (float("inf"), 0.0)):

@@ -3,7 +3,10 @@
 // holding the GIL; the compute runs with the GIL released and touches no Python object.
 #include <pybind11/stl.h>
 
+#include <cerrno>
+#include <cstdlib>
 #include <optional>
+#include <system_error>
 
 #include "common.h"
 #include "index.h"
@@ -46,6 +49,33 @@ py::array_t<T> to_array(const std::vector<T>& v) {
 }  // namespace
 
 void register_index(py::module_& m) {
+  // BEBR_MIN_PARALLEL_WORK=N at import: the search work (block-queries) per thread started
+  const char* env = std::getenv("BEBR_MIN_PARALLEL_WORK");
+  if (env && *env) {
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(env, &end, 10);
+    if (errno || *end || v < 1)
+      throw py::value_error(std::string("BEBR_MIN_PARALLEL_WORK must be an integer >= 1, got '") + env + "'");
+    set_min_parallel_work(v);
+  }
+  m.def("min_parallel_work", &min_parallel_work,
+        "Block-queries of search work per thread started (default 4096; env BEBR_MIN_PARALLEL_WORK).");
+  m.def("set_min_parallel_work", &set_min_parallel_work, py::arg("work"),
+        "Set the block-queries of search work per thread started (>= 1).");
+  m.def(
+      "last_search_stats",
+      [] {
+        const SearchStats st = last_search_stats();
+        py::dict d;
+        d["workers"] = st.workers;
+        d["active_workers"] = st.active_workers;
+        d["items"] = st.items;
+        d["split"] = std::string(st.split);
+        return d;
+      },
+      "How the calling thread's last search ran: {workers, active_workers, items, split}.");
+  m.attr("MAX_ID") = kMaxId;
   py::class_<PyIndex>(m, "SdcIndex", "Blocked multi-bit code store with SIMD SDC search (private).")
       .def(py::init([](int dim, int bits, const std::string& metric) {
              return std::make_unique<PyIndex>(dim, bits, parse_metric(metric));
@@ -66,10 +96,20 @@ void register_index(py::module_& m) {
             if (ids) i = checked_ids(*ids, "ids", c.shape(0));
             const uint8_t* cp = c.data();
             const int64_t* ip = i ? i->data() : nullptr;
-            py::gil_scoped_release nogil;
-            s.add(cp, c.shape(0), ip, version);
+            const int64_t n = c.shape(0);
+            int64_t first;
+            {
+              py::gil_scoped_release nogil;
+              first = s.add(cp, n, ip, version);
+            }
+            if (i) return py::array(*i);
+            py::array_t<int64_t> out(static_cast<py::ssize_t>(n));
+            int64_t* op = out.mutable_data();
+            for (int64_t j = 0; j < n; ++j) op[j] = first + j;
+            return py::array(out);
           },
-          py::arg("codes"), py::arg("ids") = py::none(), py::arg("version") = 0)
+          py::arg("codes"), py::arg("ids") = py::none(), py::arg("version") = 0,
+          "Add codes; without ids they get next_id.. under the index's lock. Returns the ids.")
       .def(
           "upsert",
           [](PyIndex& s, const py::array& codes, const py::array& ids, int32_t version) {
@@ -189,21 +229,44 @@ void register_index(py::module_& m) {
           },
           py::arg("ids"), "Packed codes and versions of ids (ValueError if one is absent).")
       .def(
-          "export_dense",
-          [](PyIndex& s) {
-            // compact, then copy out the dense arrays (under the index's own lock via compact)
-            {
+          "write_dense",
+          [](PyIndex& s, int fd, int64_t data_start) {
+            DenseFileInfo info;
+            try {
               py::gil_scoped_release nogil;
               s.compact();
+              info = s.write_dense(fd, data_start);
+            } catch (const std::system_error& e) {
+              errno = e.code().value();
+              PyErr_SetFromErrno(PyExc_OSError);
+              throw py::error_already_set();
             }
-            const int64_t n = s.n_slots();
-            py::array_t<uint8_t> codes(static_cast<py::ssize_t>(s.codes_nbytes()));
-            std::copy_n(s.codes_data(), s.codes_nbytes(), codes.mutable_data());
-            py::array_t<float> invn(static_cast<py::ssize_t>(s.slot_invn().size()));
-            std::copy(s.slot_invn().begin(), s.slot_invn().end(), invn.mutable_data());
-            return py::make_tuple(codes, to_array(s.slot_ids()), to_array(s.slot_versions()), invn, s.next_id(), n);
+            py::list sections;
+            for (const auto& e : info.sections) {
+              py::dict d;
+              d["name"] = e.name;
+              d["dtype"] = e.dtype;
+              d["count"] = e.count;
+              d["offset"] = e.offset;
+              d["nbytes"] = e.nbytes;
+              d["sha256"] = e.sha256;
+              sections.append(d);
+            }
+            py::dict out;
+            out["n"] = info.n;
+            out["next_id"] = info.next_id;
+            out["sections"] = sections;
+            out["data_nbytes"] = info.sections.empty() ? int64_t(0)
+                                                        : (info.sections.back().offset +
+                                                           (info.sections.back().nbytes + 63) / 64 * 64);
+            return out;
           },
-          "Compact, then return (blocked codes, ids, versions, inverse norms, next_id, n).")
+          py::arg("fd"), py::arg("data_start"),
+          "Compact, then write the data area of an index file at byte data_start of the open file "
+          "descriptor fd under the index's shared lock (concurrent changes wait); returns {n, next_id, "
+          "sections: [{name, dtype, count, offset, nbytes, sha256}], data_nbytes}.")
+      .def("memory_bytes", &PyIndex::memory_bytes,
+           "Bytes of memory the index owns (excludes memory-mapped codes).")
       .def(
           "assign_dense",
           [](PyIndex& s, const py::array& codes, const py::array& ids, const py::array& versions,

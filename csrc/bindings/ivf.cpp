@@ -226,24 +226,13 @@ void register_ivf(py::module_& m) {
           "export_dense",
           [](PyIvf& s) {
             std::vector<uint8_t> codes;
-            std::vector<int64_t> ids, sizes(s.nlist());
+            std::vector<int64_t> ids, sizes;
             std::vector<int32_t> vers;
             std::vector<float> invn;
             int64_t next_id;
             {
               py::gil_scoped_release nogil;
-              auto lk = s.lock();
-              for (int l = 0; l < s.nlist(); ++l) {
-                SdcIndex& L = s.list(l);
-                L.compact();
-                sizes[l] = L.n_slots();
-                codes.insert(codes.end(), L.codes_data(), L.codes_data() + L.codes_nbytes());
-                ids.insert(ids.end(), L.slot_ids().begin(), L.slot_ids().begin() + L.n_slots());
-                vers.insert(vers.end(), L.slot_versions().begin(), L.slot_versions().begin() + L.n_slots());
-                const size_t ni = s.metric() == Metric::kCosine ? static_cast<size_t>((L.n_slots() + kBlock - 1) / kBlock) * kBlock : 0;
-                invn.insert(invn.end(), L.slot_invn().begin(), L.slot_invn().begin() + ni);
-              }
-              lk.unlock();
+              s.export_dense(codes, ids, vers, invn, sizes);
               next_id = s.next_id();
             }
             return py::make_tuple(vec_array(codes), vec_array(ids), vec_array(vers), vec_array(invn),
