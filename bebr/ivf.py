@@ -33,7 +33,7 @@ import numpy as np
 
 from . import _C
 from .codes import CodeSpec
-from .fileio import CorruptFileError
+from .fileio import CorruptFileError, sha256_bytes
 from .index import (_METRICS, Index, _check_codes, _check_k, _read_index_file,
                     _write_index_file)
 from .versions import Version, VersionRegistry
@@ -240,13 +240,13 @@ class IVFIndex(Index):
         return dict(super()._header(), nlist=self.nlist, trained=self.is_trained)
 
     def save(self, path: "os.PathLike[str] | str") -> None:
-        """Write the index atomically (the ``Index`` file format with kind ``IVFIndex``, the
-        lists concatenated in list order, plus sections ``centroids`` and ``list_sizes``)."""
-        codes, ids, versions, invn, sizes, next_id = self._core.export_dense()
-        sections = [("codes", codes), ("ids", ids), ("versions", versions), ("invn", invn),
-                    ("list_sizes", sizes), ("centroids", self._core.centroids().reshape(-1))]
-        _write_index_file(path, dict(self._header(), kind=type(self).__name__, n=int(ids.size),
-                                     next_id=int(next_id), block=64), sections)
+        """Write the index atomically: the ``Index`` file format with kind ``IVFIndex``, the
+        lists' sections concatenated in list order, and the list sizes and centroids in the
+        (checksummed) header."""
+        dense = _IvfDense(self._core)
+        _write_index_file(path, dense, lambda: dict(
+            self._header(), kind=type(self).__name__, list_sizes=dense.sizes,
+            centroids=self._core.centroids().reshape(-1).tolist()))
 
     @classmethod
     def _from_header(cls, header: dict) -> "IVFIndex":
@@ -262,16 +262,14 @@ class IVFIndex(Index):
         header, arrays, mm = _read_index_file(path, mmap=mmap, verify=verify, kind=cls.__name__)
         try:
             idx = cls._from_header(header)
-            for name in ("list_sizes", "centroids"):
-                if name not in arrays:
-                    raise ValueError(f"missing section {name!r}")
-            c = arrays["centroids"]
+            c = np.asarray(header["centroids"], dtype=np.float32)
             if header["trained"]:
                 idx._core.set_centroids(np.ascontiguousarray(c.reshape(idx.nlist, idx.spec.dim)))
             elif c.size or header["n"]:
                 raise ValueError("an untrained index with centroids or items")
+            sizes = np.asarray(header["list_sizes"], dtype=np.int64)
             idx._core.assign_dense(arrays["codes"], arrays["ids"], arrays["versions"],
-                                   arrays["invn"], arrays["list_sizes"],
+                                   arrays["invn"], sizes,
                                    int(header["next_id"]), mm is not None)
         except (KeyError, TypeError, ValueError) as e:
             raise CorruptFileError(f"{path}: bad or inconsistent IVF index file: {e}") from None
@@ -279,6 +277,33 @@ class IVFIndex(Index):
             raise CorruptFileError(f"{path}: item count does not match the header")
         idx._mmap = mm
         return idx
+
+
+class _IvfDense:
+    """The dense-writer side of ``bebr.index._write_index_file`` for an IVF index: the lists'
+    arrays (compacted, concatenated in list order) written at 64-byte aligned offsets from
+    ``data_start`` with their SHA-256, like ``SdcIndex.write_dense``."""
+
+    def __init__(self, core) -> None:
+        codes, ids, versions, invn, sizes, next_id = core.export_dense()
+        self.arrays = [("codes", codes), ("ids", ids), ("versions", versions), ("invn", invn)]
+        self.sizes = [int(v) for v in sizes]
+        self.next_id = int(next_id)
+        self.n = int(ids.size)
+
+    def write_dense(self, fd: int, data_start: int) -> dict:
+        sections, off = [], 0
+        for name, arr in self.arrays:
+            raw = memoryview(np.ascontiguousarray(arr)).cast("B")
+            os.pwrite(fd, raw, data_start + off) if raw.nbytes else None
+            pad = (-raw.nbytes) % 64
+            if pad:
+                os.pwrite(fd, b"\x00" * pad, data_start + off + raw.nbytes)
+            sections.append({"name": name, "dtype": arr.dtype.str, "count": int(arr.size),
+                             "offset": off, "nbytes": int(raw.nbytes),
+                             "sha256": sha256_bytes(raw)})
+            off += raw.nbytes + pad
+        return {"n": self.n, "next_id": self.next_id, "sections": sections}
 
 
 def _rerank(cand: np.ndarray, vectors: Any, queries: Any, k: int, cosine: bool):
