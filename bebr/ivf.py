@@ -162,7 +162,11 @@ class IVFIndex(Index):
             raise ValueError(f"cannot train an IVFIndex that holds {len(self)} items")
         if arr.shape[0] < self.nlist:
             raise ValueError(f"train needs at least nlist={self.nlist} codes, got {arr.shape[0]}")
-        import faiss
+        try:
+            import faiss
+        except ImportError as e:  # pragma: no cover - faiss is in the ivf/test extras
+            raise ImportError("IVFIndex.train runs faiss k-means: pip install 'bebr[ivf]' "
+                              "(or set_centroids with centroids of your own)") from e
 
         x = (self.spec.values(arr) / float(self.spec.scale)).astype(np.float32)
         km = faiss.Kmeans(self.spec.dim, self.nlist, niter=niter, seed=int(seed),
