@@ -391,14 +391,38 @@ def cmd_upgrade(args) -> int:
     return 0
 
 
+def _train_sample(dirs: Sequence[str], spec, size: int) -> np.ndarray:
+    """Up to ``size`` codes from the shards, in shard order (IVF training sample)."""
+    from .io import CodeShards
+
+    parts, have = [], 0
+    for d in dirs:
+        for entry, codes, _ in CodeShards(d).shards():
+            if have >= size:
+                break
+            parts.append(np.asarray(codes)[: size - have])
+            have += parts[-1].shape[0]
+    return np.ascontiguousarray(np.concatenate(parts)) if parts else np.zeros((0, spec.code_bytes), np.uint8)
+
+
 def cmd_index_build(args) -> int:
     from .io import CodeShards
 
     first = CodeShards(args.shards[0], verify=False)
+    if args.hamming and args.nlist:
+        raise CliError("--hamming and --nlist exclude each other (an IVF index is SDC)")
     if args.hamming:
         if first.spec.bits != 1:
             raise CliError(f"--hamming needs 1-bit codes, {args.shards[0]} holds {first.spec}")
         index = _api("HammingIndex")(first.spec.dim)
+    elif args.nlist:
+        index = _api("IVFIndex")(first.spec, args.nlist, metric=args.metric)
+        sample = _train_sample(args.shards, first.spec, args.train_size)
+        if sample.shape[0] < args.nlist:
+            raise CliError(f"--nlist {args.nlist} needs at least that many codes to train on, "
+                           f"the shards hold {sample.shape[0]}")
+        index.train(sample)
+        _say(args, f"trained {args.nlist} coarse centroids on {sample.shape[0]} codes")
     else:
         index = _api("Index")(first.spec, metric=args.metric)
     n = _add_shards(index, args.shards, args)
@@ -445,7 +469,7 @@ def cmd_index_info(args) -> int:
     spec = getattr(index, "spec", None)
     if spec is not None:
         info["spec"] = spec.to_dict()
-    for name in ("metric",):
+    for name in ("metric", "nlist"):
         if hasattr(index, name):
             info[name] = getattr(index, name)
     if hasattr(index, "versions"):
@@ -510,6 +534,11 @@ def cmd_search(args) -> int:
         extra["version_queries"] = version_queries
     if calibration:
         extra["version_calibration"] = calibration
+    if args.nprobe is not None:
+        if not hasattr(index, "nlist"):
+            raise CliError(f"--nprobe applies to IVF indexes; {args.index} is a "
+                           f"{type(index).__name__}")
+        extra["nprobe"] = args.nprobe
     scores, ids = index.search(q, args.k, threads=args.threads, **extra)
     dt = time.perf_counter() - t0
     _write_results(args, scores, ids)
@@ -835,6 +864,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score: inner product of code values, or cosine (default ip)")
     q.add_argument("--hamming", action="store_true",
                    help="build a HammingIndex (1-bit codes only) instead of an SDC Index")
+    q.add_argument("--nlist", type=int, default=None,
+                   help="build an IVFIndex with this many lists (coarse centroids trained on "
+                        "the first --train-size codes) instead of a flat Index")
+    q.add_argument("--train-size", type=int, default=262_144,
+                   help="codes the IVF centroids are trained on (default 262144)")
     _add_common(q)
     q.set_defaults(func=cmd_index_build)
     q = isub.add_parser("add", help="add code shards to an index",
@@ -884,6 +918,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "directory's manifest states its spec and is always checked")
     p.add_argument("-k", type=_int_range(1), default=10, help="results per query (default 10)")
     p.add_argument("--threads", type=_int_range(1), default=None, help="search threads")
+    p.add_argument("--nprobe", type=_int_range(1), default=None,
+                   help="lists probed per query (IVF indexes; default: the index's default, 8)")
     p.add_argument("--query-bits", type=int, default=None, choices=[1, 2, 3, 4],
                    help="encode the queries at this many bits per dimension (queries are "
                         "never stored; 4 raises recall over 1-2-bit items for a slower "
