@@ -10,6 +10,7 @@ from importlib import import_module
 from .codes import CodeSpec
 from .collection import Collection
 from .index import HammingIndex, Index, set_simd_level, simd_level, simd_levels
+from .ivf import IVFIndex
 from . import metrics
 from .encoder import BinarizerConfig, Encoder, load_model
 from .searcher import Searcher, search_args
@@ -19,7 +20,7 @@ _LAZY = {"Binarizer": "model", "train_binarizer": "train", "CodeUpgrader": "comp
          "CompatWeights": "compat", "train_compatible": "compat",
          "train_cross_queries": "compat", "train_upgrader": "compat"}
 
-__all__ = ["CodeSpec", "Collection", "HammingIndex", "Index", "metrics", "set_simd_level", "simd_level",
+__all__ = ["CodeSpec", "Collection", "HammingIndex", "Index", "IVFIndex", "metrics", "set_simd_level", "simd_level",
            "simd_levels",
            "Binarizer", "train_binarizer",
            "CodeUpgrader", "CompatWeights", "train_compatible", "train_cross_queries",

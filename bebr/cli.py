@@ -3,6 +3,8 @@
 Every subcommand has ``--help``. Errors in the input (missing files, wrong dims, NaN/inf rows,
 empty input, corrupted shards, manifests or models, version or code-spec mismatches) print one
 line ``bebr: error: ...`` on stderr and exit with status 1; ``--debug`` shows the traceback.
+Usage errors (unknown options, missing arguments, out-of-range values such as ``--dim 0``)
+print one line ``bebr CMD: error: ...`` and exit with status 2.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ import os
 import subprocess
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
+
+from .codes import MAX_BITS, MAX_DIM
 
 __all__ = ["main", "build_parser"]
 
@@ -39,6 +45,53 @@ manifest.json (model version, code spec, per-shard counts and SHA-256 checksums)
 
 class CliError(Exception):
     """A usage error detected by the CLI itself (printed as ``bebr: error: ...``)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line: ``bebr CMD: error: ... (see bebr CMD --help)``,
+    exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} "
+                     "--help)\n")
+
+
+def _int_range(lo: int, hi: Optional[int] = None):
+    """argparse type: an int in ``[lo, hi]`` (no upper bound if ``hi`` is None)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            want = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"must be {want}, got {v}")
+        return v
+    parse.__name__ = "int"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite float > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (np.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
+def _code_spec_arg(text: str):
+    """argparse type: ``DIMxBITS`` (e.g. ``32x2``) -> CodeSpec."""
+    from .codes import CodeSpec
+
+    try:
+        dim, bits = (int(t) for t in text.lower().split("x"))
+        return CodeSpec(dim, bits)
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"expected DIMxBITS such as 32x2, got {text!r} "
+                                         f"({e})") from None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -69,18 +122,41 @@ def _load_model(path: str, kind: str = "encoder"):
     return load_model(path, kind)
 
 
+@contextmanager
+def _one_line_warnings():
+    """bebr's own warnings about the user's files (``UncalibratedHeadWarning``) as one line
+    ``bebr: warning: ...`` on stderr, like the errors; other warnings as Python shows them."""
+    from .model import UncalibratedHeadWarning
+
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, UncalibratedHeadWarning):
+                print(f"bebr: warning: {' '.join(str(message).split())}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        warnings.simplefilter("always", UncalibratedHeadWarning)
+        yield
+
+
 def _read_rows(inputs: Sequence[str], *, max_rows: Optional[int], skip_bad: bool,
                column: Optional[str] = None, dim: Optional[int] = None,
-               sample_seed: Optional[int] = None) -> np.ndarray:
+               sample_seed: Optional[int] = None, with_ids: bool = False):
     """Read float rows from the inputs into memory (for training/eval), streaming.
 
     At most ``max_rows`` rows: the first ones, or with ``sample_seed`` a uniform random
     sample (sorted row numbers drawn with that seed from the total row count, so two inputs
     with the same row count give the same rows: paired samples stay paired).
+    ``with_ids``: return ``(rows, ids)``, the ids being those ``bebr encode`` gives the same
+    rows (the id column, else the row number across all inputs).
     """
     from .io import check_rows, open_inputs
 
     sources = open_inputs(list(inputs), column=column, dim=dim)
+    id_parts: List[np.ndarray] = []
     total = sum(s.n for s in sources)
     chosen = None
     if sample_seed is not None and max_rows is not None and total > max_rows:
@@ -99,18 +175,24 @@ def _read_rows(inputs: Sequence[str], *, max_rows: Optional[int], skip_bad: bool
                 picked = np.zeros(x.shape[0], bool)
                 picked[chosen[lo:hi] - g0] = True
                 sel &= picked
+            ids = ch.ids if ch.ids is not None else np.arange(
+                base + ch.offset, base + ch.offset + x.shape[0], dtype=np.int64)
             if not sel.all():
-                x = x[sel]
+                x, ids = x[sel], ids[sel]
             if chosen is None and max_rows is not None:
-                x = x[:max_rows - have]
+                x, ids = x[:max_rows - have], ids[:max_rows - have]
             parts.append(x)
+            id_parts.append(ids)
             have += x.shape[0]
             if chosen is None and max_rows is not None and have >= max_rows:
-                return np.concatenate(parts)
+                break
+        if chosen is None and max_rows is not None and have >= max_rows:
+            break
         base += s.n
     if not have:
         raise ValueError("empty input: no valid rows left")
-    return np.concatenate(parts)
+    rows = np.concatenate(parts)
+    return (rows, np.concatenate(id_parts)) if with_ids else rows
 
 
 def _read_queries(path: str, *, dim: Optional[int] = None, column: Optional[str] = None):
@@ -165,10 +247,18 @@ def _add_shards(index, dirs: Sequence[str], args) -> int:
             if not entry.count:
                 continue
             kw = {"version": str(cs.model_version)} if takes_version else {}
-            index.add(np.ascontiguousarray(codes), np.ascontiguousarray(ids), **kw)
+            try:
+                index.add(np.ascontiguousarray(codes), np.ascontiguousarray(ids), **kw)
+            except (ValueError, IndexError) as e:  # duplicate, negative or held ids
+                raise type(e)(f"{cs.directory / entry.ids} (shard {entry.index}): {e}") \
+                    from None
             added += entry.count
         _say(args, f"added {len(cs)} codes of model version {cs.model_version} from {d}")
     return added
+
+
+def _spec_text(spec) -> str:
+    return f"{spec.dim}x{spec.bits}"
 
 
 def _write_results(args, scores: np.ndarray, ids: np.ndarray) -> None:
@@ -200,6 +290,7 @@ def _write_results(args, scores: np.ndarray, ids: np.ndarray) -> None:
 
 # ----------------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
+    t_start = time.monotonic()  # --max-time bounds the whole command, reading included
     train_binarizer = _api("train_binarizer")
     if args.compatible_with and args.skip_bad:
         raise CliError("--skip-bad would unpair --old-input from the new input; clean the "
@@ -207,10 +298,10 @@ def cmd_train(args) -> int:
     x = _read_rows(args.inputs, max_rows=args.max_rows, skip_bad=args.skip_bad,
                    column=args.column, sample_seed=args.seed)
     kw = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
-                            ("lr", args.lr), ("version", args.version),
-                            ("max_time_s", args.max_time), ("threads", args.threads))
+                            ("lr", args.lr), ("version", args.version), ("threads", args.threads))
           if v is not None}
     t0 = time.perf_counter()
+    progress = not (args.no_progress or args.quiet)
     if args.compatible_with:
         if not args.old_input:
             raise CliError("--compatible-with needs --old-input: the old model's embeddings "
@@ -223,16 +314,23 @@ def cmd_train(args) -> int:
             raise CliError(f"--old-input has {x_old.shape[0]} rows but the new input has "
                            f"{x.shape[0]}; they must be the same items, row for row")
         cross = {} if args.head_members is None else {"members": args.head_members}
+        if args.max_time is not None:
+            kw["max_time_s"] = max(0.0, args.max_time - (time.monotonic() - t_start))
         model = train_compatible(x, x_old, old, dim=args.dim, bits=args.bits, seed=args.seed,
-                                 progress=not args.no_progress,
+                                 progress=progress,
                                  cross_queries=not args.no_heads, cross_kwargs=cross, **kw)
     else:
         if args.old_input:
             raise CliError("--old-input is only used with --compatible-with")
         if args.no_heads or args.head_members is not None:
             raise CliError("--no-heads / --head-members are only used with --compatible-with")
-        model = train_binarizer(x, args.dim or 64, args.bits or 2, seed=args.seed,
-                                progress=not args.no_progress, **kw)
+        if args.max_time is not None:
+            kw["max_time_s"] = max(0.0, args.max_time - (time.monotonic() - t_start))
+        model = train_binarizer(x, 64 if args.dim is None else args.dim,
+                                2 if args.bits is None else args.bits, seed=args.seed,
+                                progress=progress, **kw)
+    for cut in (getattr(model, "train_info", None) or {}).get("time_budget", {}).get("cuts", []):
+        _say(args, f"bebr: --max-time {args.max_time:g} s cut {cut}")
     model.save(args.out)
     _say(args, f"trained {model.spec} on {x.shape[0]} x {x.shape[1]} rows in "
                f"{time.perf_counter() - t0:.1f} s; model version {model.version} -> {args.out}")
@@ -293,14 +391,38 @@ def cmd_upgrade(args) -> int:
     return 0
 
 
+def _train_sample(dirs: Sequence[str], spec, size: int) -> np.ndarray:
+    """Up to ``size`` codes from the shards, in shard order (IVF training sample)."""
+    from .io import CodeShards
+
+    parts, have = [], 0
+    for d in dirs:
+        for entry, codes, _ in CodeShards(d).shards():
+            if have >= size:
+                break
+            parts.append(np.asarray(codes)[: size - have])
+            have += parts[-1].shape[0]
+    return np.ascontiguousarray(np.concatenate(parts)) if parts else np.zeros((0, spec.code_bytes), np.uint8)
+
+
 def cmd_index_build(args) -> int:
     from .io import CodeShards
 
     first = CodeShards(args.shards[0], verify=False)
+    if args.hamming and args.nlist:
+        raise CliError("--hamming and --nlist exclude each other (an IVF index is SDC)")
     if args.hamming:
         if first.spec.bits != 1:
             raise CliError(f"--hamming needs 1-bit codes, {args.shards[0]} holds {first.spec}")
         index = _api("HammingIndex")(first.spec.dim)
+    elif args.nlist:
+        index = _api("IVFIndex")(first.spec, args.nlist, metric=args.metric)
+        sample = _train_sample(args.shards, first.spec, args.train_size)
+        if sample.shape[0] < args.nlist:
+            raise CliError(f"--nlist {args.nlist} needs at least that many codes to train on, "
+                           f"the shards hold {sample.shape[0]}")
+        index.train(sample)
+        _say(args, f"trained {args.nlist} coarse centroids on {sample.shape[0]} codes")
     else:
         index = _api("Index")(first.spec, metric=args.metric)
     n = _add_shards(index, args.shards, args)
@@ -321,7 +443,9 @@ def cmd_index_remove(args) -> int:
     if (args.ids is None) == (args.ids_file is None):
         raise CliError("give the ids to remove with exactly one of --ids or --ids-file")
     if args.ids_file:
-        ids = np.load(args.ids_file, allow_pickle=False)
+        from .io.readers import load_npy
+
+        ids = load_npy(args.ids_file, "ids")
         if ids.dtype.kind not in "iu":
             raise CliError(f"{args.ids_file}: ids must be integers, got dtype {ids.dtype}")
         ids = ids.astype(np.int64).ravel()
@@ -345,7 +469,7 @@ def cmd_index_info(args) -> int:
     spec = getattr(index, "spec", None)
     if spec is not None:
         info["spec"] = spec.to_dict()
-    for name in ("metric",):
+    for name in ("metric", "nlist"):
         if hasattr(index, name):
             info[name] = getattr(index, name)
     if hasattr(index, "versions"):
@@ -359,6 +483,8 @@ def cmd_search(args) -> int:
     if (args.model is None) == (not args.codes):
         raise CliError("give float queries with --model MODEL, or packed code queries "
                        "with --codes (exactly one)")
+    if args.codes_spec is not None and not args.codes:
+        raise CliError("--codes-spec is only used with --codes")
     from .codes import CodeSpec
 
     index = _index_load(args.index, mmap=True)
@@ -384,6 +510,10 @@ def cmd_search(args) -> int:
         version_queries, calibration = _head_queries(model, index, x, qspec.bits, heads, args)
     else:
         p = Path(args.queries)
+        if args.codes_spec is not None and args.codes_spec != qspec:
+            raise CliError(f"--codes-spec {_spec_text(args.codes_spec)}: the queries must be "
+                           f"{_spec_text(qspec)} codes for this index ({spec}"
+                           f"{'' if args.query_bits is None else ', --query-bits'})")
         if p.is_dir():
             from .io import CodeShards
 
@@ -392,10 +522,11 @@ def cmd_search(args) -> int:
                 raise CliError(f"{p}: codes are {cs.spec}, the queries must be {qspec}")
             q, _ = cs.load_all()
         else:
-            if not p.exists():
-                raise FileNotFoundError(f"{p}: no such file")
-            q = np.load(p, allow_pickle=False)
-            q = qspec.check_packed(q, f"{p}")
+            from .io.readers import load_npy
+
+            # a bare .npy carries no spec: only its byte width (and padding bits) can be
+            # checked, so 16x4 codes pass for 32x2; --codes-spec states what they are
+            q = qspec.check_packed(load_npy(p, "packed codes"), f"{p}")
         version_queries, calibration = None, None
     t0 = time.perf_counter()
     extra = {} if args.query_bits is None else {"query_bits": args.query_bits}
@@ -403,6 +534,11 @@ def cmd_search(args) -> int:
         extra["version_queries"] = version_queries
     if calibration:
         extra["version_calibration"] = calibration
+    if args.nprobe is not None:
+        if not hasattr(index, "nlist"):
+            raise CliError(f"--nprobe applies to IVF indexes; {args.index} is a "
+                           f"{type(index).__name__}")
+        extra["nprobe"] = args.nprobe
     scores, ids = index.search(q, args.k, threads=args.threads, **extra)
     dt = time.perf_counter() - t0
     _write_results(args, scores, ids)
@@ -472,16 +608,20 @@ def cmd_eval(args) -> int:
     from .metrics import recall_at_k
 
     model = _load_model(args.model)
-    base = _read_rows(args.base, max_rows=args.max_rows, skip_bad=False, column=args.column,
-                      dim=model.in_dim)
+    # ids as `bebr encode` gives them (the id column, else row numbers), so that an index
+    # built from BASE and the float ground truth name items alike
+    base, base_ids = _read_rows(args.base, max_rows=args.max_rows, skip_bad=False,
+                                column=args.column, dim=model.in_dim, with_ids=True)
     if args.index and not args.queries:
         raise CliError("--index needs --queries (held-out queries would be in the index)")
     if args.queries:
         queries = _read_queries(args.queries, dim=model.in_dim, column=args.column)
-        base_ids = np.arange(base.shape[0])
     else:
-        qi, base_ids = query_split(base.shape[0], args.num_queries, seed=args.seed)
-        queries, base = base[qi], base[base_ids]
+        if args.num_queries >= base.shape[0]:
+            raise CliError(f"--num-queries {args.num_queries} leaves no base rows (BASE has "
+                           f"{base.shape[0]} rows)")
+        qi, keep = query_split(base.shape[0], args.num_queries, seed=args.seed)
+        queries, base, base_ids = base[qi], base[keep], base_ids[keep]
     if args.k > base.shape[0]:
         raise CliError(f"-k {args.k} is larger than the base ({base.shape[0]} rows)")
     truth = base_ids[exact_topk(l2_normalize(queries), l2_normalize(base), args.k)]
@@ -491,6 +631,10 @@ def cmd_eval(args) -> int:
             raise CliError(f"model {args.model} makes {model.spec} codes, the index holds "
                            f"{index.spec}")
         _check_versions(model, index, False)
+        if len(index) != base.shape[0]:
+            raise CliError(f"{args.index} holds {len(index)} items but BASE has "
+                           f"{base.shape[0]} rows; eval needs the index built from exactly "
+                           "BASE (all of it: no --max-rows)")
     else:
         index = _api("Index")(model.spec, metric=args.metric)
         index.add(model.encode(base), base_ids.astype(np.int64))
@@ -500,6 +644,12 @@ def cmd_eval(args) -> int:
         if r < args.k:
             continue
         _, found = index.search(qc, r)
+        if args.index:
+            stray = found[(found >= 0) & ~np.isin(found, base_ids)]
+            if stray.size:
+                raise CliError(f"{args.index} returned id {int(stray[0])}, which is not an id "
+                               "of BASE (its id column, else its row numbers): the index was "
+                               "not built from BASE")
         rows.append({"metric": f"R{args.k}@{r}", "value": round(recall_at_k(found, truth), 4)})
     out = {"model": args.model, "index": args.index, "version": model.version,
            "spec": model.spec.to_dict(), "n_base": int(base.shape[0]),
@@ -511,19 +661,20 @@ def cmd_eval(args) -> int:
 def _tools_dir() -> Path:
     d = Path(__file__).resolve().parent.parent / "tools"
     if not d.is_dir():
-        raise CliError("bebr bench runs the studies in tools/ of a bebr source checkout; "
-                       f"none found at {d}")
+        raise CliError("`bebr bench NAME` runs a research script of tools/ in a bebr source "
+                       f"checkout (none found at {d}); the benchmark suite ships in the "
+                       "package: `bebr bench [--quick] [--study NAME] --out DIR`")
     return d
 
 
 def cmd_bench(args, extra: List[str]) -> int:
+    if not args.study:  # the whole suite (bebr/bench/suite.py): studies, plots, report
+        cmd = [sys.executable, "-m", "bebr.bench", *extra]
+        _say(args, "running: " + " ".join(cmd))
+        return subprocess.call(cmd)
     tools = _tools_dir()
     studies = {p.stem[len("bench_"):]: p for p in sorted(tools.glob("bench_*.py"))}
     studies.update({p.stem[len("eval_"):]: p for p in sorted(tools.glob("eval_*.py"))})
-    if not args.study:  # the whole suite (tools/bench_suite.py): studies, plots, report
-        cmd = [sys.executable, str(tools / "bench_suite.py"), *extra]
-        _say(args, "running: " + " ".join(cmd))
-        return subprocess.call(cmd)
     if args.study == "list":
         for name, p in sorted(studies.items()):
             print(f"{name:12s} {p.relative_to(tools.parent)}")
@@ -560,15 +711,15 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
     g.add_argument("--address", default=None,
                    help="Ray cluster address (e.g. auto, ray://head:10001); default: start a "
                         "local Ray instance. Workers must see the same filesystem paths")
-    g.add_argument("--ray-cpus", type=int, default=None,
+    g.add_argument("--ray-cpus", type=_int_range(1), default=None,
                    help="CPUs of the local Ray instance started when --address is not given "
                         "(default: all)")
-    g.add_argument("--workers", type=int, default=1,
+    g.add_argument("--workers", type=_int_range(1), default=1,
                    help="local engine: number of worker processes (default: 1, in process)")
-    g.add_argument("--threads", type=int, default=1,
+    g.add_argument("--threads", type=_int_range(1), default=1,
                    help="torch threads per worker (default: 1; fixed so output is "
                         "deterministic)")
-    g.add_argument("--chunk-rows", type=int, default=65536,
+    g.add_argument("--chunk-rows", type=_int_range(1), default=65536,
                    help="rows encoded at a time; bounds memory (default: 65536)")
     g.add_argument("--overwrite", action="store_true",
                    help="start over in an output directory that holds a different job")
@@ -577,7 +728,7 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="bebr", formatter_class=fmt,
         description="bebr: binary embedding compression with versioned compatibility.\n"
                     "Train a Binarizer on float embeddings, encode them into compact "
@@ -597,17 +748,22 @@ def build_parser() -> argparse.ArgumentParser:
                               "--dim 64 --bits 2")
     p.add_argument("inputs", nargs="+", help="embedding files, directories or globs")
     p.add_argument("-o", "--out", required=True, help="model directory to write")
-    p.add_argument("--dim", type=int, default=None, help="code dimensions (default 64)")
-    p.add_argument("--bits", type=int, default=None, help="bits per dimension, 1..4 (default 2)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: auto)")
-    p.add_argument("--batch-size", type=int, default=None, help="training batch size")
-    p.add_argument("--lr", type=float, default=None, help="learning rate")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--max-rows", type=int, default=200_000,
+    p.add_argument("--dim", type=_int_range(1, MAX_DIM), default=None,
+                   help="code dimensions (default 64)")
+    p.add_argument("--bits", type=_int_range(1, MAX_BITS), default=None,
+                   help="bits per dimension, 1..4 (default 2)")
+    p.add_argument("--epochs", type=_int_range(1), default=None,
+                   help="training epochs (default: auto)")
+    p.add_argument("--batch-size", type=_int_range(1), default=None, help="training batch size")
+    p.add_argument("--lr", type=_positive_float, default=None, help="learning rate")
+    p.add_argument("--seed", type=_int_range(0), default=0, help="random seed (default 0)")
+    p.add_argument("--max-rows", type=_int_range(1), default=200_000,
                    help="train on a uniform random sample of at most this many rows (drawn "
                         "with --seed; default 200000)")
-    p.add_argument("--max-time", type=float, default=None, help="stop training after N s")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--max-time", type=_positive_float, default=None,
+                   help="time budget of the whole command in seconds: neighbour mining, "
+                        "training and query heads are cut to fit (what was cut is printed)")
+    p.add_argument("--threads", type=_int_range(1), default=None,
                    help="torch threads while training (default: torch's; 1 is faster on a "
                         "loaded machine)")
     p.add_argument("--version", default=None, help="version id to give the model "
@@ -643,7 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="embedding files, directories or globs")
     p.add_argument("--model", required=True, help="trained model directory (bebr train)")
     p.add_argument("-o", "--out", required=True, help="output code-shard directory")
-    p.add_argument("--shard-rows", type=int, default=1 << 20,
+    p.add_argument("--shard-rows", type=_int_range(1), default=1 << 20,
                    help="max rows per output shard; each input file is cut into shards of "
                         "at most this many rows (default 1048576)")
     p.add_argument("--skip-bad", action="store_true",
@@ -669,12 +825,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-input", nargs="+", required=True,
                    help="new model's embeddings of the same items, row for row")
     p.add_argument("-o", "--out", required=True, help="upgrader directory to write")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs")
-    p.add_argument("--max-rows", type=int, default=200_000,
+    p.add_argument("--epochs", type=_int_range(1), default=None, help="training epochs")
+    p.add_argument("--max-rows", type=_int_range(1), default=200_000,
                    help="train on a random sample of at most this many paired rows "
                         "(default 200000)")
     p.add_argument("--max-time", type=float, default=None, help="stop training after N s")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_range(0), default=0)
     p.add_argument("--column", default=None, help="parquet embedding column")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_common(p)
@@ -708,6 +864,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score: inner product of code values, or cosine (default ip)")
     q.add_argument("--hamming", action="store_true",
                    help="build a HammingIndex (1-bit codes only) instead of an SDC Index")
+    q.add_argument("--nlist", type=int, default=None,
+                   help="build an IVFIndex with this many lists (coarse centroids trained on "
+                        "the first --train-size codes) instead of a flat Index")
+    q.add_argument("--train-size", type=int, default=262_144,
+                   help="codes the IVF centroids are trained on (default 262144)")
     _add_common(q)
     q.set_defaults(func=cmd_index_build)
     q = isub.add_parser("add", help="add code shards to an index",
@@ -749,8 +910,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="index file")
     p.add_argument("--model", default=None, help="model that encodes float queries")
     p.add_argument("--codes", action="store_true", help="queries are packed codes")
-    p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
-    p.add_argument("--threads", type=int, default=None, help="search threads")
+    p.add_argument("--codes-spec", type=_code_spec_arg, default=None, metavar="DIMxBITS",
+                   help="with --codes: the spec the query codes were made with (e.g. 32x2); "
+                        "refused unless it is the index's (or --query-bits') spec. A bare "
+                        ".npy of codes carries no spec, so without this only its byte width "
+                        "is checked (16x4 codes have the width of 32x2); a code-shard "
+                        "directory's manifest states its spec and is always checked")
+    p.add_argument("-k", type=_int_range(1), default=10, help="results per query (default 10)")
+    p.add_argument("--threads", type=_int_range(1), default=None, help="search threads")
+    p.add_argument("--nprobe", type=_int_range(1), default=None,
+                   help="lists probed per query (IVF indexes; default: the index's default, 8)")
     p.add_argument("--query-bits", type=int, default=None, choices=[1, 2, 3, 4],
                    help="encode the queries at this many bits per dimension (queries are "
                         "never stored; 4 raises recall over 1-2-bit items for a slower "
@@ -779,26 +948,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--queries", default=None,
                    help="query embeddings (default: --num-queries rows held out of the base)")
-    p.add_argument("--num-queries", type=int, default=1000, help="held-out queries")
+    p.add_argument("--num-queries", type=_int_range(1), default=1000, help="held-out queries")
     p.add_argument("--index", default=None,
                    help="search this index (its ids = row numbers of BASE, as `bebr encode` "
                         "gives without an id column) instead of encoding BASE; needs "
                         "--queries")
-    p.add_argument("-k", type=int, default=10, help="float top-k ground truth (default 10)")
-    p.add_argument("--recall-at", type=int, nargs="*", default=[10, 100],
+    p.add_argument("-k", type=_int_range(1), default=10, help="float top-k ground truth (default 10)")
+    p.add_argument("--recall-at", type=_int_range(1), nargs="*", default=[10, 100],
                    help="code result depths r (default 10 100)")
     p.add_argument("--metric", choices=("ip", "cosine"), default="ip")
-    p.add_argument("--max-rows", type=int, default=None, help="use at most N base rows")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-rows", type=_int_range(1), default=None, help="use at most N base rows")
+    p.add_argument("--seed", type=_int_range(0), default=0)
     p.add_argument("--column", default=None, help="parquet embedding column")
     _add_common(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("bench", formatter_class=fmt, help="run a benchmark study from tools/",
+    p = sub.add_parser("bench", formatter_class=fmt, help="run the benchmark suite",
                        description="Without a study name: the benchmark suite "
-                                   "(tools/bench_suite.py), `bebr bench [--quick] [--study "
-                                   "NAME ...] [--out DIR]`, which writes the BENCHMARKS.md "
-                                   "sections, docs/*.png plots and the README table. With "
+                                   "(bebr/bench/, needs bebr[bench]), `bebr bench [--quick] "
+                                   "[--study NAME ...] [--out DIR]`, which writes the BENCHMARKS.md"
+                                   " sections, docs/*.png plots and the README table. With "
                                    "a name: one benchmark script of tools/ (bench_*.py, "
                                    "eval_*.py) in a source checkout; arguments after the "
                                    "study name go to the study (e.g. --quick). `bebr bench "
@@ -812,13 +981,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "them into code shards, build an index, answer word "
                                    "queries, and print recall@10 and latency next to exact "
                                    "float search.")
-    p.add_argument("--words", type=int, default=100_000, help="GloVe words (default 100000)")
-    p.add_argument("--dim", type=int, default=128, help="code dimensions (default 128)")
-    p.add_argument("--bits", type=int, default=2, help="bits per dimension (default 2)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default auto)")
+    p.add_argument("--words", type=_int_range(1), default=100_000, help="GloVe words (default 100000)")
+    p.add_argument("--dim", type=_int_range(1, MAX_DIM), default=128, help="code dimensions (default 128)")
+    p.add_argument("--bits", type=_int_range(1, MAX_BITS), default=2, help="bits per dimension (default 2)")
+    p.add_argument("--epochs", type=_int_range(1), default=None,
+                   help="training epochs (default auto)")
     p.add_argument("--max-time", type=float, default=30.0,
-                   help="training loop time budget in seconds (default 30)")
-    p.add_argument("--train-rows", type=int, default=40_000,
+                   help="training time budget in seconds, neighbour mining included "
+                        "(default 30)")
+    p.add_argument("--train-rows", type=_int_range(1), default=40_000,
                    help="words sampled for training (default 40000)")
     p.add_argument("--words-query", nargs="*", default=["king", "france", "computer",
                                                         "music", "river"],
@@ -856,9 +1027,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         getattr(args, "help_parser", parser).print_help(sys.stderr)
         return 2
     try:
-        if getattr(args, "passthrough", False):
-            return args.func(args, extra)
-        return args.func(args)
+        with _one_line_warnings():
+            if getattr(args, "passthrough", False):
+                return args.func(args, extra)
+            return args.func(args)
     except KeyboardInterrupt:
         print("bebr: interrupted", file=sys.stderr)
         return 130

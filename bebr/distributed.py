@@ -57,10 +57,12 @@ def merge_topk(scores: Sequence[np.ndarray], ids: Sequence[np.ndarray], k: int, 
 
 
 def load_index(path: Union[str, "os.PathLike[str]"], mmap: bool = True):
-    """Load a saved ``bebr.Index`` (or ``bebr.HammingIndex``) file."""
+    """Load a saved ``bebr.Index``, ``bebr.HammingIndex`` or ``bebr.IVFIndex`` file (the
+    class whose file kind matches)."""
     import bebr
 
-    loaders = [getattr(bebr, name) for name in ("Index", "HammingIndex") if hasattr(bebr, name)]
+    loaders = [getattr(bebr, name) for name in ("Index", "HammingIndex", "IVFIndex")
+               if hasattr(bebr, name)]
     if not loaders:
         raise ImportError("this bebr build has no Index class")
     first_error: Optional[Exception] = None
@@ -89,8 +91,13 @@ class _ShardServer:
                 "descending": type(idx).__name__ != "HammingIndex"}
 
     def search(self, queries, k, threads=None, query_bits=None, version_queries=None,
-               version_calibration=None):
+               version_calibration=None, nprobe=None):
         kw = {}
+        if nprobe is not None:
+            if not hasattr(self.index, "nlist"):
+                raise ValueError(f"{self.path}: nprobe applies to IVFIndex shards, this shard "
+                                 f"is a {type(self.index).__name__}")
+            kw["nprobe"] = nprobe
         if query_bits is not None:
             kw["query_bits"] = query_bits
         if version_queries is not None:
@@ -144,16 +151,19 @@ class ShardedIndex:
 
     def search(self, queries: np.ndarray, k: int, threads: Optional[int] = None,
                query_bits: Optional[int] = None, version_queries=None,
-               version_calibration=None) -> Tuple[np.ndarray, np.ndarray]:
+               version_calibration=None, nprobe: Optional[int] = None
+               ) -> Tuple[np.ndarray, np.ndarray]:
         """Global top-k over all shards: ``(scores float32 (nq, k), ids int64 (nq, k))``.
         ``query_bits``, ``version_queries``, ``version_calibration``: as in
         :meth:`bebr.Index.search` (SDC index shards only); shards of a mixed-version index
-        score each version's items with its own query codes, so the merge is exact."""
+        score each version's items with its own query codes, so the merge is exact.
+        ``nprobe``: lists probed per query in ``bebr.IVFIndex`` shards (their default if
+        None); the merge is then exact over what each shard's probe returns."""
         q = self._ray.put(np.ascontiguousarray(queries))
         vq = None if version_queries is None else self._ray.put(
             {v: np.ascontiguousarray(c) for v, c in dict(version_queries).items()})
         parts = self._ray.get([a.search.remote(q, k, threads, query_bits, vq,
-                                               version_calibration)
+                                               version_calibration, nprobe)
                                for a in self.actors])
         return merge_topk([p[0] for p in parts], [p[1] for p in parts], k,
                           descending=self.descending)

@@ -251,6 +251,14 @@ class _Base:
     def _search(self, queries: Any, k: Any, threads: Any, filter: Any, exclude: Any,
                 query_bits: Any = None, version_queries: Any = None,
                 version_calibration: Any = None):
+        return self._core.search(*self._search_args(queries, k, threads, filter, exclude,
+                                                     query_bits, version_queries,
+                                                     version_calibration))
+
+    def _search_args(self, queries: Any, k: Any, threads: Any, filter: Any, exclude: Any,
+                     query_bits: Any = None, version_queries: Any = None,
+                     version_calibration: Any = None) -> tuple:
+        """The checked positional arguments of the core's ``search``."""
         qspec = self.spec if query_bits is None else _query_spec(self.spec, query_bits)
         q = _check_codes(qspec, queries, "queries")
         k = _check_k(k)
@@ -274,8 +282,7 @@ class _Base:
                     raise ValueError(f"{name} must have one row per query ({q.shape[0]}), got "
                                      f"{codes[-1].shape[0]}")
         scale, shift = _calibration_args(version_calibration, tags)
-        return self._core.search(q, k, threads, ai, am, ei, em, qspec.bits, tags, codes,
-                                 scale, shift)
+        return q, k, threads, ai, am, ei, em, qspec.bits, tags, codes, scale, shift
 
     # ------------------------------------------------------------------ persistence
     def _header(self) -> dict:  # pragma: no cover - overridden

@@ -13,7 +13,9 @@ manifest lists (SHA-256), skips them, and runs only the rest. A different job in
 directory is refused (``JobMismatchError``) unless ``overwrite=True``.
 
 Ids: an input with an id column (parquet) keeps its ids; otherwise an item's id is its row
-number across all inputs in order (input 0 rows first).
+number across all inputs in order (input 0 rows first). Ids an index would refuse (negative,
+the sentinel, duplicates within or across shards) are refused naming the input row
+(bebr/io/idcheck.py).
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ import numpy as np
 
 from .versions import version_tag  # noqa: F401  (re-exported: jobs' tag of a version)
 from .fileio import CorruptFileError, sha256_file
-from .io.codeshards import CodeShards, write_code_shard
+from .io.codeshards import CodeShards, load_shard_file, write_code_shard
 from .io.inputs import open_inputs
 from .io.manifest import MANIFEST_NAME, Manifest, ShardEntry
 from .io.readers import open_source
 from .io.validate import check_rows
+from .io.idcheck import check_ids, find_duplicate_id, row_of_id
 
 __all__ = ["JobMismatchError", "JobResult", "version_tag", "encode_shards", "upgrade_shards",
            "load_model", "plan_units",
@@ -172,7 +175,7 @@ def _encode_unit(task: EncodeTask, model=None,
     model = model if model is not None else load_model(task.model_path, "encoder")
     src = open_source(task.source_path, column=task.column, id_column=task.id_column)
     u = task.unit
-    codes, ids, skipped = [], [], 0
+    codes, ids, skipped, rows = [], [], 0, []
     with _torch_threads(task.threads):
         for ch in src.read(u.start, u.stop, task.chunk_rows):
             keep, bad = check_rows(ch.x, where=str(src.path), first_row=ch.offset,
@@ -181,8 +184,13 @@ def _encode_unit(task: EncodeTask, model=None,
             chunk_ids = ch.ids if ch.ids is not None else \
                 np.arange(u.id_base + ch.offset, u.id_base + ch.offset + x.shape[0],
                           dtype=np.int64)
+            chunk_rows = np.arange(ch.offset, ch.offset + x.shape[0])
             if keep is not None:
                 x, chunk_ids, skipped = x[keep], chunk_ids[keep], skipped + bad
+                chunk_rows = chunk_rows[keep]
+            if ch.ids is not None:  # ids of an id column: checked before anything is encoded
+                check_ids(chunk_ids, chunk_rows, f"{src.path} (id column {src.id_column!r})")
+                rows.append(chunk_rows)
             if x.shape[0]:
                 codes.append(np.asarray(model.encode(x, batch_size=ENCODE_BATCH)))
                 ids.append(chunk_ids)
@@ -191,6 +199,8 @@ def _encode_unit(task: EncodeTask, model=None,
     spec = model.spec
     c = np.concatenate(codes) if codes else np.empty((0, spec.code_bytes), np.uint8)
     i = np.concatenate(ids) if ids else np.empty(0, np.int64)
+    if len(rows) > 1:  # duplicates across chunks of the shard
+        check_ids(i, np.concatenate(rows), f"{src.path} (id column {src.id_column!r})")
     return write_code_shard(task.out_dir, u.index, c, i, source=u.source, start=u.start,
                             stop=u.stop, skipped=skipped)
 
@@ -214,8 +224,8 @@ class UpgradeTask:
 def _upgrade_unit(task: UpgradeTask, model=None,
                   on_chunk: Optional[Callable[[int], None]] = None) -> ShardEntry:
     model = model if model is not None else load_model(task.model_path, "upgrader")
-    old = np.load(Path(task.in_dir) / task.codes_name, mmap_mode="r")
-    old_ids = np.load(Path(task.in_dir) / task.ids_name, mmap_mode="r")
+    old = load_shard_file(task.in_dir, task.codes_name, (task.count, task.code_bytes), np.uint8)
+    old_ids = load_shard_file(task.in_dir, task.ids_name, (task.count,), np.int64)
     out = []
     with _torch_threads(task.threads):
         for a in range(0, task.count, task.chunk_rows):
@@ -257,20 +267,43 @@ def _prepare(out_dir: Path, fresh: Manifest, overwrite: bool) -> Tuple[Manifest,
         old = Manifest.load(out_dir)
     except CorruptFileError as e:
         raise CorruptFileError(f"{e}; pass --overwrite to start the job again") from None
+    # skip_bad may change between runs (the suggested rerun of a job that met a NaN row):
+    # a shard that dropped no row is the same either way
+    same_job = {k: v for k, v in old.job.items() if k != "skip_bad"}
     for what, a, b in (("model version", old.model_version, fresh.model_version),
-                       ("code spec", old.spec, fresh.spec), ("job settings", old.job, fresh.job),
+                       ("code spec", old.spec, fresh.spec),
+                       ("job settings", same_job,
+                        {k: v for k, v in fresh.job.items() if k != "skip_bad"}),
                        ("inputs", old.inputs, fresh.inputs), ("plan", old.units, fresh.units)):
         if a != b:
             raise JobMismatchError(
-                f"{out_dir} holds a different job ({what} differ: {_short(a)} vs "
-                f"{_short(b)}); use another output directory or --overwrite")
+                f"{out_dir} holds a different job ({what} differ: {_difference(a, b)}); use "
+                "another output directory or --overwrite")
     done = {}
     for i, e in old.shards.items():
+        if e.skipped and not fresh.job.get("skip_bad"):
+            continue  # dropped rows this run would refuse
         if old.verify_entry(out_dir, e) is None:
             done[i] = e
     fresh.shards = done
     fresh.save(out_dir)
     return fresh, len(done)
+
+
+def _difference(a: Any, b: Any) -> str:
+    """What differs between two values of a job, old first: for dicts (and lists of dicts)
+    only the differing keys."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        return ", ".join(f"{k}: {_short(a.get(k), 60)} vs {_short(b.get(k), 60)}"
+                         for k in keys[:4]) + (" ..." if len(keys) > 4 else "")
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return f"[{i}] {_difference(x, y)}"
+    if isinstance(a, list) and isinstance(b, list):
+        return f"{len(a)} vs {len(b)} entries"
+    return f"{_short(a)} vs {_short(b)}"
 
 
 def _short(v: Any, n: int = 80) -> str:
@@ -283,6 +316,67 @@ def _progress(total: int, desc: str, enabled: bool):
 
     return tqdm(total=total, desc=desc, unit="vec", unit_scale=True, disable=not enabled,
                 dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
+
+
+# --------------------------------------------------------------------------- worker processes
+def _watch_parent(parent_pid: int) -> None:
+    """Worker initializer: die with the parent. Linux: the kernel sends SIGKILL when the
+    parent exits (prctl PR_SET_PDEATHSIG); everywhere: a daemon thread polls the parent pid.
+    A parent already gone by now (a race with the prctl call) ends the worker at once."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):  # no libc prctl: the polling thread still runs
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def poll() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    import threading
+
+    threading.Thread(target=poll, name="bebr-parent-watch", daemon=True).start()
+
+
+@contextmanager
+def _worker_pool(workers: int):
+    """A spawn-context process pool whose workers die with this process (:func:`_watch_parent`).
+    While it runs in the main thread, SIGTERM (default action) raises SystemExit here so the
+    workers are terminated instead of left running; on any error the queued shards are dropped
+    and the running ones terminated."""
+    import multiprocessing as mp
+    import signal
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                               initializer=_watch_parent, initargs=(os.getpid(),))
+    restore = None
+    if threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        def on_term(signum, frame):
+            raise SystemExit(128 + signum)
+
+        restore = signal.signal(signal.SIGTERM, on_term)
+    ok = False
+    try:
+        yield pool
+        ok = True
+    finally:
+        if restore is not None:
+            signal.signal(signal.SIGTERM, restore)
+        if not ok:
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _execute(tasks: List[Any], rows: List[int], manifest: Manifest, out_dir: Path, *,
@@ -303,17 +397,13 @@ def _execute(tasks: List[Any], rows: List[int], manifest: Manifest, out_dir: Pat
                 run = _encode_unit if isinstance(t, EncodeTask) else _upgrade_unit
                 record(run(t, model=model, on_chunk=bar.update))
         elif engine == "local":
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
+            from concurrent.futures import as_completed
 
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
-            try:
+            with _worker_pool(workers) as pool:
                 futs = {pool.submit(_run_task, t): r for t, r in zip(tasks, rows)}
                 for f in as_completed(futs):
                     record(f.result())
                     bar.update(futs[f])
-            finally:  # on an error, drop the queued shards instead of running them all
-                pool.shutdown(wait=True, cancel_futures=True)
         elif engine == "ray":
             from .raytools import run_tasks_ray
 
@@ -371,9 +461,31 @@ def encode_shards(model: Union[PathLike, Any], inputs, out_dir: PathLike, *,
     tasks = [EncodeTask(model_path, str(sources[u.source].path.resolve()), column, id_column,
                         u, str(out_dir.resolve()), chunk_rows, bool(skip_bad), threads)
              for u in todo]
-    return _execute(tasks, [u.stop - u.start for u in todo], manifest, out_dir, engine=engine,
-                    workers=workers, address=address, progress=progress, desc="encode",
-                    model=model_obj, ray_cpus=ray_cpus, resumed=resumed)
+    res = _execute(tasks, [u.stop - u.start for u in todo], manifest, out_dir, engine=engine,
+                   workers=workers, address=address, progress=progress, desc="encode",
+                   model=model_obj, ray_cpus=ray_cpus, resumed=resumed)
+    if any(s.has_ids for s in sources) and manifest.units > 1:
+        _check_unique_ids(manifest, out_dir, sources)
+    return res
+
+
+def _check_unique_ids(manifest: Manifest, out_dir: Path, sources) -> None:
+    """Refuse an id held by two shards (each shard is checked as it is written): the later
+    shard leaves the manifest, so the directory is incomplete, and the error names both
+    input rows. Bounded memory (bebr/io/idcheck.py)."""
+    entries = [manifest.shards[i] for i in range(manifest.units)]
+    found = find_duplicate_id([out_dir / e.ids for e in entries])
+    if found is None:
+        return
+    value, i, j = found
+    where = []
+    for e in (entries[i], entries[j]):
+        src = sources[e.source]
+        where.append(f"{src.path} row {row_of_id(src, e.start, e.stop, value)}")
+    del manifest.shards[entries[j].index]
+    manifest.save(out_dir)
+    raise ValueError(f"id {value} is given twice: {where[0]} and {where[1]}; ids must be "
+                     "unique (the job is left incomplete)")
 
 
 def upgrade_shards(upgrader: PathLike, in_dir: PathLike, out_dir: PathLike, *,

@@ -346,7 +346,10 @@ def plot_backfill(curves: Union[BackfillCurve, Sequence[BackfillCurve]],
 
     ``references``: optional horizontal lines, e.g. ``{"M(old,old)": 0.31}``. Returns the path.
     """
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("plot_backfill needs matplotlib: pip install 'bebr[plot]'") from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

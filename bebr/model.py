@@ -21,6 +21,7 @@ code spec, version id, SHA-256 of the weights file) + ``model.safetensors``. No 
 from __future__ import annotations
 
 import uuid
+import warnings
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +40,12 @@ from .fileio import CorruptFileError
 from .modelfile import CONFIG_NAME, load_state_strict, read_header, read_weights, write_model_dir
 
 __all__ = ["Binarizer", "BinarizerConfig", "BinarizerOutput", "QueryHead", "ResidualMLP", "sign_ste",
-           "MODEL_REGISTRY", "register_model", "FORMAT_VERSION"]
+           "MODEL_REGISTRY", "register_model", "FORMAT_VERSION", "UncalibratedHeadWarning"]
+
+
+class UncalibratedHeadWarning(UserWarning):
+    """A loaded model's cross-version query heads have no fitted score calibration (the file
+    predates calibration): mixed-version rankings with those heads are uncalibrated."""
 
 
 class _SignSTE(torch.autograd.Function):
@@ -181,6 +187,7 @@ class Binarizer(nn.Module):
         # Cross-version query heads (QueryHead): cross[i] maps an input to a query direction in the code
         # space of version config.cross_versions[i] (bebr.compat.train_cross_queries).
         self.cross = nn.ModuleList()
+        self.uncalibrated_heads: List[str] = []  # set by load for files without calibrations
         members = list(cross_members) or [1] * len(cross_versions)
         if len(members) != len(cross_versions):
             raise ValueError(f"cross_members must give one count per cross version, got "
@@ -455,17 +462,26 @@ class Binarizer(nn.Module):
             "code_spec": self.spec.to_dict(),
             "version": self.version,
         }
+        marked = [v for v in getattr(self, "uncalibrated_heads", ())
+                  if v in self.config.cross_versions]
+        if marked:  # loaded from a file without calibrations: keep saying so
+            header["uncalibrated_heads"] = marked
         return write_model_dir(path, self, self.model_name, header)
 
     @classmethod
     def load(cls, path, map_location: str = "cpu") -> "Binarizer":
         """Load a model saved by :meth:`save`; refuses corrupted, truncated or unknown files
-        with :class:`bebr.fileio.CorruptFileError` (a ValueError). Never unpickles."""
+        with :class:`bebr.fileio.CorruptFileError` (a ValueError). Never unpickles.
+
+        A file written before query heads had a score calibration still loads: those heads
+        get the identity calibration, are listed in ``model.uncalibrated_heads`` (their
+        target versions; ``[]`` for calibrated files) and an :class:`UncalibratedHeadWarning`
+        names them. Saving such a model keeps the mark (header ``uncalibrated_heads``)."""
         p = Path(path)
         header = read_header(p, "bebr.binarizer", FORMAT_VERSION, "Binarizer")
         cfg_path = p / CONFIG_NAME
         name = header.get("model")
-        if name not in MODEL_REGISTRY:
+        if not isinstance(name, str) or name not in MODEL_REGISTRY:
             raise CorruptFileError(f"{cfg_path}: unknown model name {name!r}; registered: "
                                    f"{sorted(MODEL_REGISTRY)}")
         model_cls = MODEL_REGISTRY[name]
@@ -477,18 +493,35 @@ class Binarizer(nn.Module):
             raise CorruptFileError(f"{cfg_path}: bad header field ({e})") from e
         if spec != CodeSpec(config.dim, config.bits) or header.get("version") != config.version:
             raise CorruptFileError(f"{cfg_path}: code_spec/version disagree with the config")
+        marked = header.get("uncalibrated_heads", [])
+        if not isinstance(marked, list) or not all(
+                isinstance(v, str) and v in config.cross_versions for v in marked):
+            raise CorruptFileError(f"{cfg_path}: uncalibrated_heads {marked!r} must list "
+                                   f"versions of cross_versions {config.cross_versions}")
         state = read_weights(p, header)
-        model = model_cls(config.in_dim, config.dim, config.bits, hidden=config.hidden,
-                          depth=config.depth, version=config.version,
-                          compatible_with=config.compatible_with,
-                          cross_versions=config.cross_versions,
-                          cross_hidden=config.cross_hidden, cross_depth=config.cross_depth,
-                          cross_members=config.cross_members)
-        for i in range(len(config.cross_versions)):  # files from before ensembles/calibration
-            state.setdefault(f"cross.{i}.calibration", torch.tensor(IDENTITY_CALIBRATION))
+        uncalibrated = set(marked)
+        for i, ver in enumerate(config.cross_versions):  # files from before ensembles/calibration
+            if f"cross.{i}.calibration" not in state:
+                state[f"cross.{i}.calibration"] = torch.tensor(IDENTITY_CALIBRATION)
+                uncalibrated.add(ver)
             legacy = f"cross.{i}.net."
             for key in [k for k in state if k.startswith(legacy)]:
                 state[f"cross.{i}.nets.0." + key[len(legacy):]] = state.pop(key)
-        load_state_strict(model, state, p, name)
+        model = load_state_strict(
+            lambda: model_cls(config.in_dim, config.dim, config.bits, hidden=config.hidden,
+                              depth=config.depth, version=config.version,
+                              compatible_with=config.compatible_with,
+                              cross_versions=config.cross_versions,
+                              cross_hidden=config.cross_hidden,
+                              cross_depth=config.cross_depth,
+                              cross_members=config.cross_members), state, p, name)
+        model.uncalibrated_heads = [v for v in config.cross_versions if v in uncalibrated]
+        if model.uncalibrated_heads:
+            warnings.warn(UncalibratedHeadWarning(
+                f"{p}: the query heads for versions {model.uncalibrated_heads} have no score "
+                "calibration (written before heads were calibrated): their scores use the "
+                "identity calibration, so a search mixing those versions with this one ranks "
+                "them on different scales; retrain the heads (bebr.train_cross_queries) to "
+                "calibrate them"), stacklevel=2)
         model.eval()
         return model.to(map_location)

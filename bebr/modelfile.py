@@ -2,7 +2,8 @@
 
 Shared by every saved torch model of bebr (``Binarizer``, ``CodeUpgrader``). The header
 carries the file kind (``format``), its ``format_version``, the registered model name, the
-model's own fields, and the weights' byte count and SHA-256; each file is written atomically.
+model's own fields, the weights' byte count and SHA-256, and the SHA-256 of the header itself
+(``header_sha256``, over its canonical JSON without that key); each file is written atomically.
 Loading checks all of that and loads the weights strictly (names missing or unexpected keys
 and wrong shapes), raising :class:`bebr.fileio.CorruptFileError` for anything off.
 """
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict
+from typing import TYPE_CHECKING, Callable, Dict, Union
 
-from .fileio import CorruptFileError, atomic_write_bytes, sha256_bytes
+from .fileio import (HEADER_SHA_KEY, CorruptFileError, atomic_write_bytes, check_header_digest,
+                     header_digest, sha256_bytes)
 
 if TYPE_CHECKING:  # torch is imported only by the functions that take or make torch objects
     import numpy as np
@@ -40,6 +42,7 @@ def write_model_dir(path, module: "nn.Module", model_name: str, header: dict) ->
     blob = st_save(state, metadata={"format": "pt", "model": model_name})
     full = dict(header, weights=WEIGHTS_NAME, weights_sha256=sha256_bytes(blob),
                 weights_bytes=len(blob))
+    full[HEADER_SHA_KEY] = header_digest(full)
     atomic_write_bytes(p / WEIGHTS_NAME, blob)
     atomic_write_bytes(p / CONFIG_NAME, (json.dumps(full, indent=2) + "\n").encode())
     return p
@@ -54,13 +57,14 @@ def read_header(path, fmt: str, format_version: int, what: str) -> dict:
     cfg_path = p / CONFIG_NAME
     try:
         header = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise CorruptFileError(f"{cfg_path}: not valid JSON ({e})") from e
     if not isinstance(header, dict) or header.get("format") != fmt:
         raise CorruptFileError(f"{cfg_path}: not a bebr {what} header")
     if header.get("format_version") != format_version:
         raise CorruptFileError(f"{cfg_path}: format_version {header.get('format_version')!r}"
                                f" is not supported (this bebr reads {format_version})")
+    check_header_digest(header, cfg_path)
     return header
 
 
@@ -98,18 +102,45 @@ def _load_blob(path, header: dict, st_load):
         raise CorruptFileError(f"{wpath}: unreadable safetensors ({e})") from e
 
 
-def load_state_strict(module: "nn.Module", state: Dict[str, "torch.Tensor"], path,
-                      name: str) -> None:
-    """Load ``state`` into ``module``, refusing missing/unexpected keys and wrong shapes."""
+def load_state_strict(module: "Union[nn.Module, Callable[[], nn.Module]]",
+                      state: Dict[str, "torch.Tensor"], path, name: str) -> "nn.Module":
+    """Load ``state`` into ``module`` and return it, refusing missing/unexpected keys, and any
+    tensor whose shape or dtype is not the one the module (built from the header's config)
+    has, or whose float values are not all finite: CorruptFileError naming the tensor.
+    Nothing is cast.
+
+    ``module`` may be a zero-argument callable building the module: it is then first built
+    on the ``meta`` device (no memory) and checked, so a header whose sizes were edited
+    (``hidden: 10**9``) is refused before anything that large is allocated.
+    """
+    import torch
+    from torch import nn
+
+    if callable(module) and not isinstance(module, nn.Module):
+        with torch.device("meta"):
+            _check_state(module().state_dict(), state, path, name)
+        module = module()
+    _check_state(module.state_dict(), state, path, name)
+    module.load_state_dict(state, strict=True)
+    return module
+
+
+def _check_state(expected: Dict[str, "torch.Tensor"], state: Dict[str, "torch.Tensor"], path,
+                 name: str) -> None:
+    import torch
+
     wpath = Path(path) / WEIGHTS_NAME
-    expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CorruptFileError(f"{wpath}: weights do not match {name}: missing keys "
                                f"{missing}, unexpected keys {unexpected}")
-    for k, v in state.items():
-        if v.shape != expected[k].shape:
+    for k in sorted(state):
+        v, want = state[k], expected[k]
+        if v.shape != want.shape:
             raise CorruptFileError(f"{wpath}: {k} has shape {tuple(v.shape)}, expected "
-                                   f"{tuple(expected[k].shape)}")
-    module.load_state_dict(state, strict=True)
+                                   f"{tuple(want.shape)} (from {CONFIG_NAME})")
+        if v.dtype != want.dtype:
+            raise CorruptFileError(f"{wpath}: {k} has dtype {v.dtype}, expected {want.dtype}")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CorruptFileError(f"{wpath}: {k} holds NaN or inf values")

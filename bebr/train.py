@@ -60,11 +60,52 @@ def _normalize_np(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def mine_neighbors(x: torch.Tensor, k: int, chunk: int = 512, max_dim: int = 64) -> torch.Tensor:
+class _Budget:
+    """A wall-clock deadline (``time.monotonic``) shared by the steps of one call; ``None``
+    seconds: unbounded. ``cuts`` collects one line per step the deadline shortened."""
+
+    def __init__(self, seconds: Optional[float]):
+        if seconds is not None and (isinstance(seconds, bool)
+                                    or not isinstance(seconds, (int, float, np.integer,
+                                                                np.floating))
+                                    or not math.isfinite(seconds) or seconds < 0):
+            raise ValueError(f"max_time_s must be None or a finite number >= 0, got "
+                             f"{seconds!r}")
+        self.seconds = None if seconds is None else float(seconds)
+        self.start = time.monotonic()
+        self.end = None if seconds is None else self.start + float(seconds)
+        self.cuts: list = []
+
+    def left(self) -> float:
+        """Seconds left (inf when unbounded, never below 0)."""
+        return math.inf if self.end is None else max(0.0, self.end - time.monotonic())
+
+    def share(self, fraction: float) -> Optional[float]:
+        """``fraction`` of the seconds left, or None when unbounded."""
+        return None if self.end is None else fraction * self.left()
+
+    def expired(self) -> bool:
+        return self.end is not None and time.monotonic() >= self.end
+
+    def info(self) -> dict:
+        return {"max_time_s": self.seconds, "used_s": time.monotonic() - self.start,
+                "cuts": list(self.cuts)}
+
+
+def mine_neighbors(x: torch.Tensor, k: int, chunk: int = 512, max_dim: int = 64, *,
+                   time_limit_s: Optional[float] = None, progress: bool = False,
+                   seed: int = 0, cuts: Optional[list] = None) -> torch.Tensor:
     """Top-k cosine neighbours (excluding self) of every row of x (n, D): int64 (n, k).
 
     Rows above ``max_dim`` dims are first reduced by PCA to ``max_dim`` (approximate mining).
+    ``time_limit_s``: spend about that long at most. After the first chunk of ``chunk`` rows
+    the time of the whole n x n scan is projected; if it does not fit, the remaining rows'
+    neighbours are mined among a seeded random subset of the rows sized to fit (approximate
+    neighbours), and rows still left when the time is up get random rows (never themselves)
+    as neighbours. Each such cut appends a line to ``cuts``. ``progress``: a tqdm bar.
+    Without a limit (or when it is not reached) the result does not depend on it.
     """
+    t0 = time.monotonic()
     xn = F.normalize(x, dim=1)
     if xn.shape[1] > max_dim:
         xc = xn - xn.mean(0)
@@ -74,11 +115,49 @@ def mine_neighbors(x: torch.Tensor, k: int, chunk: int = 512, max_dim: int = 64)
     n = xn.shape[0]
     k = min(k, n - 1)
     out = torch.empty((n, k), dtype=torch.int64)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, disable=not progress, desc="mining neighbours", unit="row",
+               unit_scale=True, dynamic_ncols=True, mininterval=0.5)
+    cand = None  # None: every row is a candidate; else sorted candidate rows (a subset)
+    pool = xn.T
+    gen = torch.Generator().manual_seed(int(seed) + 1)
+    done = n
     for s in range(0, n, chunk):
-        sims = xn[s:s + chunk] @ xn.T
+        if time_limit_s is not None and s > 0 and time.monotonic() - t0 > time_limit_s:
+            done = s
+            break
         rows = torch.arange(s, min(s + chunk, n))
-        sims[torch.arange(len(rows)), rows] = -float("inf")
-        out[s:s + chunk] = sims.topk(k, dim=1).indices
+        sims = xn[s:s + chunk] @ pool
+        if cand is None:
+            sims[torch.arange(len(rows)), rows] = -float("inf")
+            out[s:s + chunk] = sims.topk(k, dim=1).indices
+        else:
+            pos = torch.searchsorted(cand, rows).clamp(max=len(cand) - 1)
+            hit = cand[pos] == rows
+            sims[torch.arange(len(rows))[hit], pos[hit]] = -float("inf")
+            out[s:s + chunk] = cand[sims.topk(k, dim=1).indices]
+        bar.update(len(rows))
+        if s == 0 and time_limit_s is not None and n > chunk:
+            spent = time.monotonic() - t0
+            per_cell = spent / (len(rows) * n)  # seconds per (row, candidate) pair
+            rest = n - len(rows)
+            fit = int((time_limit_s - spent) / max(per_cell * rest, 1e-12))
+            if fit < n:
+                m = max(k + 1, min(n, fit))
+                cand = torch.sort(torch.randperm(n, generator=gen)[:m]).values
+                pool = xn[cand].T
+                if cuts is not None:
+                    cuts.append(f"neighbour mining: rows {len(rows)}-{n} mined among a random "
+                                f"{m} of the {n} rows (the full scan would take about "
+                                f"{per_cell * n * n:.0f} s, the limit is {time_limit_s:.1f} s)")
+    bar.close()
+    if done < n:
+        off = torch.randint(1, n, (n - done, k), generator=gen)
+        out[done:] = (torch.arange(done, n)[:, None] + off) % n
+        if cuts is not None:
+            cuts.append(f"neighbour mining: stopped at the time limit ({time_limit_s:.1f} s) "
+                        f"after {done} of {n} rows; the other rows get random batch partners")
     return out
 
 
@@ -321,15 +400,22 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
     approximates the raw cosine the neighbours are defined by; centering cost ~0.03 R10@10 on
     anisotropic MiniLM 384x4 and was neutral on GloVe (BENCHMARKS.md section 2).
     (:func:`bebr.compat.train_compatible` centers the new model itself, whatever this says.)
-    ``max_time_s``: stop after this many seconds of training (checked per step).
+    ``max_time_s``: a deadline for the whole call, from its start: neighbour mining gets
+    at most a third of it (:func:`mine_neighbors` shrinks its candidate pool, then stops, when
+    it would not fit), training stops at the deadline (checked per step) keeping the best
+    validation state so far. What the deadline cut is listed in
+    ``train_info["time_budget"]["cuts"]`` (empty when nothing was cut; results are then
+    the same as without a limit).
     ``threads``: torch CPU threads while training (default: torch's current setting; use 1
     on a loaded machine, where several spinning threads per core slow training down).
     ``query_bits``: the deployment searches with query codes of this many bits
     (:meth:`Binarizer.encode_query_codes`, ``Index.search(..., query_bits=)``); validation,
     early stopping and ``train_info["val_r10@10"]`` then use such queries. Default: symmetric.
     ``log``: a list that receives one dict per epoch (epoch, val_r10@10, loss, time_s).
-    Deterministic for a given ``seed`` on CPU (and a given ``threads``).
+    Deterministic for a given ``seed`` on CPU (and a given ``threads``) when no time limit
+    cuts it.
     """
+    budget = _Budget(max_time_s)
     arr = check_training_input(x)
     dim = _check_pos_int(dim, "dim")
     bits = _check_pos_int(bits, "bits")
@@ -377,7 +463,8 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
     truth = (xq @ xb_val.T).topk(kt, dim=1).indices
     # ---- mined neighbours among the training rows
     xtr = pool[train_ids]
-    nbrs = mine_neighbors(xtr, mined_k) if neighbors > 0 else None
+    nbrs = mine_neighbors(xtr, mined_k, time_limit_s=budget.share(1 / 3), progress=progress,
+                          seed=seed, cuts=budget.cuts) if neighbors > 0 else None
     anchors_per_batch = max(1, batch_size // (1 + neighbors))
     steps_per_epoch = max(1, math.ceil(len(train_ids) / anchors_per_batch))
     if epochs is None:
@@ -398,7 +485,7 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
 def _train(*, arr, rows, pool, n, nval, val_q, train_ids, val_b, xq, xb_val, truth, xtr, nbrs,
            anchors_per_batch, steps_per_epoch, epochs, seed, gen, model, D, dim, bits, hidden,
            depth, version, init, center, itq_iters, dev, tau, loss, lr, progress, log,
-           neighbors, extra_loss, val_score, nce_weight, hard_negatives, patience, max_time_s,
+           neighbors, extra_loss, val_score, nce_weight, hard_negatives, patience, budget,
            query_bits, **_unused):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
@@ -474,8 +561,12 @@ def _train(*, arr, rows, pool, n, nval, val_q, train_ids, val_b, xq, xb_val, tru
                 bar.update(1)
                 if st % 20 == 0:
                     bar.set_postfix(epoch=ep, loss=f"{ema:.4f}", val_r10=f"{best:.4f}")
-                if max_time_s is not None and time.perf_counter() - t0 > max_time_s:
+                if budget.expired():
                     stop = True
+                    budget.cuts.append(
+                        f"training: stopped at the time limit ({budget.seconds:g} s) in epoch "
+                        f"{ep} of {epochs}, step {st + 1} of {steps_per_epoch}; kept the best "
+                        "validation state so far")
                     break
             rec = val_recall()
             if log is not None:
@@ -494,4 +585,6 @@ def _train(*, arr, rows, pool, n, nval, val_q, train_ids, val_b, xq, xb_val, tru
     model.eval()
     model.train_info = {"val_r10@10": best, "epochs_run": ep, "train_rows": int(len(train_ids)),
                         "time_s": time.perf_counter() - t0}
+    if budget.seconds is not None:
+        model.train_info["time_budget"] = budget.info()
     return model

@@ -148,6 +148,7 @@ class SdcIndex {
   size_t memory_bytes() const;
 
  private:
+  friend class IvfIndex;  // ivf.cpp scans and exports each list's blocks in place
   size_t codes_nbytes() const;
   void ensure_owned_capacity(int64_t slots);
   void write_slot(int64_t slot, const uint8_t* code);

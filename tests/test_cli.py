@@ -413,3 +413,161 @@ def test_training_sample_is_uniform_seeded_and_paired(tmp_path):
     kept = _read_rows([tmp_path / "a.npy", tmp_path / "b.npy"], max_rows=2000,
                       skip_bad=True, sample_seed=3)
     assert kept.shape == (999, 3) and np.isfinite(kept).all()
+
+
+def test_out_of_range_options_are_refused(work, tmp_path):
+    d, _ = work
+    for opt, value, match in (("--dim", 0, "argument --dim: must be in [1, 65536], got 0"),
+                              ("--bits", 0, "argument --bits: must be in [1, 4], got 0"),
+                              ("--bits", 5, "argument --bits: must be in [1, 4], got 5"),
+                              ("--epochs", -1, "argument --epochs: must be >= 1"),
+                              ("--lr", "nan", "argument --lr: must be a finite number > 0"),
+                              ("--max-rows", 0, "argument --max-rows: must be >= 1")):
+        p = cli("train", d / "npy", "-o", tmp_path / "m", opt, value, "--no-progress")
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1, p.stderr
+        assert lines[0].startswith("bebr train: error: ") and match in lines[0], lines[0]
+        assert not (tmp_path / "m").exists()
+    p = cli("search", "--index", tmp_path / "i", "--codes", tmp_path / "q.npy", "-k", 0)
+    assert p.returncode == 2 and "argument -k: must be >= 1, got 0" in p.stderr
+    p = cli("encode", "--model", d / "model", d / "npy", "-o", tmp_path / "o", "--workers", 0)
+    assert p.returncode == 2 and "argument --workers: must be >= 1, got 0" in p.stderr
+
+
+def test_eval_uses_the_id_column(work, tmp_path):
+    d, x = work
+    ids = np.arange(N_BASE, dtype=np.int64) * 7 + 1000  # not row numbers
+    flat = pa.array(x[:N_BASE].ravel(), type=pa.float32())
+    pq.write_table(pa.table({"id": ids, "emb": pa.FixedSizeListArray.from_arrays(flat, 50)}),
+                   tmp_path / "base.parquet", row_group_size=700)
+    np.save(tmp_path / "base.npy", x[:N_BASE])
+    for name in ("parquet", "npy"):
+        cli("encode", "--model", d / "model", tmp_path / f"base.{name}", "-o",
+            tmp_path / f"c_{name}", "--no-progress", check=True)
+        cli("index", "build", tmp_path / f"c_{name}", "-o", tmp_path / f"i_{name}", check=True)
+    args = ("--model", d / "model", "--queries", d / "queries.npy")
+    got = {}
+    for name in ("parquet", "npy"):
+        got[name] = json.loads(cli("eval", tmp_path / f"base.{name}", *args, "--index",
+                                   tmp_path / f"i_{name}", check=True).stdout)["recall"]
+    assert got["parquet"] == got["npy"] and got["npy"][0]["value"] > 0.2
+    held = [json.loads(cli("eval", tmp_path / f"base.{name}", "--model", d / "model",
+                           "--num-queries", 100, check=True).stdout)["recall"]
+            for name in ("parquet", "npy")]
+    assert held[0] == held[1]
+    # an index of other ids than BASE's is refused, not scored 0
+    assert_clean_error(cli("eval", tmp_path / "base.npy", *args, "--index",
+                           tmp_path / "i_parquet"), "which is not an id of BASE")
+    assert_clean_error(cli("eval", tmp_path / "base.npy", *args, "--index",
+                           tmp_path / "i_npy", "--max-rows", 100),
+                       "holds 3000 items but BASE has 100 rows")
+
+
+def test_search_codes_of_another_spec_are_refused(work, tmp_path):
+    import torch
+
+    from bebr import Binarizer
+
+    d, x = work
+    torch.manual_seed(0)
+    Binarizer(50, 16, 4, hidden=16, version="w").save(tmp_path / "m16x4")  # 8 bytes, as 32x2
+    cli("encode", "--model", d / "model", d / "base.fvecs", "-o", tmp_path / "c", "--no-progress",
+        check=True)
+    cli("encode", "--model", tmp_path / "m16x4", d / "queries.npy", "-o", tmp_path / "q16",
+        "--no-progress", check=True)
+    idx = tmp_path / "idx"
+    cli("index", "build", tmp_path / "c", "-o", idx, check=True)
+    assert_clean_error(cli("search", "--index", idx, "--codes", tmp_path / "q16"),
+                       "codes are CodeSpec(dim=16, bits=4), the queries must be "
+                       "CodeSpec(dim=32, bits=2)")
+    assert_clean_error(cli("index", "add", idx, tmp_path / "q16"),
+                       "codes are CodeSpec(dim=16, bits=4), the index holds "
+                       "CodeSpec(dim=32, bits=2)")
+    codes, _ = CodeShards(tmp_path / "q16").load_all()
+    np.save(tmp_path / "q16.npy", codes)
+    assert_clean_error(cli("search", "--index", idx, "--codes", tmp_path / "q16.npy",
+                           "--codes-spec", "16x4"),
+                       "--codes-spec 16x4: the queries must be 32x2 codes")
+    ok = cli("search", "--index", idx, "--codes", tmp_path / "q16.npy", "--codes-spec", "32x2",
+             "-k", 2, check=True)  # the byte width is all a bare .npy shows
+    assert len(ok.stdout.splitlines()) == 200
+    np.save(tmp_path / "q9.npy", np.zeros((3, 9), np.uint8))
+    assert_clean_error(cli("search", "--index", idx, "--codes", tmp_path / "q9.npy"),
+                       "must have shape (n, 8)")
+    p = cli("search", "--index", idx, "--codes", tmp_path / "q9.npy", "--codes-spec", "32")
+    assert p.returncode == 2 and "expected DIMxBITS such as 32x2" in p.stderr
+    assert_clean_error(cli("search", "--index", idx, "--model", d / "model", d / "queries.npy",
+                           "--codes-spec", "32x2"), "--codes-spec is only used with --codes")
+
+
+def test_unreadable_npy_gives_one_line(work, tmp_path):
+    d, _ = work
+    cli("encode", "--model", d / "model", d / "base.fvecs", "-o", tmp_path / "c", "--no-progress",
+        check=True)
+    cli("index", "build", tmp_path / "c", "-o", tmp_path / "idx", check=True)
+    (tmp_path / "zero.npy").write_bytes(b"")
+    np.save(tmp_path / "obj.npy", np.array([None, 1], dtype=object), allow_pickle=True)
+    for f in ("zero.npy", "obj.npy"):
+        for p in (bebr("search", "--index", tmp_path / "idx", "--codes", tmp_path / f,
+                       check=False),
+                  bebr("search", "--index", tmp_path / "idx", "--model", d / "model",
+                       tmp_path / f, check=False),
+                  cli("encode", "--model", d / "model", tmp_path / f, "-o", tmp_path / "o"),
+                  cli("index", "remove", tmp_path / "idx", "--ids-file", tmp_path / f)):
+            assert_clean_error(p, f"{f}: not a readable .npy file")
+
+
+def test_failed_encode_suggests_skip_bad_and_the_rerun_works(work, tmp_path):
+    d, x = work
+    bad = x[:N_BASE].copy()
+    bad[[1500, 2600], 4] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    args = ["encode", "--model", d / "model", tmp_path / "nan.npy", "-o", tmp_path / "o",
+            "--shard-rows", 1000, "--no-progress"]
+    assert_clean_error(cli(*args), "nan.npy: row 1500 contains NaN")
+    assert "pass --skip-bad" in cli(*args).stderr
+    p = cli(*args, "--skip-bad", check=True)
+    assert "2998 vectors" in p.stderr and "2 bad rows skipped" in p.stderr
+    assert "2 written, 1 already complete" in p.stderr
+
+
+def test_index_build_names_the_shard_with_refused_ids(work, tmp_path):
+    d, _ = work
+    for name in ("a", "b"):  # both directories hold ids 0..2999
+        cli("encode", "--model", d / "model", d / "base.fvecs", "-o", tmp_path / name,
+            "--no-progress", "--shard-rows", 2000, check=True)
+    assert_clean_error(cli("index", "build", tmp_path / "a", tmp_path / "b", "-o",
+                           tmp_path / "i", "-q"), "b/ids-00000.npy (shard 0): ")
+    dup = tmp_path / "dup.parquet"
+    flat = pa.array(np.ones(3 * 50, np.float32), type=pa.float32())
+    pq.write_table(pa.table({"id": np.array([5, 6, 5], np.int64),
+                             "emb": pa.FixedSizeListArray.from_arrays(flat, 50)}), dup)
+    assert_clean_error(cli("encode", "--model", d / "model", dup, "-o", tmp_path / "o",
+                           "--no-progress"),
+                       "dup.parquet (id column 'id'): rows 0 and 2 have the same id 5")
+
+
+def test_uncalibrated_head_model_warns_on_one_line(work, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from bebr import Binarizer
+    from bebr.fileio import header_digest, sha256_file
+
+    d, _ = work
+    torch.manual_seed(0)
+    m = tmp_path / "legacy"
+    Binarizer(50, 32, 2, hidden=16, version="v2", cross_versions=["v1"], cross_hidden=8,
+              cross_depth=1).save(m)
+    state = load_file(str(m / "model.safetensors"))
+    del state["cross.0.calibration"]  # written before heads were calibrated
+    save_file(state, str(m / "model.safetensors"))
+    cfg = json.loads((m / "config.json").read_text())
+    cfg.update(weights_sha256=sha256_file(m / "model.safetensors"),
+               weights_bytes=os.path.getsize(m / "model.safetensors"))
+    cfg["header_sha256"] = header_digest(cfg)
+    (m / "config.json").write_text(json.dumps(cfg))
+    p = cli("encode", "--model", m, d / "queries.npy", "-o", tmp_path / "o", "--no-progress",
+            check=True)
+    warn = [line for line in p.stderr.splitlines() if line.startswith("bebr: warning: ")]
+    assert len(warn) == 1 and "versions ['v1'] have no score calibration" in warn[0]

@@ -315,7 +315,9 @@ def test_head_calibration_is_fitted_saved_and_consistent(tmp_path, data, old_mod
     del h.nets
     old_style.save(tmp_path / "before")
     assert any(".net." in k for k in old_style.state_dict())
-    before = bebr.Binarizer.load(tmp_path / "before")
+    with pytest.warns(bebr.model.UncalibratedHeadWarning, match=r"\['v1'\]"):
+        before = bebr.Binarizer.load(tmp_path / "before")  # loads, marked and warned
+    assert before.uncalibrated_heads == ["v1"]
     assert before.cross_calibration("v1") == before.cross_calibration("v1", "ip") == (1.0, 0.0)
     np.testing.assert_array_equal(before.encode_query_codes(x_new[q], 4, target="v1"),
                                   single.encode_query_codes(x_new[q], 4, target="v1"))

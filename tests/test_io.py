@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from bebr.codes import CodeSpec
-from bebr.fileio import CorruptFileError
+from bebr.fileio import CorruptFileError, header_digest
 from bebr.io import (BadRowError, CodeShards, InputError, Manifest, check_rows, open_inputs,
                      open_source, read_vecs, write_code_shard, write_vecs)
 from bebr.io.manifest import MANIFEST_NAME
@@ -267,7 +267,13 @@ def test_manifest_refuses_bad_files(tmp_path):
     with pytest.raises(CorruptFileError, match="format version 99 is not supported"):
         Manifest.load(tmp_path)
     d = json.loads(good)
+    d["units"] = 4
+    mp.write_text(json.dumps(d))
+    with pytest.raises(CorruptFileError, match="header checksum mismatch"):
+        Manifest.load(tmp_path)
+    d = json.loads(good)
     d["count"] = 13
+    d["header_sha256"] = header_digest(d)  # crafted: checksum and all
     mp.write_text(json.dumps(d))
     with pytest.raises(CorruptFileError, match="totals disagree"):
         Manifest.load(tmp_path)
@@ -280,6 +286,7 @@ def test_manifest_refuses_bad_files(tmp_path):
     d = json.loads(good)
     d["shards"].pop()
     d.update(count=5, complete=False)
+    d["header_sha256"] = header_digest(d)  # crafted: checksum and all
     mp.write_text(json.dumps(d))
     with pytest.raises(CorruptFileError, match="incomplete job .2 of 3 shards"):
         CodeShards(tmp_path)

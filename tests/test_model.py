@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bebr.codes import CodeSpec
-from bebr.fileio import CorruptFileError
+from bebr.fileio import CorruptFileError, header_digest
 from bebr.model import Binarizer, sign_ste
 from bebr.reference import search_codes
 
@@ -173,6 +173,10 @@ def test_load_refuses_corrupted_truncated_and_foreign(tmp_path):
     h = json.loads(text)
     h["model"] = "os.system"
     cfg.write_text(json.dumps(h))
+    with pytest.raises(CorruptFileError, match="header checksum mismatch"):
+        Binarizer.load(p)
+    h["header_sha256"] = header_digest(h)  # a crafted header, checksum and all
+    cfg.write_text(json.dumps(h))
     with pytest.raises(CorruptFileError, match="unknown model name"):
         Binarizer.load(p)
     h = json.loads(text)
@@ -184,7 +188,7 @@ def test_load_refuses_corrupted_truncated_and_foreign(tmp_path):
 
 def test_load_strict_keys(tmp_path):
     from safetensors.torch import save as st_save
-    from bebr.fileio import sha256_bytes
+    from bebr.fileio import header_digest, sha256_bytes
 
     m = _model()
     p = m.save(tmp_path / "m")
@@ -195,6 +199,7 @@ def test_load_strict_keys(tmp_path):
     (p / "model.safetensors").write_bytes(blob)
     h = json.loads((p / "config.json").read_text())
     h["weights_sha256"], h["weights_bytes"] = sha256_bytes(blob), len(blob)
+    h["header_sha256"] = header_digest(h)
     (p / "config.json").write_text(json.dumps(h))
     with pytest.raises(CorruptFileError, match=r"missing keys \['W.skip.weight'\].*"
                                                r"unexpected keys \['extra.weight'\]"):

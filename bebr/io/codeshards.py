@@ -12,9 +12,9 @@ import numpy as np
 
 from ..codes import CodeSpec
 from ..fileio import CorruptFileError, atomic_writer
-from .manifest import Manifest, ShardEntry, shard_names
+from .manifest import Manifest, ShardEntry, outside_directory, shard_names
 
-__all__ = ["CodeShards", "write_code_shard", "CRASH_ENV"]
+__all__ = ["CodeShards", "write_code_shard", "load_shard_file", "CRASH_ENV"]
 
 # Test hook: a job that reaches shard index >= N writes half of that shard's bytes to its
 # temporary file and exits the process hard, as a kill mid-write would. Never set in use.
@@ -101,15 +101,7 @@ class CodeShards:
             yield e, codes, ids
 
     def _load(self, name: str, shape, dtype) -> np.ndarray:
-        p = self.directory / name
-        try:
-            a = np.load(p, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise CorruptFileError(f"{p}: unreadable shard ({e})") from None
-        if a.shape != shape or a.dtype != dtype:
-            raise CorruptFileError(f"{p}: shard holds {a.dtype} {a.shape}, manifest says "
-                                   f"{np.dtype(dtype)} {shape}")
-        return a
+        return load_shard_file(self.directory, name, shape, dtype)
 
     def load_all(self) -> Tuple[np.ndarray, np.ndarray]:
         """All codes and ids concatenated in memory (for small directories)."""
@@ -118,6 +110,23 @@ class CodeShards:
             return (np.empty((0, self.spec.code_bytes), np.uint8), np.empty(0, np.int64))
         return (np.concatenate([np.asarray(c) for _, c, _ in parts]),
                 np.concatenate([np.asarray(i) for _, _, i in parts]))
+
+
+def load_shard_file(directory: Union[str, Path], name: str, shape, dtype) -> np.ndarray:
+    """Shard file ``directory/name``, memory-mapped, checked to lie in ``directory`` and to
+    hold exactly ``dtype`` ``shape`` (what the manifest says); CorruptFileError otherwise."""
+    p = Path(directory) / name
+    why = outside_directory(directory, p)
+    if why:
+        raise CorruptFileError(why)
+    try:
+        a = np.load(p, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise CorruptFileError(f"{p}: unreadable shard ({e})") from None
+    if a.shape != tuple(shape) or a.dtype != dtype:
+        raise CorruptFileError(f"{p}: shard holds {a.dtype} {a.shape}, manifest says "
+                               f"{np.dtype(dtype)} {tuple(shape)}")
+    return a
 
 
 def open_code_shards(directory: Union[str, Path], verify: bool = True) -> CodeShards:

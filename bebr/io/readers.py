@@ -20,7 +20,7 @@ from ..fileio import CorruptFileError
 from .vecs import VECS_DTYPES, VecsFile
 
 __all__ = ["Chunk", "Source", "NpySource", "VecsSource", "ParquetSource", "open_source",
-           "SUFFIXES"]
+           "load_npy", "SUFFIXES"]
 
 SUFFIXES = (".npy", ".fvecs", ".bvecs", ".parquet", ".pq")
 
@@ -109,6 +109,24 @@ def _pread(path: Path, offset: int, nbytes: int) -> np.ndarray:
     return buf
 
 
+def load_npy(path: Union[str, Path], what: str = "array", *,
+             mmap_mode: Optional[str] = None) -> np.ndarray:
+    """``np.load(path)`` without pickle, for a file the user gave: a missing file is
+    FileNotFoundError, an unreadable one (0 bytes, truncated header or data, pickled object
+    array, not .npy at all) CorruptFileError naming ``what`` the file was meant to hold."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file")
+    if p.is_dir():
+        raise ValueError(f"{p}: is a directory, expected a .npy file of {what}")
+    try:
+        return np.load(p, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        size = p.stat().st_size
+        why = "empty file (0 bytes)" if size == 0 else " ".join(str(e).split())
+        raise CorruptFileError(f"{p}: not a readable .npy file of {what} ({why})") from None
+
+
 class NpySource(Source):
     """A 2-D numeric .npy file. The header is read once; C-order files are read chunk by
     chunk with plain reads (no mapping stays resident, so memory stays bounded however big
@@ -118,15 +136,15 @@ class NpySource(Source):
 
     def __init__(self, path: Union[str, Path]):
         self.path = Path(path)
+        arr = load_npy(self.path, "embeddings", mmap_mode="r")
         try:
-            arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
             with open(self.path, "rb") as f:
                 major, _ = np.lib.format.read_magic(f)
                 read_header = (np.lib.format.read_array_header_1_0 if major == 1
                                else np.lib.format.read_array_header_2_0)
                 read_header(f)
                 self._data_offset = f.tell()
-        except ValueError as e:
+        except (ValueError, EOFError) as e:
             raise CorruptFileError(f"{self.path}: not a readable .npy file ({e})") from None
         if arr.ndim != 2:
             raise ValueError(f"{self.path}: embeddings must be a 2-D array (n, dim), "
@@ -282,6 +300,8 @@ def open_source(path: Union[str, Path], *, column: Optional[str] = None,
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file")
+    if p.is_dir():
+        raise ValueError(f"{p}: is a directory, expected an embeddings file")
     suffix = p.suffix.lower()
     if suffix == ".npy":
         return NpySource(p)

@@ -41,5 +41,6 @@ py::array_t<T> checked_array(const py::array& a, const char* name, int ndim, py:
 void register_simd(py::module_& m);
 void register_index(py::module_& m);
 void register_infer(py::module_& m);
+void register_ivf(py::module_& m);
 
 }  // namespace bebr

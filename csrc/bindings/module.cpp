@@ -6,4 +6,5 @@ PYBIND11_MODULE(_C, m) {
   bebr::register_simd(m);
   bebr::register_index(m);
   bebr::register_infer(m);
+  bebr::register_ivf(m);
 }

@@ -1,7 +1,8 @@
 """Study 3: recall against bits per vector, bebr vs faiss LSH / PQ / RaBitQ / SQ, with
-symmetric and asymmetric query handling, on GloVe-50 and MiniLM-384 (ANCHORS.md protocol).
+symmetric and asymmetric query handling, on GloVe-50 and MiniLM-384 (the word protocol of
+`bebr.datasets`).
 
-Budgets = the bits of the shared bebr models (tools/benchlib.py `MODEL_SHAPES`). Query
+Budgets = the bits of the shared bebr models (bebr/bench/lib.py `MODEL_SHAPES`). Query
 handling:
 - symmetric: the query is encoded like the base and compared code against code: bebr SDC
   (`bebr.Index`, cosine), LSH Hamming (`bebr.HammingIndex`), faiss PQ/RaBitQ/SQ with the
@@ -16,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 import bebr
-from benchlib import (bebr_models, faiss_baselines, faiss_search, flat_topk, load_data,
+from ..lib import (bebr_models, faiss_baselines, faiss_search, flat_topk, load_data,
                       lsh_bits, md_table, models_markdown, recall)
 
 NAME = "bench-recall-bits"

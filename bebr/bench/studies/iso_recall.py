@@ -1,6 +1,6 @@
 """Study 2: iso-recall latency, Hamming on 1-bit codes vs SDC on bebr multi-bit codes.
 
-ANCHORS.md protocol (GloVe-50 and MiniLM-384 words, 2000 queries, 98k base, truth = exact
+The word protocol of `bebr.datasets` (GloVe-50 and MiniLM-384 words, 2000 queries, 98k base, truth = exact
 cosine top-10). Families:
 - Hamming, LSH: sign of faiss IndexLSH random-rotation projections with nbits = 1x..8x D,
   searched by `bebr.HammingIndex` (the fastest Hamming scan here, see section 1);
@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 import bebr
-from benchlib import (bebr_models, load_data, lsh_bits, md_table, median_times,
+from ..lib import (bebr_models, load_data, lsh_bits, md_table, median_times,
                       models_markdown, recall)
 
 NAME = "bench-iso-recall"

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 import bebr
-from benchlib import build_faiss_pq, md_table, median_times
+from ..lib import build_faiss_pq, md_table, median_times
 
 NAME = "bench-kernels"
 TITLE = "Suite 1. Kernel throughput at equal bytes per vector"

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 import bebr
-from benchlib import heap_bytes, md_table, median_times, rss_bytes
+from ..lib import heap_bytes, md_table, median_times, rss_bytes
 
 NAME = "bench-scaling"
 TITLE = "Suite 4. Scaling: latency and memory from 10k to 10M vectors, encode throughput"

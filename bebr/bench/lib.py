@@ -1,10 +1,10 @@
-"""Shared pieces of the benchmark suite (tools/bench_suite.py and tools/studies/*.py).
+"""Shared pieces of the benchmark suite (bebr/bench/suite.py and bebr/bench/studies/*.py).
 
-Timing and bandwidth come from the kernel engineer's tools/bench_kernels.py (imported, not
-copied): `median_times` (interleaved repeats, median), `measure_bandwidth` (C++ streaming read
+Timing and bandwidth come from bebr/bench/timing.py (shared with tools/bench_kernels.py):
+`median_times` (interleaved repeats, median), `measure_bandwidth` (C++ streaming read
 kernel) and `build_faiss_pq`. This module adds what the studies share on top: the machine
 description, a load-average sampler, RSS, Markdown tables, BENCHMARKS.md/README section writing,
-the ANCHORS.md data protocol (with tiny `quick` sizes), trained-model caching, and the faiss
+the word data protocol of `bebr.datasets` (with tiny `quick` sizes), trained-model caching, and the faiss
 baselines (LSH, PQ, RaBitQ, SQ) with symmetric and asymmetric query handling.
 
 Layout relied on: every section of BENCHMARKS.md starts with a line `<!-- section: NAME ... -->`
@@ -19,21 +19,16 @@ import os
 import platform
 import re
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-TOOLS = Path(__file__).resolve().parent
-if str(TOOLS) not in sys.path:
-    sys.path.insert(0, str(TOOLS))
+import bebr
+from bebr import datasets
 
-from bench_kernels import build_faiss_pq, measure_bandwidth, median_times  # noqa: E402
-
-import bebr  # noqa: E402
-from bebr import datasets  # noqa: E402
+from .timing import build_faiss_pq, measure_bandwidth, median_times
 
 __all__ = ["median_times", "measure_bandwidth", "build_faiss_pq", "machine_info",
            "machine_markdown", "LoadSampler", "heap_bytes", "rss_bytes", "md_table",
@@ -202,7 +197,7 @@ def write_readme_block(path: Path, body: str) -> None:
 
 # ----------------------------------------------------------------------------- data
 def load_data(name: str, quick: bool, nq: int = 2000):
-    """ANCHORS.md protocol: (base, queries, truth top-100) for "glove" or "minilm".
+    """The word protocol: (base, queries, truth top-100) for "glove" or "minilm".
 
     Full: 100k words, 2000 queries, the other 98k the base. Quick: 3000 words, 100 queries.
     """

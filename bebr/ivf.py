@@ -1,0 +1,338 @@
+"""``IVFIndex``: sub-linear SDC search over inverted lists of packed codes.
+
+Wraps the private compiled ``bebr._C.IvfIndex``. ``train`` fits ``nlist`` coarse centroids
+(spherical k-means, faiss, on the code values ``CodeSpec.values(codes) / scale`` of a
+sample); every added item goes to the list whose centroid has the largest inner product with
+its code values; each list is a ``bebr.Index``-style store of 64-item transposed blocks.
+``search`` scores each query code against the centroids (the query's own code values, at its
+``query_bits``), scans the ``nprobe`` best lists with the same SIMD kernels, keys and tie rules
+as ``bebr.Index`` and keeps one top-k per query: with ``nprobe=nlist`` the results are the
+flat index's, id for id and bit for bit.
+
+The contract is ``bebr.Index``'s (ids, add / upsert / remove, versions, filters, threads,
+padding, save / load / mmap with checksums), plus ``train``, ``nlist``, ``is_trained`` and the
+``nprobe`` search argument. Versions are model version strings (or int tags) kept in the
+same registry as ``Index`` and saved in the file header. An item is assigned by its own codes; with
+``version_queries`` each version's query codes probe their own lists and score only that
+version's items there (calibrations as in ``Index``).
+
+Refinement (optional): ``search(..., refine=Refine(vectors, queries, factor))`` takes the top
+``k * factor`` SDC candidates and re-ranks them by the exact float inner product (cosine for
+``metric="cosine"``) of ``queries`` with ``vectors[id]`` (rows indexed by id: an in-RAM array
+or ``numpy.load(path, mmap_mode="r")``, faiss ``IndexRefineFlat`` style, or ``SQ8`` codes of
+them, faiss ``Refine(SQ8)`` style); scores are then the float ones.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from . import _C
+from .codes import CodeSpec
+from .fileio import CorruptFileError, sha256_bytes
+from .index import (_METRICS, Index, _check_codes, _check_k, _read_index_file,
+                    _write_index_file)
+from .versions import Version, VersionRegistry
+
+__all__ = ["IVFIndex", "Refine", "SQ8"]
+
+
+def _check_positive(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+class SQ8:
+    """Re-ranking vectors stored as uint8 per-dimension scalar quantization (faiss SQ8): 1
+    byte per dimension plus a float32 norm per row. ``SQ8.encode(x)`` fits the per-dimension
+    range of ``x`` and quantizes it; rows are indexed by id like ``Refine.vectors``."""
+
+    def __init__(self, codes: np.ndarray, lo: np.ndarray, step: np.ndarray) -> None:
+        self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        self.lo = np.asarray(lo, dtype=np.float32)
+        self.step = np.asarray(step, dtype=np.float32)
+        if self.codes.ndim != 2 or self.lo.shape != (self.codes.shape[1],) or \
+                self.step.shape != self.lo.shape:
+            raise ValueError(f"SQ8: codes (n, d) with lo and step (d,), got {self.codes.shape}, "
+                             f"{self.lo.shape}, {self.step.shape}")
+        self.norms = np.linalg.norm(self.decode(np.arange(self.codes.shape[0])), axis=1)
+
+    @classmethod
+    def encode(cls, x: Any, chunk: int = 65536) -> "SQ8":
+        x = np.asarray(x, dtype=np.float32)
+        lo, hi = x.min(axis=0), x.max(axis=0)
+        step = np.maximum(hi - lo, 1e-12) / 255.0
+        codes = np.empty(x.shape, np.uint8)
+        for s in range(0, x.shape[0], chunk):
+            codes[s:s + chunk] = np.clip(np.rint((x[s:s + chunk] - lo) / step), 0, 255)
+        return cls(codes, lo, step)
+
+    @property
+    def shape(self) -> tuple:
+        return self.codes.shape
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.nbytes + self.norms.nbytes + self.lo.nbytes + self.step.nbytes
+
+    def decode(self, rows: np.ndarray) -> np.ndarray:
+        return self.codes[rows].astype(np.float32) * self.step + self.lo
+
+    def scores(self, cand: np.ndarray, q: np.ndarray, cosine: bool) -> np.ndarray:
+        """Inner products (cosines) of queries q (nq, d) with the rows cand (nq, c)."""
+        c = self.codes[cand.reshape(-1)].reshape(*cand.shape, -1)
+        s = np.einsum("qcd,qd->qc", c.astype(np.float32), q * self.step) + (q @ self.lo)[:, None]
+        if cosine:
+            s = s / np.maximum(self.norms[cand], 1e-30) / \
+                np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+        return s
+
+
+@dataclass(frozen=True)
+class Refine:
+    """Re-ranking data of ``IVFIndex.search``: ``vectors`` (rows indexed by id, float, e.g. a
+    memory-mapped ``.npy``), the float ``queries`` (one row per query, same dim) and the
+    candidate factor (``k * factor`` SDC candidates are re-ranked)."""
+
+    vectors: Any
+    queries: Any
+    factor: int = 4
+
+
+class IVFIndex(Index):
+    """Inverted-file SDC index over codes of one ``CodeSpec`` (``nlist`` lists).
+
+    Same API as ``bebr.Index`` plus ``train(codes)`` (required before ``add``), ``nlist``,
+    ``is_trained`` and ``search(..., nprobe=)``.
+    """
+
+    def __init__(self, spec: CodeSpec, nlist: int, metric: str = "ip") -> None:
+        if not isinstance(spec, CodeSpec):
+            raise TypeError(f"spec must be a bebr.CodeSpec, got {type(spec).__name__}")
+        if metric not in _METRICS:
+            raise ValueError(f"metric must be 'ip' or 'cosine', got {metric!r}")
+        self.spec = spec
+        self.metric = metric
+        self._core = _C.IvfIndex(spec.dim, spec.bits, metric, _check_positive(nlist, "nlist"))
+        self._mmap: Optional[np.memmap] = None
+        self._registry = VersionRegistry()
+
+    def __repr__(self) -> str:
+        return (f"IVFIndex(CodeSpec(dim={self.spec.dim}, bits={self.spec.bits}), "
+                f"nlist={self.nlist}, metric={self.metric!r}, n={len(self)})")
+
+    @property
+    def nlist(self) -> int:
+        """Number of inverted lists."""
+        return int(self._core.nlist)
+
+    @property
+    def is_trained(self) -> bool:
+        """True once the coarse centroids are set (``train``)."""
+        return bool(self._core.is_trained)
+
+    def _require_trained(self) -> None:
+        if not self.is_trained:
+            raise ValueError("the IVFIndex is not trained: call train(codes) on a sample first")
+
+    # ------------------------------------------------------------------ training
+    def train(self, codes: Any, *, niter: int = 20, seed: int = 0,
+              max_points_per_centroid: int = 256) -> None:
+        """Fit the coarse centroids on packed codes ``(n, code_bytes)`` (n >= nlist).
+
+        Spherical k-means (``faiss.Kmeans``, ``niter`` iterations, seeded) on the code values;
+        at most ``max_points_per_centroid * nlist`` codes are used (a seeded subsample).
+        ValueError if the index already holds items (their lists would be stale).
+        """
+        arr = _check_codes(self.spec, codes, "codes")
+        niter = _check_positive(niter, "niter")
+        mppc = _check_positive(max_points_per_centroid, "max_points_per_centroid")
+        if len(self):
+            raise ValueError(f"cannot train an IVFIndex that holds {len(self)} items")
+        if arr.shape[0] < self.nlist:
+            raise ValueError(f"train needs at least nlist={self.nlist} codes, got {arr.shape[0]}")
+        try:
+            import faiss
+        except ImportError as e:  # pragma: no cover - faiss is in the ivf/test extras
+            raise ImportError("IVFIndex.train runs faiss k-means: pip install 'bebr[ivf]' "
+                              "(or set_centroids with centroids of your own)") from e
+
+        x = (self.spec.values(arr) / float(self.spec.scale)).astype(np.float32)
+        km = faiss.Kmeans(self.spec.dim, self.nlist, niter=niter, seed=int(seed),
+                          spherical=True, max_points_per_centroid=mppc, verbose=False)
+        km.train(np.ascontiguousarray(x))
+        self.set_centroids(km.centroids)
+
+    def set_centroids(self, centroids: Any) -> None:
+        """Set the coarse centroids directly: float ``(nlist, dim)`` in code-value units."""
+        c = np.ascontiguousarray(np.asarray(centroids, dtype=np.float32))
+        self._core.set_centroids(c)
+
+    def centroids(self) -> np.ndarray:
+        """The coarse centroids ``(nlist, dim)`` float32 (``(0, dim)`` before training)."""
+        return self._core.centroids()
+
+    def list_sizes(self) -> np.ndarray:
+        """Live items per list (int64, ``nlist``)."""
+        return self._core.list_sizes()
+
+    def assign(self, packed: Any) -> np.ndarray:
+        """List (int32) each packed code would be added to."""
+        self._require_trained()
+        return self._core.assign_lists(_check_codes(self.spec, packed, "packed"))
+
+    def probe(self, queries: Any, nprobe: int, *, query_bits: Optional[int] = None) -> np.ndarray:
+        """The lists (int32 ``(nq, min(nprobe, nlist))``, best first) a search probes."""
+        self._require_trained()
+        qspec = self.spec if query_bits is None else CodeSpec(self.spec.dim, int(query_bits))
+        q = _check_codes(qspec, queries, "queries")
+        return self._core.probe(q, _check_positive(nprobe, "nprobe"), qspec.bits)
+
+    def memory_bytes(self) -> int:
+        """Bytes the index holds: codes, ids, versions, norms, masks, id tables, centroids."""
+        return int(self._core.memory_bytes())
+
+    # ------------------------------------------------------------------ changes
+    def add(self, packed: Any, ids: Any = None, version: Version = 0) -> np.ndarray:
+        """``Index.add``; ValueError if the index is not trained."""
+        self._require_trained()
+        return super().add(packed, ids, version)
+
+    def upsert(self, packed: Any, ids: Any, version: Version = 0) -> None:
+        """``Index.upsert`` (a replaced item moves to the list of its new code)."""
+        self._require_trained()
+        super().upsert(packed, ids, version)
+
+    # ------------------------------------------------------------------ search
+    def search(self, queries: Any, k: int, threads: Optional[int] = None, filter: Any = None,
+               exclude: Any = None, query_bits: Optional[int] = None,
+               version_queries: Optional[Mapping[Any, Any]] = None,
+               version_calibration: Optional[Mapping[Any, tuple]] = None, *,
+               nprobe: int = 8, refine: Optional[Refine] = None):
+        """``Index.search`` over the ``nprobe`` lists of each query code (clamped to
+        ``nlist``; ``nprobe=nlist`` is the flat scan). ``refine``: see ``Refine`` (scores are
+        then float inner products / cosines of the refine vectors).
+        """
+        self._require_trained()
+        nprobe = _check_positive(nprobe, "nprobe")
+        if refine is None:
+            args = self._search_args(queries, k, threads, filter, exclude, query_bits,
+                                     version_queries, version_calibration)
+            return self._core.search(*args, nprobe=nprobe)
+        if not isinstance(refine, Refine):
+            raise TypeError(f"refine must be a bebr.ivf.Refine, got {type(refine).__name__}")
+        k = _check_k(k)
+        factor = _check_positive(refine.factor, "refine.factor")
+        args = self._search_args(queries, k * factor, threads, filter, exclude, query_bits,
+                                 version_queries, version_calibration)
+        _, cand = self._core.search(*args, nprobe=nprobe)
+        return _rerank(cand, refine.vectors, refine.queries, k, self.metric == "cosine")
+
+    # ------------------------------------------------------------------ persistence
+    def _header(self) -> dict:
+        return dict(super()._header(), nlist=self.nlist, trained=self.is_trained)
+
+    def save(self, path: "os.PathLike[str] | str") -> None:
+        """Write the index atomically: the ``Index`` file format with kind ``IVFIndex``, the
+        lists' sections concatenated in list order, and the list sizes and centroids in the
+        (checksummed) header."""
+        dense = _IvfDense(self._core)
+        _write_index_file(path, dense, lambda: dict(
+            self._header(), kind=type(self).__name__, list_sizes=dense.sizes,
+            centroids=self._core.centroids().reshape(-1).tolist()))
+
+    @classmethod
+    def _from_header(cls, header: dict) -> "IVFIndex":
+        if header["metric"] not in _METRICS:
+            raise ValueError(f"unknown metric {header['metric']!r}")
+        idx = cls(CodeSpec.from_dict(header["spec"]), int(header["nlist"]), header["metric"])
+        idx._registry = VersionRegistry.from_list(header["versions"])
+        return idx
+
+    @classmethod
+    def load(cls, path: "os.PathLike[str] | str", mmap: bool = True, verify: bool = True):
+        """Load an index written by ``IVFIndex.save`` (``Index.load``'s options and errors)."""
+        header, arrays, mm = _read_index_file(path, mmap=mmap, verify=verify, kind=cls.__name__)
+        try:
+            idx = cls._from_header(header)
+            c = np.asarray(header["centroids"], dtype=np.float32)
+            if header["trained"]:
+                idx._core.set_centroids(np.ascontiguousarray(c.reshape(idx.nlist, idx.spec.dim)))
+            elif c.size or header["n"]:
+                raise ValueError("an untrained index with centroids or items")
+            sizes = np.asarray(header["list_sizes"], dtype=np.int64)
+            idx._core.assign_dense(arrays["codes"], arrays["ids"], arrays["versions"],
+                                   arrays["invn"], sizes,
+                                   int(header["next_id"]), mm is not None)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptFileError(f"{path}: bad or inconsistent IVF index file: {e}") from None
+        if len(idx) != header["n"]:
+            raise CorruptFileError(f"{path}: item count does not match the header")
+        idx._mmap = mm
+        return idx
+
+
+class _IvfDense:
+    """The dense-writer side of ``bebr.index._write_index_file`` for an IVF index: the lists'
+    arrays (compacted, concatenated in list order) written at 64-byte aligned offsets from
+    ``data_start`` with their SHA-256, like ``SdcIndex.write_dense``."""
+
+    def __init__(self, core) -> None:
+        codes, ids, versions, invn, sizes, next_id = core.export_dense()
+        self.arrays = [("codes", codes), ("ids", ids), ("versions", versions), ("invn", invn)]
+        self.sizes = [int(v) for v in sizes]
+        self.next_id = int(next_id)
+        self.n = int(ids.size)
+
+    def write_dense(self, fd: int, data_start: int) -> dict:
+        sections, off = [], 0
+        for name, arr in self.arrays:
+            raw = memoryview(np.ascontiguousarray(arr)).cast("B")
+            os.pwrite(fd, raw, data_start + off) if raw.nbytes else None
+            pad = (-raw.nbytes) % 64
+            if pad:
+                os.pwrite(fd, b"\x00" * pad, data_start + off + raw.nbytes)
+            sections.append({"name": name, "dtype": arr.dtype.str, "count": int(arr.size),
+                             "offset": off, "nbytes": int(raw.nbytes),
+                             "sha256": sha256_bytes(raw)})
+            off += raw.nbytes + pad
+        return {"n": self.n, "next_id": self.next_id, "sections": sections}
+
+
+def _rerank(cand: np.ndarray, vectors: Any, queries: Any, k: int, cosine: bool):
+    q = np.asarray(queries, dtype=np.float32)
+    if q.ndim != 2 or q.shape[0] != cand.shape[0]:
+        raise ValueError(f"refine.queries must have shape ({cand.shape[0]}, d), got {q.shape}")
+    if getattr(vectors, "ndim", None) != 2 or vectors.shape[1] != q.shape[1]:
+        raise ValueError(f"refine.vectors must be 2-d with {q.shape[1]} columns (the queries' "
+                         f"dim), got shape {getattr(vectors, 'shape', None)}")
+    valid = cand >= 0
+    if valid.any() and cand[valid].max() >= vectors.shape[0]:
+        raise ValueError(f"refine.vectors has {vectors.shape[0]} rows but a candidate has id "
+                         f"{int(cand[valid].max())} (rows must be indexed by id)")
+    rows = np.where(valid, cand, 0)
+    if isinstance(vectors, SQ8):
+        s = vectors.scores(rows, q, cosine)
+    else:
+        x = np.asarray(vectors[rows.reshape(-1)], dtype=np.float32).reshape(*cand.shape, -1)
+        if cosine:
+            q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+            x = x / np.maximum(np.linalg.norm(x, axis=2, keepdims=True), 1e-30)
+        s = np.einsum("qcd,qd->qc", x, q)
+    s = np.where(valid, s, -np.inf).astype(np.float32)
+    order = np.lexsort((np.where(valid, cand, np.iinfo(np.int64).max), -s), axis=1)[:, :k]
+    r = np.arange(cand.shape[0])[:, None]
+    out_s, out_i = s[r, order], cand[r, order]
+    out_s[out_i < 0] = -np.inf
+    return out_s, out_i

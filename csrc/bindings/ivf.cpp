@@ -1,0 +1,291 @@
+// Bindings of IvfIndex (private class _C.IvfIndex behind bebr.IVFIndex). Inputs are checked
+// and outputs allocated (pre-filled with id -1 / -inf) while holding the GIL; the compute runs
+// with the GIL released and touches no Python object.
+#include <pybind11/stl.h>
+
+#include <optional>
+
+#include "common.h"
+#include "ivf.h"
+
+namespace bebr {
+namespace {
+
+// Keeps an external (numpy.memmap) code buffer alive while the lists read it in place.
+struct PyIvf : IvfIndex {
+  using IvfIndex::IvfIndex;
+  py::object keepalive;
+};
+
+py::array_t<int64_t> ivf_ids(const py::array& ids, const char* name, py::ssize_t n) {
+  auto a = checked_array<int64_t>(ids, name, 1);
+  if (n >= 0 && a.shape(0) != n)
+    throw py::value_error(std::string(name) + " must have length " + std::to_string(n) + " (one per code), got " +
+                          std::to_string(a.shape(0)));
+  return a;
+}
+
+template <class T>
+py::array_t<T> vec_array(const std::vector<T>& v) {
+  py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
+  std::copy(v.begin(), v.end(), out.mutable_data());
+  return out;
+}
+
+}  // namespace
+
+void register_ivf(py::module_& m) {
+  py::class_<PyIvf>(m, "IvfIndex", "Inverted lists of blocked codes with probed SIMD SDC search (private).")
+      .def(py::init([](int dim, int bits, const std::string& metric, int nlist) {
+             if (metric != "ip" && metric != "cosine")
+               throw py::value_error("metric must be 'ip' or 'cosine', got '" + metric + "'");
+             return std::make_unique<PyIvf>(dim, bits, metric == "ip" ? Metric::kIP : Metric::kCosine, nlist);
+           }),
+           py::arg("dim"), py::arg("bits"), py::arg("metric"), py::arg("nlist"))
+      .def_property_readonly("dim", [](const PyIvf& s) { return s.geometry().dim; })
+      .def_property_readonly("bits", [](const PyIvf& s) { return s.geometry().bits; })
+      .def_property_readonly("nlist", &PyIvf::nlist)
+      .def_property_readonly("next_id", &PyIvf::next_id)
+      .def_property_readonly("is_trained", &PyIvf::trained)
+      .def_property_readonly("codes_external", &PyIvf::codes_external)
+      .def("__len__", &PyIvf::size)
+      .def("__contains__", &PyIvf::contains)
+      .def(
+          "set_centroids",
+          [](PyIvf& s, const py::array& c) {
+            auto a = checked_array<float>(c, "centroids", 2, s.geometry().dim);
+            if (a.shape(0) != s.nlist())
+              throw py::value_error("centroids must have shape (" + std::to_string(s.nlist()) + ", " +
+                                    std::to_string(s.geometry().dim) + "), got " + shape_str(a));
+            py::gil_scoped_release nogil;
+            s.set_centroids(a.data());
+          },
+          py::arg("centroids"))
+      .def("centroids",
+           [](const PyIvf& s) {
+             const auto c = s.centroids();
+             py::array_t<float> out({static_cast<py::ssize_t>(c.empty() ? 0 : s.nlist()),
+                                     static_cast<py::ssize_t>(s.geometry().dim)});
+             std::copy(c.begin(), c.end(), out.mutable_data());
+             return out;
+           })
+      .def(
+          "assign_lists",
+          [](const PyIvf& s, const py::array& codes) {
+            auto c = checked_array<uint8_t>(codes, "codes", 2, s.geometry().code_bytes);
+            py::array_t<int32_t> out(c.shape(0));
+            int32_t* op = out.mutable_data();
+            py::gil_scoped_release nogil;
+            s.assign_lists(c.data(), c.shape(0), op);
+            return out;
+          },
+          py::arg("codes"))
+      .def(
+          "add",
+          [](PyIvf& s, const py::array& codes, std::optional<py::array> ids, int32_t version) {
+            auto c = checked_array<uint8_t>(codes, "codes", 2, s.geometry().code_bytes);
+            std::optional<py::array_t<int64_t>> i;
+            if (ids) i = ivf_ids(*ids, "ids", c.shape(0));
+            const int64_t* ip = i ? i->data() : nullptr;
+            py::gil_scoped_release nogil;
+            s.add(c.data(), c.shape(0), ip, version);
+          },
+          py::arg("codes"), py::arg("ids") = py::none(), py::arg("version") = 0)
+      .def(
+          "upsert",
+          [](PyIvf& s, const py::array& codes, const py::array& ids, int32_t version) {
+            auto c = checked_array<uint8_t>(codes, "codes", 2, s.geometry().code_bytes);
+            auto i = ivf_ids(ids, "ids", c.shape(0));
+            py::gil_scoped_release nogil;
+            s.upsert(c.data(), c.shape(0), i.data(), version);
+          },
+          py::arg("codes"), py::arg("ids"), py::arg("version") = 0)
+      .def(
+          "remove",
+          [](PyIvf& s, const py::array& ids) {
+            auto i = ivf_ids(ids, "ids", -1);
+            py::gil_scoped_release nogil;
+            s.remove(i.data(), i.shape(0));
+          },
+          py::arg("ids"))
+      .def("compact",
+           [](PyIvf& s) {
+             py::gil_scoped_release nogil;
+             s.compact();
+           })
+      .def(
+          "probe",
+          [](const PyIvf& s, const py::array& queries, int nprobe, int query_bits) {
+            if (query_bits < 1 || query_bits > 7)
+              throw py::value_error("query_bits must be in [1, 7], got " + std::to_string(query_bits));
+            auto q = checked_array<uint8_t>(queries, "queries", 2, query_bits * s.geometry().plane_bytes);
+            if (nprobe <= 0) throw py::value_error("nprobe must be >= 1, got " + std::to_string(nprobe));
+            const int np = std::min(nprobe, s.nlist());
+            py::array_t<int32_t> out({q.shape(0), static_cast<py::ssize_t>(np)});
+            int32_t* op = out.mutable_data();
+            py::gil_scoped_release nogil;
+            s.probe(q.data(), q.shape(0), np, query_bits, op);
+            return out;
+          },
+          py::arg("queries"), py::arg("nprobe"), py::arg("query_bits"))
+      .def(
+          "search",
+          [](const PyIvf& s, const py::array& queries, int k, int threads, std::optional<py::array> allow_ids,
+             std::optional<py::array> allow_mask, std::optional<py::array> exclude_ids,
+             std::optional<py::array> exclude_mask, int query_bits, const std::vector<int32_t>& vversions,
+             const std::vector<py::array>& vcodes, const std::vector<float>& vscale,
+             const std::vector<float>& vshift, int nprobe) {
+            if (query_bits < 1 || query_bits > 7)
+              throw py::value_error("query_bits must be in [1, 7], got " + std::to_string(query_bits));
+            auto q = checked_array<uint8_t>(queries, "queries", 2, query_bits * s.geometry().plane_bytes);
+            if (k <= 0) throw py::value_error("k must be >= 1, got " + std::to_string(k));
+            if (nprobe <= 0) throw py::value_error("nprobe must be >= 1, got " + std::to_string(nprobe));
+            if (threads <= 0) throw py::value_error("threads must be >= 1, got " + std::to_string(threads));
+            FilterSpec f;
+            std::optional<py::array_t<int64_t>> ai, ei;
+            std::optional<py::array_t<bool>> am, em;
+            if (allow_ids) {
+              ai = ivf_ids(*allow_ids, "filter ids", -1);
+              f.allow_ids = ai->data();
+              f.n_allow_ids = ai->shape(0);
+            }
+            if (allow_mask) {
+              am = checked_array<bool>(*allow_mask, "filter mask", 1);
+              f.allow_mask = reinterpret_cast<const uint8_t*>(am->data());
+              f.allow_mask_len = am->shape(0);
+            }
+            if (exclude_ids) {
+              ei = ivf_ids(*exclude_ids, "exclude ids", -1);
+              f.exclude_ids = ei->data();
+              f.n_exclude_ids = ei->shape(0);
+            }
+            if (exclude_mask) {
+              em = checked_array<bool>(*exclude_mask, "exclude mask", 1);
+              f.exclude_mask = reinterpret_cast<const uint8_t*>(em->data());
+              f.exclude_mask_len = em->shape(0);
+            }
+            const py::ssize_t nq = q.shape(0);
+            if (vversions.size() != vcodes.size()) throw py::value_error("version queries: one code array per version");
+            if ((!vscale.empty() && vscale.size() != vversions.size()) ||
+                (!vshift.empty() && vshift.size() != vversions.size()))
+              throw py::value_error("version calibration: one scale and one shift per version, or none");
+            std::vector<py::array_t<uint8_t>> vq_arrays;
+            std::vector<const uint8_t*> vq_ptrs;
+            for (size_t v = 0; v < vcodes.size(); ++v) {
+              const std::string name = "queries for version " + std::to_string(vversions[v]);
+              vq_arrays.push_back(
+                  checked_array<uint8_t>(vcodes[v], name.c_str(), 2, query_bits * s.geometry().plane_bytes));
+              if (vq_arrays.back().shape(0) != nq)
+                throw py::value_error(name + " must have " + std::to_string(nq) + " rows (one per query), got " +
+                                      std::to_string(vq_arrays.back().shape(0)));
+              vq_ptrs.push_back(vq_arrays.back().data());
+            }
+            VersionQueries vq;
+            vq.n = static_cast<int>(vq_ptrs.size());
+            vq.versions = vversions.data();
+            vq.codes = vq_ptrs.data();
+            vq.scale = vscale.empty() ? nullptr : vscale.data();
+            vq.shift = vshift.empty() ? nullptr : vshift.data();
+            py::array_t<float> scores({nq, static_cast<py::ssize_t>(k)});
+            py::array_t<int64_t> ids({nq, static_cast<py::ssize_t>(k)});
+            std::fill_n(scores.mutable_data(), nq * k, -std::numeric_limits<float>::infinity());
+            std::fill_n(ids.mutable_data(), nq * k, int64_t(-1));
+            float* sp = scores.mutable_data();
+            int64_t* ip = ids.mutable_data();
+            {
+              py::gil_scoped_release nogil;
+              s.search(q.data(), nq, k, nprobe, threads, f, sp, ip, query_bits, vq);
+            }
+            return py::make_tuple(scores, ids);
+          },
+          py::arg("queries"), py::arg("k"), py::arg("threads"), py::arg("allow_ids"), py::arg("allow_mask"),
+          py::arg("exclude_ids"), py::arg("exclude_mask"), py::arg("query_bits"), py::arg("version_tags"),
+          py::arg("version_codes"), py::arg("version_scale"), py::arg("version_shift"), py::arg("nprobe"))
+      .def("versions", &PyIvf::versions)
+      .def("ids_of_version", [](const PyIvf& s, int32_t v) { return vec_array(s.ids_of_version(v)); })
+      .def("ids", [](const PyIvf& s) { return vec_array(s.ids()); })
+      .def("list_sizes", [](const PyIvf& s) { return vec_array(s.list_sizes()); })
+      .def("memory_bytes", &PyIvf::memory_bytes)
+      .def(
+          "get_codes",
+          [](const PyIvf& s, const py::array& ids) {
+            auto i = ivf_ids(ids, "ids", -1);
+            const py::ssize_t n = i.shape(0);
+            py::array_t<uint8_t> out({n, static_cast<py::ssize_t>(s.geometry().code_bytes)});
+            py::array_t<int32_t> vers(n);
+            uint8_t* op = out.mutable_data();
+            int32_t* vp = vers.mutable_data();
+            {
+              py::gil_scoped_release nogil;
+              s.get_codes(i.data(), n, op, vp);
+            }
+            return py::make_tuple(out, vers);
+          },
+          py::arg("ids"), "Packed codes and versions of ids (ValueError if one is absent).")
+      .def(
+          "export_dense",
+          [](PyIvf& s) {
+            std::vector<uint8_t> codes;
+            std::vector<int64_t> ids, sizes;
+            std::vector<int32_t> vers;
+            std::vector<float> invn;
+            int64_t next_id;
+            {
+              py::gil_scoped_release nogil;
+              s.export_dense(codes, ids, vers, invn, sizes);
+              next_id = s.next_id();
+            }
+            return py::make_tuple(vec_array(codes), vec_array(ids), vec_array(vers), vec_array(invn),
+                                  vec_array(sizes), next_id);
+          },
+          "Compact every list, then return (blocked codes, ids, versions, inverse norms, list sizes, next_id), "
+          "lists concatenated in list order.")
+      .def(
+          "assign_dense",
+          [](PyIvf& s, const py::array& codes, const py::array& ids, const py::array& versions, const py::array& invn,
+             const py::array& sizes, int64_t next_id, bool external) {
+            auto c = checked_array<uint8_t>(codes, "codes", 1);
+            auto i = ivf_ids(ids, "ids", -1);
+            auto v = checked_array<int32_t>(versions, "versions", 1);
+            auto f = checked_array<float>(invn, "inverse norms", 1);
+            auto z = checked_array<int64_t>(sizes, "list sizes", 1);
+            if (z.shape(0) != s.nlist())
+              throw py::value_error("list sizes must have " + std::to_string(s.nlist()) + " entries, got " +
+                                    std::to_string(z.shape(0)));
+            int64_t n = 0, nb = 0;
+            for (int l = 0; l < s.nlist(); ++l) {
+              if (z.data()[l] < 0) throw py::value_error("list sizes must be >= 0");
+              n += z.data()[l];
+              nb += (z.data()[l] + kBlock - 1) / kBlock;
+            }
+            const auto& geo = s.geometry();
+            if (i.shape(0) != n || v.shape(0) != n)
+              throw py::value_error("ids and versions must have " + std::to_string(n) + " entries (the list sizes' sum)");
+            if (c.shape(0) != static_cast<py::ssize_t>(nb * geo.block_bytes))
+              throw py::value_error("codes must hold " + std::to_string(nb * geo.block_bytes) + " bytes, got " +
+                                    std::to_string(c.shape(0)));
+            const int64_t want_invn = s.metric() == Metric::kCosine ? nb * kBlock : 0;
+            if (f.shape(0) != want_invn)
+              throw py::value_error("inverse norms must have " + std::to_string(want_invn) + " entries, got " +
+                                    std::to_string(f.shape(0)));
+            {
+              py::gil_scoped_release nogil;
+              auto lk = s.lock();
+              int64_t off = 0, boff = 0;
+              for (int l = 0; l < s.nlist(); ++l) {
+                const int64_t nl = z.data()[l], bl = (nl + kBlock - 1) / kBlock;
+                s.list(l).assign(c.data() + boff * geo.block_bytes, external, nl, i.data() + off, v.data() + off,
+                                 want_invn ? f.data() + boff * kBlock : nullptr, 0);
+                off += nl;
+                boff += bl;
+              }
+              s.finish_assign(next_id);
+            }
+            s.keepalive = external ? py::object(codes) : py::object();
+          },
+          py::arg("codes"), py::arg("ids"), py::arg("versions"), py::arg("invn"), py::arg("list_sizes"),
+          py::arg("next_id"), py::arg("external"),
+          "Replace the content with dense arrays (from export_dense); external=True reads codes in place.");
+}
+
+}  // namespace bebr

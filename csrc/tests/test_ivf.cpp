@@ -1,0 +1,115 @@
+// GoogleTest: IvfIndex's probed-list scan against SdcIndex (the flat scan) at every SIMD level:
+// probing every list gives the flat results bit for bit; a partial probe returns exactly the
+// flat results restricted to the probed lists' items; threads change nothing.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "dispatch.h"
+#include "index.h"
+#include "ivf.h"
+
+namespace {
+
+using bebr::Metric;
+
+std::vector<uint8_t> codes_of(std::mt19937_64& rng, const bebr::Geometry& g, int64_t n) {
+  std::vector<uint8_t> c(static_cast<size_t>(n) * g.code_bytes);
+  for (int64_t i = 0; i < n; ++i)
+    for (int t = 0; t < g.bits; ++t)
+      for (int p = 0; p < g.plane_bytes; ++p) {
+        uint8_t b = static_cast<uint8_t>(rng());
+        const int valid = g.dim - 8 * p;
+        if (valid < 8) b &= static_cast<uint8_t>((1u << valid) - 1);
+        c[i * g.code_bytes + t * g.plane_bytes + p] = b;
+      }
+  return c;
+}
+
+struct Pair {
+  bebr::SdcIndex flat;
+  bebr::IvfIndex ivf;
+  std::vector<uint8_t> codes;
+  Pair(int dim, int bits, Metric m, int nlist, int64_t n, std::mt19937_64& rng)
+      : flat(dim, bits, m), ivf(dim, bits, m, nlist) {
+    codes = codes_of(rng, flat.geometry(), n);
+    std::normal_distribution<float> nd;
+    std::vector<float> c(static_cast<size_t>(nlist) * dim);
+    for (auto& v : c) v = nd(rng);
+    ivf.set_centroids(c.data());
+    flat.add(codes.data(), n, nullptr, 0);
+    ivf.add(codes.data(), n, nullptr, 0);
+  }
+};
+
+class IvfLevels : public ::testing::TestWithParam<std::string> {
+ protected:
+  void TearDown() override { bebr::set_simd_level(bebr::available_simd_levels().back()); }
+};
+
+TEST_P(IvfLevels, FullProbeEqualsFlatScan) {
+  bebr::set_simd_level(GetParam());
+  std::mt19937_64 rng(11);
+  for (int bits : {1, 2, 3, 4})
+    for (Metric m : {Metric::kIP, Metric::kCosine}) {
+      Pair s(33 + 8 * bits, bits, m, 7, 900, rng);
+      const int qbits = bits <= 2 ? 4 : 7;
+      const bebr::Geometry qg(s.flat.geometry().dim, qbits);
+      auto q = codes_of(rng, qg, 5);
+      const int k = 17;
+      std::vector<float> fs(5 * k), is(5 * k);
+      std::vector<int64_t> fi(5 * k), ii(5 * k);
+      s.flat.search(q.data(), 5, k, 1, {}, fs.data(), fi.data(), qbits);
+      for (int threads : {1, 3}) {
+        s.ivf.search(q.data(), 5, k, 7, threads, {}, is.data(), ii.data(), qbits);
+        EXPECT_EQ(fi, ii) << "bits " << bits;
+        EXPECT_EQ(fs, is) << "bits " << bits;
+      }
+    }
+}
+
+TEST_P(IvfLevels, PartialProbeIsTheFlatScanOfTheProbedLists) {
+  bebr::set_simd_level(GetParam());
+  std::mt19937_64 rng(12);
+  Pair s(64, 2, Metric::kIP, 9, 1500, rng);
+  const bebr::Geometry qg(64, 4);
+  auto q = codes_of(rng, qg, 1);
+  std::vector<int32_t> lists(3), assign(1500);
+  s.ivf.probe(q.data(), 1, 3, 4, lists.data());
+  s.ivf.assign_lists(s.codes.data(), 1500, assign.data());
+  std::vector<int64_t> allow;
+  for (int64_t i = 0; i < 1500; ++i)
+    if (std::count(lists.begin(), lists.end(), assign[i])) allow.push_back(i);
+  bebr::FilterSpec f;
+  f.allow_ids = allow.data();
+  f.n_allow_ids = static_cast<int64_t>(allow.size());
+  const int k = 25;
+  std::vector<float> fs(k), is(k);
+  std::vector<int64_t> fi(k), ii(k);
+  s.flat.search(q.data(), 1, k, 1, f, fs.data(), fi.data(), 4);
+  s.ivf.search(q.data(), 1, k, 3, 1, {}, is.data(), ii.data(), 4);
+  EXPECT_EQ(fi, ii);
+  EXPECT_EQ(fs, is);
+}
+
+INSTANTIATE_TEST_SUITE_P(All, IvfLevels, ::testing::ValuesIn(bebr::available_simd_levels()));
+
+TEST(IvfIndex, RejectsBadArguments) {
+  EXPECT_THROW(bebr::IvfIndex(8, 1, Metric::kIP, 0), std::invalid_argument);
+  EXPECT_THROW(bebr::IvfIndex(8, 1, Metric::kHamming, 4), std::invalid_argument);
+  bebr::IvfIndex idx(8, 1, Metric::kIP, 2);
+  std::vector<uint8_t> c(1, 0);
+  EXPECT_THROW(idx.add(c.data(), 1, nullptr, 0), std::invalid_argument);  // untrained
+  std::vector<float> s(1);
+  std::vector<int64_t> i(1);
+  EXPECT_THROW(idx.search(c.data(), 1, 1, 1, 1, {}, s.data(), i.data()), std::invalid_argument);
+  std::vector<float> cent(16, 0.f);
+  idx.set_centroids(cent.data());
+  EXPECT_THROW(idx.search(c.data(), 1, 1, 0, 1, {}, s.data(), i.data()), std::invalid_argument);
+  EXPECT_THROW(idx.search(c.data(), 1, 0, 1, 1, {}, s.data(), i.data()), std::invalid_argument);
+}
+
+}  // namespace

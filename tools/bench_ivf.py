@@ -1,0 +1,420 @@
+"""IVF benchmark: bebr.IVFIndex against faiss IVF-RaBitQ fast scan, IVF-PQ fast scan + refine and
+HNSW over SQ8, on real sentence embeddings; and a scaling run (flat vs IVF latency against n).
+
+Real data (``--data minilm|mpnet``): embeddings of the ``--n`` most frequent purely alphabetic
+GloVe words (bebr.datasets), ``--nq`` held-out queries (bebr.datasets.query_split, seed 0),
+exact float top-10 truth by inner product (the rows are L2-normalised). bebr: a Binarizer of
+``--budget`` (e.g. 192x2) trained on a sample of the base rows only, SDC over 2-bit item codes
+with 4-bit query codes (``encode_query_codes(x, 4)``, ``search(query_bits=4)``), optionally
+re-ranked with SQ8 codes of the float vectors (``bebr.ivf.Refine``, ``bebr.ivf.SQ8``: the same
+refine data as faiss ``Refine(SQ8)``). Every configuration is searched with one
+thread, single queries (a loop of ``--single`` queries) and one batch of all queries; the
+fastest configuration of each method reaching R10@10 0.90 / 0.95 is reported with its QPS,
+bytes per vector (whole index: codes, ids, lists, centroids, graph, refine data; faiss: the
+serialized index size) and build time. Everything expensive is cached under
+``bebr.datasets.data_dir() / "bench_ivf"`` (embeddings, truth, models, faiss indexes with
+their build times), so a rerun resumes.
+
+    python tools/bench_ivf.py --data minilm --n 327091 --out ivf_minilm.json
+    python tools/bench_ivf.py --scaling 100000,300000,1000000 --out ivf_scaling.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import bebr
+from bebr import datasets
+from bebr.ivf import SQ8, IVFIndex, Refine
+
+CACHE = datasets.data_dir() / "bench_ivf"
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def cached_npy(path: Path, fn):
+    if path.exists():
+        return np.load(path)
+    arr = fn()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+    return arr
+
+
+def load_data(name: str, n: int, nq: int):
+    words, glove = datasets.glove_words(n)
+    if name == "glove":  # the 50-d GloVe vectors themselves (quick pipeline checks)
+        x = glove
+    elif name == "minilm":
+        x = datasets.minilm_embeddings(words)
+    elif name == "mpnet":
+        x = datasets.mpnet_embeddings(words)
+    else:
+        raise SystemExit(f"unknown --data {name}")
+    qi, bi = datasets.query_split(n, nq, seed=0)
+    key = f"{name}_{n}_{nq}"
+    truth = cached_npy(CACHE / f"truth_{key}.npy",
+                       lambda: datasets.exact_topk(x[qi], x[bi], 10))
+    return np.ascontiguousarray(x[bi]), np.ascontiguousarray(x[qi]), truth, key
+
+
+def binarizer(xb: np.ndarray, budget: str, key: str, max_time_s: float):
+    dim, bits = (int(v) for v in budget.split("x"))
+    path = CACHE / f"model_{key}_{budget}_t{int(max_time_s)}"
+    if (path / "config.json").exists():
+        return bebr.Binarizer.load(path), 0.0
+    rng = np.random.default_rng(0)
+    sample = xb[np.sort(rng.choice(xb.shape[0], min(100_000, xb.shape[0]), replace=False))]
+    t0 = time.perf_counter()
+    model = bebr.train_binarizer(sample, dim, bits, seed=0, progress=False, threads=2,
+                                 max_time_s=max_time_s, query_bits=4)
+    dt = time.perf_counter() - t0
+    model.save(path)
+    (path / "train_time.json").write_text(json.dumps({"seconds": dt}))
+    return model, dt
+
+
+def recall10(found, truth):
+    return datasets.recall_at(found[:, :10], truth)
+
+
+def timed_search(fn, nq_single: int, nq: int):
+    """(single-query QPS, batch QPS, ids of the batch run)."""
+    t0 = time.perf_counter()
+    for i in range(nq_single):
+        fn(slice(i, i + 1))
+    single = nq_single / (time.perf_counter() - t0)
+    best = None
+    for _ in range(2):  # median-of-two batch runs (first warms caches)
+        t0 = time.perf_counter()
+        ids = fn(slice(0, nq))
+        dt = time.perf_counter() - t0
+        best = dt if best is None else min(best, dt)
+    return single, nq / best, ids
+
+
+# ----------------------------------------------------------------------------- bebr
+def bebr_rows(xb, xq, truth, model, key, nlists, nprobes, refines, nq_single, train_s):
+    rows = []
+    codes = model.encode(xb)
+    q4 = model.encode_query_codes(xq, 4)
+    spec = model.spec
+    refine_data = SQ8.encode(xb)
+    flat = bebr.Index(spec, "cosine")
+    flat.add(codes)
+    _, fi = flat.search(q4, 10, threads=1, query_bits=4)
+    log(f"bebr flat SDC R10@10 {recall10(fi, truth):.3f}")
+    for nlist in nlists:
+        ivf = IVFIndex(spec, nlist, "cosine")
+        t0 = time.perf_counter()
+        ivf.train(codes[np.random.default_rng(0).choice(codes.shape[0], min(codes.shape[0], 64 * nlist), replace=False)],
+                  max_points_per_centroid=64)
+        ivf.add(codes)
+        ivf.compact()
+        build = time.perf_counter() - t0
+        mem = ivf.memory_bytes()
+        for r in refines:
+            for nprobe in nprobes:
+                if nprobe > nlist:
+                    continue
+                def fn(sl, r=r, nprobe=nprobe):
+                    if r == 0:
+                        return ivf.search(q4[sl], 10, threads=1, query_bits=4, nprobe=nprobe)[1]
+                    return ivf.search(q4[sl], 10, threads=1, query_bits=4, nprobe=nprobe,
+                                      refine=Refine(refine_data, xq[sl], r))[1]
+                single, batch, ids = timed_search(fn, nq_single, xq.shape[0])
+                bpv = (mem + (refine_data.nbytes if r else 0)) / xb.shape[0]
+                row = dict(method=f"bebr IVF{nlist} SDC {spec.dim}x{spec.bits} q4" + (" + SQ8 refine" if r else ""),
+                           params=dict(nlist=nlist, nprobe=nprobe, refine=r),
+                           recall=recall10(ids, truth), qps_single=single, qps_batch=batch,
+                           bytes_per_vector=bpv, build_s=build, model_train_s=train_s)
+                log(json.dumps(row))
+                rows.append(row)
+                if row["recall"] > 0.985:
+                    break
+    return rows
+
+
+# ----------------------------------------------------------------------------- faiss
+def coarse_centroids(xb, nlist: int, key: str):
+    """One float coarse quantizer per (data, nlist), shared by every faiss IVF index (k-means
+    on 64 points per centroid); returns (centroids, seconds)."""
+    import faiss
+
+    path = CACHE / f"faiss_coarse_{key}_{nlist}.npy"
+    meta = path.with_suffix(".json")
+    if path.exists() and meta.exists():
+        return np.load(path), json.loads(meta.read_text())["build_s"]
+    faiss.omp_set_num_threads(2)
+    t0 = time.perf_counter()
+    km = faiss.Kmeans(xb.shape[1], nlist, niter=20, seed=0, spherical=True,
+                      max_points_per_centroid=64)
+    km.train(xb)
+    dt = time.perf_counter() - t0
+    np.save(path, km.centroids)
+    meta.write_text(json.dumps({"build_s": dt}))
+    return km.centroids, dt
+
+
+def faiss_index(xb, factory: str, key: str):
+    """(index, build seconds): faiss IVF indexes get the shared coarse quantizer (its
+    training time is counted in), their fine quantizer trained on <= 65536 rows."""
+    import faiss
+
+    path = CACHE / f"faiss_{key}_{factory.replace(',', '_').replace('(', '').replace(')', '')}.index"
+    meta = path.with_suffix(".json")
+    if path.exists() and meta.exists():
+        return faiss.read_index(str(path)), json.loads(meta.read_text())["build_s"]
+    faiss.omp_set_num_threads(2)
+    idx = faiss.index_factory(xb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    coarse_s = 0.0
+    if factory.startswith("IVF"):
+        nlist = faiss.extract_index_ivf(idx).nlist
+        cent, coarse_s = coarse_centroids(xb, nlist, key)
+        faiss.extract_index_ivf(idx).quantizer.add(cent)
+    sample = xb[np.random.default_rng(0).choice(xb.shape[0], min(65536, xb.shape[0]), replace=False)]
+    t0 = time.perf_counter()
+    idx.train(sample)
+    idx.add(xb)
+    build = time.perf_counter() - t0 + coarse_s
+    faiss.write_index(idx, str(path))
+    meta.write_text(json.dumps({"build_s": build, "threads": 2}))
+    return idx, build
+
+
+def faiss_rows(xb, xq, truth, key, factories, nprobes, kfactors, efs, nq_single):
+    import faiss
+
+    rows = []
+    for fac in factories:
+        idx, build = faiss_index(xb, fac, key)
+        faiss.omp_set_num_threads(1)
+        bpv = len(faiss.serialize_index(idx)) / xb.shape[0]
+        hnsw = fac.startswith("HNSW")
+        refine = "Refine" in fac or "RFlat" in fac
+        grid = [(e, 1) for e in efs] if hnsw else [(p, kf) for kf in (kfactors if refine else [1]) for p in nprobes]
+        for a, kf in grid:
+            if hnsw:
+                faiss.downcast_index(idx).hnsw.efSearch = a
+                params = dict(efSearch=a)
+            else:
+                faiss.extract_index_ivf(idx).nprobe = a
+                if refine:
+                    faiss.downcast_index(idx).k_factor = kf
+                params = dict(nprobe=a, k_factor=kf)
+            fn = lambda sl: idx.search(xq[sl], 10)[1]
+            single, batch, ids = timed_search(fn, nq_single, xq.shape[0])
+            row = dict(method=f"faiss {fac}", params=params, recall=recall10(ids, truth),
+                       qps_single=single, qps_batch=batch, bytes_per_vector=bpv, build_s=build)
+            log(json.dumps(row))
+            rows.append(row)
+            if row["recall"] > 0.985:
+                break
+    return rows
+
+
+def best_at(rows, target):
+    out = {}
+    for r in rows:
+        if r["recall"] < target:
+            continue
+        m = r["method"]
+        for mode in ("qps_single", "qps_batch"):
+            k = (m, mode)
+            if k not in out or r[mode] > out[k][mode]:
+                out[k] = r
+    return out
+
+
+# ----------------------------------------------------------------------------- probing
+def probe_study(xb, xq, truth, model, nlist, nprobes):
+    """Share of the true top-10 items that lie in the probed lists (the recall ceiling of a
+    probe) when the query meets the centroids as its 4-bit query code values (what
+    IVFIndex.search does) or as its float projection (Binarizer.encode_query)."""
+    codes = model.encode(xb)
+    ivf = IVFIndex(model.spec, nlist, "cosine")
+    ivf.train(codes[np.random.default_rng(0).choice(codes.shape[0], min(codes.shape[0], 64 * nlist), replace=False)],
+              max_points_per_centroid=64)
+    lists = ivf.assign(codes)
+    q4 = model.encode_query_codes(xq, 4)
+    proj = model.encode_query(xq)
+    cent = ivf.centroids()
+    rows = []
+    for nprobe in nprobes:
+        by_code = ivf.probe(q4, nprobe, query_bits=4)
+        by_float = np.argsort(-(proj @ cent.T), axis=1, kind="stable")[:, :nprobe]
+        cov = {}
+        for name, probed in (("query code values", by_code), ("float projection", by_float)):
+            hit = [np.isin(lists[truth[i]], probed[i]).mean() for i in range(truth.shape[0])]
+            cov[name] = float(np.mean(hit))
+        row = dict(nlist=nlist, nprobe=nprobe, coverage=cov)
+        log(json.dumps(row))
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- scaling
+def scaling(ns, dim, bits, nlist_per_sqrt, nprobe, nq, seed=0):
+    """Synthetic Gaussian mixture codes: flat vs IVF single-query latency against n."""
+    rng = np.random.default_rng(seed)
+    spec = bebr.CodeSpec(dim, bits)
+    ncl = 4096
+    centers = rng.standard_normal((ncl, dim)).astype(np.float32)
+
+    def gen(n, r):
+        out = np.empty((n, spec.code_bytes), np.uint8)
+        for s in range(0, n, 200_000):
+            m = min(200_000, n - s)
+            x = centers[r.integers(0, ncl, m)] + 0.8 * r.standard_normal((m, dim)).astype(np.float32)
+            lv = np.clip(np.floor((x + 2.0) / 4.0 * spec.n_levels), 0, spec.n_levels - 1)
+            out[s:s + m] = spec.pack(lv.astype(np.uint8))
+        return out
+
+    qspec = bebr.CodeSpec(dim, 4)
+    xq = centers[rng.integers(0, ncl, nq)] + 0.8 * rng.standard_normal((nq, dim)).astype(np.float32)
+    q = qspec.pack(np.clip(np.floor((xq + 2.0) / 4.0 * 16), 0, 15).astype(np.uint8))
+    rows = []
+    for n in ns:
+        codes = gen(n, np.random.default_rng(n))
+        nlist = int(nlist_per_sqrt * np.sqrt(n))
+        flat = bebr.Index(spec, "ip")
+        flat.add(codes)
+        t0 = time.perf_counter()
+        ivf = IVFIndex(spec, nlist, "ip")
+        ivf.train(codes[np.random.default_rng(1).choice(n, min(n, 64 * nlist), replace=False)],
+                  max_points_per_centroid=64)
+        ivf.add(codes)
+        build = time.perf_counter() - t0
+        del codes
+        lat = {}
+        for name, fn in (("flat", lambda i: flat.search(q[i:i + 1], 10, threads=1, query_bits=4)),
+                         ("ivf", lambda i: ivf.search(q[i:i + 1], 10, threads=1, query_bits=4, nprobe=nprobe))):
+            ts = []
+            for i in range(nq):
+                t0 = time.perf_counter()
+                fn(i)
+                ts.append(time.perf_counter() - t0)
+            lat[name] = float(np.median(ts)) * 1e3
+        _, fi = flat.search(q, 10, threads=1, query_bits=4)
+        _, ii = ivf.search(q, 10, threads=1, query_bits=4, nprobe=nprobe)
+        row = dict(n=n, nlist=nlist, nprobe=nprobe, flat_ms=lat["flat"], ivf_ms=lat["ivf"],
+                   ivf_recall_vs_flat=datasets.recall_at(ii, fi), ivf_build_s=build,
+                   ivf_bytes_per_vector=ivf.memory_bytes() / n)
+        log(json.dumps(row))
+        rows.append(row)
+        del flat, ivf
+    return rows
+
+
+def render(res: dict) -> str:
+    """Markdown tables of a result file: best configuration per method at each target, and
+    the scaling rows."""
+    out = []
+    if "rows" in res:
+        for t, best in res["best"].items():
+            for mode in ("qps_single", "qps_batch"):
+                rows = sorted((r for r in best if r["mode"] == mode), key=lambda r: -r[mode])
+                out.append(f"R10@10 >= {t}, 1 thread, {'single queries' if mode == 'qps_single' else 'one batch of all queries'}:\n")
+                out.append("| method | params | R10@10 | QPS | bytes/vector | build s |")
+                out.append("|---|---|---:|---:|---:|---:|")
+                for r in rows:
+                    p = ", ".join(f"{k}={v}" for k, v in r["params"].items())
+                    out.append(f"| {r['method']} | {p} | {r['recall']:.3f} | {r[mode]:.0f} | "
+                               f"{r['bytes_per_vector']:.0f} | {r['build_s']:.0f} |")
+                reached = {r["method"] for r in res["rows"] if r["recall"] >= float(t)}
+                missing = sorted({r["method"] for r in res["rows"]} - reached)
+                if missing:
+                    out.append(f"\nnot reached: {'; '.join(missing)}")
+                out.append("")
+    if "probe" in res:
+        out.append("| nlist | nprobe | coverage, query code values | coverage, float projection |")
+        out.append("|---:|---:|---:|---:|")
+        for r in res["probe"]:
+            c = r["coverage"]
+            out.append(f"| {r['nlist']} | {r['nprobe']} | {c['query code values']:.3f} | {c['float projection']:.3f} |")
+    if "scaling" in res:
+        out.append("| n | nlist | nprobe | flat ms | IVF ms | flat / IVF | IVF R10@10 vs flat | IVF build s | IVF bytes/vector |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in res["scaling"]:
+            out.append(f"| {r['n']:,} | {r['nlist']} | {r['nprobe']} | {r['flat_ms']:.2f} | {r['ivf_ms']:.3f} | "
+                       f"{r['flat_ms'] / r['ivf_ms']:.1f}x | {r['ivf_recall_vs_flat']:.3f} | {r['ivf_build_s']:.0f} | "
+                       f"{r['ivf_bytes_per_vector']:.0f} |")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="minilm")
+    ap.add_argument("--n", type=int, default=327_091)
+    ap.add_argument("--nq", type=int, default=2000)
+    ap.add_argument("--single", type=int, default=300, help="queries in the single-query loop")
+    ap.add_argument("--budget", default="192x2")
+    ap.add_argument("--train-time", type=float, default=600.0)
+    ap.add_argument("--nlist", default="1024")
+    ap.add_argument("--nprobe", default="4,8,16,32,64,128")
+    ap.add_argument("--refine", default="0,2,4,8")
+    ap.add_argument("--faiss", default="IVF{nlist},RaBitQfs,Refine(SQ8);IVF{nlist},RaBitQfs2,Refine(SQ8);"
+                    "IVF{nlist},RaBitQfs4;IVF{nlist},RaBitQfs4,Refine(SQ8);IVF{nlist},RaBitQfs,RFlat;"
+                    "IVF{nlist},PQ96x4fs,Refine(SQ8);IVF{nlist},PQ96x4fs,RFlat;HNSW32,SQ8",
+                    help="faiss factory strings (';'-separated); {nlist}: the first --nlist")
+    ap.add_argument("--kfactor", default="2,4,8")
+    ap.add_argument("--ef", default="16,32,64,128,256")
+    ap.add_argument("--skip-faiss", action="store_true")
+    ap.add_argument("--probe-study", action="store_true",
+                    help="only measure probe coverage: query codes vs float projection")
+    ap.add_argument("--scaling", default="")
+    ap.add_argument("--scaling-dim", type=int, default=192)
+    ap.add_argument("--out", default=None, help="result JSON to write")
+    ap.add_argument("--render", default=None, help="print the markdown tables of a result JSON")
+    a = ap.parse_args(argv)
+    if a.render:
+        text = Path(a.render).read_text()
+        try:
+            res = json.loads(text)
+        except ValueError:  # a run's stderr log: its JSON row lines (an interrupted run)
+            rows = [json.loads(l) for l in text.splitlines() if l.startswith('{"method"')]
+            res = dict(rows=rows, best={str(t): [dict(r, mode=m) for (_, m), r in
+                                                 best_at(rows, t).items()] for t in (0.90, 0.95)})
+        print(render(res))
+        return
+    if not a.out:
+        ap.error("--out is required (or --render)")
+    ints = lambda s: [int(v) for v in s.split(",") if v]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    res = dict(simd=bebr.simd_level(), argv=sys.argv[1:], load_avg=os.getloadavg())
+    if a.scaling:
+        res["scaling"] = scaling(ints(a.scaling), a.scaling_dim, 2, 2.0, 16, 200)
+    else:
+        xb, xq, truth, key = load_data(a.data, a.n, a.nq)
+        log(f"data {key}: base {xb.shape}, queries {xq.shape}")
+        model, train_s = binarizer(xb, a.budget, key, a.train_time)
+        if a.probe_study:
+            res["probe"] = probe_study(xb, xq, truth, model, ints(a.nlist)[0], ints(a.nprobe))
+            Path(a.out).write_text(json.dumps(res, indent=1))
+            return
+        rows = bebr_rows(xb, xq, truth, model, key, ints(a.nlist), ints(a.nprobe), ints(a.refine),
+                         a.single, train_s)
+        if not a.skip_faiss:
+            facs = a.faiss.replace("{nlist}", str(ints(a.nlist)[0])).split(";")
+            rows += faiss_rows(xb, xq, truth, key, facs, ints(a.nprobe),
+                               ints(a.kfactor), ints(a.ef), a.single)
+        res["rows"] = rows
+        res["best"] = {str(t): [dict(r, mode=m) for (_, m), r in best_at(rows, t).items()]
+                       for t in (0.90, 0.95)}
+    Path(a.out).write_text(json.dumps(res, indent=1))
+    log(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
