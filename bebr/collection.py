@@ -63,10 +63,11 @@ def _model_dir_name(version: str) -> str:
 
 
 def _load_model(path: Path):
-    """Load a saved model for serving (the torch-free encoder when available)."""
+    """Load a saved model for serving: the torch-free ``bebr.Encoder`` (same codes as the
+    torch ``Binarizer``), so opening and searching a collection needs no torch."""
     from .jobs import load_model
 
-    return load_model(path)
+    return load_model(path, "encoder")
 
 
 def _model_version(model) -> str:
