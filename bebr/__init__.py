@@ -2,7 +2,7 @@
 
 ``import bebr`` does not import torch: the serving layer (codes, indexes, the torch-free
 :class:`Encoder`, :func:`load_model`, :class:`Searcher`) is loaded eagerly, the training layer
-(``Binarizer``, ``train_binarizer``, ``train_compatible``, ...) on first access.
+(``Binarizer``, ``train_binarizer``, ``train_cross_queries``, ...) on first access.
 """
 
 from importlib import import_module
@@ -16,15 +16,13 @@ from .encoder import BinarizerConfig, Encoder, load_model
 from .searcher import Searcher, search_args
 
 # name -> submodule of the training layer (needs torch: pip install torch==2.13.0)
-_LAZY = {"Binarizer": "model", "train_binarizer": "train", "CodeUpgrader": "compat",
-         "CompatWeights": "compat", "train_compatible": "compat",
-         "train_cross_queries": "compat", "train_upgrader": "compat"}
+_LAZY = {"Binarizer": "model", "train_binarizer": "train",
+         "train_cross_queries": "compat", "fit_head_calibration": "compat"}
 
 __all__ = ["CodeSpec", "Collection", "HammingIndex", "Index", "IVFIndex", "metrics", "set_simd_level", "simd_level",
            "simd_levels",
            "Binarizer", "train_binarizer",
-           "CodeUpgrader", "CompatWeights", "train_compatible", "train_cross_queries",
-           "train_upgrader",
+           "fit_head_calibration", "train_cross_queries",
            "BinarizerConfig", "Encoder", "load_model", "Searcher", "search_args"]
 __version__ = "0.1.0"
 

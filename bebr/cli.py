@@ -1,4 +1,4 @@
-"""The ``bebr`` command line: train, encode, upgrade, index, search, eval, bench, demo.
+"""The ``bebr`` command line: train, encode, index, collection, search, eval, bench, demo.
 
 Every subcommand has ``--help``. Errors in the input (missing files, wrong dims, NaN/inf rows,
 empty input, corrupted shards, manifests or models, version or code-spec mismatches) print one
@@ -38,7 +38,7 @@ input formats (embeddings):
 Without an id column an item's id is its row number across all inputs, in order."""
 
 SHARDS_HELP = """\
-code shards (output of encode/upgrade; docs/FORMAT.md, "Code shards and manifest"): a
+code shards (output of encode; docs/FORMAT.md, "Code shards and manifest"): a
 directory with codes-NNNNN.npy (uint8 packed codes), ids-NNNNN.npy (int64) and
 manifest.json (model version, code spec, per-shard counts and SHA-256 checksums)."""
 
@@ -100,10 +100,6 @@ def _api(name: str):
     import bebr
 
     obj = getattr(bebr, name, None)
-    if obj is None and name in ("train_compatible", "train_upgrader"):
-        from . import compat
-
-        obj = getattr(compat, name, None)
     if obj is None:
         raise CliError(f"this bebr build has no bebr.{name}; the command needs it")
     return obj
@@ -292,9 +288,6 @@ def _write_results(args, scores: np.ndarray, ids: np.ndarray) -> None:
 def cmd_train(args) -> int:
     t_start = time.monotonic()  # --max-time bounds the whole command, reading included
     train_binarizer = _api("train_binarizer")
-    if args.compatible_with and args.skip_bad:
-        raise CliError("--skip-bad would unpair --old-input from the new input; clean the "
-                       "inputs instead")
     x = _read_rows(args.inputs, max_rows=args.max_rows, skip_bad=args.skip_bad,
                    column=args.column, sample_seed=args.seed)
     kw = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
@@ -302,59 +295,16 @@ def cmd_train(args) -> int:
           if v is not None}
     t0 = time.perf_counter()
     progress = not (args.no_progress or args.quiet)
-    if args.compatible_with:
-        if not args.old_input:
-            raise CliError("--compatible-with needs --old-input: the old model's embeddings "
-                           "of the same items, row for row")
-        train_compatible = _api("train_compatible")
-        old = _load_model(args.compatible_with, "binarizer")
-        x_old = _read_rows(args.old_input, max_rows=args.max_rows, skip_bad=False,
-                           column=args.column, dim=old.in_dim, sample_seed=args.seed)
-        if x_old.shape[0] != x.shape[0]:
-            raise CliError(f"--old-input has {x_old.shape[0]} rows but the new input has "
-                           f"{x.shape[0]}; they must be the same items, row for row")
-        cross = {} if args.head_members is None else {"members": args.head_members}
-        if args.max_time is not None:
-            kw["max_time_s"] = max(0.0, args.max_time - (time.monotonic() - t_start))
-        model = train_compatible(x, x_old, old, dim=args.dim, bits=args.bits, seed=args.seed,
-                                 progress=progress,
-                                 cross_queries=not args.no_heads, cross_kwargs=cross, **kw)
-    else:
-        if args.old_input:
-            raise CliError("--old-input is only used with --compatible-with")
-        if args.no_heads or args.head_members is not None:
-            raise CliError("--no-heads / --head-members are only used with --compatible-with")
-        if args.max_time is not None:
-            kw["max_time_s"] = max(0.0, args.max_time - (time.monotonic() - t_start))
-        model = train_binarizer(x, 64 if args.dim is None else args.dim,
-                                2 if args.bits is None else args.bits, seed=args.seed,
-                                progress=progress, **kw)
+    if args.max_time is not None:
+        kw["max_time_s"] = max(0.0, args.max_time - (time.monotonic() - t_start))
+    model = train_binarizer(x, 64 if args.dim is None else args.dim,
+                            2 if args.bits is None else args.bits, seed=args.seed,
+                            progress=progress, **kw)
     for cut in (getattr(model, "train_info", None) or {}).get("time_budget", {}).get("cuts", []):
         _say(args, f"bebr: --max-time {args.max_time:g} s cut {cut}")
     model.save(args.out)
     _say(args, f"trained {model.spec} on {x.shape[0]} x {x.shape[1]} rows in "
                f"{time.perf_counter() - t0:.1f} s; model version {model.version} -> {args.out}")
-    return 0
-
-
-def cmd_train_upgrader(args) -> int:
-    train_upgrader = _api("train_upgrader")
-    old, new = _load_model(args.old, "binarizer"), _load_model(args.new, "binarizer")
-    x_old = _read_rows(args.old_input, max_rows=args.max_rows, skip_bad=False,
-                       column=args.column, dim=old.in_dim, sample_seed=args.seed)
-    x_new = _read_rows(args.new_input, max_rows=args.max_rows, skip_bad=False,
-                       column=args.column, dim=new.in_dim, sample_seed=args.seed)
-    if x_old.shape[0] != x_new.shape[0]:
-        raise CliError(f"--old-input has {x_old.shape[0]} rows but --new-input has "
-                       f"{x_new.shape[0]}; they must be the same items, row for row")
-    kw = {k: v for k, v in (("epochs", args.epochs), ("max_time_s", args.max_time))
-          if v is not None}
-    t0 = time.perf_counter()
-    up = train_upgrader(old, new, x_new, x_old=x_old, seed=args.seed,
-                        progress=not args.no_progress, **kw)
-    up.save(args.out)
-    _say(args, f"trained upgrader {old.version} -> {new.version} on {x_new.shape[0]} items in "
-               f"{time.perf_counter() - t0:.1f} s -> {args.out}")
     return 0
 
 
@@ -380,14 +330,6 @@ def cmd_encode(args) -> int:
                         skip_bad=args.skip_bad, column=args.column, id_column=args.id_column,
                         **_engine_kw(args))
     _job_summary(args, "encoded", res)
-    return 0
-
-
-def cmd_upgrade(args) -> int:
-    from .jobs import upgrade_shards
-
-    res = upgrade_shards(args.upgrader, args.shards, args.out, **_engine_kw(args))
-    _job_summary(args, "upgraded", res)
     return 0
 
 
@@ -741,9 +683,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", formatter_class=fmt, help="train a Binarizer on embeddings",
                        description="Train a Binarizer (float embeddings -> dim x bits codes) "
                                    "and save it as a model directory (config.json + "
-                                   "model.safetensors).\nWith --compatible-with, train a new "
-                                   "version whose codes are searchable against the old "
-                                   "model's codes.",
+                                   "model.safetensors).\nA new version of an upstream "
+                                   "model is trained the same way; `bebr collection upgrade` "
+                                   "then fits its query heads into the older versions' codes.",
                        epilog=FORMATS_HELP + "\n\nexample:\n  bebr train emb.npy -o model "
                               "--dim 64 --bits 2")
     p.add_argument("inputs", nargs="+", help="embedding files, directories or globs")
@@ -771,16 +713,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--column", default=None, help="parquet embedding column")
     p.add_argument("--skip-bad", action="store_true", help="drop NaN/inf rows instead of "
                                                            "refusing the input")
-    p.add_argument("--compatible-with", metavar="OLD_MODEL", default=None,
-                   help="train a new version compatible with this deployed model")
-    p.add_argument("--old-input", nargs="+", default=None,
-                   help="the old model's embeddings of the same items (row for row)")
-    p.add_argument("--head-members", type=int, default=None,
-                   help="with --compatible-with: ensemble members of the query head into the "
-                        "old version's codes (default: train_cross_queries' 3; training time "
-                        "grows with them)")
-    p.add_argument("--no-heads", action="store_true",
-                   help="with --compatible-with: no query head (compatible codes only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_common(p)
     p.set_defaults(func=cmd_train)
@@ -809,45 +741,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine(p)
     _add_common(p)
     p.set_defaults(func=cmd_encode)
-
-    p = sub.add_parser("train-upgrader", formatter_class=fmt,
-                       help="train an upgrader: old-version codes -> new-version codes",
-                       description="Learn a light model that turns stored codes of the OLD "
-                                   "model into codes of the NEW model, from a paired sample "
-                                   "(both models' embeddings of the same items). `bebr "
-                                   "upgrade` then upgrades stored code shards with it, "
-                                   "without floats.",
-                       epilog=FORMATS_HELP)
-    p.add_argument("--old", required=True, help="old model directory")
-    p.add_argument("--new", required=True, help="new model directory")
-    p.add_argument("--old-input", nargs="+", required=True,
-                   help="old model's embeddings of the sample items")
-    p.add_argument("--new-input", nargs="+", required=True,
-                   help="new model's embeddings of the same items, row for row")
-    p.add_argument("-o", "--out", required=True, help="upgrader directory to write")
-    p.add_argument("--epochs", type=_int_range(1), default=None, help="training epochs")
-    p.add_argument("--max-rows", type=_int_range(1), default=200_000,
-                   help="train on a random sample of at most this many paired rows "
-                        "(default 200000)")
-    p.add_argument("--max-time", type=float, default=None, help="stop training after N s")
-    p.add_argument("--seed", type=_int_range(0), default=0)
-    p.add_argument("--column", default=None, help="parquet embedding column")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_common(p)
-    p.set_defaults(func=cmd_train_upgrader)
-
-    p = sub.add_parser("upgrade", formatter_class=fmt,
-                       help="upgrade old code shards to a new model version",
-                       description="Convert old-version code shards into new-version codes "
-                                   "with a trained upgrader (no floats needed); one output "
-                                   "shard per input shard, same ids. Resumable.",
-                       epilog=SHARDS_HELP)
-    p.add_argument("shards", help="complete code-shard directory of the old version")
-    p.add_argument("--upgrader", required=True, help="trained upgrader (bebr train-upgrader)")
-    p.add_argument("-o", "--out", required=True, help="output code-shard directory")
-    _add_engine(p)
-    _add_common(p)
-    p.set_defaults(func=cmd_upgrade)
 
     p = sub.add_parser("index", formatter_class=fmt, help="build and edit index files",
                        description="Build a bebr.Index file from code shards, add or remove "

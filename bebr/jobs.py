@@ -1,4 +1,4 @@
-"""Offline jobs over shards: encode float embeddings into code shards, upgrade code shards.
+"""Offline jobs over shards: encode float embeddings into code shards.
 
 A job is cut into *units* before it starts: each input shard is split into row ranges of at
 most ``shard_rows`` rows, and unit ``u`` becomes output shard ``u`` (``codes-{u:05d}.npy``).
@@ -26,20 +26,20 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .versions import version_tag  # noqa: F401  (re-exported: jobs' tag of a version)
 from .fileio import CorruptFileError, sha256_file
-from .io.codeshards import CodeShards, load_shard_file, write_code_shard
+from .io.codeshards import write_code_shard
 from .io.inputs import open_inputs
 from .io.manifest import MANIFEST_NAME, Manifest, ShardEntry
 from .io.readers import open_source
 from .io.validate import check_rows
 from .io.idcheck import check_ids, find_duplicate_id, row_of_id
 
-__all__ = ["JobMismatchError", "JobResult", "version_tag", "encode_shards", "upgrade_shards",
+__all__ = ["JobMismatchError", "JobResult", "version_tag", "encode_shards",
            "load_model", "plan_units",
            "DEFAULT_CHUNK_ROWS", "DEFAULT_SHARD_ROWS"]
 
@@ -71,9 +71,8 @@ _MODEL_CACHE: Dict[Tuple[str, str, str], Any] = {}
 
 
 def load_model(path: PathLike, kind: str = "binarizer"):
-    """Load a saved model (``bebr.Binarizer.load``, the torch-free ``bebr.Encoder.load`` for
-    ``kind="encoder"``, or ``bebr.compat.CodeUpgrader.load`` for ``kind="upgrader"``); cached
-    per process so a worker loads each model once."""
+    """Load a saved model (``bebr.Binarizer.load``, or the torch-free ``bebr.Encoder.load``
+    for ``kind="encoder"``); cached per process so a worker loads each model once."""
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no such model file")
     key = (str(Path(path).resolve()), model_digest(path), kind)  # rewritten: reload
@@ -87,9 +86,7 @@ def load_model(path: PathLike, kind: str = "binarizer"):
 
             _MODEL_CACHE[key] = _model.Binarizer.load(path)
         else:
-            from .compat import CodeUpgrader
-
-            _MODEL_CACHE[key] = CodeUpgrader.load(path)
+            raise ValueError(f"unknown model kind {kind!r} (expected 'binarizer' or 'encoder')")
     return _MODEL_CACHE[key]
 
 
@@ -205,44 +202,9 @@ def _encode_unit(task: EncodeTask, model=None,
                             stop=u.stop, skipped=skipped)
 
 
-@dataclass(frozen=True)
-class UpgradeTask:
-    """One upgrade unit: old shard ``unit.index`` of ``in_dir`` -> new shard in ``out_dir``."""
-
-    model_path: str
-    in_dir: str
-    codes_name: str
-    ids_name: str
-    count: int
-    code_bytes: int
-    unit: Unit
-    out_dir: str
-    chunk_rows: int
-    threads: int
-
-
-def _upgrade_unit(task: UpgradeTask, model=None,
-                  on_chunk: Optional[Callable[[int], None]] = None) -> ShardEntry:
-    model = model if model is not None else load_model(task.model_path, "upgrader")
-    old = load_shard_file(task.in_dir, task.codes_name, (task.count, task.code_bytes), np.uint8)
-    old_ids = load_shard_file(task.in_dir, task.ids_name, (task.count,), np.int64)
-    out = []
-    with _torch_threads(task.threads):
-        for a in range(0, task.count, task.chunk_rows):
-            b = min(a + task.chunk_rows, task.count)
-            out.append(np.asarray(model.upgrade(np.array(old[a:b]), batch_size=task.chunk_rows)))
-            if on_chunk is not None:
-                on_chunk(b - a)
-    c = np.concatenate(out) if out else np.empty((0, model.out_spec.code_bytes), np.uint8)
-    return write_code_shard(task.out_dir, task.unit.index, c, np.asarray(old_ids),
-                            source=task.unit.source, start=0, stop=task.count)
-
-
 def _run_task(task) -> ShardEntry:
-    """Worker entry point (process pool and Ray): run one task by its type."""
-    if isinstance(task, EncodeTask):
-        return _encode_unit(task)
-    return _upgrade_unit(task)
+    """Worker entry point (process pool and Ray): run one encode task."""
+    return _encode_unit(task)
 
 
 # --------------------------------------------------------------------------- driver
@@ -394,8 +356,7 @@ def _execute(tasks: List[Any], rows: List[int], manifest: Manifest, out_dir: Pat
     try:
         if engine == "local" and workers <= 1:
             for t in tasks:
-                run = _encode_unit if isinstance(t, EncodeTask) else _upgrade_unit
-                record(run(t, model=model, on_chunk=bar.update))
+                record(_encode_unit(t, model=model, on_chunk=bar.update))
         elif engine == "local":
             from concurrent.futures import as_completed
 
@@ -486,43 +447,6 @@ def _check_unique_ids(manifest: Manifest, out_dir: Path, sources) -> None:
     manifest.save(out_dir)
     raise ValueError(f"id {value} is given twice: {where[0]} and {where[1]}; ids must be "
                      "unique (the job is left incomplete)")
-
-
-def upgrade_shards(upgrader: PathLike, in_dir: PathLike, out_dir: PathLike, *,
-                   chunk_rows: int = DEFAULT_CHUNK_ROWS, engine: str = "local",
-                   address: Optional[str] = None, workers: int = 1, threads: int = 1,
-                   progress: bool = True, overwrite: bool = False,
-                   ray_cpus: Optional[int] = None) -> JobResult:
-    """Upgrade a complete code-shard directory to a new model version with a saved upgrader
-    (old codes -> new codes, no floats needed); one output shard per input shard, same ids."""
-    src = CodeShards(in_dir)
-    model_path = str(Path(upgrader).resolve())
-    up = load_model(model_path, "upgrader")
-    if up.from_version and up.from_version != str(src.model_version):
-        raise ValueError(f"{in_dir}: codes are model version {src.model_version!r}, but the "
-                         f"upgrader converts version {up.from_version!r}")
-    if up.in_spec != src.spec:
-        raise ValueError(f"{in_dir}: codes are {src.spec}, the upgrader expects {up.in_spec}")
-    if not up.to_version:
-        raise ValueError(f"{upgrader}: the upgrader does not name the version it makes")
-    m = src.manifest
-    units = [Unit(i, i, 0, m.shards[i].count, 0) for i in range(m.units)]
-    job = {"kind": "upgrade", "chunk_rows": chunk_rows, "model_sha256": model_digest(model_path),
-           "from_version": m.model_version}
-    inputs = [{"path": str((src.directory / m.shards[i].codes).resolve()),
-               "sha256": m.shards[i].sha256, "rows": m.shards[i].count}
-              for i in range(m.units)]
-    fresh = Manifest(model_version=up.to_version, spec=up.out_spec, job=job, inputs=inputs,
-                     units=len(units))
-    out_dir = Path(out_dir)
-    manifest, resumed = _prepare(out_dir, fresh, overwrite)
-    todo = [u for u in units if u.index not in manifest.shards]
-    tasks = [UpgradeTask(model_path, str(src.directory.resolve()), m.shards[u.index].codes,
-                         m.shards[u.index].ids, m.shards[u.index].count, src.spec.code_bytes,
-                         u, str(out_dir.resolve()), chunk_rows, threads) for u in todo]
-    return _execute(tasks, [u.stop for u in todo], manifest, out_dir, engine=engine,
-                    workers=workers, address=address, progress=progress, desc="upgrade",
-                    model=up, ray_cpus=ray_cpus, resumed=resumed)
 
 
 def _version_of(model) -> Any:
