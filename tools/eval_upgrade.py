@@ -1,0 +1,562 @@
+"""Realistic model upgrade: every new-query path over old codes, on MiniLM -> MPNet and on
+GloVe -> MiniLM (BENCHMARKS.md section "Realistic upgrade: MiniLM -> MPNet").
+
+Data: the 100k words of the quality benchmark (``bebr.datasets.glove_words(100_000)``),
+2,000 query words (``query_split(100_000, 2000, seed=0)``), the rest the gallery; truth: the
+NEW model's exact float top-10 over the gallery; metric R10@10; search ``bebr.Index`` (SDC,
+cosine), 4-bit query codes everywhere (``QB``).
+Training sample (``--train-source``): ``extra`` = the 40,000 next GloVe words (rows
+100,000..139,999 of ``glove_words(140_000)``), embedded by both models: no query or gallery
+word is in any training sample of a model, head, adapter or calibration. ``gallery`` = a
+seeded random 40,000 of the 98,000 gallery words, removed from the evaluation gallery (which
+keeps the other 58,000); used where the new model's floats of the extra words are missing.
+Of the training sample, ``VAL`` rows (seeded) are held out of every fit: the research
+validation (``--research``) uses them as queries against the old codes of the other rows,
+never the 2,000 reported queries.
+
+Paths measured per upgrade and budget (``M(q, g)``: queries of q's codes over g's codes):
+  (a) an independently trained new model (``train_binarizer`` on new floats) + query heads
+      into the old codes (``train_cross_queries``: new floats and the old model's STORED codes
+      of the paired sample only);
+  (b) ``train_compatible`` codes alone; (c) ``train_compatible`` + heads;
+  (d) the forward upgrader (``train_upgrader``): the gallery upgraded from its old codes vs
+      left old;
+  (e) Drift-Adapter-style baselines: a least-squares affine map and a small residual MLP
+      from new float queries to old floats (fitted on the paired sample), then the OLD
+      model's query encoder over the same old codes.
+
+Usage:  python tools/eval_upgrade.py [--upgrades minilm-mpnet,glove-minilm]
+            [--budgets 128x2,256x2] [--parts a,e,b,c,d] [--write]
+Everything trained is cached under ``<data dir>/upgrade_eval/`` keyed by the training code's
+hash and its settings; every measured row lands in ``<data dir>/upgrade_eval/results.json``
+(key: upgrade / source / budget / row), so a rerun reuses both and trains only what is new.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+import bebr  # noqa: E402
+from bebr import datasets as ds, metrics as M  # noqa: E402
+from bebr.compat import CodeUpgrader, train_compatible, train_cross_queries, train_upgrader  # noqa: E402
+from bebr.fileio import atomic_write_bytes  # noqa: E402
+from bebr.train import train_binarizer  # noqa: E402
+from eval_compat import Evaluator, code_hash, fmt  # noqa: E402
+
+QB = 4            # query bits of every SDC search
+N_BENCH = 100_000  # words of the benchmark
+N_EXTRA = 40_000   # training words after them (extra) / taken from the gallery (gallery)
+NQ = 2000
+VAL = 2000         # rows of the training sample held out of every fit (research validation)
+THREADS = 2
+ALLOW_MPNET = False  # --embed-mpnet
+STORE_DIR = "upgrade_eval"  # under the data dir ("upgrade_eval_dev" with --dev)
+
+UPGRADES = {  # name: (old model, new model)
+    "minilm-mpnet": ("minilm", "mpnet"),
+    "glove-minilm": ("glove", "minilm"),
+}
+DIMS = {"glove": 50, "minilm": 384, "mpnet": 768}
+
+
+# ---------------------------------------------------------------------------- data
+def _embed_cached(name: str, lo: int, hi: int) -> np.ndarray:
+    """Rows ``lo:hi`` (GloVe word order) of model ``name``'s floats: sliced from any cached
+    array of a longer GloVe-word prefix, else the cached / computed array of exactly those
+    words (``bebr.datasets`` caches it by word hash)."""
+    words, g = ds.glove_words(hi)
+    if name == "glove":
+        return g[lo:hi]
+    stem = {"minilm": "minilm-l6-v2", "mpnet": "mpnet-base-v2"}[name]
+    for p in sorted(ds.data_dir().glob(f"{stem}_*_*.npy")):
+        m = int(p.stem.rsplit("_", 1)[1])
+        if m < hi or m > 400_000:
+            continue
+        pre, _ = ds.glove_words(m)
+        if p.stem.split("_")[1] == ds.words_hash(pre)[:24]:
+            arr = np.load(p, mmap_mode="r")
+            if arr.shape == (m, DIMS[name]):
+                return np.ascontiguousarray(arr[lo:hi], dtype=np.float32)
+    if name == "mpnet" and not ALLOW_MPNET:
+        raise SystemExit(f"MPNet floats of GloVe words {lo}..{hi} are not cached (slow to "
+                         "embed on CPU); pass --embed-mpnet to compute them")
+    fn = ds.minilm_embeddings if name == "minilm" else ds.mpnet_embeddings
+    print(f"  embedding {hi - lo} words with {name}", flush=True)
+    return fn(words[lo:hi])
+
+
+def has_cached(name: str, lo: int, hi: int) -> bool:
+    """Whether rows ``lo:hi`` of ``name`` are available without embedding anything."""
+    if name == "glove":
+        return True
+    stem = {"minilm": "minilm-l6-v2", "mpnet": "mpnet-base-v2"}[name]
+    words, _ = ds.glove_words(hi)
+    if (ds.data_dir() / f"{stem}_{ds.words_hash(words[lo:hi])[:24]}_{hi - lo}.npy").exists():
+        return True
+    for p in ds.data_dir().glob(f"{stem}_*_*.npy"):
+        m = int(p.stem.rsplit("_", 1)[1])
+        if hi <= m <= 400_000 and p.stem.split("_")[1] == ds.words_hash(
+                ds.glove_words(m)[0])[:24]:
+            return True
+    return False
+
+
+class Data:
+    """Floats of one upgrade: benchmark rows, the split, the training sample, the truth."""
+
+    def __init__(self, upgrade: str, source: str):
+        self.upgrade, self.source = upgrade, source
+        self.old_name, self.new_name = UPGRADES[upgrade]
+        xo = _embed_cached(self.old_name, 0, N_BENCH)
+        xn = _embed_cached(self.new_name, 0, N_BENCH)
+        qi, bi = ds.query_split(N_BENCH, NQ, seed=0)
+        if source == "extra":
+            self.xo_t = _embed_cached(self.old_name, N_BENCH, N_BENCH + N_EXTRA)
+            self.xn_t = _embed_cached(self.new_name, N_BENCH, N_BENCH + N_EXTRA)
+            gal = bi
+        elif source == "gallery":
+            rng = np.random.default_rng(11)
+            take = np.zeros(len(bi), dtype=bool)
+            take[rng.choice(len(bi), N_EXTRA, replace=False)] = True
+            self.xo_t, self.xn_t = xo[bi[take]], xn[bi[take]]
+            gal = bi[~take]
+        else:
+            raise ValueError(f"train source must be 'extra' or 'gallery', got {source!r}")
+        self.qo, self.qn = xo[qi], xn[qi]      # query floats, old and new model
+        self.go, self.gn = xo[gal], xn[gal]    # gallery floats
+        self.n_gallery = len(gal)
+        # the training sample: `fit` rows train everything, `val` rows never
+        rng = np.random.default_rng(5)
+        perm = rng.permutation(len(self.xn_t))
+        self.val, self.fit = np.sort(perm[:VAL]), np.sort(perm[VAL:])
+        t = time.perf_counter()
+        self.truth = ds.exact_topk(self.qn, self.gn, 10)
+        self.val_truth = ds.exact_topk(self.xn_t[self.val], self.xn_t[self.fit], 10)
+        print(f"[{upgrade}/{source}] {len(qi)} queries, {self.n_gallery} gallery, "
+              f"{len(self.fit)} fit + {len(self.val)} val training rows; truth "
+              f"{time.perf_counter() - t:.0f} s", flush=True)
+
+    def overlap(self) -> float:
+        """Mean share of the new float top-10 in the old float top-10 (same queries)."""
+        old = ds.exact_topk(self.qo, self.go, 10)
+        return float(np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(old, self.truth)]))
+
+
+# ---------------------------------------------------------------------------- cache
+class Store:
+    """Trained objects and measured rows of one upgrade / source, on disk.
+
+    Objects: ``root/<name>_<code hash>/`` (a Binarizer / CodeUpgrader dir, or ``arrays.npz``)
+    plus ``train_time.json``. Rows: one JSON file for the whole benchmark, keyed
+    ``upgrade/source/budget/row``; a row is recomputed only when its key (which holds the
+    code hash) is missing.
+    """
+
+    def __init__(self, upgrade: str, source: str, root: Path | None = None):
+        self.base = root or ds.data_dir() / STORE_DIR
+        self.root = self.base / upgrade / source
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.code = code_hash()
+        self.prefix = f"{upgrade}/{source}"
+        self.results_path = self.base / "results.json"
+        self.times: dict = {}
+
+    def _dir(self, name: str) -> Path:
+        return self.root / f"{name}_{self.code}"
+
+    def model(self, name: str, fn, kind=bebr.Binarizer):
+        p = self._dir(name)
+        if (p / "config.json").exists():
+            self.times[name] = json.loads((p / "train_time.json").read_text())["time_s"]
+            return kind.load(p)
+        t = time.perf_counter()
+        m = fn()
+        self.times[name] = time.perf_counter() - t
+        m.save(p)
+        atomic_write_bytes(p / "train_time.json", json.dumps({"time_s": self.times[name]}).encode())
+        print(f"  trained {name} in {self.times[name]:.0f} s", flush=True)
+        return m
+
+    def arrays(self, name: str, fn) -> dict:
+        p = self._dir(name)
+        if (p / "arrays.npz").exists():
+            self.times[name] = json.loads((p / "train_time.json").read_text())["time_s"]
+            with np.load(p / "arrays.npz") as z:
+                return {k: z[k] for k in z.files}
+        t = time.perf_counter()
+        arrs = fn()
+        self.times[name] = time.perf_counter() - t
+        p.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, **arrs)
+        atomic_write_bytes(p / "arrays.npz", buf.getvalue())
+        atomic_write_bytes(p / "train_time.json", json.dumps({"time_s": self.times[name]}).encode())
+        print(f"  fitted {name} in {self.times[name]:.0f} s", flush=True)
+        return arrs
+
+    # ---- results
+    def load_results(self) -> dict:
+        if self.results_path.exists():
+            return json.loads(self.results_path.read_text())
+        return {}
+
+    def row(self, budget: str, row: str, fn) -> dict:
+        key = f"{self.prefix}/{budget}/{row}"
+        res = self.load_results()
+        if key in res and res[key].get("code") == self.code:
+            return res[key]
+        val = fn()
+        val["code"] = self.code
+        res = self.load_results()  # re-read: another row may have landed meanwhile
+        res[key] = val
+        atomic_write_bytes(self.results_path, json.dumps(res, indent=1, sort_keys=True).encode())
+        return val
+
+
+# ---------------------------------------------------------------------------- adapters
+def fit_ls_adapter(xn: np.ndarray, xo: np.ndarray) -> dict:
+    """Least-squares affine map new floats -> old floats (Drift-Adapter's linear baseline)."""
+    a = np.concatenate([xn, np.ones((len(xn), 1), np.float32)], 1).astype(np.float64)
+    sol = np.linalg.lstsq(a, xo.astype(np.float64), rcond=None)[0]
+    return {"w": sol[:-1].astype(np.float32), "b": sol[-1].astype(np.float32)}
+
+
+def apply_ls(ad: dict, x: np.ndarray) -> np.ndarray:
+    return ds.l2_normalize(x @ ad["w"] + ad["b"])
+
+
+class ResidualAdapter(torch.nn.Module):
+    """Drift-Adapter's residual MLP: y = A x + b + MLP(x), A, b the least-squares start."""
+
+    def __init__(self, a: int, c: int, hidden: int = 1024):
+        super().__init__()
+        self.lin = torch.nn.Linear(a, c)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(a, hidden), torch.nn.GELU(),
+                                       torch.nn.Linear(hidden, c))
+        torch.nn.init.zeros_(self.mlp[2].weight)
+        torch.nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, x):
+        return self.lin(x) + self.mlp(x)
+
+
+def fit_mlp_adapter(xn: np.ndarray, xo: np.ndarray, *, epochs: int = 20, hidden: int = 1024,
+                    lr: float = 1e-3, batch: int = 256, seed: int = 0) -> dict:
+    """The residual MLP adapter trained on ``1 - cos(y, x_old)`` (+ MSE), from the LS start;
+    the best of its epochs on a held-out 5% (cosine) is kept. Returns its weights."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(xn))
+    nv = max(100, len(xn) // 20)
+    va, tr = perm[:nv], perm[nv:]
+    ls = fit_ls_adapter(xn[tr], xo[tr])
+    net = ResidualAdapter(xn.shape[1], xo.shape[1], hidden)
+    with torch.no_grad():
+        net.lin.weight.copy_(torch.from_numpy(ls["w"].T))
+        net.lin.bias.copy_(torch.from_numpy(ls["b"]))
+    X, Y = torch.from_numpy(xn), torch.from_numpy(xo)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * math.ceil(len(tr) / batch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+
+    def val():
+        with torch.no_grad():
+            return float(F.cosine_similarity(net(X[va]), Y[va]).mean())
+    best, state = val(), copy.deepcopy(net.state_dict())
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.from_numpy(tr)[torch.randperm(len(tr), generator=g)]
+        for s in range(0, len(order), batch):
+            b = order[s:s + batch]
+            y = net(X[b])
+            loss = (1 - F.cosine_similarity(y, Y[b])).mean() + F.mse_loss(y, Y[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        v = val()
+        if v > best:
+            best, state = v, copy.deepcopy(net.state_dict())
+    return {k: v.numpy() for k, v in state.items()} | {"hidden": np.array(hidden)}
+
+
+def apply_mlp(ad: dict, x: np.ndarray) -> np.ndarray:
+    net = ResidualAdapter(x.shape[1], ad["lin.weight"].shape[0], int(ad["hidden"]))
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in ad.items() if k != "hidden"})
+    with torch.no_grad():
+        return ds.l2_normalize(net(torch.from_numpy(np.ascontiguousarray(x))).numpy())
+
+
+# ---------------------------------------------------------------------------- measuring
+def recall_of(spec, q_codes, g_codes, truth, query_bits=QB) -> float:
+    return Evaluator(spec, truth).m(q_codes, g_codes, query_bits=query_bits)
+
+
+def gain(no, oo, nn):
+    try:
+        return M.update_gain(no, oo, nn)
+    except ValueError:
+        return None
+
+
+class Budget:
+    """All models and rows of one upgrade at one code budget."""
+
+    def __init__(self, data: Data, store: Store, dim: int, bits: int, args):
+        self.d, self.s, self.dim, self.bits, self.args = data, store, dim, bits, args
+        self.tag = f"{dim}x{bits}"
+        self.kw = dict(epochs=args.epochs, progress=False, seed=0, threads=THREADS,
+                       query_bits=QB)
+        d = data
+        self.old = store.model(f"old_{d.old_name}_{self.tag}_e{args.epochs}", lambda:
+                               train_binarizer(d.xo_t[d.fit], dim, bits,
+                                               version=f"{d.old_name}-{self.tag}", **self.kw))
+        self.spec = self.old.spec
+        self.old_g = self.old.encode(d.go)                  # the stored old gallery codes
+        self.old_pair = self.old.encode(d.xo_t[d.fit])      # stored old codes of the pairs
+        self.old_valq = self.old.encode_query_codes(d.xo_t[d.val], QB)
+        self.m_oo = recall_of(self.spec, self.old.encode_query_codes(d.qo, QB), self.old_g,
+                              d.truth)
+        self.val_oo = recall_of(self.spec, self.old_valq, self.old_pair, d.val_truth)
+        self.rows: dict = {}
+
+    def m_old(self, q_codes):
+        return recall_of(self.spec, q_codes, self.old_g, self.d.truth)
+
+    def val_old(self, q_codes):
+        return recall_of(self.spec, q_codes, self.old_pair, self.d.val_truth)
+
+    def record(self, name, fn):
+        r = self.s.row(self.tag, name, fn)
+        self.rows[name] = r
+        no, nn = r.get("m_new_old"), r.get("m_new_new")
+        print(f"  [{self.tag}] {name}: " + ", ".join(
+            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
+            if k != "code"), flush=True)
+        return r
+
+    def base(self):
+        return self.record("old", lambda: {"m_old_old": self.m_oo, "val_old_old": self.val_oo,
+                                           "train_s": self.s.times[
+                                               f"old_{self.d.old_name}_{self.tag}_e{self.args.epochs}"]})
+
+    # ---- (a) / (c): a new model and its head
+    def new_model(self, kind: str):
+        d, a = self.d, self.args
+        if kind == "independent":
+            name = f"ind_{d.new_name}_{self.tag}_e{a.epochs}"
+            return name, self.s.model(name, lambda: train_binarizer(
+                d.xn_t[d.fit], self.dim, self.bits, patience=a.epochs,
+                version=f"{d.new_name}-{self.tag}-indep", **self.kw))
+        name = f"compat_{d.new_name}_{self.tag}_e{a.epochs}"
+        return name, self.s.model(name, lambda: train_compatible(
+            d.xn_t[d.fit], d.xo_t[d.fit], self.old, version=f"{d.new_name}-{self.tag}-compat",
+            cross_queries=False, **self.kw))
+
+    def headed(self, kind: str, **head_kw):
+        name, model = self.new_model(kind)
+        opts = dict(members=3, teacher="neighbors") | head_kw
+        if self.args.head_epochs:
+            opts.setdefault("epochs", self.args.head_epochs)
+        hname = f"{name}_head_" + "_".join(f"{k}{v}" for k, v in sorted(opts.items()))
+
+        def fit():
+            m = copy.deepcopy(model)
+            return train_cross_queries(m, self.d.xn_t[self.d.fit], self.old_pair,
+                                       self.old.version, progress=False, threads=THREADS,
+                                       query_bits=QB, **opts)
+        return hname, self.s.model(hname, fit)
+
+    def new_row(self, kind: str):
+        d = self.d
+        name, model = self.new_model(kind)
+        own = model.encode(d.gn)
+        q = model.encode_query_codes(d.qn, QB)
+
+        def fn():
+            m_nn = recall_of(self.spec, q, own, d.truth)
+            m_no = self.m_old(q)  # its own query codes over the old codes, no head
+            return {"m_new_new": m_nn, "m_new_old": m_no, "m_old_old": self.m_oo,
+                    "gain": gain(m_no, self.m_oo, m_nn), "criterion": m_no > self.m_oo,
+                    "train_s": self.s.times[name]}
+        return self.record(f"{kind} codes alone", fn)
+
+    def head_row(self, kind: str, label: str | None = None, **head_kw):
+        d = self.d
+        name, model = self.new_model(kind)
+        hname, hm = self.headed(kind, **head_kw)
+        label = label or f"{kind} + head"
+
+        def fn():
+            own = hm.encode(d.gn)
+            m_nn = recall_of(self.spec, hm.encode_query_codes(d.qn, QB), own, d.truth)
+            m_no = self.m_old(hm.encode_query_codes(d.qn, QB, target=self.old.version))
+            v = self.val_old(hm.encode_query_codes(d.xn_t[d.val], QB, target=self.old.version))
+            info = hm.train_info["cross_val"][self.old.version]
+            return {"m_new_new": m_nn, "m_new_old": m_no, "m_old_old": self.m_oo,
+                    "gain": gain(m_no, self.m_oo, m_nn), "criterion": m_no > self.m_oo,
+                    "val_new_old": v, "val_old_old": self.val_oo,
+                    "member_best": info["member_best"], "head_s": self.s.times[hname],
+                    "train_s": self.s.times[name], "calibration": list(info["calibration"]["cosine"])}
+        return self.record(label, fn)
+
+    # ---- (e) adapters
+    def adapters(self):
+        d = self.d
+        ls = self.s.arrays(f"adapter_ls_{d.new_name}_{d.old_name}",
+                           lambda: fit_ls_adapter(d.xn_t[d.fit], d.xo_t[d.fit]))
+        mlp = self.s.arrays(f"adapter_mlp_{d.new_name}_{d.old_name}_e20",
+                            lambda: fit_mlp_adapter(d.xn_t[d.fit], d.xo_t[d.fit]))
+        return {"LS adapter": (ls, apply_ls), "MLP adapter": (mlp, apply_mlp)}
+
+    def adapter_rows(self):
+        d = self.d
+        nn = self.rows.get("independent + head", {}).get("m_new_new")
+        for label, (ad, fn) in self.adapters().items():
+            key = "adapter_ls_" if label.startswith("LS") else "adapter_mlp_"
+            tname = next(k for k in self.s.times if k.startswith(key))
+
+            def row(ad=ad, fn=fn, tname=tname):
+                q = self.old.encode_query_codes(fn(ad, d.qn), QB)
+                m_no = self.m_old(q)
+                v = self.val_old(self.old.encode_query_codes(fn(ad, d.xn_t[d.val]), QB))
+                return {"m_new_old": m_no, "m_old_old": self.m_oo, "criterion": m_no > self.m_oo,
+                        "gain": None if nn is None else gain(m_no, self.m_oo, nn),
+                        "val_new_old": v, "val_old_old": self.val_oo,
+                        "fit_s": self.s.times[tname]}
+            self.record(f"{label} + old query encoder", row)
+
+    # ---- (d) upgrader
+    def upgrader_row(self, kind: str = "compatible"):
+        d = self.d
+        name, model = self.new_model(kind)
+        uname = f"{name}_upgrader_e{self.args.upgrade_epochs}"
+        up = self.s.model(uname, lambda: train_upgrader(
+            self.old_pair, model, d.xn_t[d.fit], epochs=self.args.upgrade_epochs,
+            progress=False, threads=THREADS, seed=0), kind=CodeUpgrader)
+
+        def fn():
+            t = time.perf_counter()
+            upg = up.upgrade(self.old_g)
+            up_s = time.perf_counter() - t
+            q = model.encode_query_codes(d.qn, QB)
+            m_up = recall_of(self.spec, q, upg, d.truth)
+            m_left = self.m_old(q)
+            m_nn = recall_of(self.spec, q, model.encode(d.gn), d.truth)
+            return {"m_new_upgraded": m_up, "m_new_old": m_left, "m_new_new": m_nn,
+                    "m_old_old": self.m_oo, "upgrader_beats_left_old": m_up > m_left,
+                    "gain": gain(m_up, self.m_oo, m_nn), "train_s": self.s.times[uname],
+                    "upgrade_gallery_s": up_s}
+        return self.record(f"{kind} + upgrader (gallery upgraded)", fn)
+
+
+# ---------------------------------------------------------------------------- report
+def table(budget_rows: dict, m_oo: float) -> list:
+    out = ["| query path | M(new,new) | M(new,old) | criterion | update gain | val M(new,old) | "
+           "train s |", "|---|---:|---:|:-:|---:|---:|---:|"]
+    for name, r in budget_rows.items():
+        if name == "old":
+            continue
+        no = r.get("m_new_upgraded", r.get("m_new_old"))
+        nn = r.get("m_new_new")
+        g = r.get("gain")
+        crit = no > m_oo
+        ts = r.get("head_s", r.get("fit_s", r.get("train_s", 0)))
+        if "head_s" in r:
+            ts = f"{r['train_s']:.0f} + head {r['head_s']:.0f}"
+        else:
+            ts = f"{ts:.0f}"
+        out.append(f"| {name} | {'-' if nn is None else fmt(nn)} | {fmt(no)} | "
+                   f"{'yes' if crit else 'no'} | {'-' if g is None else f'{g:.3f}'} | "
+                   f"{fmt(r['val_new_old']) if 'val_new_old' in r else '-'} | {ts} |")
+    return out
+
+
+def run(args):
+    lines = []
+    parts = set(args.parts.split(","))
+    for up in args.upgrades.split(","):
+        old_name, new_name = UPGRADES[up]
+        source = args.train_source
+        if source == "auto":
+            # MiniLM of the extra words is cheap to embed, MPNet only from a cache
+            source = "extra" if new_name != "mpnet" or has_cached(
+                new_name, N_BENCH, N_BENCH + N_EXTRA) else "gallery"
+        data = Data(up, source)
+        store = Store(up, source)
+        ov = store.row("floats", "overlap", lambda: {"overlap": data.overlap()})["overlap"]
+        lines.append(f"### {old_name} -> {new_name}\n")
+        lines.append(f"Old {old_name}, new {new_name}; float top-10 overlap {ov:.2f}. "
+                     f"Training sample: {f'the {N_EXTRA:,} next GloVe words (outside the benchmark)' if source == 'extra' else f'a random {N_EXTRA:,} of the gallery words, removed from the gallery'}"
+                     f" ({len(data.fit):,} fit rows, {len(data.val):,} held out as research "
+                     f"validation); gallery {data.n_gallery:,} words, {NQ:,} queries.\n")
+        for b in args.budgets.split(","):
+            dim, bits = (int(v) for v in b.lower().split("x"))
+            bud = Budget(data, store, dim, bits, args)
+            bud.base()
+            if "a" in parts:
+                bud.new_row("independent")
+                bud.head_row("independent")
+            if "e" in parts:
+                bud.adapter_rows()
+            if "b" in parts or "c" in parts:
+                bud.new_row("compatible")
+            if "c" in parts:
+                bud.head_row("compatible")
+            if "d" in parts:
+                bud.upgrader_row("compatible")
+            lines.append(f"#### {dim}x{bits} ({dim * bits} bits/vector)\n")
+            lines.append(f"M(old,old) = {fmt(bud.m_oo)} (old model's {QB}-bit queries over "
+                         f"the old codes; research validation {fmt(bud.val_oo)}).\n")
+            lines.extend(table(bud.rows, bud.m_oo))
+            lines.append("")
+    print("\n".join(lines))
+    return lines
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--upgrades", default="minilm-mpnet,glove-minilm")
+    ap.add_argument("--budgets", default="128x2,256x2")
+    ap.add_argument("--parts", default="a,e,b,c,d",
+                    help="a: independent + head, e: adapters, b: compatible codes, "
+                         "c: compatible + head, d: upgrader")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--upgrade-epochs", type=int, default=6)
+    ap.add_argument("--head-epochs", type=int, default=0,
+                    help="epochs of each head member (0: train_cross_queries' default)")
+    ap.add_argument("--train-source", default="auto", choices=("auto", "extra", "gallery"))
+    ap.add_argument("--write", action="store_true")
+    ap.add_argument("--embed-mpnet", action="store_true",
+                    help="compute missing MPNet floats (slow on CPU; cached afterwards)")
+    ap.add_argument("--dev", type=int, default=0,
+                    help="development run on the first N words (N/2 training words, N/10 "
+                         "queries), stored apart (upgrade_eval_dev)")
+    args = ap.parse_args(argv)
+    global ALLOW_MPNET, N_BENCH, N_EXTRA, NQ, VAL, STORE_DIR
+    ALLOW_MPNET = args.embed_mpnet
+    if args.dev:
+        N_BENCH, N_EXTRA, NQ, VAL = args.dev, args.dev // 2, args.dev // 10, args.dev // 20
+        STORE_DIR = f"upgrade_eval_dev{args.dev}"
+    torch.set_num_threads(THREADS)
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
