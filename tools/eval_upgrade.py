@@ -348,7 +348,10 @@ class Budget:
         no, nn = r.get("m_new_old"), r.get("m_new_new")
         print(f"  [{self.tag}] {name}: " + ", ".join(
             f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
-            if k != "code"), flush=True)
+            if k not in ("code", "curves")), flush=True)
+        for k, c in r.get("curves", {}).items():
+            print(f"    {k}: R10@10 {np.round(c['values'], 4).tolist()} flips "
+                  f"{np.round(c['flips'], 4).tolist()} area {c['area']:.4f}", flush=True)
         return r
 
     def base(self):
@@ -442,6 +445,32 @@ class Budget:
                         "fit_s": self.s.times[tname]}
             self.record(f"{label} + old query encoder", row)
 
+    # ---- hot refresh
+    def backfill_row(self, kind: str = "independent"):
+        d = self.d
+        name, _ = self.new_model(kind)
+        hname, hm = self.headed(kind)
+
+        def fn():
+            t = time.perf_counter()
+            q_old = self.old.encode_query_codes(d.qo, QB)
+            ev = Evaluator(self.spec, d.truth)
+            old_ok = ev.correct(ev.ids(q_old, self.old_g, query_bits=QB))
+            new_pair = hm.encode(d.xn_t[d.fit])
+            cal_old = fit_calibration(self.spec, self.old_valq, self.old_pair,
+                                      hm.encode_query_codes(d.xn_t[d.val], QB), new_pair,
+                                      d.val_truth)
+            cal_old_s = time.perf_counter() - t
+            curves = backfill_curves(
+                self.spec, d.truth, old_ok, q_new=hm.encode_query_codes(d.qn, QB),
+                q_old=q_old, q_head=hm.encode_query_codes(d.qn, QB, target=self.old.version),
+                old_g=self.old_g, new_g=hm.encode(d.gn), cal_old=cal_old,
+                cal_head=hm.cross_calibration(self.old.version))
+            return {"curves": curves, "m_old_old": self.m_oo, "cal_old": list(cal_old),
+                    "cal_head": list(hm.cross_calibration(self.old.version)),
+                    "cal_old_fit_s": cal_old_s, "via": "bebr.Index"}
+        return self.record(f"{kind} + head: backfill", fn)
+
     # ---- (d) upgrader
     def upgrader_row(self, kind: str = "compatible"):
         d = self.d
@@ -466,6 +495,84 @@ class Budget:
         return self.record(f"{kind} + upgrader (gallery upgraded)", fn)
 
 
+# ---------------------------------------------------------------------------- backfill
+V_OLD, V_NEW = 1, 2
+FRACTIONS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def fit_calibration(spec, q_a, g_a, q_b, g_b, truth, query_bits=QB) -> tuple:
+    """(scale, shift) putting the scores of packed queries ``q_a`` over codes ``g_a`` on the
+    scale of ``q_b`` over ``g_b`` (the same queries and items under two versions; logistic
+    fits of their top-50 scores labelled by ``truth``, as ``bebr.compat.fit_head_calibration``
+    does for a head)."""
+    from bebr.compat import CALIBRATION_TOP, _fit_calibration
+    qspec = bebr.CodeSpec(spec.dim, query_bits)
+    sets = [(torch.from_numpy(qspec.values(q)), torch.from_numpy(spec.values(g)))
+            for q, g in ((q_a, g_a), (q_b, g_b))]
+    return _fit_calibration(sets, torch.from_numpy(np.asarray(truth, np.int64)),
+                            CALIBRATION_TOP, "cosine")
+
+
+def rrf(lists, k: int = 10, c: int = 60) -> np.ndarray:
+    """Reciprocal-rank fusion of per-query id lists (-1 = none): sum of 1 / (c + rank)."""
+    out = np.full((lists[0].shape[0], k), -1, dtype=np.int64)
+    for i in range(out.shape[0]):
+        score: dict = {}
+        for ids in lists:
+            for rank, j in enumerate(ids[i]):
+                if j >= 0:
+                    score[int(j)] = score.get(int(j), 0.0) + 1.0 / (c + rank + 1)
+        best = sorted(score.items(), key=lambda t: (-t[1], t[0]))[:k]
+        out[i, :len(best)] = [j for j, _ in best]
+    return out
+
+
+def backfill_curves(spec, truth, old_ok, *, q_new, q_old, q_head, old_g, new_g, cal_old,
+                    cal_head, order=None, fractions=FRACTIONS, rrf_depth=100) -> dict:
+    """Hot refresh in one ``bebr.Index`` per fraction r: the first ``round(r n)`` items of
+    ``order`` (default: nested random subsets, ``metrics.backfill_subset``) carry new codes,
+    the rest old ones. Curves (R10@10 and negative flips against ``old_ok``):
+    "old queries given" (old items scored by the old model's own queries, calibrated),
+    "naive merge" (the same pass uncalibrated), "RRF" (two indexes, k=60), and
+    "new queries only" (old items scored by the head's codes, calibrated)."""
+    n = old_g.shape[0]
+    ev = Evaluator(spec, truth)
+    curves = {k: ([], []) for k in ("old queries given", "naive merge", "RRF (k=60)",
+                                    "new queries only")}
+    for r in fractions:
+        if order is None:
+            mask = M.backfill_subset(n, r, seed=0)
+        else:
+            mask = np.zeros(n, dtype=bool)
+            mask[order[:int(round(r * n))]] = True
+        idx = bebr.Index(spec, metric="cosine")
+        ids_all = np.arange(n)
+        if (~mask).any():
+            idx.add(np.ascontiguousarray(old_g[~mask]), ids_all[~mask], version=V_OLD)
+        if mask.any():
+            idx.add(np.ascontiguousarray(new_g[mask]), ids_all[mask], version=V_NEW)
+        has_old = bool((~mask).any())
+
+        def s(vq, cal, qb=QB, q=q_new, index=idx, k=10):
+            return index.search(q, k, query_bits=qb, version_queries=vq if has_old else None,
+                                version_calibration=cal if has_old else None)[1]
+        res = {"old queries given": s({V_OLD: q_old}, {V_OLD: cal_old}),
+               "naive merge": s({V_OLD: q_old}, None),
+               "new queries only": s({V_OLD: q_head}, {V_OLD: cal_head})}
+        parts = []
+        for sel, q in ((~mask, q_old), (mask, q_new)):
+            if sel.any():
+                sub = bebr.Index(spec, metric="cosine")
+                sub.add(np.ascontiguousarray((old_g if q is q_old else new_g)[sel]), ids_all[sel])
+                parts.append(sub.search(q, rrf_depth, query_bits=QB)[1])
+        res["RRF (k=60)"] = rrf(parts)
+        for k, ids in res.items():
+            curves[k][0].append(ev.recall(ids))
+            curves[k][1].append(M.negative_flip_rate(old_ok, ev.correct(ids)))
+    return {k: {"fractions": list(fractions), "values": v, "flips": f,
+                "area": M.curve_area(fractions, v)} for k, (v, f) in curves.items()}
+
+
 # ---------------------------------------------------------------------------- report
 def table(budget_rows: dict, m_oo: float) -> list:
     out = ["| query path | M(new,new) | M(new,old) | criterion | update gain | val M(new,old) | "
@@ -485,6 +592,35 @@ def table(budget_rows: dict, m_oo: float) -> list:
         out.append(f"| {name} | {'-' if nn is None else fmt(nn)} | {fmt(no)} | "
                    f"{'yes' if crit else 'no'} | {'-' if g is None else f'{g:.3f}'} | "
                    f"{fmt(r['val_new_old']) if 'val_new_old' in r else '-'} | {ts} |")
+    return out
+
+
+def backfill_table(r: dict) -> list:
+    cs = r["curves"]
+    fr = next(iter(cs.values()))["fractions"]
+    out = ["| r | " + " | ".join(f"{f:g}" for f in fr) + " | area |",
+           "|---|" + "---:|" * (len(fr) + 1)]
+    for k, c in cs.items():
+        out.append(f"| R10@10, {k} | " + " | ".join(fmt(v) for v in c["values"])
+                   + f" | {fmt(c['area'])} |")
+    for k, c in cs.items():
+        out.append(f"| flips, {k} | " + " | ".join(f"{v:.3f}" for v in c["flips"]) + " | |")
+    g = cs["old queries given"]
+    v = np.array(g["values"])
+    mono = bool(np.all(np.diff(v) >= 0))
+    above = bool(np.all(v >= r["m_old_old"]))
+    fl = np.array(g["flips"])[:-1]
+    below = {k: bool(np.all(fl < np.array(cs[k]["flips"])[:-1]))
+             for k in ("naive merge", "RRF (k=60)")}
+    out.append("")
+    out.append(f"Old queries given: at or above M(old,old) {fmt(r['m_old_old'])} at every r: "
+               f"**{'yes' if above else 'no'}**; monotone: **{'yes' if mono else 'no'}**; "
+               f"negative flips below the naive merge at every r < 1: "
+               f"**{'yes' if below['naive merge'] else 'no'}**, below RRF: "
+               f"**{'yes' if below['RRF (k=60)'] else 'no'}** (calibration of the old "
+               f"queries' scores {r['cal_old'][0]:.3f} x {r['cal_old'][1]:+.3f}, fitted on the "
+               f"held-out training rows; the head's {r['cal_head'][0]:.3f} x "
+               f"{r['cal_head'][1]:+.3f}; via {r['via']}).")
     return out
 
 
@@ -521,11 +657,20 @@ def run(args):
                 bud.head_row("compatible")
             if "d" in parts:
                 bud.upgrader_row("compatible")
+            if "f" in parts:
+                bud.backfill_row("independent")
             lines.append(f"#### {dim}x{bits} ({dim * bits} bits/vector)\n")
             lines.append(f"M(old,old) = {fmt(bud.m_oo)} (old model's {QB}-bit queries over "
                          f"the old codes; research validation {fmt(bud.val_oo)}).\n")
-            lines.extend(table(bud.rows, bud.m_oo))
+            lines.extend(table({k: v for k, v in bud.rows.items() if "curves" not in v},
+                               bud.m_oo))
             lines.append("")
+            for k, v in bud.rows.items():
+                if "curves" in v:
+                    lines.append(f"Hot refresh, {k.split(':')[0]} (new queries; fraction r of "
+                                 f"the gallery re-encoded, nested random subsets):\n")
+                    lines.extend(backfill_table(v))
+                    lines.append("")
     print("\n".join(lines))
     return lines
 
@@ -534,9 +679,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--upgrades", default="minilm-mpnet,glove-minilm")
     ap.add_argument("--budgets", default="128x2,256x2")
-    ap.add_argument("--parts", default="a,e,b,c,d",
+    ap.add_argument("--parts", default="a,e,b,c,d,f",
                     help="a: independent + head, e: adapters, b: compatible codes, "
-                         "c: compatible + head, d: upgrader")
+                         "c: compatible + head, d: upgrader, f: hot-refresh backfill")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--upgrade-epochs", type=int, default=6)
     ap.add_argument("--head-epochs", type=int, default=0,
