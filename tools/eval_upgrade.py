@@ -445,6 +445,67 @@ class Budget:
                         "fit_s": self.s.times[tname]}
             self.record(f"{label} + old query encoder", row)
 
+    # ---- research: query-path variants on the held-out training rows only
+    def research_row(self, kind: str = "independent"):
+        """Post-hoc variants of the new-query path, measured on the ``VAL`` held-out rows of
+        the training sample (never the reported queries). Protocol A: val queries over the
+        old codes of the fit rows (truth: new-float top-10 among them). Protocol B (memory
+        variants): the fit rows split in halves, a memory pool (new floats + old codes) and
+        a gallery (old codes), so no memory item is a gallery item."""
+        d = self.d
+        hname, hm = self.headed(kind)
+        ads = self.adapters()
+
+        def fn():
+            head = hm.cross_head(self.old.version)
+            xq, xoq = d.xn_t[d.val], d.xo_t[d.val]
+            unit = ds.l2_normalize
+            qspec = bebr.CodeSpec(self.dim, QB)
+
+            def codes(z):
+                return qspec.pack(qspec.quantize_angle(np.ascontiguousarray(z, np.float32)))
+            with torch.no_grad():
+                xt = torch.from_numpy(np.ascontiguousarray(xq))
+                z_head = unit(head(xt).numpy())
+                z_mem = [unit(head.member(k, xt).numpy()) for k in range(len(head.nets))]
+            z_ad = {k: unit(self.old.encode_query(fn_(ad, xq))) for k, (ad, fn_) in ads.items()}
+            z_own = unit(self.old.encode_query(xoq))
+            out = {"A: old queries (old floats)": self.val_old(codes(z_own)),
+                   "A: head": self.val_old(codes(z_head))}
+            for k, z in enumerate(z_mem):
+                out[f"A: head member {k}"] = self.val_old(codes(z))
+            for name, z in z_ad.items():
+                out[f"A: {name}"] = self.val_old(codes(z))
+                for w in (0.25, 0.5, 1.0):
+                    out[f"A: head + {w:g} {name}"] = self.val_old(codes(z_head + w * z))
+            for w in (0.25, 0.5, 1.0, 2.0):
+                out[f"A: old queries + {w:g} head (both floats)"] = self.val_old(
+                    codes(z_own + w * z_head))
+            # protocol B: memory = first half of the fit rows, gallery = second half
+            rng = np.random.default_rng(9)
+            perm = rng.permutation(len(d.fit))
+            mem, gal = np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2:])
+            truth_b = ds.exact_topk(xq, d.xn_t[d.fit][gal], 10)
+            g_codes = self.old_pair[gal]
+            ev = Evaluator(self.spec, truth_b)
+
+            def mb(z):
+                return ev.m(codes(z), g_codes, query_bits=QB)
+            out["B: old queries (old floats)"] = mb(z_own)
+            out["B: head"] = mb(z_head)
+            xm = d.xn_t[d.fit][mem]
+            om = unit(self.spec.values(self.old_pair[mem]))
+            sims = xq @ xm.T
+            for kk in (5, 10, 20, 50):
+                nb = np.argpartition(-sims, kk, axis=1)[:, :kk]
+                z_knn = unit(om[nb].mean(1))
+                out[f"B: kNN memory k={kk}"] = mb(z_knn)
+                for w in (0.5, 1.0, 2.0):
+                    out[f"B: head + {w:g} kNN memory k={kk}"] = mb(z_head + w * z_knn)
+            out["val_old_old"] = self.val_oo
+            return out
+        return self.record(f"{kind} research (validation)", fn)
+
     # ---- hot refresh
     def backfill_row(self, kind: str = "independent"):
         d = self.d
@@ -659,13 +720,27 @@ def run(args):
                 bud.upgrader_row("compatible")
             if "f" in parts:
                 bud.backfill_row("independent")
+            if "r" in parts:
+                bud.research_row("independent")
             lines.append(f"#### {dim}x{bits} ({dim * bits} bits/vector)\n")
             lines.append(f"M(old,old) = {fmt(bud.m_oo)} (old model's {QB}-bit queries over "
                          f"the old codes; research validation {fmt(bud.val_oo)}).\n")
-            lines.extend(table({k: v for k, v in bud.rows.items() if "curves" not in v},
-                               bud.m_oo))
+            lines.extend(table({k: v for k, v in bud.rows.items() if "curves" not in v
+                                and "research" not in k}, bud.m_oo))
             lines.append("")
             for k, v in bud.rows.items():
+                if "research" in k:
+                    lines.append(f"Research variants of the new-query path ({k.split(' ')[0]} "
+                                 f"model's head; {VAL:,} held-out training rows as queries, "
+                                 f"never the reported ones; A: over the old codes of the "
+                                 f"{len(data.fit):,} fit rows, B: memory variants, the fit "
+                                 f"rows halved into a memory pool and a gallery):\n")
+                    lines.append("| variant | val R10@10 |")
+                    lines.append("|---|---:|")
+                    for vk, vv in v.items():
+                        if vk not in ("code", "val_old_old"):
+                            lines.append(f"| {vk} | {fmt(vv)} |")
+                    lines.append("")
                 if "curves" in v:
                     lines.append(f"Hot refresh, {k.split(':')[0]} (new queries; fraction r of "
                                  f"the gallery re-encoded, nested random subsets):\n")
@@ -681,7 +756,8 @@ def main(argv=None):
     ap.add_argument("--budgets", default="128x2,256x2")
     ap.add_argument("--parts", default="a,e,b,c,d,f",
                     help="a: independent + head, e: adapters, b: compatible codes, "
-                         "c: compatible + head, d: upgrader, f: hot-refresh backfill")
+                         "c: compatible + head, d: upgrader, f: hot-refresh backfill, "
+                         "r: research variants on the validation rows")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--upgrade-epochs", type=int, default=6)
     ap.add_argument("--head-epochs", type=int, default=0,
