@@ -1,6 +1,7 @@
 """bebr: binary embedding compression with versioned compatibility and a SIMD SDC kernel."""
 
 from .codes import CodeSpec
+from .collection import Collection
 from .index import HammingIndex, Index, set_simd_level, simd_level, simd_levels
 from . import metrics
 from .model import Binarizer
@@ -8,7 +9,7 @@ from .train import train_binarizer
 from .compat import (CodeUpgrader, CompatWeights, train_compatible, train_cross_queries,
                      train_upgrader)
 
-__all__ = ["CodeSpec", "HammingIndex", "Index", "metrics", "set_simd_level", "simd_level",
+__all__ = ["CodeSpec", "Collection", "HammingIndex", "Index", "metrics", "set_simd_level", "simd_level",
            "simd_levels",
            "Binarizer", "train_binarizer",
            "CodeUpgrader", "CompatWeights", "train_compatible", "train_cross_queries",

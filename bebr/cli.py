@@ -116,14 +116,15 @@ def _read_queries(path: str, *, dim: Optional[int] = None, column: Optional[str]
 
 
 def _check_versions(model, index, allow: bool) -> None:
-    """Refuse a query model whose version (or a version it is compatible with) the index
-    does not hold, unless allowed. Index version tags are ``bebr.jobs.version_tag`` ids."""
-    from .jobs import version_tag
+    """Refuse a query model whose version (or a version it is compatible with or has a
+    query head for) the index does not hold, unless allowed. Versions are model version
+    strings (``bebr.versions``); files with bare int tags resolve through their hashes."""
+    from .versions import version_tag
 
     versions = getattr(index, "versions", None)
     if allow or versions is None:
         return
-    held = {int(v) for v, c in dict(versions()).items() if c}
+    held = {version_tag(v) for v, c in dict(versions()).items() if c}
     if not held:
         return
     names = [model.version]
@@ -133,9 +134,9 @@ def _check_versions(model, index, allow: bool) -> None:
     if lineage:
         names += list(lineage) if isinstance(lineage, (list, tuple)) else [lineage]
     if not {version_tag(v) for v in names} & held:
-        raise CliError(f"model version {model.version!r} (tag {version_tag(model.version)}) is "
-                       f"not compatible with the index's version tags {sorted(held)}; pass "
-                       "--any-version to search anyway")
+        raise CliError(f"model version {model.version!r} is not compatible with the index's "
+                       f"versions {sorted(map(str, versions()))}; pass --any-version to "
+                       "search anyway")
 
 
 def _index_load(path: str, mmap: bool = True):
@@ -151,7 +152,6 @@ def _add_shards(index, dirs: Sequence[str], args) -> int:
     import inspect
 
     from .io import CodeShards
-    from .jobs import version_tag
 
     takes_version = "version" in inspect.signature(index.add).parameters
     added = 0
@@ -162,11 +162,10 @@ def _add_shards(index, dirs: Sequence[str], args) -> int:
         for entry, codes, ids in cs.shards():
             if not entry.count:
                 continue
-            kw = {"version": version_tag(cs.model_version)} if takes_version else {}
+            kw = {"version": str(cs.model_version)} if takes_version else {}
             index.add(np.ascontiguousarray(codes), np.ascontiguousarray(ids), **kw)
             added += entry.count
-        _say(args, f"added {len(cs)} codes of model version {cs.model_version} (index tag "
-                   f"{version_tag(cs.model_version)}) from {d}")
+        _say(args, f"added {len(cs)} codes of model version {cs.model_version} from {d}")
     return added
 
 
@@ -404,21 +403,20 @@ def cmd_search(args) -> int:
 
 def _head_queries(model, index, x, bits: int, args):
     """Query codes of the model's cross-version heads for the versions the index holds
-    (``{index tag: codes}``) and the heads' score calibrations for the index's metric
-    (``{index tag: (scale, shift)}``); (None, None) if none."""
-    from .jobs import version_tag
+    (``{version: codes}``) and the heads' score calibrations for the index's metric
+    (``{version: (scale, shift)}``); (None, None) if none."""
+    from .versions import version_tag
 
     if not model.config.cross_versions or not hasattr(index, "versions"):
         return None, None
-    held = {int(v) for v, c in dict(index.versions()).items() if c}
+    held = {version_tag(v) for v, c in dict(index.versions()).items() if c}
     out, cal = {}, {}
     for ver in model.config.cross_versions:
-        tag = version_tag(ver)
-        if tag in held:
-            out[tag] = model.encode_query_codes(x, bits, target=ver)
-            cal[tag] = model.cross_calibration(ver, index.metric)
-            _say(args, f"items of version {ver} (tag {tag}) are searched with the model's "
-                       f"query head into that version's codes")
+        if version_tag(ver) in held:
+            out[ver] = model.encode_query_codes(x, bits, target=ver)
+            cal[ver] = model.cross_calibration(ver, index.metric)
+            _say(args, f"items of version {ver} are searched with the model's query head "
+                       f"into that version's codes")
     return out or None, cal or None
 
 

@@ -151,7 +151,7 @@ class ShardedIndex:
         score each version's items with its own query codes, so the merge is exact."""
         q = self._ray.put(np.ascontiguousarray(queries))
         vq = None if version_queries is None else self._ray.put(
-            {int(v): np.ascontiguousarray(c) for v, c in dict(version_queries).items()})
+            {v: np.ascontiguousarray(c) for v, c in dict(version_queries).items()})
         parts = self._ray.get([a.search.remote(q, k, threads, query_bits, vq,
                                                version_calibration)
                                for a in self.actors])

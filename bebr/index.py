@@ -35,12 +35,15 @@ import numpy as np
 from . import _C
 from .codes import MAX_BITS, CodeSpec, max_query_bits
 from .fileio import CorruptFileError, atomic_writer, sha256_bytes
+from .versions import Version, VersionInfo, VersionRegistry, version_tag
 
 __all__ = ["Index", "HammingIndex", "simd_level", "simd_levels", "set_simd_level",
            "INDEX_FORMAT_VERSION"]
 
 #: Version of the ``.bebr`` index file layout written by ``Index.save`` (docs/FORMAT.md).
-INDEX_FORMAT_VERSION = 1
+#: 2 added the version registry to the header; files of version 1 still load.
+INDEX_FORMAT_VERSION = 2
+_READABLE_FORMATS = (1, 2)
 _MAGIC = b"BEBRIDX\x00"
 _METRICS = ("ip", "cosine")
 
@@ -107,12 +110,8 @@ def _check_ids(ids: Any, name: str, n: Optional[int] = None) -> np.ndarray:
 
 
 def _check_version(version: Any) -> int:
-    if isinstance(version, bool) or not isinstance(version, (int, np.integer)):
-        raise TypeError(f"version must be an int, got {type(version).__name__}")
-    v = int(version)
-    if not 0 <= v < 2**31:
-        raise ValueError(f"version must be in [0, 2**31), got {v}")
-    return v
+    """The int tag of a version string or int (``bebr.versions.version_tag``)."""
+    return version_tag(version)
 
 
 def _calibration_args(calibration: Any, tags: list) -> tuple:
@@ -127,9 +126,8 @@ def _calibration_args(calibration: Any, tags: list) -> tuple:
     for v, pair in calibration.items():
         tag = _check_version(v)
         if tag not in tags:
-            raise ValueError(f"version_calibration[{tag}]: calibration applies to the items a "
-                             f"version query scores, and version_queries has no version {tag} "
-                             f"(it has {sorted(tags)})")
+            raise ValueError(f"version_calibration[{v!r}]: calibration applies to the items a "
+                             f"version query scores, and version_queries has no version {v!r}")
         try:
             a, b = (float(x) for x in pair)
         except (TypeError, ValueError):
@@ -228,8 +226,12 @@ class _Base:
                 raise TypeError("version_queries must be a mapping {version: packed query "
                                 f"codes}}, got {type(version_queries).__name__}")
             for v, c in version_queries.items():
-                tags.append(_check_version(v))
-                name = f"version_queries[{tags[-1]}]"
+                tag = _check_version(v)
+                if tag in tags:
+                    raise ValueError(f"version_queries names version {v!r} twice (as a str "
+                                     f"and as its int tag {tag})")
+                tags.append(tag)
+                name = f"version_queries[{v!r}]"
                 codes.append(_check_codes(qspec, c, name))
                 if codes[-1].shape[0] != q.shape[0]:
                     raise ValueError(f"{name} must have one row per query ({q.shape[0]}), got "
@@ -286,8 +288,10 @@ class Index(_Base):
     (float32, within a few ulp of the float64 value; ties at that precision may order either
     way). Larger is better.
 
-    Every item carries a version tag (int, default 0): codes of every version share the
-    ``CodeSpec`` and are searched together in one pass.
+    Every item carries a version: the model version string that made its code (``add(...,
+    version=model.version)``; ``bebr.versions``), or a plain int tag (default 0). Codes of
+    every version share the ``CodeSpec`` and are searched together in one pass. The index
+    keeps a registry of its version strings (with lineage) and saves it in its file.
     """
 
     def __init__(self, spec: CodeSpec, metric: str = "ip") -> None:
@@ -299,19 +303,27 @@ class Index(_Base):
         self.metric = metric
         self._core = _C.SdcIndex(spec.dim, spec.bits, metric)
         self._mmap: Optional[np.memmap] = None
+        self._registry = VersionRegistry()
 
     def __repr__(self) -> str:
         return (f"Index(CodeSpec(dim={self.spec.dim}, bits={self.spec.bits}), "
                 f"metric={self.metric!r}, n={len(self)})")
 
-    def add(self, packed: Any, ids: Any = None, version: int = 0) -> np.ndarray:
+    def _tag_for_write(self, version: Version) -> int:
+        """The tag of ``version``, registering a version string on first use."""
+        if isinstance(version, str):
+            return self._registry.register(version, spec=self.spec).tag
+        return _check_version(version)
+
+    def add(self, packed: Any, ids: Any = None, version: Version = 0) -> np.ndarray:
         """Add packed codes ``(n, code_bytes)`` uint8 with int64 ids (default: continuing).
 
-        ValueError (and nothing added) if an id is negative, repeated, or already present
-        (use ``upsert`` to replace). Returns the ids added.
+        ``version``: the model version string that made the codes (registered on first use)
+        or an int tag. ValueError (and nothing added) if an id is negative, repeated, or
+        already present (use ``upsert`` to replace). Returns the ids added.
         """
         codes = _check_codes(self.spec, packed, "packed")
-        v = _check_version(version)
+        v = self._tag_for_write(version)
         if ids is None:
             start = self._core.next_id
             arr = np.arange(start, start + codes.shape[0], dtype=np.int64)
@@ -320,19 +332,46 @@ class Index(_Base):
         self._core.add(codes, arr, v)
         return arr
 
-    def upsert(self, packed: Any, ids: Any, version: int = 0) -> None:
+    def upsert(self, packed: Any, ids: Any, version: Version = 0) -> None:
         """Replace the codes and version of present ids and add the absent ones."""
         codes = _check_codes(self.spec, packed, "packed")
         arr = _check_ids(ids, "ids", codes.shape[0])
-        self._core.upsert(codes, arr, _check_version(version))
+        self._core.upsert(codes, arr, self._tag_for_write(version))
+
+    def register_version(self, version: str, *, lineage: "tuple[str, ...] | list" = ()) \
+            -> VersionInfo:
+        """Record a version string with its lineage (parents' version ids, nearest first)
+        before or after its items are added; saved with the index. Idempotent."""
+        return self._registry.register(version, lineage=lineage, spec=self.spec)
+
+    def version_info(self) -> "dict[str, VersionInfo]":
+        """The registered versions: ``{version string: VersionInfo(tag, lineage, spec)}``
+        (also versions whose items are all gone, until :meth:`retire_version`)."""
+        return {i.version: i for i in self._registry.by_tag.values()}
+
+    def retire_version(self, version: Version) -> None:
+        """Forget a registered version once no item of it is left (ValueError otherwise)."""
+        tag = _check_version(version)
+        left = dict(self._core.versions()).get(tag, 0)
+        if left:
+            raise ValueError(f"version {version!r} still has {left} items; re-encode or "
+                             f"remove them before retiring it")
+        self._registry.drop(version)
 
     def versions(self) -> dict:
-        """Number of live items per version: ``{version: count}``."""
-        return dict(self._core.versions())
+        """Number of live items per version: ``{version: count}``, keyed by the version
+        string for registered versions and by the int tag otherwise."""
+        return {self._registry.name_of(t): c for t, c in dict(self._core.versions()).items()}
 
-    def ids_of_version(self, version: int) -> np.ndarray:
+    def ids_of_version(self, version: Version) -> np.ndarray:
         """Live ids (int64) whose version is ``version`` (e.g. to drive a backfill)."""
         return self._core.ids_of_version(_check_version(version))
+
+    def versions_of(self, ids: Any) -> list:
+        """The version of each id (version string if registered, else the int tag);
+        ValueError if an id is absent."""
+        tags = self._core.get_codes(_check_ids(ids, "ids"))[1]
+        return [self._registry.name_of(t) for t in tags.tolist()]
 
     def search(self, queries: Any, k: int, threads: Optional[int] = None, filter: Any = None,
                exclude: Any = None, query_bits: Optional[int] = None,
@@ -362,13 +401,17 @@ class Index(_Base):
                             version_calibration)
 
     def _header(self) -> dict:
-        return {"spec": self.spec.to_dict(), "metric": self.metric}
+        return {"spec": self.spec.to_dict(), "metric": self.metric,
+                "versions": self._registry.to_list()}
 
     @classmethod
     def _from_header(cls, header: dict) -> "Index":
         if header["metric"] not in _METRICS:
             raise ValueError(f"unknown metric {header['metric']!r}")
-        return cls(CodeSpec.from_dict(header["spec"]), header["metric"])
+        idx = cls(CodeSpec.from_dict(header["spec"]), header["metric"])
+        if header["format_version"] >= 2:
+            idx._registry = VersionRegistry.from_list(header["versions"])
+        return idx
 
 
 class HammingIndex(_Base):
@@ -457,9 +500,9 @@ def _read_index_file(path, mmap: bool, verify: bool, kind: str):
         magic, version, hlen = _FIXED.unpack(fixed)
         if magic != _MAGIC:
             raise CorruptFileError(f"{path}: not a bebr index file (bad magic {magic!r})")
-        if version != INDEX_FORMAT_VERSION:
+        if version not in _READABLE_FORMATS:
             raise CorruptFileError(f"{path}: index format version {version} is not supported "
-                                   f"(this bebr reads version {INDEX_FORMAT_VERSION})")
+                                   f"(this bebr reads versions {list(_READABLE_FORMATS)})")
         hsum = f.read(64)
         hbytes = f.read(hlen)
         if len(hbytes) != hlen or len(hsum) != 64:
@@ -470,9 +513,9 @@ def _read_index_file(path, mmap: bool, verify: bool, kind: str):
             header = json.loads(hbytes)
         except ValueError as e:
             raise CorruptFileError(f"{path}: unreadable header: {e}") from None
-        if header.get("kind") != kind or header.get("format_version") != INDEX_FORMAT_VERSION:
-            raise CorruptFileError(f"{path}: not a {kind} file of format version "
-                                   f"{INDEX_FORMAT_VERSION}")
+        if not isinstance(header, dict) or header.get("kind") != kind \
+                or header.get("format_version") != version:
+            raise CorruptFileError(f"{path}: not a {kind} file of format version {version}")
         start = _FIXED.size + 64 + hlen
         data_start = (start + 63) // 64 * 64
         arrays = {}

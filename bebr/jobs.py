@@ -18,7 +18,6 @@ number across all inputs in order (input 0 rows first).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -29,6 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from .versions import version_tag  # noqa: F401  (re-exported: jobs' tag of a version)
 from .fileio import CorruptFileError, sha256_file
 from .io.codeshards import CodeShards, write_code_shard
 from .io.inputs import open_inputs
@@ -90,16 +90,6 @@ def model_digest(path: PathLike) -> str:
     checksum) for a model directory, else of the file."""
     p = Path(path)
     return sha256_file(p / "config.json" if p.is_dir() else p)
-
-
-def version_tag(version: Any) -> int:
-    """The int tag under which ``bebr.Index`` stores items of model version ``version``:
-    the number itself for a non-negative int (or decimal string) below 2**31, else the first
-    31 bits of the SHA-256 of the version string (a uuid hex id maps to a stable tag)."""
-    s = str(version)
-    if s.isdigit() and int(s) < 2**31:
-        return int(s)
-    return int(hashlib.sha256(s.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
 def model_input_dim(model) -> Optional[int]:

@@ -262,7 +262,7 @@ def test_bad_inputs_give_one_line_errors(work, tmp_path):
          "--version", "v2", "--max-rows", 500, "--threads", 1, "--no-progress", check=True)
     assert_clean_error(cli("search", "--index", idx, "--model", tmp_path / "m2",
                             d / "queries.npy"),
-                       "model version 'v2' (tag")
+                       "model version 'v2' is not compatible with the index's versions ['v1']")
     cli("train", d / "npy", "-o", tmp_path / "m3", "--dim", 16, "--bits", 2, "--epochs", 1,
          "--max-rows", 500, "--threads", 1, "--no-progress", check=True)
     assert_clean_error(cli("search", "--index", idx, "--model", tmp_path / "m3",

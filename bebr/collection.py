@@ -1,0 +1,596 @@
+"""``Collection``: the one object a search backend holds across embedding-model upgrades.
+
+A collection is one directory::
+
+    collection.json          manifest (format version, metric, query bits, the current
+                             version, every version's model directory and config digest,
+                             calibrations, the index file and its size)
+    index-<generation>.bebr  the bebr.Index holding every item's code, tagged by version
+    models/<name>/           one saved model per version still in the collection
+
+A version is the model's version string (``bebr.versions``). New items are encoded by the
+*current* model; after :meth:`Collection.upgrade` to a new model, items of older versions
+stay searchable (query heads of the new model into their code spaces, or their own model's
+query codes when the backend also gives the old model's floats of the queries) while they
+are re-encoded gradually (:meth:`backfill_order`, :meth:`upsert`). Every search scores each
+version's items with the best query codes given for it, on one calibrated scale, in one
+kernel pass; a version nothing given can search is refused, never mixed in silently.
+
+Changes live in memory until :meth:`save`, which commits atomically: the new index file and
+model directories are written under fresh names first, then the manifest is replaced in one
+rename (the commit point), then files no longer referenced are removed. A crash at any point
+leaves the previous or the new collection, never a mix. ``Collection.open`` checks the
+manifest, each model's config digest and the index file (sizes and SHA-256 checksums of its
+sections), raising :class:`bebr.fileio.CorruptFileError` for anything off.
+
+Thread safety: searches may run concurrently with each other and with add/upsert/remove
+(the index's readers-writer lock); ``upgrade``, ``retire`` and ``save`` take the
+collection's own lock and must not be called while another thread mutates it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from .codes import CodeSpec, max_query_bits
+from .fileio import CorruptFileError, atomic_write_bytes, sha256_file
+from .index import Index
+from .versions import version_tag
+
+__all__ = ["Collection", "COLLECTION_FORMAT_VERSION", "MANIFEST_NAME"]
+
+COLLECTION_FORMAT_VERSION = 1
+MANIFEST_NAME = "collection.json"
+_FORMAT = "bebr.collection"
+#: Fewest paired-sample items of a version that a query head is fitted from.
+MIN_HEAD_ROWS = 200
+_METRICS = ("cosine", "ip")
+
+
+def _model_dir_name(version: str) -> str:
+    """A file-system-safe, collision-free directory name for a version string."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", version)[:48].strip("._") or "v"
+    return f"{safe}-{version_tag(version):08x}"
+
+
+def _load_model(path: Path):
+    """Load a saved model for serving (the torch-free encoder when available)."""
+    from .jobs import load_model
+
+    return load_model(path)
+
+
+def _model_version(model) -> str:
+    v = getattr(model, "version", None)
+    if not isinstance(v, str) or not v:
+        raise TypeError(f"model must be a bebr Binarizer (with a version string), got "
+                        f"{type(model).__name__}")
+    return v
+
+
+def _float_rows(x: Any, name: str, in_dim: int) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    if arr.ndim != 2 or arr.shape[1] != in_dim:
+        raise ValueError(f"{name} must have shape (n, {in_dim}) (the model's input dim), got "
+                         f"{arr.shape}")
+    return arr
+
+
+class Collection:
+    """Items of several model versions in one index, one directory on disk.
+
+    Create with :meth:`create`, reopen with :meth:`open`. ``add``/``upsert`` take float rows
+    of the current model (``add_codes``/``upsert_codes`` take codes encoded elsewhere);
+    ``search`` takes float queries of the current model and optionally the same queries'
+    floats from older models (``older={version: floats}``).
+    """
+
+    def __init__(self, path: Path, manifest: dict, index: Index, models: Dict[str, Any]):
+        self.path = path
+        self._manifest = manifest
+        self._index = index
+        self._models = models  # version -> loaded model (lazily filled)
+        self._new_models: Dict[str, Any] = {}  # version -> model to write at the next save
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ create / open
+    @classmethod
+    def create(cls, path: "os.PathLike[str] | str", model, metric: str = "cosine", *,
+               query_bits: Optional[int] = None) -> "Collection":
+        """A new, empty collection at ``path`` (which must not exist or be an empty
+        directory) serving ``model`` (a trained ``bebr.Binarizer``). ``metric``: "cosine"
+        or "ip". ``query_bits``: bits of the query codes every search uses (default: the
+        finest the kernel scores exactly over the model's codes, ``max_query_bits``); the
+        calibrations are fitted for exactly this setting. Saved at once."""
+        p = Path(path)
+        if p.exists() and (not p.is_dir() or any(p.iterdir())):
+            raise ValueError(f"{p} exists and is not an empty directory")
+        version = _model_version(model)
+        if metric not in _METRICS:
+            raise ValueError(f"metric must be 'cosine' or 'ip', got {metric!r}")
+        spec = model.spec
+        top = max_query_bits(spec.bits)
+        qb = top if query_bits is None else query_bits
+        if isinstance(qb, bool) or not isinstance(qb, (int, np.integer)) or not 1 <= qb <= top:
+            raise ValueError(f"query_bits must be an int in [1, {top}] over {spec.bits}-bit "
+                             f"codes, got {query_bits!r}")
+        manifest = {
+            "format": _FORMAT, "format_version": COLLECTION_FORMAT_VERSION,
+            "metric": metric, "spec": spec.to_dict(), "query_bits": int(qb),
+            "current": version, "generation": 0, "index": None,
+            "versions": [{"version": version, "model": f"models/{_model_dir_name(version)}",
+                          "config_sha256": None, "lineage": []}],
+            "own_calibration": {},
+        }
+        index = Index(spec, metric)
+        index.register_version(version)
+        p.mkdir(parents=True, exist_ok=True)
+        coll = cls(p, manifest, index, {version: model})
+        coll._new_models[version] = model
+        coll.save()
+        return coll
+
+    @classmethod
+    def open(cls, path: "os.PathLike[str] | str", *, mmap: bool = True,
+             verify: bool = True) -> "Collection":
+        """Open a collection saved by :meth:`save`. ``mmap``: the index codes are searched
+        in place from the file (copied on the first change); ``verify``: check the index
+        sections' checksums. CorruptFileError for a damaged or inconsistent directory."""
+        p = Path(path)
+        mpath = p / MANIFEST_NAME
+        if not mpath.is_file():
+            raise FileNotFoundError(f"{p} is not a bebr collection (no {MANIFEST_NAME})")
+        manifest = _read_manifest(mpath)
+        for entry in manifest["versions"]:
+            cfg = p / entry["model"] / "config.json"
+            if not cfg.is_file():
+                raise CorruptFileError(f"{mpath}: model of version {entry['version']!r} is "
+                                       f"missing ({cfg})")
+            if sha256_file(cfg) != entry["config_sha256"]:
+                raise CorruptFileError(f"{cfg}: config digest does not match the manifest")
+        ipath = p / manifest["index"]["file"]
+        if not ipath.is_file() or ipath.stat().st_size != manifest["index"]["bytes"]:
+            raise CorruptFileError(f"{mpath}: index file {ipath.name} is missing or has the "
+                                   f"wrong size")
+        index = Index.load(ipath, mmap=mmap, verify=verify)
+        spec = CodeSpec.from_dict(manifest["spec"])
+        if index.spec != spec or index.metric != manifest["metric"]:
+            raise CorruptFileError(f"{ipath}: index holds {index.spec} / {index.metric}, the "
+                                   f"manifest says {spec} / {manifest['metric']}")
+        known = {e["version"] for e in manifest["versions"]}
+        stray = [v for v in index.versions() if v not in known]
+        if stray:
+            raise CorruptFileError(f"{ipath}: items of versions {stray} the manifest does "
+                                   f"not list")
+        coll = cls(p, manifest, index, {})
+        model = coll._model(manifest["current"])
+        if model.spec != spec or model.version != manifest["current"]:
+            raise CorruptFileError(f"{p}: the current model is {model.version!r} making "
+                                   f"{model.spec} codes, the manifest says "
+                                   f"{manifest['current']!r} / {spec}")
+        return coll
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def current(self) -> str:
+        """Version string of the current model (the one new items and queries use)."""
+        return self._manifest["current"]
+
+    @property
+    def model(self):
+        """The current model."""
+        return self._model(self.current)
+
+    @property
+    def spec(self) -> CodeSpec:
+        return self._index.spec
+
+    @property
+    def metric(self) -> str:
+        return self._manifest["metric"]
+
+    @property
+    def query_bits(self) -> int:
+        return self._manifest["query_bits"]
+
+    @property
+    def index(self) -> Index:
+        """The underlying index (read it; change items through the collection)."""
+        return self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __repr__(self) -> str:
+        return (f"Collection({str(self.path)!r}, current={self.current!r}, n={len(self)}, "
+                f"versions={self.versions()})")
+
+    def versions(self) -> Dict[str, int]:
+        """Live items per version string (every version of the collection, 0 if none)."""
+        live = self._index.versions()
+        return {e["version"]: int(live.get(e["version"], 0)) for e in self._manifest["versions"]}
+
+    def lineage(self, version: Optional[str] = None) -> Tuple[str, ...]:
+        """Version ids ``version`` (default: current) was upgraded from, nearest first."""
+        return tuple(self._entry(version or self.current)["lineage"])
+
+    def _entry(self, version: str) -> dict:
+        for e in self._manifest["versions"]:
+            if e["version"] == version:
+                return e
+        raise ValueError(f"version {version!r} is not in the collection; it has "
+                         f"{[e['version'] for e in self._manifest['versions']]}")
+
+    def _model(self, version: str):
+        if version not in self._models:
+            self._models[version] = _load_model(self.path / self._entry(version)["model"])
+        return self._models[version]
+
+    # ------------------------------------------------------------------ items
+    def add(self, x: Any, ids: Any = None) -> np.ndarray:
+        """Encode float rows of the current model and add them (ids default: continuing;
+        ValueError if an id is present: use :meth:`upsert`). Returns the ids."""
+        m = self.model
+        codes = m.encode(_float_rows(x, "x", m.in_dim))
+        return self._index.add(codes, ids, version=self.current)
+
+    def upsert(self, x: Any, ids: Any) -> None:
+        """Encode float rows of the current model and replace (or add) these ids: the hot
+        refresh of items of older versions."""
+        m = self.model
+        self._index.upsert(m.encode(_float_rows(x, "x", m.in_dim)), ids, version=self.current)
+
+    def add_codes(self, codes: Any, ids: Any = None, *, version: str) -> np.ndarray:
+        """Add packed codes made elsewhere (an offline ``bebr encode`` job) by the model of
+        ``version``, which must be a version of the collection."""
+        self._entry(version)
+        return self._index.add(codes, ids, version=version)
+
+    def upsert_codes(self, codes: Any, ids: Any, *, version: str) -> None:
+        """Replace (or add) ids with packed codes made by the model of ``version``."""
+        self._entry(version)
+        self._index.upsert(codes, ids, version=version)
+
+    def remove(self, ids: Any) -> None:
+        """Remove ids (ValueError, nothing removed, if one is absent)."""
+        self._index.remove(ids)
+
+    # ------------------------------------------------------------------ search
+    def search(self, x: Any, k: int, *, older: Optional[Mapping[str, Any]] = None,
+               filter: Any = None, exclude: Any = None, threads: Optional[int] = None):
+        """Top-k of float queries ``x`` of the current model over every version's items:
+        ``(scores float32 (nq, k), ids int64 (nq, k))``, best first (Index.search's order,
+        ties and padding).
+
+        Items of the current version are scored with the current model's query codes of
+        ``x``. Items of an older version ``v`` are scored with ``v``'s own model's query
+        codes of ``older[v]`` (the same queries embedded by the old model, row for row) when
+        given, else with the current model's query head into ``v``'s codes; each with the
+        calibration fitted for that setting at :meth:`upgrade`, so one top-k merges them.
+        ValueError if a version with items has neither (nothing is mixed in silently).
+        """
+        m = self.model
+        x = _float_rows(x, "x", m.in_dim)
+        older = dict(older or {})
+        for v in older:
+            if v == self.current:
+                raise ValueError(f"older[{v!r}]: that is the current version; pass its "
+                                 f"queries as x")
+            self._entry(v)
+        qb = self.query_bits
+        own_cal = self._manifest["own_calibration"]
+        heads = set(m.config.cross_versions)
+        vq, cal = {}, {}
+        for v, count in self._index.versions().items():
+            if not count or v == self.current:
+                continue
+            if v in older:
+                if v not in own_cal:
+                    raise ValueError(f"no calibration for version {v!r}'s own queries: pass "
+                                     f"that model's floats of the paired sample to upgrade("
+                                     f"older={{{v!r}: ...}}), or search without older[{v!r}] "
+                                     f"(the current model's query head)")
+                ov = self._model(v)
+                xo = _float_rows(older[v], f"older[{v!r}]", ov.in_dim)
+                if xo.shape[0] != x.shape[0]:
+                    raise ValueError(f"older[{v!r}] must hold the same {x.shape[0]} queries, "
+                                     f"got {xo.shape[0]} rows")
+                vq[v] = ov.encode_query_codes(xo, qb)
+                cal[v] = tuple(own_cal[v])
+            elif v in heads:
+                vq[v] = m.encode_query_codes(x, qb, target=v)
+                cal[v] = m.cross_calibration(v, self.metric)
+            else:
+                raise ValueError(f"{count} items of version {v!r} cannot be searched: the "
+                                 f"current model {self.current!r} has no query head for it "
+                                 f"and older={{{v!r}: ...}} was not given; upgrade() fits "
+                                 f"heads, upsert() re-encodes items")
+        q = m.encode_query_codes(x, qb)
+        return self._index.search(q, k, threads=threads, filter=filter, exclude=exclude,
+                                  query_bits=qb, version_queries=vq or None,
+                                  version_calibration=cal or None)
+
+    # ------------------------------------------------------------------ upgrade
+    def upgrade(self, new_model, x_new: Any, ids: Any, *,
+                older: Optional[Mapping[str, Any]] = None, max_time_s: Optional[float] = None,
+                members: int = 3, seed: int = 0, progress: bool = True,
+                head_options: Optional[Mapping[str, Any]] = None) -> dict:
+        """Make ``new_model`` (a trained ``bebr.Binarizer`` with the collection's code spec)
+        the current model, and fit what it needs to search every version still present.
+
+        ``x_new`` (n, D_new): the new model's floats of a paired sample of stored items
+        ``ids`` (n,). From those floats and the items' *stored codes* alone, a query head of
+        the new model into each older version's codes is fitted (``train_cross_queries``
+        with ``members`` ensemble members, calibrated for the collection's query bits and
+        metric; at least MIN_HEAD_ROWS sample items of that version are needed).
+        ``older``: optionally ``{version: floats}`` of the same sample rows from older
+        models (rows of items of other versions are ignored); then the calibration of that
+        version's own query codes is fitted too, so ``search(older=...)`` can use them.
+        ``max_time_s`` bounds the whole call (TimeoutError, nothing changed, if it cannot
+        fit a head in time). ``head_options``: further keyword arguments of
+        ``train_cross_queries`` (epochs, negatives, teacher, threads, ...). Saves the
+        collection. Returns a report (per version: rows, head validation recall,
+        calibrations; seconds).
+        """
+        from .compat import train_cross_queries
+
+        t0 = time.monotonic()
+        with self._lock:
+            version = _model_version(new_model)
+            if any(e["version"] == version for e in self._manifest["versions"]):
+                raise ValueError(f"version {version!r} is already in the collection")
+            if new_model.spec != self.spec:
+                raise ValueError(f"the new model makes {new_model.spec} codes, the "
+                                 f"collection holds {self.spec}")
+            xn = _float_rows(x_new, "x_new", new_model.in_dim)
+            ids = np.asarray(ids)
+            if ids.ndim != 1 or ids.shape[0] != xn.shape[0] or ids.dtype.kind not in "iu":
+                raise ValueError(f"ids must be 1-d ints, one per row of x_new "
+                                 f"({xn.shape[0]}), got shape {ids.shape} dtype {ids.dtype}")
+            ids = ids.astype(np.int64)
+            if len(np.unique(ids)) != len(ids):
+                raise ValueError("ids of the paired sample must be distinct")
+            missing = [int(i) for i in ids[:100000] if int(i) not in self._index][:5]
+            if missing:
+                raise ValueError(f"the paired sample names ids not in the collection, e.g. "
+                                 f"{missing}")
+            if max_time_s is not None and not max_time_s > 0:
+                raise ValueError(f"max_time_s must be > 0 or None, got {max_time_s!r}")
+            head_options = dict(head_options or {})
+            fixed = {"query_bits", "members", "seed", "max_time_s", "progress", "calibrate"}
+            if fixed & set(head_options):
+                raise ValueError(f"head_options may not set {sorted(fixed & set(head_options))}"
+                                 f": they are upgrade()'s own settings")
+            older = dict(older or {})
+            for v, xo in older.items():
+                ov = self._model(self._entry(v)["version"])
+                xo = _float_rows(xo, f"older[{v!r}]", ov.in_dim)
+                if xo.shape[0] != xn.shape[0]:
+                    raise ValueError(f"older[{v!r}] must hold the sample's {xn.shape[0]} "
+                                     f"rows, got {xo.shape[0]}")
+            of = np.asarray(self._index.versions_of(ids), dtype=object)
+            codes = self._index.get_codes(ids)
+            present = [v for v, c in self._index.versions().items() if c]
+            rows = {v: np.flatnonzero(of == v) for v in present}
+            short = {v: len(r) for v, r in rows.items() if len(r) < MIN_HEAD_ROWS}
+            if short:
+                raise ValueError(f"the paired sample has too few items of versions {short} "
+                                 f"to fit query heads (need >= {MIN_HEAD_ROWS} each)")
+            report = {"version": version, "heads": {}, "own_calibration": {}}
+            new_own_cal = {}
+            for i, v in enumerate(present):
+                r = rows[v]
+                per_member = None
+                if max_time_s is not None:
+                    left = max_time_s - (time.monotonic() - t0)
+                    if left <= 1.0:
+                        raise TimeoutError(f"upgrade ran out of its {max_time_s} s before "
+                                           f"fitting the head into {v!r}; nothing changed")
+                    per_member = left / (members * (len(present) - i)) * 0.9
+                train_cross_queries(new_model, xn[r], codes[r], v, query_bits=self.query_bits,
+                                    members=members, seed=seed, max_time_s=per_member,
+                                    progress=progress, **head_options)
+                info = new_model.train_info["cross_val"][v]
+                report["heads"][v] = {"rows": int(len(r)), "val_r10@10": info["best_r10@10"],
+                                      "calibration": list(new_model.cross_calibration(
+                                          v, self.metric))}
+                if v in older:
+                    cal = _fit_own_calibration(new_model, self._model(v), xn[r],
+                                               np.asarray(older[v])[r], codes[r],
+                                               self.query_bits, self.metric, seed)
+                    new_own_cal[v] = list(cal)
+                    report["own_calibration"][v] = list(cal)
+            prev = self.current
+            self._manifest["versions"].append({
+                "version": version, "model": f"models/{_model_dir_name(version)}",
+                "config_sha256": None, "lineage": [prev] + list(self._entry(prev)["lineage"])})
+            self._manifest["current"] = version
+            self._manifest["own_calibration"] = new_own_cal
+            self._index.register_version(version, lineage=self.lineage(version))
+            self._models[version] = new_model
+            self._new_models[version] = new_model
+            self.save()
+            report["seconds"] = time.monotonic() - t0
+            return report
+
+    # ------------------------------------------------------------------ backfill
+    def backfill_order(self, n: int, strategy: str = "random", *, seed: int = 0) -> np.ndarray:
+        """Up to ``n`` ids of items not of the current version, in the order to re-encode
+        them (``upsert`` with the current model's floats). ``"random"``: a seeded uniform
+        order. ``"uncertainty"`` (RACT's order): items whose stored codes are least certain
+        first; a code's uncertainty is the share of its dimensions at the inner levels
+        (values of magnitude below 1: the projection fell near a sign boundary), so it
+        needs multi-bit codes; ties in seeded random order."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be an int >= 0, got {n!r}")
+        if strategy not in ("random", "uncertainty"):
+            raise ValueError(f"strategy must be 'random' or 'uncertainty', got {strategy!r}")
+        stale = [self._index.ids_of_version(v) for v, c in self._index.versions().items()
+                 if c and v != self.current]
+        cand = np.sort(np.concatenate(stale)) if stale else np.zeros(0, np.int64)
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(cand))
+        if strategy == "uncertainty":
+            if self.spec.bits < 2:
+                raise ValueError("strategy='uncertainty' needs multi-bit codes; 1-bit codes "
+                                 "carry no certainty")
+            inner = np.empty(len(cand), np.float32)
+            for s in range(0, len(cand), 65536):
+                vals = self.spec.values(self._index.get_codes(cand[s:s + 65536]))
+                inner[s:s + 65536] = (np.abs(vals) < 1).mean(1)
+            order = order[np.argsort(-inner[order], kind="stable")]
+        return cand[order[:int(n)]]
+
+    def retire(self, version: str) -> None:
+        """Drop an older version once no item of it is left (its model is deleted at the
+        next save). ValueError for the current version or one that still has items."""
+        with self._lock:
+            entry = self._entry(version)
+            if version == self.current:
+                raise ValueError(f"{version!r} is the current version")
+            self._index.retire_version(version)
+            self._manifest["versions"].remove(entry)
+            self._manifest["own_calibration"].pop(version, None)
+            self._models.pop(version, None)
+            self.save()
+
+    # ------------------------------------------------------------------ persistence
+    def save(self) -> None:
+        """Commit the collection atomically (module docstring): new files first, then the
+        manifest in one rename, then unreferenced files removed."""
+        with self._lock:
+            man = json.loads(json.dumps(self._manifest))
+            gen = int(man["generation"]) + 1
+            for v, model in list(self._new_models.items()):
+                entry = next(e for e in man["versions"] if e["version"] == v)
+                final = self.path / entry["model"]
+                tmp = self.path / "models" / f".tmp-{gen}-{_model_dir_name(v)}"
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                _save_model(model, tmp)
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+            for e in man["versions"]:
+                e["config_sha256"] = sha256_file(self.path / e["model"] / "config.json")
+            name = f"index-{gen:06d}.bebr"
+            self._index.save(self.path / name)
+            man["generation"] = gen
+            man["index"] = {"file": name, "bytes": (self.path / name).stat().st_size}
+            atomic_write_bytes(self.path / MANIFEST_NAME,
+                               (json.dumps(man, indent=2, sort_keys=True) + "\n").encode())
+            self._manifest = man
+            self._new_models.clear()
+            self._collect_garbage()
+
+    def _collect_garbage(self) -> None:
+        keep_models = {Path(e["model"]).name for e in self._manifest["versions"]}
+        for f in self.path.glob("index-*.bebr"):
+            if f.name != self._manifest["index"]["file"]:
+                f.unlink(missing_ok=True)
+        mdir = self.path / "models"
+        if mdir.is_dir():
+            for d in mdir.iterdir():
+                if d.name not in keep_models:
+                    shutil.rmtree(d, ignore_errors=True)
+
+
+def _save_model(model, path: Path) -> None:
+    """Save ``model`` (anything with ``save(dir)``, or a saved model directory) to ``path``."""
+    if isinstance(model, (str, os.PathLike)):
+        shutil.copytree(model, path)
+    else:
+        model.save(path)
+
+
+def _fit_own_calibration(new, old, x_new, x_old, old_codes, query_bits, metric, seed):
+    """``(scale, shift)`` mapping the old model's own query codes' scores against its stored
+    codes onto the new model's own scale (the same per-version logistic fit of P(true
+    neighbour | score) as the query heads' calibration, truth = the new floats' top-10)."""
+    import torch
+    import torch.nn.functional as F
+
+    from .compat import CALIBRATION_TOP, _fit_calibration
+
+    rng = np.random.default_rng(seed)
+    n = x_new.shape[0]
+    nq = int(min(2000, max(10, n // 10)))
+    perm = rng.permutation(n)
+    qi, pi = np.sort(perm[:nq]), np.sort(perm[nq:])
+    xn = F.normalize(torch.from_numpy(np.asarray(x_new, np.float32)), dim=1)
+    truth = (xn[qi] @ xn[pi].T).topk(min(10, len(pi)), dim=1).indices
+    qspec = CodeSpec(new.dim, query_bits)
+    sets = ((old.encode_query_codes(np.asarray(x_old, np.float32)[qi], query_bits),
+             old_codes[pi]),
+            (new.encode_query_codes(np.asarray(x_new, np.float32)[qi], query_bits),
+             new.encode(np.asarray(x_new, np.float32)[pi])))
+    sets = [(torch.from_numpy(qspec.values(q)), torch.from_numpy(new.spec.values(g)))
+            for q, g in sets]
+    return _fit_calibration(sets, truth, CALIBRATION_TOP, metric)
+
+
+def _read_manifest(mpath: Path) -> dict:
+    """Parse and check ``collection.json``; CorruptFileError names the problem."""
+    try:
+        man = json.loads(mpath.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptFileError(f"{mpath}: not valid JSON ({e})") from None
+    if not isinstance(man, dict) or man.get("format") != _FORMAT:
+        raise CorruptFileError(f"{mpath}: not a bebr collection manifest")
+    if man.get("format_version") != COLLECTION_FORMAT_VERSION:
+        raise CorruptFileError(f"{mpath}: collection format_version "
+                               f"{man.get('format_version')!r} is not supported (this bebr "
+                               f"reads {COLLECTION_FORMAT_VERSION})")
+    try:
+        if man["metric"] not in _METRICS:
+            raise ValueError(f"metric {man['metric']!r}")
+        spec = CodeSpec.from_dict(man["spec"])
+        qb = man["query_bits"]
+        if isinstance(qb, bool) or not isinstance(qb, int) \
+                or not 1 <= qb <= max_query_bits(spec.bits):
+            raise ValueError(f"query_bits {qb!r}")
+        gen = man["generation"]
+        if isinstance(gen, bool) or not isinstance(gen, int) or gen < 1:
+            raise ValueError(f"generation {gen!r}")
+        idx = man["index"]
+        if not isinstance(idx, dict) or set(idx) != {"file", "bytes"} \
+                or not isinstance(idx["file"], str) \
+                or not re.fullmatch(r"index-\d{6}\.bebr", idx["file"]) \
+                or isinstance(idx["bytes"], bool) or not isinstance(idx["bytes"], int):
+            raise ValueError(f"index entry {idx!r}")
+        names = []
+        for e in man["versions"]:
+            if not isinstance(e, dict) or set(e) != {"version", "model", "config_sha256",
+                                                     "lineage"}:
+                raise ValueError(f"version entry {e!r}")
+            v = e["version"]
+            if not isinstance(v, str) or not v or e["model"] != f"models/{_model_dir_name(v)}":
+                raise ValueError(f"version entry {e!r} (model directory must be "
+                                 f"models/{_model_dir_name(v) if isinstance(v, str) else '?'})")
+            if not isinstance(e["config_sha256"], str) or not isinstance(e["lineage"], list) \
+                    or not all(isinstance(p, str) for p in e["lineage"]):
+                raise ValueError(f"version entry {e!r}")
+            names.append(v)
+        if not names or len(set(names)) != len(names) or man["current"] not in names:
+            raise ValueError(f"versions {names} / current {man['current']!r}")
+        cal = man["own_calibration"]
+        if not isinstance(cal, dict) or not all(
+                k in names and isinstance(c, list) and len(c) == 2
+                and all(isinstance(t, (int, float)) and not isinstance(t, bool)
+                        and np.isfinite(t) for t in c) and c[0] > 0
+                for k, c in cal.items()):
+            raise ValueError(f"own_calibration {cal!r}")
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptFileError(f"{mpath}: bad manifest field ({e})") from None
+    return man

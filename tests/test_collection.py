@@ -1,0 +1,390 @@
+"""bebr.Collection: create/add/upgrade/upsert/remove/search/save/open against a brute-force
+numpy model of per-version scoring, bad input, damaged directories."""
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from bebr import CodeSpec, reference
+from bebr.collection import Collection, MANIFEST_NAME
+from bebr.datasets import glove_words, l2_normalize
+from bebr.fileio import CorruptFileError
+from bebr.train import train_binarizer
+
+N, DIM, BITS = 1500, 16, 2
+KW = dict(epochs=1, progress=False, hidden=64, batch_size=512, seed=0, threads=1)
+HEAD = dict(epochs=2, negatives=256, threads=1)
+
+
+@pytest.fixture(scope="module")
+def floats():
+    _, g = glove_words(N)
+    rng = np.random.default_rng(7)
+    r = rng.standard_normal((50, 40)).astype(np.float32)
+    x2 = l2_normalize(np.tanh(2.0 * g @ r) + 0.5 * rng.standard_normal((N, 40)).astype(
+        np.float32))
+    return g, x2
+
+
+@pytest.fixture(scope="module")
+def models(floats):
+    g, x2 = floats
+    return (train_binarizer(g, DIM, BITS, version="glove-v1", **KW),
+            train_binarizer(x2, DIM, BITS, version="mixed-v2", **KW))
+
+
+@pytest.fixture(scope="module")
+def upgraded(tmp_path_factory, floats, models):
+    """A collection of v1 items 0..999 upgraded to v2 (head + own calibration fitted from a
+    paired sample of 600 items), then items 0..299 re-encoded."""
+    g, x2 = floats
+    v1, v2 = models
+    path = tmp_path_factory.mktemp("coll") / "c"
+    c = Collection.create(path, v1, metric="ip")
+    c.add(g[:1000])
+    sample = np.arange(200, 800)
+    report = c.upgrade(v2, x2[sample], sample, older={"glove-v1": g[sample]}, members=1,
+                       progress=False, head_options=HEAD)
+    c.upsert(x2[:300], np.arange(300))
+    c.save()
+    return path, report
+
+
+def _reference(coll, items, xq, older, k, floats_models):
+    """Per-version brute-force scoring: each item scored by the query codes of its
+    version's setting, calibrated, one top-k (bebr.reference)."""
+    v1, v2 = floats_models
+    spec = coll.spec
+    qs = CodeSpec(spec.dim, coll.query_bits)
+    ids = np.array(sorted(items), dtype=np.int64)
+    if not len(ids):
+        return (np.full((len(xq), k), -np.inf, np.float32), np.full((len(xq), k), -1))
+    codes = np.stack([items[i][1] for i in ids])
+    tags = np.array([0 if items[i][0] == "mixed-v2" else 1 for i in ids])
+    own = v2.encode_query_codes(xq, qs.bits)
+    if older is not None:
+        vq = v1.encode_query_codes(older, qs.bits)
+        cal = tuple(coll._manifest["own_calibration"]["glove-v1"])
+    else:
+        vq = v2.encode_query_codes(xq, qs.bits, target="glove-v1")
+        cal = v2.cross_calibration("glove-v1", coll.metric)
+    return reference.search_versions(spec, own, codes, ids, tags, k, metric=coll.metric,
+                                     version_queries={1: vq}, query_spec=qs,
+                                     version_calibration={1: cal})
+
+
+def _assert_same_topk(got, want):
+    """Same top-k up to float32 rounding of calibrated scores (the kernel maps scores in
+    float32, the reference in float64): scores within 1e-6 relative; ids equal except where
+    two scores that close swapped."""
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    diff = got[1] != want[1]
+    assert np.allclose(got[0][diff], want[0][diff], rtol=1e-6)
+    for g, w in zip(got[1], want[1]):
+        assert sorted(g[g >= 0]) == sorted(w[w >= 0]) or diff.any()
+
+
+def test_upgrade_report(upgraded):
+    _, report = upgraded
+    assert report["version"] == "mixed-v2" and report["heads"]["glove-v1"]["rows"] == 600
+    assert report["own_calibration"]["glove-v1"][0] > 0
+    assert report["seconds"] > 0
+
+
+def test_open_search_matches_reference(upgraded, floats, models):
+    path, _ = upgraded
+    g, x2 = floats
+    c = Collection.open(path)
+    assert c.current == "mixed-v2" and c.versions() == {"glove-v1": 700, "mixed-v2": 300}
+    assert c.lineage() == ("glove-v1",) and c.index.is_mmapped
+    v1, v2 = models
+    items = {int(i): ("mixed-v2" if i < 300 else "glove-v1",
+                      (v2.encode(x2[i:i + 1]) if i < 300 else v1.encode(g[i:i + 1]))[0])
+             for i in range(1000)}
+    q = np.arange(1000, 1040)
+    for older in (None, g[q]):
+        got = c.search(x2[q], 7, older=None if older is None else {"glove-v1": older})
+        want = _reference(c, items, x2[q], older, 7, models)
+        _assert_same_topk(got, want)
+        assert (got[1] == want[1]).mean() > 0.98
+    # threads and filters pass through
+    a = c.search(x2[q], 5, threads=2, filter=np.arange(0, 1000, 2))
+    assert np.all(a[1] % 2 == 0)
+
+
+class CollectionMachine(RuleBasedStateMachine):
+    """Random interleavings of add/upsert/remove/search/save/open on an upgraded collection,
+    checked against the brute-force per-version model after every step."""
+
+    fixture = None  # (path, floats, models), set by the test
+
+    @initialize()
+    def start(self):
+        path, (g, x2), self.models = self.fixture
+        self.g, self.x2 = g, x2
+        self.dir = Path(tempfile.mkdtemp(prefix="bebr-coll-"))
+        shutil.copytree(path, self.dir / "c")
+        self.coll = Collection.open(self.dir / "c")
+        v1, v2 = self.models
+        self.items = {int(i): ("mixed-v2" if i < 300 else "glove-v1",
+                               (v2.encode(x2[i:i + 1]) if i < 300 else v1.encode(g[i:i + 1]))[0])
+                      for i in range(1000)}
+
+    def teardown(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @rule(n=st.integers(1, 20))
+    def add(self, n):
+        start = max(self.items, default=-1) + 1
+        if start + n > N:
+            return
+        ids = self.coll.add(self.x2[start:start + n])
+        assert ids.tolist() == list(range(start, start + n))
+        for i in ids:
+            self.items[int(i)] = ("mixed-v2", self.models[1].encode(self.x2[i:i + 1])[0])
+
+    @rule(data=st.data())
+    def upsert(self, data):
+        ids = data.draw(st.lists(st.integers(0, N - 1), min_size=1, max_size=15, unique=True))
+        self.coll.upsert(self.x2[ids], ids)
+        for i in ids:
+            self.items[i] = ("mixed-v2", self.models[1].encode(self.x2[i:i + 1])[0])
+
+    @rule(data=st.data())
+    def downgrade_codes(self, data):
+        """Codes made elsewhere by the old model (an offline job) come back in."""
+        ids = data.draw(st.lists(st.integers(0, N - 1), min_size=1, max_size=5, unique=True))
+        codes = self.models[0].encode(self.g[ids])
+        self.coll.upsert_codes(codes, ids, version="glove-v1")
+        for i, c in zip(ids, codes):
+            self.items[i] = ("glove-v1", c)
+
+    @rule(data=st.data())
+    def remove(self, data):
+        if not self.items:
+            return
+        ids = data.draw(st.lists(st.sampled_from(sorted(self.items)), min_size=1, max_size=10,
+                                 unique=True))
+        self.coll.remove(ids)
+        for i in ids:
+            del self.items[i]
+
+    @rule()
+    def save_and_open(self):
+        self.coll.save()
+        self.coll = Collection.open(self.dir / "c", mmap=True)
+
+    @rule(older=st.booleans(), k=st.integers(1, 12))
+    def search(self, older, k):
+        q = np.arange(1400, 1410)
+        has_old = any(v == "glove-v1" for v, _ in self.items.values())
+        kw = {"older": {"glove-v1": self.g[q]}} if older else {}
+        got = self.coll.search(self.x2[q], k, **kw)
+        want = _reference(self.coll, self.items, self.x2[q],
+                          self.g[q] if older and has_old else None, k, self.models)
+        _assert_same_topk(got, want)
+
+    @invariant()
+    def counts(self):
+        want = {"glove-v1": 0, "mixed-v2": 0}
+        for v, _ in self.items.values():
+            want[v] += 1
+        assert self.coll.versions() == want
+
+
+def test_collection_state_machine(upgraded, floats, models):
+    CollectionMachine.fixture = (upgraded[0], floats, models)
+    run = CollectionMachine.TestCase
+    run.settings = settings(max_examples=12, stateful_step_count=10, deadline=None,
+                            suppress_health_check=list(HealthCheck))
+    run().runTest()
+
+
+def test_backfill_order(upgraded, models):
+    path, _ = upgraded
+    c = Collection.open(path)
+    old = set(c.index.ids_of_version("glove-v1").tolist())
+    r = c.backfill_order(50, seed=3)
+    assert len(r) == 50 and set(r.tolist()) <= old
+    assert np.array_equal(r, c.backfill_order(50, seed=3))
+    u = c.backfill_order(len(old), "uncertainty")
+    assert sorted(u.tolist()) == sorted(old)
+    inner = (np.abs(c.spec.values(c.index.get_codes(u))) < 1).mean(1)
+    assert np.all(np.diff(inner) <= 0)  # least certain codes first
+    assert len(c.backfill_order(10**9)) == len(old)
+    with pytest.raises(ValueError, match="strategy must be"):
+        c.backfill_order(5, "oldest")
+    with pytest.raises(ValueError, match="n must be"):
+        c.backfill_order(-1)
+
+
+def test_retire_and_lineage(upgraded, floats, tmp_path):
+    path, _ = upgraded
+    g, x2 = floats
+    shutil.copytree(path, tmp_path / "c")
+    c = Collection.open(tmp_path / "c")
+    with pytest.raises(ValueError, match="still has 700 items"):
+        c.retire("glove-v1")
+    with pytest.raises(ValueError, match="current version"):
+        c.retire("mixed-v2")
+    left = c.index.ids_of_version("glove-v1")
+    c.upsert(x2[left], left)
+    c.retire("glove-v1")
+    back = Collection.open(tmp_path / "c")
+    assert back.versions() == {"mixed-v2": 1000}
+    assert [d.name for d in (tmp_path / "c" / "models").iterdir()] == \
+        [Path(back._entry("mixed-v2")["model"]).name]
+    np.testing.assert_array_equal(back.search(x2[:3], 4)[1], c.search(x2[:3], 4)[1])
+
+
+def test_version_without_head_refused(floats, models, tmp_path):
+    g, x2 = floats
+    v1, v2 = models
+    c = Collection.create(tmp_path / "c", v1, metric="cosine")
+    c.add(g[:100])
+    # a v2 whose codes were never given a head into v1 (codes made elsewhere)
+    fresh = train_binarizer(x2, DIM, BITS, version="v3-nohead", **KW)
+    c._manifest["versions"].append({"version": "v3-nohead", "model": "models/x",
+                                    "config_sha256": "", "lineage": []})
+    c._manifest["current"] = "v3-nohead"
+    c._models["v3-nohead"] = fresh
+    with pytest.raises(ValueError, match=r"100 items of version 'glove-v1' cannot be searched"):
+        c.search(x2[:2], 3)
+    with pytest.raises(ValueError, match="no calibration for version 'glove-v1'"):
+        c.search(x2[:2], 3, older={"glove-v1": g[:2]})
+
+
+def test_bad_input(floats, models, upgraded, tmp_path):
+    g, x2 = floats
+    v1, v2 = models
+    with pytest.raises(ValueError, match="metric must be"):
+        Collection.create(tmp_path / "m", v1, metric="l2")
+    with pytest.raises(ValueError, match=r"query_bits must be an int in \[1, 4\]"):
+        Collection.create(tmp_path / "q", v1, query_bits=5)
+    c = Collection.create(tmp_path / "c", v1)
+    with pytest.raises(ValueError, match="not an empty directory"):
+        Collection.create(tmp_path / "c", v1)
+    with pytest.raises(ValueError, match=r"shape \(n, 50\)"):
+        c.add(x2[:5])                                   # floats of the wrong model
+    with pytest.raises(TypeError, match="real numeric"):
+        c.add(np.array([["a"] * 50]))
+    c.add(g[:300])
+    with pytest.raises(ValueError, match="ids not in the collection, e.g. \\[5000"):
+        c.upgrade(v2, x2[:2], np.array([5000, 1]))
+    with pytest.raises(ValueError, match="one per row"):
+        c.upgrade(v2, x2[:3], np.arange(2))
+    with pytest.raises(ValueError, match="too few items"):
+        c.upgrade(v2, x2[:50], np.arange(50), progress=False)
+    with pytest.raises(ValueError, match="already in the collection"):
+        c.upgrade(v1, g[:300], np.arange(300))
+    other = train_binarizer(x2, 8, 2, version="v-8x2", **KW)
+    with pytest.raises(ValueError, match="makes CodeSpec\\(dim=8"):
+        c.upgrade(other, x2[:300], np.arange(300))
+    with pytest.raises(ValueError, match="may not set"):
+        c.upgrade(v2, x2[:300], np.arange(300), head_options={"members": 2})
+    with pytest.raises(ValueError, match="not in the collection"):
+        c.search(g[:2], 3, older={"nope": g[:2]})
+    with pytest.raises(ValueError, match="that is the current version"):
+        c.search(g[:2], 3, older={"glove-v1": g[:2]})
+    with pytest.raises(ValueError, match="not in the collection"):
+        c.add_codes(v1.encode(g[:2]), version="nope")
+    assert c.versions() == {"glove-v1": 300}           # nothing changed by the refusals
+    u = Collection.open(upgraded[0])
+    with pytest.raises(ValueError, match=r"same 3 queries"):
+        u.search(x2[:3], 3, older={"glove-v1": g[:2]})
+
+
+def test_upgrade_time_limit_changes_nothing(floats, models, tmp_path):
+    g, x2 = floats
+    v1, v2 = models
+    c = Collection.create(tmp_path / "c", v1)
+    c.add(g[:400])
+    with pytest.raises(TimeoutError, match="nothing changed"):
+        c.upgrade(v2, x2[:400], np.arange(400), max_time_s=0.5, progress=False,
+                  head_options=HEAD)
+    assert Collection.open(tmp_path / "c").current == "glove-v1" and c.current == "glove-v1"
+
+
+def _edit_manifest(f):
+    def go(path):
+        m = json.loads((path / MANIFEST_NAME).read_text())
+        f(m)
+        (path / MANIFEST_NAME).write_text(json.dumps(m))
+    return go
+
+
+def _model_dir(path):
+    return path / json.loads((path / MANIFEST_NAME).read_text())["versions"][0]["model"]
+
+
+def _index_file(path):
+    return path / json.loads((path / MANIFEST_NAME).read_text())["index"]["file"]
+
+
+def _codes_offset(f):
+    """Byte offset of the first code in an index file (docs/FORMAT.md "Index file")."""
+    import struct
+    hlen = struct.unpack("<8sII", f.read_bytes()[:16])[2]
+    return (16 + 64 + hlen + 63) // 64 * 64
+
+
+def _flip(f, at):
+    b = bytearray(f.read_bytes())
+    b[at] ^= 1
+    f.write_bytes(bytes(b))
+
+
+DAMAGE = {
+    "manifest truncated": lambda p: (p / MANIFEST_NAME).write_bytes(
+        (p / MANIFEST_NAME).read_bytes()[:40]),
+    "manifest format": _edit_manifest(lambda m: m.update(format_version=9)),
+    "manifest metric": _edit_manifest(lambda m: m.update(metric="l2")),
+    "manifest current": _edit_manifest(lambda m: m.update(current="nope")),
+    "manifest model path": _edit_manifest(lambda m: m["versions"][0].update(model="../x")),
+    "manifest query bits": _edit_manifest(lambda m: m.update(query_bits="4")),
+    "manifest calibration": _edit_manifest(
+        lambda m: m.update(own_calibration={"glove-v1": [-1, 0]})),
+    "manifest missing key": _edit_manifest(lambda m: m.pop("spec")),
+    "index path escapes": _edit_manifest(lambda m: m["index"].update(file="../../etc/passwd")),
+    "model config changed": lambda p: (_model_dir(p) / "config.json").write_text(
+        (_model_dir(p) / "config.json").read_text().replace('"hidden": 64', '"hidden": 65')),
+    "model missing": lambda p: shutil.rmtree(_model_dir(p)),
+    "index truncated": lambda p: _index_file(p).write_bytes(_index_file(p).read_bytes()[:-10]),
+    "index codes flipped": lambda p: _flip(_index_file(p), _codes_offset(_index_file(p)) + 3),
+    "index missing": lambda p: _index_file(p).unlink(),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_damaged_directory_refused(case, upgraded, tmp_path):
+    shutil.copytree(upgraded[0], tmp_path / "c")
+    DAMAGE[case](tmp_path / "c")
+    with pytest.raises((CorruptFileError, FileNotFoundError)):
+        Collection.open(tmp_path / "c")
+
+
+def test_crash_during_save_keeps_previous(floats, models, tmp_path, monkeypatch):
+    g, _ = floats
+    c = Collection.create(tmp_path / "c", models[0])
+    c.add(g[:100])
+    c.save()
+    c.add(g[100:150])
+    import bebr.collection as mod
+
+    def boom(path, data):
+        raise OSError("disk full")
+    monkeypatch.setattr(mod, "atomic_write_bytes", boom)
+    with pytest.raises(OSError, match="disk full"):
+        c.save()
+    monkeypatch.undo()
+    back = Collection.open(tmp_path / "c")
+    assert back.versions() == {"glove-v1": 100}
+    c.save()  # the next save commits and removes the orphaned index file
+    assert len(list((tmp_path / "c").glob("index-*.bebr"))) == 1
+    assert Collection.open(tmp_path / "c").versions() == {"glove-v1": 150}
