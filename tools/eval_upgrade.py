@@ -381,10 +381,47 @@ class Budget:
 
         def fit():
             m = copy.deepcopy(model)
+            if kind == "independent" and not head_kw:
+                # the default head comes from Collection.upgrade (the same train_cross_queries
+                # call), which is timed and leaves the collection for the hot-refresh rows
+                return self.collection_upgrade(m, {k: v for k, v in opts.items()
+                                                   if k != "members"})
             return train_cross_queries(m, self.d.xn_t[self.d.fit], self.old_pair,
                                        self.old.version, progress=False, threads=THREADS,
                                        query_bits=QB, **opts)
         return hname, self.s.model(hname, fit)
+
+    def collection_dir(self) -> Path:
+        return self.s.root / f"collection_{self.tag}_{self.s.code}"
+
+    def collection_upgrade(self, new_model, head_options=None):
+        """A ``bebr.Collection`` of the old model holding the gallery (ids 0..) and the fit
+        rows of the training sample (ids after them), upgraded to ``new_model`` from the fit
+        rows' new floats (and old floats, for the own-query calibration); the fit rows are
+        then removed, so the saved collection holds the gallery only. Returns the model
+        with its head; the upgrade's time lands in ``upgrade.json``."""
+        import shutil
+        d = self.d
+        path = self.collection_dir()
+        if path.exists():
+            shutil.rmtree(path)
+        coll = bebr.Collection.create(path, self.old, query_bits=QB)
+        ng = len(d.go)
+        coll.add(d.go, ids=np.arange(ng))
+        pair_ids = ng + np.arange(len(d.fit))
+        coll.add(d.xo_t[d.fit], ids=pair_ids)
+        t = time.perf_counter()
+        rep = coll.upgrade(new_model, d.xn_t[d.fit], pair_ids,
+                           older={self.old.version: d.xo_t[d.fit]}, members=3, seed=0,
+                           progress=False,
+                           head_options={"threads": THREADS} | (head_options or {}))
+        up_s = time.perf_counter() - t
+        coll.remove(pair_ids)
+        coll.save()
+        atomic_write_bytes(path.parent / f"{path.name}.upgrade.json", json.dumps(
+            {"upgrade_s": up_s, "rows": len(pair_ids), "report": rep}, default=str).encode())
+        print(f"  Collection.upgrade on {len(pair_ids)} pairs: {up_s:.0f} s", flush=True)
+        return coll.model
 
     def new_row(self, kind: str):
         d = self.d
@@ -531,6 +568,65 @@ class Budget:
                     "cal_head": list(hm.cross_calibration(self.old.version)),
                     "cal_old_fit_s": cal_old_s, "via": "bebr.Index"}
         return self.record(f"{kind} + head: backfill", fn)
+
+    def collection_row(self):
+        """Hot refresh through ``Collection.search`` (the collection of
+        :meth:`collection_upgrade`): for each order (``backfill_order`` "random" and
+        "uncertainty"), the first r of the gallery re-encoded by ``upsert`` (new floats);
+        R10@10 and flips with the old model's query floats given (``older=``) and without
+        (new queries only); the naive merge and RRF over the same codes and order."""
+        d = self.d
+        hname, hm = self.headed("independent")
+        path = self.collection_dir()
+        up_file = path.parent / f"{path.name}.upgrade.json"
+        if not up_file.exists():  # the head was cached before: upgrade a collection again
+            opts = {"teacher": "neighbors"} | ({"epochs": self.args.head_epochs}
+                                               if self.args.head_epochs else {})
+            hm = self.collection_upgrade(copy.deepcopy(self.new_model("independent")[1]), opts)
+        up = json.loads(up_file.read_text())
+
+        def fn():
+            q_old = self.old.encode_query_codes(d.qo, QB)
+            ev = Evaluator(self.spec, d.truth)
+            old_ok = ev.correct(ev.ids(q_old, self.old_g, query_bits=QB))
+            n = len(d.go)
+            out = {"m_old_old": self.m_oo, "upgrade_s": up["upgrade_s"],
+                   "upgrade_rows": up["rows"], "via": "bebr.Collection", "orders": {}}
+            base = bebr.Collection.open(path, mmap=False)
+            ov = self.old.version
+            own_cal = base._manifest["own_calibration"][ov]
+            out["cal_old"], out["cal_head"] = list(own_cal), list(hm.cross_calibration(ov))
+            for strategy in ("random", "uncertainty"):
+                coll = bebr.Collection.open(path, mmap=False)
+                order = coll.backfill_order(n, strategy)
+                done = 0
+                cur = {"old queries given": ([], []), "new queries only": ([], [])}
+                for r in FRACTIONS:
+                    upto = int(round(r * n))
+                    if upto > done:
+                        sel = order[done:upto]
+                        coll.upsert(d.gn[sel], sel)
+                        done = upto
+                    for key, older in (("old queries given", {ov: d.qo}),
+                                       ("new queries only", None)):
+                        ids = coll.search(d.qn, 10, older=older if r < 1 else None)[1]
+                        cur[key][0].append(ev.recall(ids))
+                        cur[key][1].append(M.negative_flip_rate(old_ok, ev.correct(ids)))
+                ref = backfill_curves(
+                    self.spec, d.truth, old_ok, q_new=hm.encode_query_codes(d.qn, QB),
+                    q_old=q_old, q_head=hm.encode_query_codes(d.qn, QB, target=ov),
+                    old_g=self.old_g, new_g=hm.encode(d.gn), cal_old=own_cal,
+                    cal_head=hm.cross_calibration(ov), order=order)
+                curves = {k: {"fractions": list(FRACTIONS), "values": v, "flips": f,
+                              "area": M.curve_area(FRACTIONS, v)} for k, (v, f) in cur.items()}
+                curves["naive merge"] = ref["naive merge"]
+                curves["RRF (k=60)"] = ref["RRF (k=60)"]
+                # the Index path with the collection's calibration must agree with it
+                curves["check: Index, old queries given"] = ref["old queries given"]
+                out["orders"][strategy] = curves
+            out["curves"] = out["orders"]["random"]
+            return out
+        return self.record("independent + head: Collection backfill", fn)
 
     # ---- (d) upgrader
     def upgrader_row(self, kind: str = "compatible"):
@@ -682,6 +778,15 @@ def backfill_table(r: dict) -> list:
                f"queries' scores {r['cal_old'][0]:.3f} x {r['cal_old'][1]:+.3f}, fitted on the "
                f"held-out training rows; the head's {r['cal_head'][0]:.3f} x "
                f"{r['cal_head'][1]:+.3f}; via {r['via']}).")
+    if "orders" in r:
+        o = r["orders"]
+        out.append("")
+        out.append("Backfill order (`Collection.backfill_order`), area under the R10@10 curve: "
+                   + "; ".join(f"{k}: uncertainty {fmt(o['uncertainty'][k]['area'])} vs random "
+                               f"{fmt(o['random'][k]['area'])}"
+                               for k in ("old queries given", "new queries only")) + ".")
+        out.append(f"`Collection.upgrade` (3-member head + calibrations from "
+                   f"{r['upgrade_rows']:,} paired items): {r['upgrade_s']:.0f} s.")
     return out
 
 
@@ -720,6 +825,7 @@ def run(args):
                 bud.upgrader_row("compatible")
             if "f" in parts:
                 bud.backfill_row("independent")
+                bud.collection_row()
             if "r" in parts:
                 bud.research_row("independent")
             lines.append(f"#### {dim}x{bits} ({dim * bits} bits/vector)\n")
@@ -742,8 +848,9 @@ def run(args):
                             lines.append(f"| {vk} | {fmt(vv)} |")
                     lines.append("")
                 if "curves" in v:
-                    lines.append(f"Hot refresh, {k.split(':')[0]} (new queries; fraction r of "
-                                 f"the gallery re-encoded, nested random subsets):\n")
+                    lines.append(f"Hot refresh, {k} (new queries; fraction r of "
+                                 f"the gallery re-encoded, nested: "
+                                 f"{'Collection.backfill_order(random)' if 'Collection' in k else 'metrics.backfill_subset'}):\n")
                     lines.extend(backfill_table(v))
                     lines.append("")
     print("\n".join(lines))
