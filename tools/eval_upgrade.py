@@ -67,6 +67,7 @@ N_BENCH = 100_000  # words of the benchmark
 N_EXTRA = 40_000   # training words after them (extra) / taken from the gallery (gallery)
 NQ = 2000
 VAL = 2000         # rows of the training sample held out of every fit (research validation)
+FIRST, FIRST_TRAIN, FIRST_VAL = 40_000, 10_000, 1_000  # the "first40k" protocol
 THREADS = 2
 ALLOW_MPNET = False  # --embed-mpnet
 STORE_DIR = "upgrade_eval"  # under the data dir ("upgrade_eval_dev" with --dev)
@@ -124,13 +125,26 @@ def has_cached(name: str, lo: int, hi: int) -> bool:
 class Data:
     """Floats of one upgrade: benchmark rows, the split, the training sample, the truth."""
 
-    def __init__(self, upgrade: str, source: str):
+    def __init__(self, upgrade: str, source: str, need_new: bool = True):
         self.upgrade, self.source = upgrade, source
         self.old_name, self.new_name = UPGRADES[upgrade]
-        xo = _embed_cached(self.old_name, 0, N_BENCH)
-        xn = _embed_cached(self.new_name, 0, N_BENCH)
-        qi, bi = ds.query_split(N_BENCH, NQ, seed=0)
-        if source == "extra":
+        nb = FIRST if source == "first40k" else N_BENCH
+        self.n_words = nb
+        xo = _embed_cached(self.old_name, 0, nb)
+        xn = _embed_cached(self.new_name, 0, nb) if need_new else None
+        qi, bi = ds.query_split(nb, NQ, seed=0)
+        n_val = VAL
+        if source == "first40k":
+            # the first 40k benchmark words only (MPNet of all 100k takes hours here): 2,000
+            # queries, the other 38,000 split (seeded) into a 10,000-word training sample
+            # and a 28,000-word gallery
+            rng = np.random.default_rng(11)
+            perm = rng.permutation(len(bi))
+            tr, gal = np.sort(bi[perm[:FIRST_TRAIN]]), np.sort(bi[perm[FIRST_TRAIN:]])
+            self.xo_t = xo[tr]
+            self.xn_t = xn[tr] if need_new else None
+            n_val = FIRST_VAL
+        elif source == "extra":
             self.xo_t = _embed_cached(self.old_name, N_BENCH, N_BENCH + N_EXTRA)
             self.xn_t = _embed_cached(self.new_name, N_BENCH, N_BENCH + N_EXTRA)
             gal = bi
@@ -142,13 +156,15 @@ class Data:
             gal = bi[~take]
         else:
             raise ValueError(f"train source must be 'extra' or 'gallery', got {source!r}")
-        self.qo, self.qn = xo[qi], xn[qi]      # query floats, old and new model
-        self.go, self.gn = xo[gal], xn[gal]    # gallery floats
         self.n_gallery = len(gal)
         # the training sample: `fit` rows train everything, `val` rows never
         rng = np.random.default_rng(5)
-        perm = rng.permutation(len(self.xn_t))
-        self.val, self.fit = np.sort(perm[:VAL]), np.sort(perm[VAL:])
+        perm = rng.permutation(len(self.xo_t))
+        self.val, self.fit = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        self.qo, self.go = xo[qi], xo[gal]    # query / gallery floats, old model
+        if not need_new:
+            return
+        self.qn, self.gn = xn[qi], xn[gal]    # the same, new model
         t = time.perf_counter()
         self.truth = ds.exact_topk(self.qn, self.gn, 10)
         self.val_truth = ds.exact_topk(self.xn_t[self.val], self.xn_t[self.fit], 10)
@@ -188,12 +204,18 @@ class Store:
         p = self._dir(name)
         if (p / "config.json").exists():
             self.times[name] = json.loads((p / "train_time.json").read_text())["time_s"]
-            return kind.load(p)
+            m = kind.load(p)
+            if (p / "train_info.json").exists():  # not part of the model file
+                m.train_info = json.loads((p / "train_info.json").read_text())
+            return m
         t = time.perf_counter()
         m = fn()
         self.times[name] = time.perf_counter() - t
         m.save(p)
         atomic_write_bytes(p / "train_time.json", json.dumps({"time_s": self.times[name]}).encode())
+        info = getattr(m, "train_info", None)
+        if isinstance(info, dict):
+            atomic_write_bytes(p / "train_info.json", json.dumps(info, default=str).encode())
         print(f"  trained {name} in {self.times[name]:.0f} s", flush=True)
         return m
 
@@ -220,13 +242,17 @@ class Store:
             return json.loads(self.results_path.read_text())
         return {}
 
-    def row(self, budget: str, row: str, fn) -> dict:
+    def row(self, budget: str, row: str, fn, dep: str = "") -> dict:
+        """The stored row, or ``fn()`` stored; ``dep`` names what the row was measured on
+        (e.g. the head's cache name): a row of another ``dep`` is recomputed."""
         key = f"{self.prefix}/{budget}/{row}"
         res = self.load_results()
-        if key in res and res[key].get("code") == self.code:
+        if key in res and res[key].get("code") == self.code and res[key].get("dep", "") == dep:
             return res[key]
         val = fn()
         val["code"] = self.code
+        if dep:
+            val["dep"] = dep
         res = self.load_results()  # re-read: another row may have landed meanwhile
         res[key] = val
         atomic_write_bytes(self.results_path, json.dumps(res, indent=1, sort_keys=True).encode())
@@ -328,9 +354,7 @@ class Budget:
         self.kw = dict(epochs=args.epochs, progress=False, seed=0, threads=THREADS,
                        query_bits=QB)
         d = data
-        self.old = store.model(f"old_{d.old_name}_{self.tag}_e{args.epochs}", lambda:
-                               train_binarizer(d.xo_t[d.fit], dim, bits,
-                                               version=f"{d.old_name}-{self.tag}", **self.kw))
+        self.old = self.old_model(d, store, dim, bits, args)
         self.spec = self.old.spec
         self.old_g = self.old.encode(d.go)                  # the stored old gallery codes
         self.old_pair = self.old.encode(d.xo_t[d.fit])      # stored old codes of the pairs
@@ -340,19 +364,26 @@ class Budget:
         self.val_oo = recall_of(self.spec, self.old_valq, self.old_pair, d.val_truth)
         self.rows: dict = {}
 
+    @staticmethod
+    def old_model(d, store, dim, bits, args):
+        tag = f"{dim}x{bits}"
+        return store.model(f"old_{d.old_name}_{tag}_e{args.epochs}", lambda: train_binarizer(
+            d.xo_t[d.fit], dim, bits, version=f"{d.old_name}-{tag}", epochs=args.epochs,
+            progress=False, seed=0, threads=THREADS, query_bits=QB))
+
     def m_old(self, q_codes):
         return recall_of(self.spec, q_codes, self.old_g, self.d.truth)
 
     def val_old(self, q_codes):
         return recall_of(self.spec, q_codes, self.old_pair, self.d.val_truth)
 
-    def record(self, name, fn):
-        r = self.s.row(self.tag, name, fn)
+    def record(self, name, fn, dep: str = ""):
+        r = self.s.row(self.tag, name, fn, dep)
         self.rows[name] = r
         no, nn = r.get("m_new_old"), r.get("m_new_new")
         print(f"  [{self.tag}] {name}: " + ", ".join(
             f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
-            if k not in ("code", "curves")), flush=True)
+            if k not in ("code", "curves", "orders", "dep")), flush=True)
         for k, c in r.get("curves", {}).items():
             print(f"    {k}: R10@10 {np.round(c['values'], 4).tolist()} flips "
                   f"{np.round(c['flips'], 4).tolist()} area {c['area']:.4f}", flush=True)
@@ -382,23 +413,27 @@ class Budget:
         if self.args.head_epochs:
             opts.setdefault("epochs", self.args.head_epochs)
         hname = f"{name}_head_" + "_".join(f"{k}{v}" for k, v in sorted(opts.items()))
+        cap = self.args.head_max_s
+        if cap:
+            hname += f"_max{cap:g}"
 
         def fit():
             m = copy.deepcopy(model)
             if kind == "independent" and not head_kw:
                 # the default head comes from Collection.upgrade (the same train_cross_queries
                 # call), which is timed and leaves the collection for the hot-refresh rows
-                return self.collection_upgrade(m, {k: v for k, v in opts.items()
-                                                   if k != "members"})
+                return self.collection_upgrade(m, hname, {k: v for k, v in opts.items()
+                                                          if k != "members"})
             return train_cross_queries(m, self.d.xn_t[self.d.fit], self.old_pair,
                                        self.old.version, progress=False, threads=THREADS,
-                                       query_bits=QB, **opts)
+                                       query_bits=QB, max_time_s=cap / opts["members"]
+                                       if cap else None, **opts)
         return hname, self.s.model(hname, fit)
 
-    def collection_dir(self) -> Path:
-        return self.s.root / f"collection_{self.tag}_{self.s.code}"
+    def collection_dir(self, hname: str) -> Path:
+        return self.s.root / f"collection_{hname}_{self.s.code}"
 
-    def collection_upgrade(self, new_model, head_options=None):
+    def collection_upgrade(self, new_model, hname: str, head_options=None):
         """A ``bebr.Collection`` of the old model holding the gallery (ids 0..) and the fit
         rows of the training sample (ids after them), upgraded to ``new_model`` from the fit
         rows' new floats (and old floats, for the own-query calibration); the fit rows are
@@ -406,7 +441,7 @@ class Budget:
         with its head; the upgrade's time lands in ``upgrade.json``."""
         import shutil
         d = self.d
-        path = self.collection_dir()
+        path = self.collection_dir(hname)
         if path.exists():
             shutil.rmtree(path)
         coll = bebr.Collection.create(path, self.old, query_bits=QB)
@@ -417,6 +452,7 @@ class Budget:
         t = time.perf_counter()
         rep = coll.upgrade(new_model, d.xn_t[d.fit], pair_ids,
                            older={self.old.version: d.xo_t[d.fit]}, members=3, seed=0,
+                           max_time_s=self.args.head_max_s or None,
                            progress=False,
                            head_options={"threads": THREADS} | (head_options or {}))
         up_s = time.perf_counter() - t
@@ -458,7 +494,7 @@ class Budget:
                     "val_new_old": v, "val_old_old": self.val_oo,
                     "member_best": info["member_best"], "head_s": self.s.times[hname],
                     "train_s": self.s.times[name], "calibration": list(info["calibration"]["cosine"])}
-        return self.record(label, fn)
+        return self.record(label, fn, hname)
 
     # ---- (e) adapters
     def adapters(self):
@@ -471,7 +507,6 @@ class Budget:
 
     def adapter_rows(self):
         d = self.d
-        nn = self.rows.get("independent + head", {}).get("m_new_new")
         for label, (ad, fn) in self.adapters().items():
             key = "adapter_ls_" if label.startswith("LS") else "adapter_mlp_"
             tname = next(k for k in self.s.times if k.startswith(key))
@@ -481,7 +516,6 @@ class Budget:
                 m_no = self.m_old(q)
                 v = self.val_old(self.old.encode_query_codes(fn(ad, d.xn_t[d.val]), QB))
                 return {"m_new_old": m_no, "m_old_old": self.m_oo, "criterion": m_no > self.m_oo,
-                        "gain": None if nn is None else gain(m_no, self.m_oo, nn),
                         "val_new_old": v, "val_old_old": self.val_oo,
                         "fit_s": self.s.times[tname]}
             self.record(f"{label} + old query encoder", row)
@@ -545,7 +579,7 @@ class Budget:
                     out[f"B: head + {w:g} kNN memory k={kk}"] = mb(z_head + w * z_knn)
             out["val_old_old"] = self.val_oo
             return out
-        return self.record(f"{kind} research (validation)", fn)
+        return self.record(f"{kind} research (validation)", fn, hname)
 
     # ---- hot refresh
     def backfill_row(self, kind: str = "independent"):
@@ -571,7 +605,7 @@ class Budget:
             return {"curves": curves, "m_old_old": self.m_oo, "cal_old": list(cal_old),
                     "cal_head": list(hm.cross_calibration(self.old.version)),
                     "cal_old_fit_s": cal_old_s, "via": "bebr.Index"}
-        return self.record(f"{kind} + head: backfill", fn)
+        return self.record(f"{kind} + head: backfill", fn, hname)
 
     def collection_row(self):
         """Hot refresh through ``Collection.search`` (the collection of
@@ -581,12 +615,13 @@ class Budget:
         (new queries only); the naive merge and RRF over the same codes and order."""
         d = self.d
         hname, hm = self.headed("independent")
-        path = self.collection_dir()
+        path = self.collection_dir(hname)
         up_file = path.parent / f"{path.name}.upgrade.json"
         if not up_file.exists():  # the head was cached before: upgrade a collection again
             opts = {"teacher": "neighbors"} | ({"epochs": self.args.head_epochs}
                                                if self.args.head_epochs else {})
-            hm = self.collection_upgrade(copy.deepcopy(self.new_model("independent")[1]), opts)
+            hm = self.collection_upgrade(copy.deepcopy(self.new_model("independent")[1]), hname,
+                                         opts)
         up = json.loads(up_file.read_text())
 
         def fn():
@@ -630,7 +665,7 @@ class Budget:
                 out["orders"][strategy] = curves
             out["curves"] = out["orders"]["random"]
             return out
-        return self.record("independent + head: Collection backfill", fn)
+        return self.record("independent + head: Collection backfill", fn, hname)
 
     # ---- (d) upgrader
     def upgrader_row(self, kind: str = "compatible"):
@@ -738,12 +773,15 @@ def backfill_curves(spec, truth, old_ok, *, q_new, q_old, q_head, old_g, new_g, 
 def table(budget_rows: dict, m_oo: float) -> list:
     out = ["| query path | M(new,new) | M(new,old) | criterion | update gain | val M(new,old) | "
            "train s |", "|---|---:|---:|:-:|---:|---:|---:|"]
+    ind_nn = budget_rows.get("independent codes alone", {}).get("m_new_new")
     for name, r in budget_rows.items():
         if name == "old":
             continue
         no = r.get("m_new_upgraded", r.get("m_new_old"))
         nn = r.get("m_new_new")
         g = r.get("gain")
+        if "adapter" in name and ind_nn is not None:
+            g = gain(no, m_oo, ind_nn)
         crit = no > m_oo
         ts = r.get("head_s", r.get("fit_s", r.get("train_s", 0)))
         if "head_s" in r:
@@ -794,41 +832,61 @@ def backfill_table(r: dict) -> list:
     return out
 
 
+SOURCES = {
+    "extra": f"the {N_EXTRA:,} next GloVe words (outside the benchmark)",
+    "gallery": f"a random {N_EXTRA:,} of the gallery words, removed from the gallery",
+    "first40k": (f"**reduced protocol**: the first {FIRST:,} benchmark words only (MPNet of all "
+                 f"100k takes hours on this shared CPU): {NQ:,} queries "
+                 f"(`query_split({FIRST}, {NQ}, seed=0)`), the other {FIRST - NQ:,} split "
+                 f"(seeded) into a {FIRST_TRAIN:,}-word training sample and a "
+                 f"{FIRST - NQ - FIRST_TRAIN:,}-word gallery"),
+}
+
+
 def run(args):
     lines = []
     parts = set(args.parts.split(","))
     for up in args.upgrades.split(","):
         old_name, new_name = UPGRADES[up]
-        if new_name == "mpnet" and not ALLOW_MPNET and not has_cached("mpnet", 0, N_BENCH):
+        source = args.train_source
+        if source == "auto":
+            # MiniLM of the extra words is cheap to embed, MPNet only from a cache; without
+            # MPNet of all 100k words, the first-40k protocol
+            source = "extra" if new_name != "mpnet" or has_cached(
+                new_name, N_BENCH, N_BENCH + N_EXTRA) else "gallery" if has_cached(
+                new_name, 0, N_BENCH) else "first40k"
+        nb = FIRST if source == "first40k" else N_BENCH
+        if new_name == "mpnet" and not ALLOW_MPNET and not has_cached("mpnet", 0, nb):
             msg = (f"### {old_name} -> {new_name}\n\nNot measured in this run: the MPNet "
-                   f"floats of the {N_BENCH:,} benchmark words are not cached yet "
+                   f"floats of the first {nb:,} benchmark words are not cached yet "
                    f"(`bebr.datasets.mpnet_embeddings`; hours on the shared 2-core CPU); "
                    f"rerun the command once they are.\n")
             print(msg, flush=True)
             lines.append(msg)
+            if "old" in parts:  # train the old models meanwhile (they need no new floats)
+                pre = Data(up, source, need_new=False)
+                st = Store(up, source)
+                for b in args.budgets.split(","):
+                    dim, bits = (int(v) for v in b.lower().split("x"))
+                    Budget.old_model(pre, st, dim, bits, args)
             continue
-        source = args.train_source
-        if source == "auto":
-            # MiniLM of the extra words is cheap to embed, MPNet only from a cache
-            source = "extra" if new_name != "mpnet" or has_cached(
-                new_name, N_BENCH, N_BENCH + N_EXTRA) else "gallery"
         data = Data(up, source)
         store = Store(up, source)
         ov = store.row("floats", "overlap", lambda: {"overlap": data.overlap()})["overlap"]
         lines.append(f"### {old_name} -> {new_name}\n")
         lines.append(f"Old {old_name}, new {new_name}; float top-10 overlap {ov:.2f}. "
-                     f"Training sample: {f'the {N_EXTRA:,} next GloVe words (outside the benchmark)' if source == 'extra' else f'a random {N_EXTRA:,} of the gallery words, removed from the gallery'}"
+                     f"Training sample: {SOURCES[source]}"
                      f" ({len(data.fit):,} fit rows, {len(data.val):,} held out as research "
                      f"validation); gallery {data.n_gallery:,} words, {NQ:,} queries.\n")
         for b in args.budgets.split(","):
             dim, bits = (int(v) for v in b.lower().split("x"))
             bud = Budget(data, store, dim, bits, args)
             bud.base()
+            if "e" in parts:  # cheap: before the models, so a cut run still has them
+                bud.adapter_rows()
             if "a" in parts:
                 bud.new_row("independent")
                 bud.head_row("independent")
-            if "e" in parts:
-                bud.adapter_rows()
             if "b" in parts or "c" in parts:
                 bud.new_row("compatible")
             if "c" in parts:
@@ -849,14 +907,14 @@ def run(args):
             for k, v in bud.rows.items():
                 if "research" in k:
                     lines.append(f"Research variants of the new-query path ({k.split(' ')[0]} "
-                                 f"model's head; {VAL:,} held-out training rows as queries, "
+                                 f"model's head; {len(data.val):,} held-out training rows as queries, "
                                  f"never the reported ones; A: over the old codes of the "
                                  f"{len(data.fit):,} fit rows, B: memory variants, the fit "
                                  f"rows halved into a memory pool and a gallery):\n")
                     lines.append("| variant | val R10@10 |")
                     lines.append("|---|---:|")
                     for vk, vv in v.items():
-                        if vk not in ("code", "val_old_old"):
+                        if vk not in ("code", "val_old_old", "dep"):
                             lines.append(f"| {vk} | {fmt(vv)} |")
                     lines.append("")
                 if "curves" in v:
@@ -917,6 +975,9 @@ def main(argv=None):
     ap.add_argument("--upgrade-epochs", type=int, default=6)
     ap.add_argument("--head-epochs", type=int, default=0,
                     help="epochs of each head member (0: train_cross_queries' default)")
+    ap.add_argument("--head-max-s", type=float, default=0,
+                    help="bound on a head's training, all members together (Collection."
+                         "upgrade(max_time_s=)); 0: none")
     ap.add_argument("--train-source", default="auto", choices=("auto", "extra", "gallery"))
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--embed-mpnet", action="store_true",
