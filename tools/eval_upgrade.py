@@ -794,6 +794,34 @@ def table(budget_rows: dict, m_oo: float) -> list:
     return out
 
 
+def verdicts(rows: dict, m_oo: float) -> list:
+    """Which path beats its simpler alternative, from the rows of one budget."""
+    out = []
+    ih, ch = rows.get("independent + head"), rows.get("compatible + head")
+    if ih and ch:
+        out.append(f"- Independent + head vs compatible + head: M(new,old) {fmt(ih['m_new_old'])} "
+                   f"vs {fmt(ch['m_new_old'])}, M(new,new) {fmt(ih['m_new_new'])} vs "
+                   f"{fmt(ch['m_new_new'])}.")
+    up = rows.get("compatible + upgrader (gallery upgraded)")
+    if up:
+        out.append(f"- Forward upgrader vs leaving the codes old (compatible model's queries): "
+                   f"{fmt(up['m_new_upgraded'])} vs {fmt(up['m_new_old'])}: "
+                   f"**{'beats' if up['m_new_upgraded'] > up['m_new_old'] else 'loses'}**.")
+    ads = {k: v for k, v in rows.items() if "adapter" in k}
+    if ih and ads:
+        best = max(ads.items(), key=lambda kv: kv[1]["m_new_old"])
+        out.append(f"- Head vs the Drift-Adapter baselines over the same old codes: "
+                   f"{fmt(ih['m_new_old'])} vs {best[0]} {fmt(best[1]['m_new_old'])}: "
+                   f"**{'beats' if ih['m_new_old'] > best[1]['m_new_old'] else 'loses'}**.")
+    paths = {k: v["m_new_old"] for k, v in rows.items() if "m_new_old" in v and
+             ("head" in k or "adapter" in k) and "curves" not in v}
+    if paths:
+        best = max(paths.items(), key=lambda kv: kv[1])
+        out.append(f"- New-query-only criterion M(new,old) > M(old,old) = {fmt(m_oo)}: best path "
+                   f"{best[0]} {fmt(best[1])}: **{'met' if best[1] > m_oo else 'not met'}**.")
+    return out
+
+
 def backfill_table(r: dict) -> list:
     cs = r["curves"]
     fr = next(iter(cs.values()))["fractions"]
@@ -901,8 +929,15 @@ def run(args):
             lines.append(f"#### {dim}x{bits} ({dim * bits} bits/vector)\n")
             lines.append(f"M(old,old) = {fmt(bud.m_oo)} (old model's {QB}-bit queries over "
                          f"the old codes; research validation {fmt(bud.val_oo)}).\n")
-            lines.extend(table({k: v for k, v in bud.rows.items() if "curves" not in v
-                                and "research" not in k}, bud.m_oo))
+            rank = ["old", "independent codes alone", "independent + head",
+                    "LS adapter + old query encoder", "MLP adapter + old query encoder",
+                    "compatible codes alone", "compatible + head"]
+            main_rows = {k: bud.rows[k] for k in sorted(
+                (k for k, v in bud.rows.items() if "curves" not in v and "research" not in k),
+                key=lambda k: rank.index(k) if k in rank else len(rank))}
+            lines.extend(table(main_rows, bud.m_oo))
+            lines.append("")
+            lines.extend(verdicts(main_rows, bud.m_oo))
             lines.append("")
             for k, v in bud.rows.items():
                 if "research" in k:
