@@ -398,10 +398,11 @@ class Budget:
     def new_model(self, kind: str):
         d, a = self.d, self.args
         if kind == "independent":
-            name = f"ind_{d.new_name}_{self.tag}_e{a.epochs}"
+            ep = a.new_epochs or a.epochs
+            name = f"ind_{d.new_name}_{self.tag}_e{ep}"
             return name, self.s.model(name, lambda: train_binarizer(
-                d.xn_t[d.fit], self.dim, self.bits, patience=a.epochs,
-                version=f"{d.new_name}-{self.tag}-indep", **self.kw))
+                d.xn_t[d.fit], self.dim, self.bits, patience=ep,
+                version=f"{d.new_name}-{self.tag}-indep", **(self.kw | {"epochs": ep})))
         name = f"compat_{d.new_name}_{self.tag}_e{a.epochs}"
         return name, self.s.model(name, lambda: train_compatible(
             d.xn_t[d.fit], d.xo_t[d.fit], self.old, version=f"{d.new_name}-{self.tag}-compat",
@@ -1007,6 +1008,8 @@ def main(argv=None):
                          "c: compatible + head, d: upgrader, f: hot-refresh backfill, "
                          "r: research variants on the validation rows")
     ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--new-epochs", type=int, default=0,
+                    help="epochs of the independent new model (0: --epochs)")
     ap.add_argument("--upgrade-epochs", type=int, default=6)
     ap.add_argument("--head-epochs", type=int, default=0,
                     help="epochs of each head member (0: train_cross_queries' default)")
