@@ -861,6 +861,10 @@ def backfill_table(r: dict) -> list:
     return out
 
 
+PARTS = {"a": "independent new model + head", "b": "train_compatible codes alone",
+         "c": "train_compatible + head", "d": "forward upgrader", "e": "Drift-Adapter baselines",
+         "f": "hot refresh", "r": "research variants"}
+
 SOURCES = {
     "extra": f"the {N_EXTRA:,} next GloVe words (outside the benchmark)",
     "gallery": f"a random {N_EXTRA:,} of the gallery words, removed from the gallery",
@@ -959,6 +963,10 @@ def run(args):
                                  f"{'Collection.backfill_order(random)' if 'Collection' in k else 'metrics.backfill_subset'}):\n")
                     lines.extend(backfill_table(v))
                     lines.append("")
+    missing = [f"{k} ({v})" for k, v in PARTS.items() if k not in parts]
+    if missing:
+        lines.append("Not in this run (parts left out by `--parts`): " + "; ".join(missing) + ".")
+        lines.append("")
     print("\n".join(lines))
     return lines
 
