@@ -70,6 +70,7 @@ VAL = 2000         # rows of the training sample held out of every fit (research
 FIRST, FIRST_TRAIN, FIRST_VAL = 40_000, 10_000, 1_000  # the "first40k" protocol
 THREADS = 2
 ALLOW_MPNET = False  # --embed-mpnet
+CACHED_ONLY = False  # --cached-only: report stored rows, train and measure nothing new
 STORE_DIR = "upgrade_eval"  # under the data dir ("upgrade_eval_dev" with --dev)
 
 UPGRADES = {  # name: (old model, new model)
@@ -179,6 +180,10 @@ class Data:
 
 
 # ---------------------------------------------------------------------------- cache
+class Skip(Exception):
+    """A row or model that is not stored, under --cached-only."""
+
+
 class Store:
     """Trained objects and measured rows of one upgrade / source, on disk.
 
@@ -208,6 +213,8 @@ class Store:
             if (p / "train_info.json").exists():  # not part of the model file
                 m.train_info = json.loads((p / "train_info.json").read_text())
             return m
+        if CACHED_ONLY:
+            raise Skip(name)
         t = time.perf_counter()
         m = fn()
         self.times[name] = time.perf_counter() - t
@@ -225,6 +232,8 @@ class Store:
             self.times[name] = json.loads((p / "train_time.json").read_text())["time_s"]
             with np.load(p / "arrays.npz") as z:
                 return {k: z[k] for k in z.files}
+        if CACHED_ONLY:
+            raise Skip(name)
         t = time.perf_counter()
         arrs = fn()
         self.times[name] = time.perf_counter() - t
@@ -249,6 +258,8 @@ class Store:
         res = self.load_results()
         if key in res and res[key].get("code") == self.code and res[key].get("dep", "") == dep:
             return res[key]
+        if CACHED_ONLY:
+            raise Skip(key)
         val = fn()
         val["code"] = self.code
         if dep:
@@ -915,22 +926,22 @@ def run(args):
             dim, bits = (int(v) for v in b.lower().split("x"))
             bud = Budget(data, store, dim, bits, args)
             bud.base()
-            if "e" in parts:  # cheap: before the models, so a cut run still has them
-                bud.adapter_rows()
-            if "a" in parts:
-                bud.new_row("independent")
-                bud.head_row("independent")
-            if "b" in parts or "c" in parts:
-                bud.new_row("compatible")
-            if "c" in parts:
-                bud.head_row("compatible")
-            if "d" in parts:
-                bud.upgrader_row("compatible")
-            if "f" in parts:
-                bud.backfill_row("independent")
-                bud.collection_row()
-            if "r" in parts:
-                bud.research_row("independent")
+            steps = [("e", bud.adapter_rows),  # cheap: before the models
+                     ("a", lambda: bud.new_row("independent")),
+                     ("a", lambda: bud.head_row("independent")),
+                     ("bc", lambda: bud.new_row("compatible")),
+                     ("c", lambda: bud.head_row("compatible")),
+                     ("d", lambda: bud.upgrader_row("compatible")),
+                     ("f", lambda: bud.backfill_row("independent")),
+                     ("f", bud.collection_row),
+                     ("r", lambda: bud.research_row("independent"))]
+            for keys, step in steps:
+                if set(keys) & parts:
+                    try:
+                        step()
+                    except Skip as e:
+                        print(f"  (not stored, skipped: {e})", flush=True)
+                        parts.discard(keys[0]) if keys != "bc" else None
             lines.append(f"#### {dim}x{bits} ({dim * bits} bits/vector)\n")
             lines.append(f"M(old,old) = {fmt(bud.m_oo)} (old model's {QB}-bit queries over "
                          f"the old codes; research validation {fmt(bud.val_oo)}).\n")
@@ -1026,14 +1037,17 @@ def main(argv=None):
                          "upgrade(max_time_s=)); 0: none")
     ap.add_argument("--train-source", default="auto", choices=("auto", "extra", "gallery"))
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="report only what is stored (train and measure nothing new)")
     ap.add_argument("--embed-mpnet", action="store_true",
                     help="compute missing MPNet floats (slow on CPU; cached afterwards)")
     ap.add_argument("--dev", type=int, default=0,
                     help="development run on the first N words (N/2 training words, N/10 "
                          "queries), stored apart (upgrade_eval_dev)")
     args = ap.parse_args(argv)
-    global ALLOW_MPNET, N_BENCH, N_EXTRA, NQ, VAL, STORE_DIR
+    global ALLOW_MPNET, N_BENCH, N_EXTRA, NQ, VAL, STORE_DIR, CACHED_ONLY
     ALLOW_MPNET = args.embed_mpnet
+    CACHED_ONLY = args.cached_only
     if args.dev:
         N_BENCH, N_EXTRA, NQ, VAL = args.dev, args.dev // 2, args.dev // 10, args.dev // 20
         STORE_DIR = f"upgrade_eval_dev{args.dev}"
