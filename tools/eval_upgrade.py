@@ -848,13 +848,13 @@ def backfill_table(r: dict) -> list:
     v = np.array(g["values"])
     mono = bool(np.all(np.diff(v) >= 0))
     above = bool(np.all(v >= r["m_old_old"]))
-    fl = np.array(g["flips"])[:-1]
-    below = {k: bool(np.all(fl < np.array(cs[k]["flips"])[:-1]))
+    fl = np.array(g["flips"])[1:-1]  # 0 < r < 1 (at r = 0 every path is the old system)
+    below = {k: bool(np.all(fl < np.array(cs[k]["flips"])[1:-1]))
              for k in ("naive merge", "RRF (k=60)")}
     out.append("")
     out.append(f"Old queries given: at or above M(old,old) {fmt(r['m_old_old'])} at every r: "
                f"**{'yes' if above else 'no'}**; monotone: **{'yes' if mono else 'no'}**; "
-               f"negative flips below the naive merge at every r < 1: "
+               f"negative flips below the naive merge at every 0 < r < 1: "
                f"**{'yes' if below['naive merge'] else 'no'}**, below RRF: "
                f"**{'yes' if below['RRF (k=60)'] else 'no'}** (calibration of the old "
                f"queries' scores {r['cal_old'][0]:.3f} x {r['cal_old'][1]:+.3f}, fitted on the "
