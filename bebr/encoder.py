@@ -29,6 +29,7 @@ float64 projection with the same arithmetic as :meth:`bebr.CodeSpec.quantize_ang
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -185,6 +186,20 @@ def expected_state_shapes(cfg: BinarizerConfig) -> Dict[str, tuple]:
     return out
 
 
+class UncalibratedHeadWarning(UserWarning):
+    """A loaded model's cross-version query heads have no fitted score calibration (the file
+    predates calibration): mixed-version rankings with those heads are uncalibrated."""
+
+
+def uncalibrated_message(path, versions) -> str:
+    """The warning text for heads of ``versions`` loaded without a calibration."""
+    return (f"{path}: the query heads for versions {list(versions)} have no score "
+            "calibration (written before heads were calibrated): their scores use the "
+            "identity calibration, so a search mixing those versions with this one ranks "
+            "them on different scales; retrain the heads (bebr.train_cross_queries) to "
+            "calibrate them")
+
+
 def _upgrade_legacy(state: Dict[str, np.ndarray], cfg: BinarizerConfig) -> None:
     """Files from before head ensembles / calibration (as ``Binarizer.load``)."""
     for i in range(len(cfg.cross_versions)):
@@ -250,6 +265,7 @@ class Encoder:
                 raise CorruptFileError(f"{where}: {k} has NaN or inf weights")
         self.config = BinarizerConfig(**asdict(config))
         self._state = state  # for pickling (__reduce__)
+        self.uncalibrated_heads: List[str] = []  # set by load for files without calibrations
         self.spec = CodeSpec(config.dim, config.bits)
         cfg = self.config
         self._in_mean = np.ascontiguousarray(state["in_mean"], dtype=np.float32)
@@ -288,8 +304,21 @@ class Encoder:
             raise CorruptFileError(f"{cfg_path}: bad header field ({e})") from e
         if spec != CodeSpec(config.dim, config.bits) or header.get("version") != config.version:
             raise CorruptFileError(f"{cfg_path}: code_spec/version disagree with the config")
+        marked = header.get("uncalibrated_heads", [])
+        if not isinstance(marked, list) or not all(
+                isinstance(v, str) and v in config.cross_versions for v in marked):
+            raise CorruptFileError(f"{cfg_path}: uncalibrated_heads {marked!r} must list "
+                                   f"versions of cross_versions {config.cross_versions}")
         state = read_weights_numpy(p, header)
-        return cls(config, state, where=str(p / "model.safetensors"))
+        missing = {v for i, v in enumerate(config.cross_versions)
+                   if f"cross.{i}.calibration" not in state}
+        enc = cls(config, state, where=str(p / "model.safetensors"))
+        enc.uncalibrated_heads = [v for v in config.cross_versions
+                                  if v in missing or v in marked]
+        if enc.uncalibrated_heads:  # as Binarizer.load: loadable, marked and named
+            warnings.warn(UncalibratedHeadWarning(uncalibrated_message(p, enc.uncalibrated_heads)),
+                          stacklevel=2)
+        return enc
 
     @classmethod
     def from_binarizer(cls, model) -> "Encoder":

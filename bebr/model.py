@@ -38,14 +38,10 @@ from .encoder import (CALIBRATION_METRICS, FORMAT_VERSION, IDENTITY_CALIBRATION,
 from .encoder import as_float_rows as _as_float_rows
 from .fileio import CorruptFileError
 from .modelfile import CONFIG_NAME, load_state_strict, read_header, read_weights, write_model_dir
+from .encoder import UncalibratedHeadWarning, uncalibrated_message
 
 __all__ = ["Binarizer", "BinarizerConfig", "BinarizerOutput", "QueryHead", "ResidualMLP", "sign_ste",
            "MODEL_REGISTRY", "register_model", "FORMAT_VERSION", "UncalibratedHeadWarning"]
-
-
-class UncalibratedHeadWarning(UserWarning):
-    """A loaded model's cross-version query heads have no fitted score calibration (the file
-    predates calibration): mixed-version rankings with those heads are uncalibrated."""
 
 
 class _SignSTE(torch.autograd.Function):
@@ -518,10 +514,6 @@ class Binarizer(nn.Module):
         model.uncalibrated_heads = [v for v in config.cross_versions if v in uncalibrated]
         if model.uncalibrated_heads:
             warnings.warn(UncalibratedHeadWarning(
-                f"{p}: the query heads for versions {model.uncalibrated_heads} have no score "
-                "calibration (written before heads were calibrated): their scores use the "
-                "identity calibration, so a search mixing those versions with this one ranks "
-                "them on different scales; retrain the heads (bebr.train_cross_queries) to "
-                "calibrate them"), stacklevel=2)
+                uncalibrated_message(p, model.uncalibrated_heads)), stacklevel=2)
         model.eval()
         return model.to(map_location)
