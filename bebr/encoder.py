@@ -58,6 +58,11 @@ FAST_MARGIN = 2.0 ** -12
 _BN_EPS = 1e-5  # nn.BatchNorm1d's default, what every bebr block uses
 
 
+class UncalibratedHeadWarning(UserWarning):
+    """A loaded model's cross-version query heads have no fitted score calibration (the file
+    predates calibration): mixed-version rankings with those heads are uncalibrated."""
+
+
 @dataclass
 class BinarizerConfig:
     """Everything needed to rebuild a Binarizer's architecture."""
@@ -289,7 +294,20 @@ class Encoder:
         if spec != CodeSpec(config.dim, config.bits) or header.get("version") != config.version:
             raise CorruptFileError(f"{cfg_path}: code_spec/version disagree with the config")
         state = read_weights_numpy(p, header)
-        return cls(config, state, where=str(p / "model.safetensors"))
+        uncal = [v for i, v in enumerate(config.cross_versions)
+                 if f"cross.{i}.calibration" not in state]
+        enc = cls(config, state, where=str(p / "model.safetensors"))
+        enc.uncalibrated_heads = uncal
+        if uncal:
+            import warnings
+
+            warnings.warn(UncalibratedHeadWarning(
+                f"{p}: the query heads for versions {uncal} have no score calibration "
+                "(written before heads were calibrated): their scores use the identity "
+                "calibration, so a search mixing those versions with this one ranks them on "
+                "different scales; retrain the heads (bebr.train_cross_queries) to calibrate "
+                "them"), stacklevel=2)
+        return enc
 
     @classmethod
     def from_binarizer(cls, model) -> "Encoder":

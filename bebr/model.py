@@ -34,18 +34,13 @@ import torch.nn.functional as F
 
 from .codes import MAX_QUERY_BITS, CodeSpec
 from .encoder import (CALIBRATION_METRICS, FORMAT_VERSION, IDENTITY_CALIBRATION, BinarizerConfig,
-                      Encoder, _row_margins)
+                      Encoder, UncalibratedHeadWarning, _row_margins)
 from .encoder import as_float_rows as _as_float_rows
 from .fileio import CorruptFileError
 from .modelfile import CONFIG_NAME, load_state_strict, read_header, read_weights, write_model_dir
 
 __all__ = ["Binarizer", "BinarizerConfig", "BinarizerOutput", "QueryHead", "ResidualMLP", "sign_ste",
            "MODEL_REGISTRY", "register_model", "FORMAT_VERSION", "UncalibratedHeadWarning"]
-
-
-class UncalibratedHeadWarning(UserWarning):
-    """A loaded model's cross-version query heads have no fitted score calibration (the file
-    predates calibration): mixed-version rankings with those heads are uncalibrated."""
 
 
 class _SignSTE(torch.autograd.Function):
