@@ -294,8 +294,13 @@ class Encoder:
         if spec != CodeSpec(config.dim, config.bits) or header.get("version") != config.version:
             raise CorruptFileError(f"{cfg_path}: code_spec/version disagree with the config")
         state = read_weights_numpy(p, header)
+        marked = header.get("uncalibrated_heads", [])
+        if not isinstance(marked, list) or not all(
+                isinstance(v, str) and v in config.cross_versions for v in marked):
+            raise CorruptFileError(f"{cfg_path}: uncalibrated_heads {marked!r} must list "
+                                   f"versions of cross_versions {config.cross_versions}")
         uncal = [v for i, v in enumerate(config.cross_versions)
-                 if f"cross.{i}.calibration" not in state]
+                 if v in marked or f"cross.{i}.calibration" not in state]
         enc = cls(config, state, where=str(p / "model.safetensors"))
         enc.uncalibrated_heads = uncal
         if uncal:
