@@ -59,6 +59,11 @@ FAST_MARGIN = 2.0 ** -12
 _BN_EPS = 1e-5  # nn.BatchNorm1d's default, what every bebr block uses
 
 
+class UncalibratedHeadWarning(UserWarning):
+    """A loaded model's cross-version query heads have no fitted score calibration (the file
+    predates calibration): mixed-version rankings with those heads are uncalibrated."""
+
+
 @dataclass
 class BinarizerConfig:
     """Everything needed to rebuild a Binarizer's architecture."""
@@ -184,11 +189,6 @@ def expected_state_shapes(cfg: BinarizerConfig) -> Dict[str, tuple]:
             out.update(_mlp_keys(f"cross.{i}.nets.{k}.", cfg.in_dim, cfg.dim, cfg.cross_hidden,
                                  cfg.cross_depth))
     return out
-
-
-class UncalibratedHeadWarning(UserWarning):
-    """A loaded model's cross-version query heads have no fitted score calibration (the file
-    predates calibration): mixed-version rankings with those heads are uncalibrated."""
 
 
 def uncalibrated_message(path, versions) -> str:

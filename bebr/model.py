@@ -34,11 +34,11 @@ import torch.nn.functional as F
 
 from .codes import MAX_QUERY_BITS, CodeSpec
 from .encoder import (CALIBRATION_METRICS, FORMAT_VERSION, IDENTITY_CALIBRATION, BinarizerConfig,
-                      Encoder, _row_margins)
+                      Encoder, UncalibratedHeadWarning, _row_margins)
 from .encoder import as_float_rows as _as_float_rows
 from .fileio import CorruptFileError
 from .modelfile import CONFIG_NAME, load_state_strict, read_header, read_weights, write_model_dir
-from .encoder import UncalibratedHeadWarning, uncalibrated_message
+from .encoder import uncalibrated_message
 
 __all__ = ["Binarizer", "BinarizerConfig", "BinarizerOutput", "QueryHead", "ResidualMLP", "sign_ste",
            "MODEL_REGISTRY", "register_model", "FORMAT_VERSION", "UncalibratedHeadWarning"]
