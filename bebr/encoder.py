@@ -28,11 +28,10 @@ float64 projection with the same arithmetic as :meth:`bebr.CodeSpec.quantize_ang
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -191,6 +190,27 @@ def expected_state_shapes(cfg: BinarizerConfig) -> Dict[str, tuple]:
     return out
 
 
+def read_config(path: Path, header: dict) -> Tuple[BinarizerConfig, List[str]]:
+    """The checked config of a saved Binarizer's header (``read_header`` of ``path``) and its
+    ``uncalibrated_heads`` mark; CorruptFileError for a bad or inconsistent field. Shared by
+    ``Encoder.load`` and ``Binarizer.load``."""
+    cfg_path = Path(path) / CONFIG_NAME
+    try:
+        config = BinarizerConfig(**header["config"])
+        config.validate()
+        spec = CodeSpec.from_dict(header["code_spec"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptFileError(f"{cfg_path}: bad header field ({e})") from e
+    if spec != CodeSpec(config.dim, config.bits) or header.get("version") != config.version:
+        raise CorruptFileError(f"{cfg_path}: code_spec/version disagree with the config")
+    marked = header.get("uncalibrated_heads", [])
+    if not isinstance(marked, list) or not all(
+            isinstance(v, str) and v in config.cross_versions for v in marked):
+        raise CorruptFileError(f"{cfg_path}: uncalibrated_heads {marked!r} must list "
+                               f"versions of cross_versions {config.cross_versions}")
+    return config, marked
+
+
 def uncalibrated_message(path, versions) -> str:
     """The warning text for heads of ``versions`` loaded without a calibration."""
     return (f"{path}: the query heads for versions {list(versions)} have no score "
@@ -296,19 +316,7 @@ class Encoder:
         if header.get("model") != MODEL_NAME:
             raise CorruptFileError(f"{cfg_path}: unknown model name {header.get('model')!r}; "
                                    f"this bebr serves {MODEL_NAME!r}")
-        try:
-            config = BinarizerConfig(**header["config"])
-            config.validate()
-            spec = CodeSpec.from_dict(header["code_spec"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CorruptFileError(f"{cfg_path}: bad header field ({e})") from e
-        if spec != CodeSpec(config.dim, config.bits) or header.get("version") != config.version:
-            raise CorruptFileError(f"{cfg_path}: code_spec/version disagree with the config")
-        marked = header.get("uncalibrated_heads", [])
-        if not isinstance(marked, list) or not all(
-                isinstance(v, str) and v in config.cross_versions for v in marked):
-            raise CorruptFileError(f"{cfg_path}: uncalibrated_heads {marked!r} must list "
-                                   f"versions of cross_versions {config.cross_versions}")
+        config, marked = read_config(p, header)
         state = read_weights_numpy(p, header)
         missing = {v for i, v in enumerate(config.cross_versions)
                    if f"cross.{i}.calibration" not in state}
