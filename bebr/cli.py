@@ -122,7 +122,7 @@ def _load_model(path: str, kind: str = "encoder"):
 def _one_line_warnings():
     """bebr's own warnings about the user's files (``UncalibratedHeadWarning``) as one line
     ``bebr: warning: ...`` on stderr, like the errors; other warnings as Python shows them."""
-    from .model import UncalibratedHeadWarning
+    from .encoder import UncalibratedHeadWarning
 
     with warnings.catch_warnings():
         shown = warnings.showwarning

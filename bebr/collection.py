@@ -293,8 +293,10 @@ class Collection:
         own_cal = self._manifest["own_calibration"]
         heads = set(m.config.cross_versions)
         vq, cal = {}, {}
-        for v, count in self._index.versions().items():
-            if not count or v == self.current:
+        # the manifest's versions, not the index's live counts: counting scans every item
+        # (hundreds of us per query at 100k items); counts are read only to refuse a version
+        for v in [e["version"] for e in self._manifest["versions"]]:
+            if v == self.current:
                 continue
             if v in older:
                 if v not in own_cal:
@@ -313,6 +315,9 @@ class Collection:
                 vq[v] = m.encode_query_codes(x, qb, target=v)
                 cal[v] = m.cross_calibration(v, self.metric)
             else:
+                count = self._index.versions().get(v, 0)
+                if not count:
+                    continue
                 raise ValueError(f"{count} items of version {v!r} cannot be searched: the "
                                  f"current model {self.current!r} has no query head for it "
                                  f"and older={{{v!r}: ...}} was not given; upgrade() fits "

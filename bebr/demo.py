@@ -189,7 +189,7 @@ def run_demo(*, n_words: int = 100_000, dim: int = 128, bits: int = 2,
         _out(f"  {label:28s} {model.spec.code_bytes:9d} {recall:7.3f} "
              f"{recall100:8.3f} {t_code:16.1f} {tb_code:17.1f}")
         _out(f"  (nq=1: one thread each; bebr's figure excludes encoding the query, "
-             f"{t_enc:.0f} us/query with torch on 1 thread; batch: {qv.shape[0]} queries at "
+             f"{t_enc:.0f} us/query (the model's compiled CPU encoder); batch: {qv.shape[0]} queries at "
              "once, default threads)")
         return 0
     finally:

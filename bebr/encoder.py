@@ -28,10 +28,10 @@ float64 projection with the same arithmetic as :meth:`bebr.CodeSpec.quantize_ang
 
 from __future__ import annotations
 
-import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -56,6 +56,11 @@ FAST_MIN_ROWS = 16
 #: a pre-activation of the float32 pass is trusted if |pre| >= FAST_MARGIN * RMS of its step
 FAST_MARGIN = 2.0 ** -12
 _BN_EPS = 1e-5  # nn.BatchNorm1d's default, what every bebr block uses
+
+
+class UncalibratedHeadWarning(UserWarning):
+    """A loaded model's cross-version query heads have no fitted score calibration (the file
+    predates calibration): mixed-version rankings with those heads are uncalibrated."""
 
 
 @dataclass
@@ -185,6 +190,36 @@ def expected_state_shapes(cfg: BinarizerConfig) -> Dict[str, tuple]:
     return out
 
 
+def read_config(path: Path, header: dict) -> Tuple[BinarizerConfig, List[str]]:
+    """The checked config of a saved Binarizer's header (``read_header`` of ``path``) and its
+    ``uncalibrated_heads`` mark; CorruptFileError for a bad or inconsistent field. Shared by
+    ``Encoder.load`` and ``Binarizer.load``."""
+    cfg_path = Path(path) / CONFIG_NAME
+    try:
+        config = BinarizerConfig(**header["config"])
+        config.validate()
+        spec = CodeSpec.from_dict(header["code_spec"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptFileError(f"{cfg_path}: bad header field ({e})") from e
+    if spec != CodeSpec(config.dim, config.bits) or header.get("version") != config.version:
+        raise CorruptFileError(f"{cfg_path}: code_spec/version disagree with the config")
+    marked = header.get("uncalibrated_heads", [])
+    if not isinstance(marked, list) or not all(
+            isinstance(v, str) and v in config.cross_versions for v in marked):
+        raise CorruptFileError(f"{cfg_path}: uncalibrated_heads {marked!r} must list "
+                               f"versions of cross_versions {config.cross_versions}")
+    return config, marked
+
+
+def uncalibrated_message(path, versions) -> str:
+    """The warning text for heads of ``versions`` loaded without a calibration."""
+    return (f"{path}: the query heads for versions {list(versions)} have no score "
+            "calibration (written before heads were calibrated): their scores use the "
+            "identity calibration, so a search mixing those versions with this one ranks "
+            "them on different scales; retrain the heads (bebr.train_cross_queries) to "
+            "calibrate them")
+
+
 def _upgrade_legacy(state: Dict[str, np.ndarray], cfg: BinarizerConfig) -> None:
     """Files from before head ensembles / calibration (as ``Binarizer.load``)."""
     for i in range(len(cfg.cross_versions)):
@@ -250,6 +285,7 @@ class Encoder:
                 raise CorruptFileError(f"{where}: {k} has NaN or inf weights")
         self.config = BinarizerConfig(**asdict(config))
         self._state = state  # for pickling (__reduce__)
+        self.uncalibrated_heads: List[str] = []  # set by load for files without calibrations
         self.spec = CodeSpec(config.dim, config.bits)
         cfg = self.config
         self._in_mean = np.ascontiguousarray(state["in_mean"], dtype=np.float32)
@@ -280,16 +316,17 @@ class Encoder:
         if header.get("model") != MODEL_NAME:
             raise CorruptFileError(f"{cfg_path}: unknown model name {header.get('model')!r}; "
                                    f"this bebr serves {MODEL_NAME!r}")
-        try:
-            config = BinarizerConfig(**header["config"])
-            config.validate()
-            spec = CodeSpec.from_dict(header["code_spec"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CorruptFileError(f"{cfg_path}: bad header field ({e})") from e
-        if spec != CodeSpec(config.dim, config.bits) or header.get("version") != config.version:
-            raise CorruptFileError(f"{cfg_path}: code_spec/version disagree with the config")
+        config, marked = read_config(p, header)
         state = read_weights_numpy(p, header)
-        return cls(config, state, where=str(p / "model.safetensors"))
+        missing = {v for i, v in enumerate(config.cross_versions)
+                   if f"cross.{i}.calibration" not in state}
+        enc = cls(config, state, where=str(p / "model.safetensors"))
+        enc.uncalibrated_heads = [v for v in config.cross_versions
+                                  if v in missing or v in marked]
+        if enc.uncalibrated_heads:  # as Binarizer.load: loadable, marked and named
+            warnings.warn(UncalibratedHeadWarning(uncalibrated_message(p, enc.uncalibrated_heads)),
+                          stacklevel=2)
+        return enc
 
     @classmethod
     def from_binarizer(cls, model) -> "Encoder":

@@ -34,18 +34,14 @@ import torch.nn.functional as F
 
 from .codes import MAX_QUERY_BITS, CodeSpec
 from .encoder import (CALIBRATION_METRICS, FORMAT_VERSION, IDENTITY_CALIBRATION, BinarizerConfig,
-                      Encoder, _row_margins)
+                      Encoder, UncalibratedHeadWarning, _row_margins)
 from .encoder import as_float_rows as _as_float_rows
 from .fileio import CorruptFileError
 from .modelfile import CONFIG_NAME, load_state_strict, read_header, read_weights, write_model_dir
+from .encoder import read_config, uncalibrated_message
 
 __all__ = ["Binarizer", "BinarizerConfig", "BinarizerOutput", "QueryHead", "ResidualMLP", "sign_ste",
            "MODEL_REGISTRY", "register_model", "FORMAT_VERSION", "UncalibratedHeadWarning"]
-
-
-class UncalibratedHeadWarning(UserWarning):
-    """A loaded model's cross-version query heads have no fitted score calibration (the file
-    predates calibration): mixed-version rankings with those heads are uncalibrated."""
 
 
 class _SignSTE(torch.autograd.Function):
@@ -485,19 +481,7 @@ class Binarizer(nn.Module):
             raise CorruptFileError(f"{cfg_path}: unknown model name {name!r}; registered: "
                                    f"{sorted(MODEL_REGISTRY)}")
         model_cls = MODEL_REGISTRY[name]
-        try:
-            config = BinarizerConfig(**header["config"])
-            config.validate()
-            spec = CodeSpec.from_dict(header["code_spec"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CorruptFileError(f"{cfg_path}: bad header field ({e})") from e
-        if spec != CodeSpec(config.dim, config.bits) or header.get("version") != config.version:
-            raise CorruptFileError(f"{cfg_path}: code_spec/version disagree with the config")
-        marked = header.get("uncalibrated_heads", [])
-        if not isinstance(marked, list) or not all(
-                isinstance(v, str) and v in config.cross_versions for v in marked):
-            raise CorruptFileError(f"{cfg_path}: uncalibrated_heads {marked!r} must list "
-                                   f"versions of cross_versions {config.cross_versions}")
+        config, marked = read_config(p, header)
         state = read_weights(p, header)
         uncalibrated = set(marked)
         for i, ver in enumerate(config.cross_versions):  # files from before ensembles/calibration
@@ -518,10 +502,6 @@ class Binarizer(nn.Module):
         model.uncalibrated_heads = [v for v in config.cross_versions if v in uncalibrated]
         if model.uncalibrated_heads:
             warnings.warn(UncalibratedHeadWarning(
-                f"{p}: the query heads for versions {model.uncalibrated_heads} have no score "
-                "calibration (written before heads were calibrated): their scores use the "
-                "identity calibration, so a search mixing those versions with this one ranks "
-                "them on different scales; retrain the heads (bebr.train_cross_queries) to "
-                "calibrate them"), stacklevel=2)
+                uncalibrated_message(p, model.uncalibrated_heads)), stacklevel=2)
         model.eval()
         return model.to(map_location)

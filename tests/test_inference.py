@@ -301,8 +301,16 @@ def test_load_is_strict_and_checksummed(tmp_path):
     hdr = json.loads((p / "config.json").read_text())
     hdr["config"]["depth"] = 2
     (p / "config.json").write_text(json.dumps(hdr))
-    with pytest.raises(CorruptFileError, match="missing keys"):
+    with pytest.raises(CorruptFileError, match="header checksum mismatch"):
         Encoder.load(p)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    del state["W.skip.weight"]
+    with pytest.raises(CorruptFileError, match=r"missing keys \['W.skip.weight'\]"):
+        Encoder(model.config, state)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    state["in_mean"] = state["in_mean"][:3]
+    with pytest.raises(CorruptFileError, match=r"in_mean has shape \(3,\)"):
+        Encoder(model.config, state)
     with pytest.raises(FileNotFoundError):
         Encoder.load(tmp_path / "absent")
 
