@@ -367,10 +367,14 @@ class Collection:
             ids = ids.astype(np.int64)
             if len(np.unique(ids)) != len(ids):
                 raise ValueError("ids of the paired sample must be distinct")
-            missing = [int(i) for i in ids[:100000] if int(i) not in self._index][:5]
-            if missing:
+            try:
+                codes = self._index.get_codes(ids)  # one lookup pass; refuses absent ids
+            except ValueError:
+                missing = ids[~np.isin(ids, self._index.ids())][:5].tolist()
+                if not missing:
+                    raise
                 raise ValueError(f"the paired sample names ids not in the collection, e.g. "
-                                 f"{missing}")
+                                 f"{missing}") from None
             if max_time_s is not None and not max_time_s > 0:
                 raise ValueError(f"max_time_s must be > 0 or None, got {max_time_s!r}")
             head_options = dict(head_options or {})
@@ -386,7 +390,6 @@ class Collection:
                     raise ValueError(f"older[{v!r}] must hold the sample's {xn.shape[0]} "
                                      f"rows, got {xo.shape[0]}")
             of = np.asarray(self._index.versions_of(ids), dtype=object)
-            codes = self._index.get_codes(ids)
             present = [v for v, c in self._index.versions().items() if c]
             rows = {v: np.flatnonzero(of == v) for v in present}
             short = {v: len(r) for v, r in rows.items() if len(r) < MIN_HEAD_ROWS}

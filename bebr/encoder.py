@@ -261,7 +261,51 @@ def _row_margins(pre: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- Encoder
-class Encoder:
+class ConfigView:
+    """What :class:`Encoder` and ``bebr.Binarizer`` read the same way from their ``config``
+    (a :class:`BinarizerConfig`): the shape and version properties, the repr, and the lookup
+    of a query head by the version it searches."""
+
+    config: BinarizerConfig
+
+    @property
+    def in_dim(self) -> int:
+        return self.config.in_dim
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    @property
+    def bits(self) -> int:
+        return self.config.bits
+
+    @property
+    def version(self) -> str:
+        """The version id of the codes this model makes (uuid hex by default, or the name
+        given at construction)."""
+        return self.config.version
+
+    @property
+    def compatible_with(self) -> str:
+        """Version id of the model whose code space this one was trained to share ("" if none)."""
+        return self.config.compatible_with
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"{type(self).__name__}(in_dim={c.in_dim}, dim={c.dim}, bits={c.bits}, "
+                f"hidden={c.hidden}, depth={c.depth}, version={c.version!r})")
+
+    def _head_index(self, target_version: str) -> int:
+        """Position of the query head into ``target_version``'s code space in
+        ``config.cross_versions``; ValueError if there is none."""
+        if target_version not in self.config.cross_versions:
+            raise ValueError(f"model {self.version!r} has no query head for version "
+                             f"{target_version!r}; it has {self.config.cross_versions}")
+        return self.config.cross_versions.index(target_version)
+
+
+class Encoder(ConfigView):
     """A trained Binarizer for serving: the same encoding API, compiled, without torch.
 
     Build one with :meth:`load` (a directory saved by ``Binarizer.save``) or
@@ -335,41 +379,9 @@ class Encoder:
         state = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
         return cls(model.config, state, where=f"{model!r}")
 
-    # ------------------------------------------------------------------ properties
-    @property
-    def in_dim(self) -> int:
-        return self.config.in_dim
-
-    @property
-    def dim(self) -> int:
-        return self.config.dim
-
-    @property
-    def bits(self) -> int:
-        return self.config.bits
-
-    @property
-    def version(self) -> str:
-        """The version id of the codes this model makes."""
-        return self.config.version
-
-    @property
-    def compatible_with(self) -> str:
-        """Version id of the model whose code space this one was trained to share ("" if none)."""
-        return self.config.compatible_with
-
-    def __repr__(self) -> str:
-        c = self.config
-        return (f"Encoder(in_dim={c.in_dim}, dim={c.dim}, bits={c.bits}, hidden={c.hidden}, "
-                f"depth={c.depth}, version={c.version!r})")
-
+    # ------------------------------------------------------------------ heads
     def _head(self, target: Optional[str]) -> int:
-        if target is None:
-            return -1
-        if target not in self.config.cross_versions:
-            raise ValueError(f"model {self.version!r} has no query head for version "
-                             f"{target!r}; it has {self.config.cross_versions}")
-        return self.config.cross_versions.index(target)
+        return -1 if target is None else self._head_index(target)
 
     def cross_calibration(self, target_version: str, metric: str = "cosine") -> Tuple[float, float]:
         """``(scale, shift)`` of the query head into ``target_version`` for an index of

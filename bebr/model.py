@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .codes import MAX_QUERY_BITS, CodeSpec
 from .encoder import (CALIBRATION_METRICS, FORMAT_VERSION, IDENTITY_CALIBRATION, BinarizerConfig,
-                      Encoder, UncalibratedHeadWarning, _row_margins)
+                      ConfigView, Encoder, UncalibratedHeadWarning, _row_margins)
 from .encoder import as_float_rows as _as_float_rows
 from .fileio import CorruptFileError
 from .modelfile import CONFIG_NAME, load_state_strict, read_header, read_weights, write_model_dir
@@ -155,7 +155,7 @@ def register_model(name: str):
 
 
 @register_model("recurrent_binarizer")
-class Binarizer(nn.Module):
+class Binarizer(ConfigView, nn.Module):
     """Recurrent binarization: float embeddings (n, in_dim) -> multi-bit codes (dim x bits).
 
     ``forward`` (training) returns a :class:`BinarizerOutput` with straight-through code values;
@@ -216,10 +216,7 @@ class Binarizer(nn.Module):
 
     def cross_head(self, target_version: str) -> "QueryHead":
         """The query head into ``target_version``'s code space; ValueError if there is none."""
-        if target_version not in self.config.cross_versions:
-            raise ValueError(f"model {self.version!r} has no query head for version "
-                             f"{target_version!r}; it has {self.config.cross_versions}")
-        return self.cross[self.config.cross_versions.index(target_version)]
+        return self.cross[self._head_index(target_version)]
 
     def cross_calibration(self, target_version: str, metric: str = "cosine") -> Tuple[float, float]:
         """``(scale, shift)`` of the query head into ``target_version`` for an index of
@@ -233,38 +230,12 @@ class Binarizer(nn.Module):
         return float(a), float(b)
 
     # ------------------------------------------------------------------ properties
-    @property
-    def in_dim(self) -> int:
-        return self.config.in_dim
-
-    @property
-    def dim(self) -> int:
-        return self.config.dim
-
-    @property
-    def bits(self) -> int:
-        return self.config.bits
-
-    @property
-    def version(self) -> str:
-        """The version id (uuid hex by default, or the name given at construction)."""
-        return self.config.version
-
-    @version.setter
+    # in_dim, dim, bits, version, compatible_with and the repr: ConfigView (bebr.encoder)
+    @ConfigView.version.setter
     def version(self, value: str) -> None:
         if not isinstance(value, str) or not value:
             raise ValueError("version must be a non-empty str")
         self.config.version = value
-
-    @property
-    def compatible_with(self) -> str:
-        """Version id of the model whose code space this one was trained to share ("" if none)."""
-        return self.config.compatible_with
-
-    def __repr__(self) -> str:
-        c = self.config
-        return (f"Binarizer(in_dim={c.in_dim}, dim={c.dim}, bits={c.bits}, hidden={c.hidden}, "
-                f"depth={c.depth}, version={c.version!r})")
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> BinarizerOutput:

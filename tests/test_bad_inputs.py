@@ -26,10 +26,10 @@ import torch
 import bebr
 from bebr import Binarizer, CodeSpec, HammingIndex, Index
 from bebr.cli import main
-from bebr.compat import CodeUpgrader
 from bebr.fileio import CorruptFileError, header_digest
 from bebr.io import CodeShards, Manifest, open_inputs, open_source, read_vecs, write_vecs
-from bebr.jobs import encode_shards, upgrade_shards
+from bebr.jobs import encode_shards
+from bebr.modelfile import write_model_dir
 
 D, DIM, BITS = 16, 30, 2       # dim 30: the codes have padding bits
 API_ERRORS = (TypeError, ValueError, IndexError, FileNotFoundError)  # CorruptFileError: ValueError
@@ -37,7 +37,8 @@ API_ERRORS = (TypeError, ValueError, IndexError, FileNotFoundError)  # CorruptFi
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """A tiny model, its code shards and index, an upgrader, and a zoo of bad files."""
+    """A tiny model, its code shards and index, a model file of another kind, and a zoo of
+    bad files."""
     t = tmp_path_factory.mktemp("bad")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((200, D)).astype(np.float32)
@@ -51,8 +52,11 @@ def env(tmp_path_factory):
     codes, ids = CodeShards(t / "c").load_all()
     idx.add(codes, ids, version="v1")
     idx.save(t / "idx.bebr")
-    CodeUpgrader(model.spec, model.spec, hidden=8, depth=1, from_version="v1",
-                 to_version="v2").save(t / "up")
+    # a sound model directory of another kind: a code upgrader as bebr saved them before the
+    # upgrader became an ablation in tools/compat_lab.py
+    write_model_dir(t / "up", torch.nn.Linear(DIM, DIM), "code_upgrader",
+                    {"format": "bebr.upgrader", "format_version": 1, "model": "code_upgrader",
+                     "config": {}})
     torch.manual_seed(1)
     Binarizer(D, 15, 4, hidden=16, version="w").save(t / "m15x4")  # 8 bytes per code too
     encode_shards(t / "m15x4", t / "x.npy", t / "c15x4", progress=False)
@@ -192,11 +196,6 @@ BAD_MODELS = [("nomodel", "no such model file"), ("m_badjson", "not valid JSON")
               ("m_flip", "SHA-256 mismatch"), ("m_empty", "config.json"),
               ("m_file", "is not a saved Binarizer directory"),
               ("m_edited", "header checksum mismatch")]
-UPGRADER_WHY = {"m_file": "is not a saved CodeUpgrader directory",  # Binarizer files:
-                "m_nokey": "not a bebr CodeUpgrader header",  # the kind is checked first
-                "m_trunc": "not a bebr CodeUpgrader header",
-                "m_flip": "not a bebr CodeUpgrader header",
-                "m_edited": "not a bebr CodeUpgrader header"}
 BAD_SHARDS = [("noshards", "no such code-shard directory"), ("emptydir", "no manifest"),
               ("c_json", "corrupted manifest"), ("c_flip", "checksum mismatch"),
               ("c_gone", "ids-00000.npy: missing"), ("c_escape", "must lie in the manifest"),
@@ -227,12 +226,8 @@ def cli_cases(t, b):
         cases.append((f"encode model {f}", ["encode", "--model", b / f, t / "x.npy", "-o",
                                             out / f], why))
         cases.append((f"search model {f}", ["search", q, "--index", idx, "--model", b / f], why))
-        cases.append((f"upgrade upgrader {f}", ["upgrade", c, "--upgrader", b / f, "-o",
-                                                out / f], UPGRADER_WHY.get(f, why)))
     for f, why in BAD_SHARDS:
         cases.append((f"index build {f}", ["index", "build", b / f, "-o", out / f], why))
-        cases.append((f"upgrade {f}", ["upgrade", b / f, "--upgrader", t / "up", "-o",
-                                       out / ("u" + f)], why))
         cases.append((f"search codes {f}", ["search", b / f, "--index", idx, "--codes"],
                       "no such file" if f == "noshards" else why))
     for f, why in BAD_INDEXES:
@@ -298,8 +293,7 @@ def cli_cases(t, b):
     for cmd in (["train", t / "x.npy", "-o", out / "u"], ["encode", "--model", m, t / "x.npy",
                                                           "-o", out / "u"],
                 ["search", q, "--index", idx, "--model", m], ["eval", t / "x.npy", "--model", m],
-                ["index", "info", idx], ["index", "build", c, "-o", out / "u"],
-                ["upgrade", c, "--upgrader", t / "up", "-o", out / "u"]):
+                ["index", "info", idx], ["index", "build", c, "-o", out / "u"]):
         usage.append((f"{cmd[0]} --bogus", cmd + ["--bogus"], "unrecognized arguments: --bogus"))
     cases += usage
     cases += [  # checks of the commands themselves: exit 1
@@ -338,8 +332,6 @@ def cli_cases(t, b):
                               out / "mix"], "some input shards have an id column"),
         ("encode model is upgrader", ["encode", "--model", t / "up", t / "x.npy", "-o",
                                       out / "upm"], "not a bebr Binarizer header"),
-        ("upgrade model is binarizer", ["upgrade", c, "--upgrader", m, "-o", out / "bm"],
-         "not a bebr CodeUpgrader header"),
         ("eval -k too big", ["eval", t / "x.npy", "--model", m, "-k", 500, "--num-queries", 10],
          "-k 500 is larger than the base"),
         ("eval num-queries too big", ["eval", t / "x.npy", "--model", m, "--num-queries", 200],
@@ -349,16 +341,6 @@ def cli_cases(t, b):
         ("eval index of a subset", ["eval", t / "x.npy", "--model", m, "--index", idx,
                                     "--queries", q, "--max-rows", 50],
          "holds 200 items but BASE has 50 rows"),
-        ("train skip-bad compatible", ["train", t / "x.npy", "-o", out / "tc", "--skip-bad",
-                                       "--compatible-with", m, "--old-input", t / "x.npy"],
-         "--skip-bad would unpair"),
-        ("train compatible no old input", ["train", t / "x.npy", "-o", out / "tc",
-                                           "--compatible-with", m], "needs --old-input"),
-        ("train old-input alone", ["train", t / "x.npy", "-o", out / "tc", "--old-input",
-                                   t / "x.npy"], "only used with --compatible-with"),
-        ("train-upgrader unpaired", ["train-upgrader", "--old", m, "--new", m, "--old-input",
-                                     t / "x.npy", "--new-input", t / "q.npy", "-o",
-                                     out / "tu"], "they must be the same items"),
         ("bench unknown study", ["bench", "nosuchstudy"], "nosuchstudy"),
     ]
     return cases
@@ -466,12 +448,6 @@ def api_cases(t, b, model, x):
         ("Binarizer.load flip", lambda: Binarizer.load(b / "m_flip"), "SHA-256"),
         ("Binarizer.load empty dir", lambda: Binarizer.load(b / "m_empty"), "config.json"),
         ("Binarizer.load upgrader", lambda: Binarizer.load(t / "up"), "Binarizer header"),
-        ("CodeUpgrader.load binarizer", lambda: CodeUpgrader.load(t / "m"), "CodeUpgrader"),
-        ("CodeUpgrader.load flip", lambda: CodeUpgrader.load(b / "m_flip"), "CodeUpgrader"),
-        ("upgrade float codes", lambda: CodeUpgrader.load(t / "up").upgrade(
-            c.astype(np.float32)), "old_packed"),
-        ("upgrade batch 0", lambda: CodeUpgrader.load(t / "up").upgrade(c, batch_size=0),
-         "batch_size"),
         ("encode_shards chunk 0", lambda: encode_shards(model, t / "x.npy", t / "j0",
                                                         chunk_rows=0, progress=False),
          "chunk_rows"),
@@ -494,12 +470,6 @@ def api_cases(t, b, model, x):
                                                         progress=False), "same id 1"),
         ("encode_shards missing model", lambda: encode_shards(t / "nom", t / "x.npy", t / "j8",
                                                               progress=False), "nom"),
-        ("upgrade_shards other spec", lambda: upgrade_shards(t / "up", t / "c15x4", t / "j9",
-                                                             progress=False),
-         "the upgrader converts version 'v1'"),
-        ("upgrade_shards incomplete", lambda: upgrade_shards(t / "up", b / "c_incomplete",
-                                                             t / "j10", progress=False),
-         "incomplete job"),
         ("open_source dir", lambda: open_source(b / "emptydir"), "is a directory"),
         ("open_inputs dim", lambda: open_inputs(t / "x.npy", dim=D + 1), "dim 16, expected 17"),
         ("read_vecs trunc", lambda: read_vecs(b / "trunc.fvecs"), "truncated"),

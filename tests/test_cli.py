@@ -82,8 +82,8 @@ def work(tmp_path_factory):
 
 
 def test_help_for_every_command():
-    for cmd in (["--help"], ["train", "--help"], ["encode", "--help"], ["upgrade", "--help"],
-                ["index", "--help"], ["index", "build", "--help"], ["index", "add", "--help"],
+    for cmd in (["--help"], ["train", "--help"], ["encode", "--help"],
+                ["collection", "--help"], ["index", "--help"], ["index", "build", "--help"], ["index", "add", "--help"],
                 ["index", "remove", "--help"], ["index", "info", "--help"],
                 ["search", "--help"], ["eval", "--help"], ["bench", "--help"],
                 ["demo", "--help"]):
@@ -294,60 +294,57 @@ def test_demo_runs_the_whole_job(tmp_path):
     assert (tmp_path / "index.bebr").exists() and (tmp_path / "model" / "config.json").exists()
 
 
-def test_compatible_version_upgrade_and_mixed_index(work, tmp_path):
+def test_removed_compatibility_commands_are_usage_errors(work, tmp_path):
+    """Compatible training and the code upgrader left the CLI (tools/compat_lab.py)."""
+    d, _ = work
+    for argv, why in ((["upgrade", d / "codes", "--upgrader", d / "up", "-o", tmp_path / "u"],
+                       "invalid choice: 'upgrade'"),
+                      (["train-upgrader", "--old", d / "model"], "invalid choice"),
+                      (["train", d / "npy", "-o", tmp_path / "m", "--compatible-with",
+                        d / "model"], "unrecognized arguments: --compatible-with")):
+        p = cli(*argv)
+        assert p.returncode == 2 and why in p.stderr, p.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_new_version_with_a_query_head_searches_an_old_index(work, tmp_path):
+    """An independently trained v2 (bebr train) with a query head into v1's stored codes:
+    bebr search uses the head for the v1 items by default, with its calibration for 4-bit
+    query codes, and refuses v1 items it could only score with v2's own queries."""
+    from bebr import Binarizer, train_cross_queries
+    from bebr.jobs import version_tag
+
     d, x = work
     rng = np.random.default_rng(0)
     rot = np.linalg.qr(rng.standard_normal((50, 50)))[0].astype(np.float32)
     x_new = x[:1000] @ rot + 0.05 * rng.standard_normal((1000, 50)).astype(np.float32)
     np.save(tmp_path / "old.npy", x[:1000])
     np.save(tmp_path / "new.npy", x_new)
-    bebr("train", tmp_path / "new.npy", "-o", tmp_path / "mn", "--compatible-with",
-         d / "model", "--old-input", tmp_path / "old.npy", "--epochs", 1, "--version", "v2",
-         "--max-time", 5, "--threads", 1, "--no-progress", "--head-members", 2)
-    bebr("train", tmp_path / "new.npy", "-o", tmp_path / "mn0", "--compatible-with",
-         d / "model", "--old-input", tmp_path / "old.npy", "--epochs", 1, "--version", "v2b",
-         "--max-time", 5, "--threads", 1, "--no-progress", "--no-heads")
-    assert_clean_error(cli("train", tmp_path / "new.npy", "-o", tmp_path / "bad",
-                           "--head-members", 2), "only used with --compatible-with")
-    assert_clean_error(cli("train", tmp_path / "new.npy", "-o", tmp_path / "bad",
-                           "--compatible-with", d / "model", "--old-input", tmp_path / "old.npy",
-                           "--head-members", 0), "members must be a positive int")
-    assert not (tmp_path / "bad").exists()
-    bebr("train-upgrader", "--old", d / "model", "--new", tmp_path / "mn", "--old-input",
-         tmp_path / "old.npy", "--new-input", tmp_path / "new.npy", "-o", tmp_path / "up",
-         "--epochs", 1, "--max-time", 5, "--no-progress")
-    old_codes, up_codes = tmp_path / "codes_v1", tmp_path / "codes_up"
+    bebr("train", tmp_path / "new.npy", "-o", tmp_path / "mn", "--dim", 32, "--bits", 2,
+         "--epochs", 1, "--version", "v2", "--max-time", 5, "--threads", 1, "--no-progress")
+    old_codes = tmp_path / "codes_v1"
     cli("encode", "--model", d / "model", tmp_path / "old.npy", "-o", old_codes,
         "--shard-rows", 400, "--no-progress", check=True)
-    p = cli("upgrade", old_codes, "--upgrader", tmp_path / "up", "-o", up_codes,
-            "--no-progress", check=True)
-    assert "3 written, 0 already complete" in p.stderr
-    assert "0 written, 3 already complete" in cli("upgrade", old_codes, "--upgrader",
-                                                  tmp_path / "up", "-o", up_codes,
-                                                  "--no-progress").stderr
-    up = CodeShards(up_codes)
-    assert up.model_version == "v2" and len(up) == 1000
-    np.testing.assert_array_equal(up.load_all()[1], np.arange(1000))
-
-    # a v1 index answers queries of the compatible v2 model; v2 codes are not v1 codes
     cli("index", "build", old_codes, "-o", tmp_path / "idx", check=True)
+    v1 = Binarizer.load(d / "model")
+    p = cli("search", tmp_path / "new.npy", "--index", tmp_path / "idx", "--model",
+            tmp_path / "mn", "-k", 3)
+    assert_clean_error(p, "model version 'v2' is not compatible with the index's versions")
+    # the head: from v2's floats of the stored items and their stored v1 codes
+    mn = train_cross_queries(Binarizer.load(tmp_path / "mn"), x_new,
+                             CodeShards(old_codes).load_all()[0], v1.version, epochs=1,
+                             members=2, negatives=256, max_time_s=5, progress=False, threads=1)
+    mn.save(tmp_path / "mn")
     p = cli("search", tmp_path / "new.npy", "--index", tmp_path / "idx", "--model",
             tmp_path / "mn", "-k", 3, check=True)
     assert len(p.stdout.splitlines()) == 1000
-    # the v2 model carries a query head into v1's codes: used for the v1 items by default
-    from bebr import Binarizer
-    from bebr.jobs import version_tag
-
-    mn = Binarizer.load(tmp_path / "mn")
-    assert mn.config.cross_versions == [Binarizer.load(d / "model").version]
-    assert mn.config.cross_members == [2]
-    assert Binarizer.load(tmp_path / "mn0").config.cross_versions == []
+    assert mn.config.cross_versions == [v1.version] and mn.config.cross_members == [2]
     assert "query head" in p.stderr
     # the heads' calibrations were fitted for 4-bit query codes: bebr search uses them
-    want = mn.encode_query_codes(x_new, 4, target=mn.config.cross_versions[0])
-    index = bebr_index_load(tmp_path / "idx")
     tag = mn.config.cross_versions[0]  # versions are model version strings
-    cal = mn.cross_calibration(mn.config.cross_versions[0], index.metric)
+    want = mn.encode_query_codes(x_new, 4, target=tag)
+    index = bebr_index_load(tmp_path / "idx")
+    cal = mn.cross_calibration(tag, index.metric)
     assert cal != (1.0, 0.0)
     assert version_tag(tag) in {version_tag(v) for v in index.versions()}
     got_s, got_i = index.search(mn.encode_query_codes(x_new, 4), 3, query_bits=4,
@@ -356,13 +353,19 @@ def test_compatible_version_upgrade_and_mixed_index(work, tmp_path):
     np.testing.assert_array_equal(np.array([r["ids"] for r in rows]), got_i)
     # the head's scores come back calibrated
     np.testing.assert_allclose(np.array([r["scores"] for r in rows]), got_s, rtol=1e-5)
+    # without the head, v2's own queries would score v1's codes: refused unless asked for
+    assert_clean_error(cli("search", tmp_path / "new.npy", "--index", tmp_path / "idx",
+                           "--model", tmp_path / "mn", "-k", 3, "--no-heads"),
+                       f"holds items of versions ['{v1.version}'] that model 'v2' has no "
+                       "query head for")
     p2 = cli("search", tmp_path / "new.npy", "--index", tmp_path / "idx", "--model",
-             tmp_path / "mn", "-k", 3, "--no-heads", check=True)
-    assert "query head" not in p2.stderr and p2.stdout != p.stdout
-    assert_clean_error(cli("upgrade", up_codes, "--upgrader", tmp_path / "up", "-o",
-                           tmp_path / "again"),
-                       "codes are model version 'v2', but the upgrader converts version 'v1'")
-    cli("index", "add", tmp_path / "idx", up_codes, check=False)  # same ids: refused
+             tmp_path / "mn", "-k", 3, "--no-heads", "--any-version", check=True)
+    assert "query head" in p2.stderr and "(no query head)" in p2.stderr
+    assert p2.stdout != p.stdout
+    new_codes = tmp_path / "codes_v2"
+    cli("encode", "--model", tmp_path / "mn", tmp_path / "new.npy", "-o", new_codes,
+        "--no-progress", check=True)
+    assert cli("index", "add", tmp_path / "idx", new_codes).returncode == 1  # same ids
     info = json.loads(cli("index", "info", tmp_path / "idx").stdout)
     assert info["count"] == 1000
 

@@ -277,6 +277,8 @@ def test_bad_input(floats, models, upgraded, tmp_path):
     c.add(g[:300])
     with pytest.raises(ValueError, match="ids not in the collection, e.g. \\[5000"):
         c.upgrade(v2, x2[:2], np.array([5000, 1]))
+    with pytest.raises(ValueError, match=r"ids not in the collection, e\.g\. \[5000, 7000\]$"):
+        c.upgrade(v2, x2[:4], np.array([1, 5000, 2, 7000]))
     with pytest.raises(ValueError, match="one per row"):
         c.upgrade(v2, x2[:3], np.arange(2))
     with pytest.raises(ValueError, match="too few items"):

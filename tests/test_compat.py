@@ -1,4 +1,7 @@
-"""Compatible training and the code upgrader on a few thousand real GloVe rows."""
+"""Cross-version query heads and their calibrations on a few thousand real GloVe rows.
+
+(The compatible-training and upgrader ablations of tools/compat_lab.py are tested in
+test_compat_lab.py, on the fixtures of this module.)"""
 
 import copy
 
@@ -8,10 +11,7 @@ import torch
 
 import bebr
 from bebr import metrics
-from bebr.compat import CodeUpgrader, CompatWeights, compat_loss, train_compatible, \
-    train_upgrader
 from bebr.datasets import exact_topk, glove_words, l2_normalize
-from bebr.fileio import CorruptFileError
 from bebr.train import train_binarizer
 
 N, NQ, DIM, BITS = 2000, 200, 32, 2
@@ -36,170 +36,9 @@ def data():
 @pytest.fixture(scope="module")
 def old_model(data):
     g = data[0]
-    # centered like the new model train_compatible builds (its aligned init centers)
+    # centered like the new models of tools/compat_lab.py's train_compatible (whose
+    # aligned init centers), so test_compat_lab.py can train against it
     return train_binarizer(g, DIM, BITS, version="v1", center=True, **KW)
-
-
-@pytest.fixture(scope="module")
-def new_model(data, old_model):
-    g, x_new = data[:2]
-    return train_compatible(x_new, g, old_model, version="v2",
-                            cross_kwargs=dict(epochs=3, negatives=512), **KW)
-
-
-def _recall(q_codes, g_codes, truth, spec):
-    index = bebr.Index(spec, metric="cosine")
-    index.add(g_codes)
-    ids = index.search(q_codes, 10)[1]
-    return metrics.recall_at_k(ids, truth), ids
-
-
-def test_compatible_codes_meet_the_criterion(data, old_model, new_model):
-    g, x_new, q, base, truth = data
-    spec = old_model.spec
-    assert new_model.spec == spec
-    assert new_model.version == "v2" and new_model.compatible_with == "v1"
-    old_codes, new_codes = old_model.encode(g), new_model.encode(x_new)
-    m_oo, _ = _recall(old_codes[q], old_codes[base], truth, spec)
-    m_no, _ = _recall(new_codes[q], old_codes[base], truth, spec)
-    m_nn, _ = _recall(new_codes[q], new_codes[base], truth, spec)
-    assert metrics.compatibility_criterion(m_no, m_oo), (m_no, m_oo)
-    assert m_nn > m_oo
-    assert 0 < metrics.update_gain(m_no, m_oo, m_nn) <= 1.5
-
-
-def test_compatible_model_round_trip_keeps_lineage(tmp_path, data, new_model):
-    x_new = data[1]
-    loaded = bebr.Binarizer.load(new_model.save(tmp_path / "v2"))
-    assert loaded.compatible_with == "v1" and loaded.version == "v2"
-    np.testing.assert_array_equal(loaded.encode(x_new[:50]), new_model.encode(x_new[:50]))
-
-
-def test_upgrader_round_trip(tmp_path, data, old_model, new_model):
-    g, x_new, q, base, truth = data
-    spec = old_model.spec
-    old_codes = old_model.encode(g)
-    up = train_upgrader(old_codes[base], new_model, x_new[base], epochs=1, hidden=64,
-                        batch_size=512, progress=False, threads=1)
-    assert (up.from_version, up.to_version) == ("v1", "v2")
-    upgraded = up.upgrade(old_codes[base])
-    assert upgraded.shape == old_codes[base].shape and upgraded.dtype == np.uint8
-    spec.check_packed(upgraded)
-    loaded = CodeUpgrader.load(up.save(tmp_path / "up"))
-    np.testing.assert_array_equal(loaded.upgrade(old_codes[base]), upgraded)
-    # a corrupted weights file is refused
-    w = tmp_path / "up" / "model.safetensors"
-    blob = bytearray(w.read_bytes())
-    blob[-3] ^= 0xFF
-    w.write_bytes(bytes(blob))
-    with pytest.raises(CorruptFileError, match="SHA-256"):
-        CodeUpgrader.load(tmp_path / "up")
-    w.write_bytes(bytes(blob[:100]))
-    with pytest.raises(CorruptFileError, match="truncated"):
-        CodeUpgrader.load(tmp_path / "up")
-
-
-def test_untrained_upgrader_is_identity():
-    spec = bebr.CodeSpec(20, 3)
-    up = CodeUpgrader(spec, spec, depth=1)
-    torch.nn.init.zeros_(up.net.blocks[0].fc2.weight)
-    levels = np.random.default_rng(0).integers(0, 8, (30, 20), dtype=np.uint8)
-    packed = spec.pack(levels)
-    np.testing.assert_array_equal(up.upgrade(packed), packed)
-
-
-def test_bad_inputs(data, old_model):
-    g, x_new = data[:2]
-    with pytest.raises(ValueError, match="same items"):
-        train_compatible(x_new[:100], g[:99], old_model, progress=False)
-    bad = x_new[:100].copy()
-    bad[3, 1] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        train_compatible(bad, g[:100], old_model, progress=False)
-    with pytest.raises(TypeError, match="must be a bebr.Binarizer"):
-        train_compatible(x_new[:100], g[:100], "v1", progress=False)
-    with pytest.raises(ValueError, match="in_dim=50"):
-        train_compatible(x_new[:100], x_new[:100], old_model, progress=False)
-    with pytest.raises(ValueError, match="share the old code space"):
-        train_compatible(x_new[:100], g[:100], old_model, bits=1, progress=False)
-    with pytest.raises(ValueError, match="all compatibility weights are 0"):
-        CompatWeights(compat=0, ract=0, cross_distill=0, unibct=0)
-    with pytest.raises(ValueError, match=">= 0"):
-        CompatWeights(ract=-1)
-    with pytest.raises(TypeError, match="packed uint8 codes"):
-        train_upgrader([1, 2], old_model, g, progress=False)
-    with pytest.raises(ValueError, match="same items"):
-        train_upgrader(old_model.encode(g[:10]), old_model, g[:20], progress=False)
-    with pytest.raises(ValueError, match="pass x_old"):
-        train_upgrader(old_model, old_model, g[:20], progress=False)
-    with pytest.raises(ValueError, match="shape"):
-        CodeUpgrader(old_model.spec, old_model.spec).upgrade(np.zeros((2, 3), np.uint8))
-
-
-def test_compat_loss_terms_prefer_aligned_codes():
-    rng = np.random.default_rng(0)
-    x = torch.from_numpy(l2_normalize(rng.standard_normal((64, 16)).astype(np.float32)))
-    old = torch.from_numpy(rng.standard_normal((64, 16)).astype(np.float32))
-    shuffled = old[torch.randperm(64, generator=torch.Generator().manual_seed(0))]
-    for w in (CompatWeights(compat=1, ract=0, cross_distill=0),
-              CompatWeights(compat=0, ract=1, cross_distill=0),
-              CompatWeights(compat=0, ract=0, cross_distill=0, unibct=1)):
-        assert compat_loss(old.clone(), old, x, w) < compat_loss(shuffled, old, x, w)
-
-
-def test_neighbor_term_prefers_codes_at_their_targets():
-    rng = np.random.default_rng(1)
-    x = torch.from_numpy(l2_normalize(rng.standard_normal((64, 16)).astype(np.float32)))
-    old = torch.from_numpy(rng.standard_normal((64, 8)).astype(np.float32))
-    tgt = torch.from_numpy(rng.standard_normal((64, 8)).astype(np.float32))
-    for form in ("nce", "cos"):
-        w = CompatWeights(compat=0, neighbor=1, neighbor_loss=form)
-        at = compat_loss(tgt.clone(), old, x, w, tgt)
-        assert at < compat_loss(old.clone(), old, x, w, tgt)
-        assert at < compat_loss(tgt.flip(0), old, x, w, tgt)
-    with pytest.raises(ValueError, match="needs targets"):
-        compat_loss(old, old, x, CompatWeights(neighbor=1))
-    with pytest.raises(ValueError, match="needs targets"):
-        compat_loss(old, old, x, CompatWeights(neighbor=1), tgt[:10])
-
-
-def test_neighbor_targets_match_brute_force():
-    from bebr.compat import _NeighborTargets
-    rng = np.random.default_rng(2)
-    xn = rng.standard_normal((300, 12)).astype(np.float32)
-    ov = torch.from_numpy(rng.standard_normal((300, 6)).astype(np.float32))
-    t = _NeighborTargets(xn, ov, k=4, pool=120, seed=3)
-    idx = np.array([5, 0, 299, 5, 17] + list(t.pool_rows[:3]))
-    got = t(idx).numpy()
-    xu = l2_normalize(xn)
-    for row, g in zip(idx, got):
-        sims = xu[t.pool_rows] @ xu[row]
-        sims[t.pool_rows == row] = -np.inf  # the item itself is not its own neighbour
-        nb = t.pool_rows[np.argsort(-sims)[:4]]
-        want = ov[nb].numpy().mean(0)
-        np.testing.assert_allclose(g, want / np.linalg.norm(want), rtol=1e-4, atol=1e-5)
-    np.testing.assert_array_equal(t(idx).numpy(), got)  # cached rows give the same targets
-
-
-def test_neighbor_options_and_bad_inputs(data, old_model):
-    g, x_new = data[:2]
-    for bad, match in ((dict(neighbor_loss="l2"), "neighbor_loss"),
-                       (dict(neighbor_k=0), "neighbor_k"), (dict(neighbor_k=2.5), "neighbor_k"),
-                       (dict(neighbor_tau=0), "neighbor_tau"), (dict(neighbor=-1), ">= 0")):
-        with pytest.raises(ValueError, match=match):
-            CompatWeights(**bad)
-    assert CompatWeights(compat=0, neighbor=1).neighbor == 1  # the neighbour term alone is enough
-    with pytest.raises(ValueError, match="align"):
-        train_compatible(x_new, g, old_model, align="rotate", **KW)
-    with pytest.raises(ValueError, match="neighbor_pool"):
-        train_compatible(x_new, g, old_model, neighbor_pool=1, **KW)
-    kw = dict(KW, epochs=1)
-    m = train_compatible(x_new, g, old_model, version="v2n", align="old",
-                         weights=CompatWeights(neighbor=0.5, neighbor_k=5), neighbor_pool=500,
-                         **kw)
-    assert m.spec == old_model.spec and m.compatible_with == "v1"
-    assert len(m.train_info["val_self_cross"]) == 2  # the init and one epoch
-    assert m.train_info["compat_weights"]["neighbor"] == 0.5
 
 
 # ---------------------------------------------------------------- cross-version query heads
@@ -353,18 +192,6 @@ def test_ensemble_head_averages_its_members_and_round_trips(tmp_path, data, old_
                                  "v1", members=0, **HEAD_KW)
 
 
-def test_train_compatible_learns_heads_for_the_chain(data, old_model, new_model):
-    g, x_new = data[:2]
-    assert new_model.config.cross_versions == ["v1"]
-    x3 = l2_normalize(x_new + 0.2 * np.random.default_rng(3).standard_normal(
-        x_new.shape).astype(np.float32))
-    v3 = train_compatible(x3, x_new, new_model, version="v3",
-                          older_codes={"v1": old_model.encode(g)},
-                          cross_kwargs=dict(epochs=2, negatives=256), **KW)
-    assert v3.config.cross_versions == ["v2", "v1"]
-    assert v3.encode_query_codes(x3[:5], 4, target="v1").shape == (5, bebr.CodeSpec(DIM, 4).code_bytes)
-
-
 def test_query_head_bad_inputs(data, old_model, headed):
     g, x_new, q, base, truth = data
     codes = old_model.encode(g[base])
@@ -378,27 +205,3 @@ def test_query_head_bad_inputs(data, old_model, headed):
         bebr.train_cross_queries(headed, x_new[base], codes, "v1", query_bits=5, **HEAD_KW)
     with pytest.raises(TypeError, match="uint8"):
         bebr.train_cross_queries(headed, x_new[base], codes.astype(np.int16), "v1", **HEAD_KW)
-    with pytest.raises(TypeError, match="older_codes"):
-        train_compatible(x_new, g, old_model, older_codes=[codes], **KW)
-
-
-def test_train_compatible_checks_head_options_before_training(data, old_model, monkeypatch):
-    """Bad head options or older codes fail at once, not after the codes have trained."""
-    g, x_new, q, base, truth = data
-
-    def no_training(*a, **k):
-        raise AssertionError("train_binarizer ran before the head options were checked")
-    monkeypatch.setattr(bebr.compat, "train_binarizer", no_training)
-    with pytest.raises(ValueError, match="members must be a positive int"):
-        train_compatible(x_new, g, old_model, cross_kwargs={"members": 0}, **KW)
-    with pytest.raises(ValueError, match="teacher"):
-        train_compatible(x_new, g, old_model, cross_kwargs={"teacher": "x"}, **KW)
-    with pytest.raises(ValueError, match="query_bits"):
-        train_compatible(x_new, g, old_model, cross_kwargs={"query_bits": 9}, **KW)
-    with pytest.raises(TypeError, match="cross_kwargs"):
-        train_compatible(x_new, g, old_model, cross_kwargs={"bogus": 1}, **KW)
-    with pytest.raises(TypeError, match="cross_kwargs must be a mapping"):
-        train_compatible(x_new, g, old_model, cross_kwargs=[("members", 2)], **KW)
-    with pytest.raises(ValueError, match=r"older_codes\['v0'\] has"):
-        train_compatible(x_new, g, old_model, older_codes={"v0": old_model.encode(g[:5])},
-                         **KW)

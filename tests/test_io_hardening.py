@@ -14,12 +14,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bebr import Binarizer, CodeSpec
-from bebr.compat import CodeUpgrader
 from bebr.fileio import CorruptFileError, header_digest, sha256_file
 from bebr.io import CodeShards, Manifest, open_source
 from bebr.io.idcheck import check_ids, find_duplicate_id
 from bebr.io.readers import load_npy
-from bebr.jobs import encode_shards, upgrade_shards
+from bebr.jobs import encode_shards
 from bebr.model import UncalibratedHeadWarning
 
 D = 16
@@ -159,50 +158,13 @@ def test_binarizer_weights_dtype_shape_and_values_checked(model, tmp_path, what)
         Binarizer.load(tmp_path / "m")
 
 
-@pytest.mark.parametrize("what", ["dtype", "shape", "hidden", "bits"])
-def test_upgrader_load_checks_weights_against_config(tmp_path, what):
-    torch.manual_seed(0)
-    up = CodeUpgrader(CodeSpec(32, 2), CodeSpec(32, 2), hidden=8, depth=1, from_version="a",
-                      to_version="b")
-    up.save(tmp_path / "u")
-    state = load_file(str(tmp_path / "u" / "model.safetensors"))
-    key = sorted(state)[0]
-    if what == "dtype":
-        state[key] = state[key].half()
-        _rewrite_weights(tmp_path / "u", state)
-    elif what == "shape":
-        state[key] = torch.cat([state[key], state[key]])
-        _rewrite_weights(tmp_path / "u", state)
-    else:
-        cfg = json.loads((tmp_path / "u" / "config.json").read_text())
-        if what == "hidden":
-            cfg["config"]["hidden"] = 10 ** 12  # refused before anything that big is built
-        else:
-            cfg["config"]["in_spec"]["bits"] = 6
-        _seal(tmp_path / "u" / "config.json", cfg)
-    match = {"dtype": "has dtype torch.float16", "shape": "has shape", "hidden": "has shape",
-             "bits": "at most 4 bits"}[what]
-    with pytest.raises(CorruptFileError, match=match):
-        CodeUpgrader.load(tmp_path / "u")
-
-
-def test_upgrade_refuses_a_shard_swapped_after_the_check(model, x, tmp_path, monkeypatch):
-    from bebr import jobs
-
-    torch.manual_seed(0)
-    up = CodeUpgrader(model.spec, model.spec, hidden=8, depth=1, from_version="v1",
-                      to_version="v2")
-    up.save(tmp_path / "u")
+def test_code_shards_refuse_a_shard_swapped_after_the_check(model, x, tmp_path):
     encode_shards(model, _save(tmp_path, x), tmp_path / "c", progress=False)
-    real = jobs._upgrade_unit
-
-    def swapped(task, **kw):  # the shard changes between the driver's check and the worker
-        np.save(tmp_path / "c" / "codes-00000.npy", np.zeros((3, 4), np.uint8))
-        return real(task, **kw)
-
-    monkeypatch.setattr(jobs, "_upgrade_unit", swapped)
+    shards = CodeShards(tmp_path / "c")  # checksums verified here
+    # the shard changes between the check and the read: the read checks dtype and shape again
+    np.save(tmp_path / "c" / "codes-00000.npy", np.zeros((3, 4), np.uint8))
     with pytest.raises(CorruptFileError, match="shard holds uint8 \\(3, 4\\)"):
-        upgrade_shards(tmp_path / "u", tmp_path / "c", tmp_path / "o", progress=False)
+        list(shards.shards())
 
 
 # ------------------------------------------------------------------ legacy calibration

@@ -268,8 +268,8 @@ def main(argv=None):
             write_section(text, "python tools/bench_query_path.py --single 200 --write")
         return
     imports = {"import bebr": import_cost("import bebr"),
-               "import bebr; bebr.Binarizer; bebr.train_compatible (what import bebr loaded "
-               "before)": import_cost("import bebr; bebr.Binarizer; bebr.train_compatible")}
+               "import bebr; bebr.Binarizer; bebr.train_cross_queries (what import bebr loaded "
+               "before)": import_cost("import bebr; bebr.Binarizer; bebr.train_cross_queries")}
     log(json.dumps(imports))
     words, glove = ds.glove_words(100_000)
     qi, bi = ds.query_split(len(words), 2000, seed=0)

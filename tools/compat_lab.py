@@ -28,20 +28,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bebr.codes import CodeSpec
+from bebr.codes import MAX_BITS, CodeSpec
+from bebr.compat import _check_binarizer, _check_head_options, train_cross_queries
 from bebr.fileio import CorruptFileError
 from bebr.modelfile import CONFIG_NAME, load_state_strict, read_header, read_weights, write_model_dir
 from bebr.model import Binarizer, ResidualMLP, sign_ste
 from bebr.train import (_Budget, _init_model, _init_scalar_quantizer, check_training_input,
-                    code_recall, mine_neighbors, train_binarizer, with_neighbors)
+                        code_recall, mine_neighbors, train_binarizer, with_neighbors)
 
 __all__ = ["CompatWeights", "compat_loss", "train_compatible", "CodeUpgrader", "train_upgrader",
            "UPGRADER_FORMAT_VERSION"]
 
 UPGRADER_FORMAT_VERSION = 1
 
-
-from bebr.compat import _check_binarizer, _check_head_options, train_cross_queries  # noqa: E402
 
 # ------------------------------------------------------------------------------ losses
 @dataclass(frozen=True)
@@ -508,8 +507,6 @@ class CodeUpgrader(nn.Module):
     def load(cls, path) -> "CodeUpgrader":
         """Load a saved upgrader; corrupted, truncated or foreign files raise
         :class:`bebr.fileio.CorruptFileError`. Never unpickles."""
-        from .codes import MAX_BITS
-
         p = Path(path)
         header = read_header(p, "bebr.upgrader", UPGRADER_FORMAT_VERSION, "CodeUpgrader")
         cfg_path = p / CONFIG_NAME

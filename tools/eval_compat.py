@@ -12,8 +12,8 @@ Search: ``bebr.Index`` (SDC, cosine) with version tags; backfill by ``upsert``.
 
 Usage:  python tools/eval_compat.py [--budgets 128x2,64x2] [--epochs 6] [--write]
 Trained models are cached under ``<data dir>/compat_models``, keyed by configuration and a
-hash of the training code (bebr/compat.py, train.py, model.py), so a change to training
-retrains instead of reusing stale models.
+hash of the training code (bebr/compat.py, train.py, model.py, tools/compat_lab.py), so a
+change to training retrains instead of reusing stale models.
 """
 
 from __future__ import annotations
@@ -34,13 +34,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
 import bebr  # noqa: E402
 from bebr import datasets as ds, metrics as M  # noqa: E402
-from bebr.compat import (CodeUpgrader, CompatWeights, train_compatible,  # noqa: E402
-                         train_cross_queries, train_upgrader)
+from bebr.compat import train_cross_queries  # noqa: E402
 from bebr.fileio import atomic_write_bytes  # noqa: E402
 from bebr.train import train_binarizer  # noqa: E402
+from compat_lab import CodeUpgrader, CompatWeights, train_compatible, train_upgrader  # noqa: E402
 
 V1, V2, V3 = 1, 2, 3  # Index version tags
 SUMMARY = {}  # figures for the targets block, filled by run_budget / run_chain
@@ -142,8 +143,8 @@ class Evaluator:
 def code_hash() -> str:
     """Hash of the training code; part of every cache key."""
     h = hashlib.sha256()
-    for f in ("compat.py", "train.py", "model.py"):
-        h.update((ROOT / "bebr" / f).read_bytes())
+    for f in ("bebr/compat.py", "bebr/train.py", "bebr/model.py", "tools/compat_lab.py"):
+        h.update((ROOT / f).read_bytes())
     return h.hexdigest()[:10]
 
 

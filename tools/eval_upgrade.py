@@ -57,9 +57,10 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import bebr  # noqa: E402
 from bebr import datasets as ds, metrics as M  # noqa: E402
-from bebr.compat import CodeUpgrader, train_compatible, train_cross_queries, train_upgrader  # noqa: E402
+from bebr.compat import train_cross_queries  # noqa: E402
 from bebr.fileio import atomic_write_bytes  # noqa: E402
 from bebr.train import train_binarizer  # noqa: E402
+from compat_lab import CodeUpgrader, train_compatible, train_upgrader  # noqa: E402
 from eval_compat import Evaluator, code_hash, fmt  # noqa: E402
 
 QB = 4            # query bits of every SDC search
