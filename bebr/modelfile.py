@@ -1,9 +1,10 @@
 """Model directories: ``config.json`` header + ``model.safetensors`` weights, never pickle.
 
-Shared by every saved torch model of bebr (``Binarizer``, ``CodeUpgrader``). The header
-carries the file kind (``format``), its ``format_version``, the registered model name, the
-model's own fields, the weights' byte count and SHA-256, and the SHA-256 of the header itself
-(``header_sha256``, over its canonical JSON without that key); each file is written atomically.
+Shared by every saved torch model (``bebr.Binarizer``; tools/compat_lab.py's
+``CodeUpgrader``). The header carries the file kind (``format``), its ``format_version``,
+the registered model name, the model's own fields, the weights' byte count and SHA-256, and
+the SHA-256 of the header itself (``header_sha256``, over its canonical JSON without that
+key); each file is written atomically.
 Loading checks all of that and loads the weights strictly (names missing or unexpected keys
 and wrong shapes), raising :class:`bebr.fileio.CorruptFileError` for anything off.
 """

@@ -399,7 +399,7 @@ def train_binarizer(x, dim: int, bits: int, *, epochs: Optional[int] = None,
     ``center``: subtract the training mean first. Off by default: the codes' cosine then
     approximates the raw cosine the neighbours are defined by; centering cost ~0.03 R10@10 on
     anisotropic MiniLM 384x4 and was neutral on GloVe (BENCHMARKS.md section 2).
-    (:func:`bebr.compat.train_compatible` centers the new model itself, whatever this says.)
+    (The ``train_compatible`` ablation of tools/compat_lab.py centers its new model itself.)
     ``max_time_s``: a deadline for the whole call, from its start: neighbour mining gets
     at most a third of it (:func:`mine_neighbors` shrinks its candidate pool, then stops, when
     it would not fit), training stops at the deadline (checked per step) keeping the best

@@ -370,6 +370,27 @@ def test_new_version_with_a_query_head_searches_an_old_index(work, tmp_path):
     assert info["count"] == 1000
 
 
+def test_models_of_former_compatible_training_still_load_and_search(work, tmp_path):
+    """A model file saved by bebr's former compatible training (``compatible_with`` names
+    the version whose code space its codes share) loads with both loaders, and bebr search
+    takes it for an index of that version without --any-version (the lineage)."""
+    import torch
+
+    from bebr import Binarizer, Encoder
+
+    d, x = work
+    torch.manual_seed(0)
+    Binarizer(50, 32, 2, hidden=16, version="v2c", compatible_with="v1").save(tmp_path / "m")
+    for m in (Binarizer.load(tmp_path / "m"), Encoder.load(tmp_path / "m")):
+        assert (m.version, m.compatible_with) == ("v2c", "v1")
+    cli("encode", "--model", d / "model", d / "queries.npy", "-o", tmp_path / "c",
+        "--no-progress", check=True)
+    cli("index", "build", tmp_path / "c", "-o", tmp_path / "idx", check=True)
+    p = cli("search", d / "queries.npy", "--index", tmp_path / "idx", "--model", tmp_path / "m",
+            "-k", 3, check=True)
+    assert len(p.stdout.splitlines()) == 200 and "warning" not in p.stderr
+
+
 def test_hamming_index_from_one_bit_codes(work, tmp_path):
     import torch
 

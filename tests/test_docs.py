@@ -108,3 +108,23 @@ def test_benchmarks_state_the_centering_default():
     assert "the library default stays `center=True`" not in text
     assert "center=True (current default)" not in text
     assert "The default is now `center=False`" in text
+
+
+def test_readme_and_format_name_only_what_exists():
+    """Every ``bebr.NAME`` the README and FORMAT.md use is in the package, and every command
+    of the README's CLI table is a ``bebr`` subcommand (removed API and verbs leave the docs
+    with the code)."""
+    import argparse
+    import importlib.util
+
+    from bebr.cli import build_parser
+
+    for name in ("README.md", "docs/FORMAT.md"):
+        for attr in set(re.findall(r'(?<!")\bbebr\.([A-Za-z_]\w*)', _text(name))):
+            assert hasattr(bebr, attr) or importlib.util.find_spec(f"bebr.{attr}"), \
+                f"{name} names bebr.{attr}, which bebr does not have"
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    commands = re.findall(r"^\| `bebr ([a-z-]+)", _text("README.md"), flags=re.M)
+    assert "train" in commands and "collection" in commands
+    for cmd in commands:
+        assert cmd in sub.choices, f"README's CLI table lists `bebr {cmd}`, not a command"

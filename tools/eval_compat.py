@@ -767,9 +767,38 @@ def targets_block():
         out.append(f"- Negative flips during the backfill (r = 0 .. 1) lower than with the "
                    f"plain BEBR compat loss alone: **{'met' if all(wins) else 'not met'}**. "
                    + "; ".join(fl) + ".")
+    out.extend(verdict_block())
     out.append("")
     out.append(TRIED)
     return out
+
+
+def verdict_block():
+    """What these figures decided for bebr's API (issue 13), from the tables above."""
+    budgets = [k for k in SUMMARY if not k.startswith("chain") and "heads" in SUMMARY[k]
+               and "independent" in SUMMARY[k]["heads"]]
+    if not budgets:
+        return []
+    per, gains = [], []
+    for t in budgets:
+        h = SUMMARY[t]["heads"]
+        per.append(f"{t}: M(new,old) {fmt(h['independent'][1])} vs {fmt(h[DEFAULT][1])}, "
+                   f"self-test {fmt(h['independent'][0])} vs {fmt(h[DEFAULT][0])}")
+        gains.append(h[DEFAULT][1] - h["independent"][1])
+    up = [f"{t} {fmt(SUMMARY[t]['upgrader'][1])} vs {fmt(SUMMARY[t]['upgrader'][0])}"
+          for t in budgets if "upgrader" in SUMMARY[t]]
+    alone = all(SUMMARY[t]["rows"][DEFAULT][1] > SUMMARY[t]["m_oo"] for t in budgets)
+    return ["", "**What this decided for the API (issue 13).** Independent new model + head vs "
+            "compatible codes + head: " + "; ".join(per) + f" (compatible training gains at "
+            f"most {max(gains):+.3f} of cross-test); compatible codes alone "
+            f"{'meet' if alone else 'fail'} the criterion" + ("; the forward upgrader, rest upgraded vs left old: " + ", ".join(up)
+                           if up else "") + ". "
+            "So bebr's upgrade path is an independently trained new model "
+            "(`bebr.train_binarizer`) with query heads into the older versions' stored codes "
+            "(`bebr.Collection.upgrade`, `bebr.train_cross_queries`); compatible training "
+            "(`train_compatible`, `CompatWeights` with its RACT, cross-distillation, UniBCT and "
+            "neighbour terms) and the forward upgrader (`train_upgrader`, `CodeUpgrader`) are "
+            "ablations in `tools/compat_lab.py`, which this script imports, not bebr's API."]
 
 
 def write_section(cmd, body):
@@ -782,7 +811,8 @@ def write_section(cmd, body):
     nxt = len(text) if nxt < 0 else nxt
     intro = (
         "\nCommand: `" + cmd + "` (models cached under the data dir; "
-        "CPU, 2 cores shared with other jobs). Data: ANCHORS.md words; v1 = GloVe-50 "
+        "CPU, 2 cores shared with other jobs). Data: the GloVe words of `bebr.datasets`; "
+        "v1 = GloVe-50 "
         "(old), v2 = all-MiniLM-L6-v2 (new), v3 = all-MiniLM-L6-v2 with CLS pooling. "
         "Ground truth: the newest model's float top-10; metric R10@10; search `bebr.Index` "
         "(SDC, cosine) over mixed-version codes. Negative flip: top-1 in the float top-10 "

@@ -29,11 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import bebr
-from bebr import datasets as ds
-from bebr.train import train_binarizer
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bebr  # noqa: E402
+from bebr import datasets as ds  # noqa: E402
+from bebr.train import train_binarizer  # noqa: E402
 import eval_compat  # noqa: E402  (same data, v1 training settings and model cache)
 
 
