@@ -28,7 +28,7 @@ from bebr import Binarizer, CodeSpec, HammingIndex, Index
 from bebr.cli import main
 from bebr.fileio import CorruptFileError, header_digest
 from bebr.io import CodeShards, Manifest, open_inputs, open_source, read_vecs, write_vecs
-from bebr.jobs import encode_shards
+from bebr.jobs import encode_shards, load_model
 from bebr.modelfile import write_model_dir
 
 D, DIM, BITS = 16, 30, 2       # dim 30: the codes have padding bits
@@ -448,6 +448,8 @@ def api_cases(t, b, model, x):
         ("Binarizer.load flip", lambda: Binarizer.load(b / "m_flip"), "SHA-256"),
         ("Binarizer.load empty dir", lambda: Binarizer.load(b / "m_empty"), "config.json"),
         ("Binarizer.load upgrader", lambda: Binarizer.load(t / "up"), "Binarizer header"),
+        ("jobs.load_model upgrader", lambda: load_model(t / "up", "upgrader"),
+         "unknown model kind 'upgrader'"),
         ("encode_shards chunk 0", lambda: encode_shards(model, t / "x.npy", t / "j0",
                                                         chunk_rows=0, progress=False),
          "chunk_rows"),
