@@ -132,7 +132,7 @@ class Collection:
             "current": version, "generation": 0, "index": None,
             "versions": [{"version": version, "model": f"models/{_model_dir_name(version)}",
                           "config_sha256": None, "lineage": []}],
-            "own_calibration": {},
+            "own_calibration": {}, "joint_weight": {},
         }
         index = Index(spec, metric)
         index.register_version(version)
@@ -275,9 +275,11 @@ class Collection:
         ties and padding).
 
         Items of the current version are scored with the current model's query codes of
-        ``x``. Items of an older version ``v`` are scored with ``v``'s own model's query
-        codes of ``older[v]`` (the same queries embedded by the old model, row for row) when
-        given, else with the current model's query head into ``v``'s codes; each with the
+        ``x``. Items of an older version ``v`` are scored, when ``older[v]`` (the same
+        queries embedded by ``v``'s model, row for row) is given, with the joint query of
+        both floats fitted at :meth:`upgrade` (:func:`joint_query_codes`; the old model's
+        own query codes where that measured best), else with the current model's query head
+        into ``v``'s codes; each with the
         calibration fitted for that setting at :meth:`upgrade`, so one top-k merges them.
         ValueError if a version with items has neither (nothing is mixed in silently).
         """
@@ -309,7 +311,8 @@ class Collection:
                 if xo.shape[0] != x.shape[0]:
                     raise ValueError(f"older[{v!r}] must hold the same {x.shape[0]} queries, "
                                      f"got {xo.shape[0]} rows")
-                vq[v] = ov.encode_query_codes(xo, qb)
+                w = self._manifest.get("joint_weight", {}).get(v, 0.0)
+                vq[v] = joint_query_codes(ov, xo, m if w else None, x, v, w, qb)
                 cal[v] = tuple(own_cal[v])
             elif v in heads:
                 vq[v] = m.encode_query_codes(x, qb, target=v)
@@ -341,8 +344,12 @@ class Collection:
         with ``members`` ensemble members, calibrated for the collection's query bits and
         metric; at least MIN_HEAD_ROWS sample items of that version are needed).
         ``older``: optionally ``{version: floats}`` of the same sample rows from older
-        models (rows of items of other versions are ignored); then the calibration of that
-        version's own query codes is fitted too, so ``search(older=...)`` can use them.
+        models (rows of items of other versions are ignored); then the *joint query* of
+        that version is fitted too, so ``search(older=...)`` can use both floats of a query:
+        the direction ``unit(old model's query) + w * unit(new model's head)``, with ``w``
+        of :data:`JOINT_WEIGHTS` (0: the old query alone) chosen on the rows held out of
+        the head's training, and its calibration (MiniLM -> MPNet 128x2: R10@10 0.40 against
+        0.355 for the old queries alone, BENCHMARKS.md "Realistic upgrade").
         ``max_time_s`` bounds the whole call (TimeoutError, nothing changed, if it cannot
         fit a head in time). ``head_options``: further keyword arguments of
         ``train_cross_queries`` (epochs, negatives, teacher, threads, ...). Saves the
@@ -396,36 +403,41 @@ class Collection:
             if short:
                 raise ValueError(f"the paired sample has too few items of versions {short} "
                                  f"to fit query heads (need >= {MIN_HEAD_ROWS} each)")
-            report = {"version": version, "heads": {}, "own_calibration": {}}
-            new_own_cal = {}
+            report = {"version": version, "heads": {}, "own_calibration": {},
+                      "joint_query": {}}
+            new_own_cal, new_joint = {}, {}
             for i, v in enumerate(present):
                 r = rows[v]
-                per_member = None
+                share = None  # this version's head: an equal share of the time left
                 if max_time_s is not None:
                     left = max_time_s - (time.monotonic() - t0)
                     if left <= 1.0:
                         raise TimeoutError(f"upgrade ran out of its {max_time_s} s before "
                                            f"fitting the head into {v!r}; nothing changed")
-                    per_member = left / (members * (len(present) - i)) * 0.9
+                    share = left / (len(present) - i) * (0.8 if v in older else 0.9)
                 train_cross_queries(new_model, xn[r], codes[r], v, query_bits=self.query_bits,
-                                    members=members, seed=seed, max_time_s=per_member,
+                                    members=members, seed=seed, max_time_s=share,
                                     progress=progress, **head_options)
                 info = new_model.train_info["cross_val"][v]
                 report["heads"][v] = {"rows": int(len(r)), "val_r10@10": info["best_r10@10"],
                                       "calibration": list(new_model.cross_calibration(
                                           v, self.metric))}
                 if v in older:
-                    cal = _fit_own_calibration(new_model, self._model(v), xn[r],
-                                               np.asarray(older[v])[r], codes[r],
-                                               self.query_bits, self.metric, seed)
+                    w, cal, scores = _fit_joint_query(
+                        new_model, self._model(v), v, xn[r], np.asarray(older[v])[r],
+                        codes[r], self.query_bits, self.metric, seed,
+                        head_options.get("val_fraction", 0.05))
                     new_own_cal[v] = list(cal)
+                    new_joint[v] = w
                     report["own_calibration"][v] = list(cal)
+                    report["joint_query"][v] = {"weight": w, "val_r10@10": scores}
             prev = self.current
             self._manifest["versions"].append({
                 "version": version, "model": f"models/{_model_dir_name(version)}",
                 "config_sha256": None, "lineage": [prev] + list(self._entry(prev)["lineage"])})
             self._manifest["current"] = version
             self._manifest["own_calibration"] = new_own_cal
+            self._manifest["joint_weight"] = new_joint
             self._index.register_version(version, lineage=self.lineage(version))
             self._models[version] = new_model
             self._new_models[version] = new_model
@@ -471,6 +483,7 @@ class Collection:
             self._index.retire_version(version)
             self._manifest["versions"].remove(entry)
             self._manifest["own_calibration"].pop(version, None)
+            self._manifest.get("joint_weight", {}).pop(version, None)
             self._models.pop(version, None)
             self.save()
 
@@ -523,30 +536,68 @@ def _save_model(model, path: Path) -> None:
         model.save(path)
 
 
-def _fit_own_calibration(new, old, x_new, x_old, old_codes, query_bits, metric, seed):
-    """``(scale, shift)`` mapping the old model's own query codes' scores against its stored
-    codes onto the new model's own scale (the same per-version logistic fit of P(true
-    neighbour | score) as the query heads' calibration, truth = the new floats' top-10)."""
+#: Weights w tried for the joint query unit(own old query) + w * unit(head direction); 0 is
+#: the old model's own query alone.
+JOINT_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+
+
+def joint_query_codes(old, x_old, new, x_new, version: str, weight: float,
+                      query_bits: int) -> np.ndarray:
+    """Packed ``query_bits``-bit query codes into ``version``'s code space from both models'
+    floats of the same queries: the direction ``unit(old query projection) + weight *
+    unit(new model's head into version)``, quantized like any query (closest code in
+    angle). ``weight`` 0 (``new`` may then be None): the old model's own query codes."""
+    if not weight:
+        return old.encode_query_codes(x_old, query_bits)
+    z = _unit(np.asarray(_encoder(old).encode_query(x_old), np.float64))
+    z += weight * _unit(np.asarray(_encoder(new).encode_query(x_new, target=version),
+                                   np.float64))
+    qspec = CodeSpec(old.dim, query_bits)
+    return qspec.pack(qspec.quantize_angle(z.astype(np.float32)))
+
+
+def _unit(z: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(z, axis=1, keepdims=True)
+    return z / np.where(n > 0, n, 1.0)
+
+
+def _encoder(model):
+    """The torch-free Encoder of a model (a Binarizer's export, an Encoder as is)."""
+    to = getattr(model, "to_encoder", None)
+    return to() if to is not None else model
+
+
+def _fit_joint_query(new, old, version, x_new, x_old, old_codes, query_bits, metric, seed,
+                     val_fraction):
+    """The joint query's weight (of :data:`JOINT_WEIGHTS`, best validation R10@10, ties to
+    the smaller) and ``(scale, shift)`` mapping its scores against the stored codes onto
+    the new model's own scale (the per-version logistic fit of P(true neighbour | score) of
+    the query heads' calibration, truth = the new floats' top-10). Chosen and fitted on the
+    rows :func:`bebr.compat.head_split` holds out of the head's training (queries against
+    a gallery of items the head never saw), so neither favours what the head memorised."""
     import torch
     import torch.nn.functional as F
 
-    from .compat import CALIBRATION_TOP, _fit_calibration
+    from .compat import CALIBRATION_TOP, _fit_calibration, head_split
+    from .train import code_recall
 
-    rng = np.random.default_rng(seed)
-    n = x_new.shape[0]
-    nq = int(min(2000, max(10, n // 10)))
-    perm = rng.permutation(n)
-    qi, pi = np.sort(perm[:nq]), np.sort(perm[nq:])
-    xn = F.normalize(torch.from_numpy(np.asarray(x_new, np.float32)), dim=1)
-    truth = (xn[qi] @ xn[pi].T).topk(min(10, len(pi)), dim=1).indices
+    qi, gi, _ = head_split(x_new.shape[0], seed, val_fraction)
+    xn = np.asarray(x_new, np.float32)
+    xo = np.asarray(x_old, np.float32)
+    t = F.normalize(torch.from_numpy(xn), dim=1)
+    truth = (t[qi] @ t[gi].T).topk(min(10, len(gi)), dim=1).indices
     qspec = CodeSpec(new.dim, query_bits)
-    sets = ((old.encode_query_codes(np.asarray(x_old, np.float32)[qi], query_bits),
-             old_codes[pi]),
-            (new.encode_query_codes(np.asarray(x_new, np.float32)[qi], query_bits),
-             new.encode(np.asarray(x_new, np.float32)[pi])))
-    sets = [(torch.from_numpy(qspec.values(q)), torch.from_numpy(new.spec.values(g)))
-            for q, g in sets]
-    return _fit_calibration(sets, truth, CALIBRATION_TOP, metric)
+    g_old = torch.from_numpy(new.spec.values(old_codes[gi]))
+    scores, codes = {}, {}
+    for w in JOINT_WEIGHTS:
+        codes[w] = joint_query_codes(old, xo[qi], new, xn[qi], version, w, query_bits)
+        scores[w] = code_recall(torch.from_numpy(qspec.values(codes[w])), g_old, truth)
+    best = max(JOINT_WEIGHTS, key=lambda w: (scores[w], -w))
+    sets = ((torch.from_numpy(qspec.values(codes[best])), g_old),
+            (torch.from_numpy(qspec.values(new.encode_query_codes(xn[qi], query_bits))),
+             torch.from_numpy(new.spec.values(new.encode(xn[gi])))))
+    cal = _fit_calibration(sets, truth, CALIBRATION_TOP, metric)
+    return float(best), cal, {str(w): float(v) for w, v in scores.items()}
 
 
 def _read_manifest(mpath: Path) -> dict:
@@ -600,6 +651,11 @@ def _read_manifest(mpath: Path) -> dict:
                         and np.isfinite(t) for t in c) and c[0] > 0
                 for k, c in cal.items()):
             raise ValueError(f"own_calibration {cal!r}")
+        jw = man.setdefault("joint_weight", {})  # absent in collections of 0.x: own queries
+        if not isinstance(jw, dict) or not all(
+                k in cal and isinstance(w, (int, float)) and not isinstance(w, bool)
+                and np.isfinite(w) and w >= 0 for k, w in jw.items()):
+            raise ValueError(f"joint_weight {jw!r}")
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptFileError(f"{mpath}: bad manifest field ({e})") from None
     return man

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from bebr import CodeSpec, reference
-from bebr.collection import Collection, MANIFEST_NAME
+from bebr.collection import JOINT_WEIGHTS, Collection, MANIFEST_NAME, joint_query_codes
 from bebr.datasets import glove_words, l2_normalize
 from bebr.fileio import CorruptFileError
 from bebr.train import train_binarizer
@@ -69,7 +69,15 @@ def _reference(coll, items, xq, older, k, floats_models):
     tags = np.array([0 if items[i][0] == "mixed-v2" else 1 for i in ids])
     own = v2.encode_query_codes(xq, qs.bits)
     if older is not None:
-        vq = v1.encode_query_codes(older, qs.bits)
+        w = coll._manifest["joint_weight"]["glove-v1"]
+        if w:  # the joint query: unit(old projection) + w * unit(head direction)
+            zo = v1.encode_query(older).astype(np.float64)
+            zh = v2.to_encoder().encode_query(xq, target="glove-v1").astype(np.float64)
+            z = (zo / np.linalg.norm(zo, axis=1, keepdims=True)
+                 + w * zh / np.linalg.norm(zh, axis=1, keepdims=True))
+            vq = qs.pack(qs.quantize_angle_reference(z.astype(np.float32)))
+        else:
+            vq = v1.encode_query_codes(older, qs.bits)
         cal = tuple(coll._manifest["own_calibration"]["glove-v1"])
     else:
         vq = v2.encode_query_codes(xq, qs.bits, target="glove-v1")
@@ -95,6 +103,31 @@ def test_upgrade_report(upgraded):
     assert report["version"] == "mixed-v2" and report["heads"]["glove-v1"]["rows"] == 600
     assert report["own_calibration"]["glove-v1"][0] > 0
     assert report["seconds"] > 0
+    joint = report["joint_query"]["glove-v1"]
+    assert joint["weight"] in JOINT_WEIGHTS
+    assert set(joint["val_r10@10"]) == {str(w) for w in JOINT_WEIGHTS}
+    best = max(joint["val_r10@10"].values())  # the chosen weight scored best on validation
+    assert joint["val_r10@10"][str(joint["weight"])] == best
+
+
+def test_joint_query_codes(models, floats):
+    """Weight 0 is the old model's own query codes; a weight moves the codes towards the
+    head's direction (ever more of them differ as it grows)."""
+    g, x2 = floats
+    v1, v2 = [m for m in models]
+    import copy
+    v2 = copy.deepcopy(v2)
+    from bebr.compat import train_cross_queries
+    train_cross_queries(v2, x2[:600], v1.encode(g[:600]), "glove-v1", members=1,
+                        progress=False, **HEAD)
+    q0 = joint_query_codes(v1, g[900:950], v2, x2[900:950], "glove-v1", 0.0, 4)
+    np.testing.assert_array_equal(q0, v1.encode_query_codes(g[900:950], 4))
+    own_head = v2.encode_query_codes(x2[900:950], 4, target="glove-v1")
+    diffs = [np.mean(np.any(joint_query_codes(v1, g[900:950], v2, x2[900:950], "glove-v1",
+                                              w, 4) != q0, axis=1)) for w in (0.5, 2.0, 50.0)]
+    assert diffs[0] <= diffs[1] <= diffs[2] and diffs[2] > 0
+    far = joint_query_codes(v1, g[900:950], v2, x2[900:950], "glove-v1", 1e6, 4)
+    assert np.mean(np.all(far == own_head, axis=1)) > 0.9  # a huge weight: the head's codes
 
 
 def test_open_search_matches_reference(upgraded, floats, models):

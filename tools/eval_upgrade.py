@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import bebr  # noqa: E402
 from bebr import datasets as ds, metrics as M  # noqa: E402
 from bebr.compat import train_cross_queries  # noqa: E402
+from bebr.collection import joint_query_codes  # noqa: E402
 from bebr.fileio import atomic_write_bytes  # noqa: E402
 from bebr.train import train_binarizer  # noqa: E402
 from compat_lab import CodeUpgrader, train_compatible, train_upgrader  # noqa: E402
@@ -648,6 +649,11 @@ class Budget:
             ov = self.old.version
             own_cal = base._manifest["own_calibration"][ov]
             out["cal_old"], out["cal_head"] = list(own_cal), list(hm.cross_calibration(ov))
+            w = base._manifest["joint_weight"].get(ov, 0.0)
+            q_joint = joint_query_codes(self.old, d.qo, hm, d.qn, ov, w, QB)
+            out["joint_weight"] = w
+            out["joint_val"] = up["report"].get("joint_query", {}).get(ov)
+            out["m_joint_old"] = self.m_old(q_joint)  # both floats, old codes only
             for strategy in ("random", "uncertainty"):
                 coll = bebr.Collection.open(path, mmap=False)
                 order = coll.backfill_order(n, strategy)
@@ -668,7 +674,7 @@ class Budget:
                     self.spec, d.truth, old_ok, q_new=hm.encode_query_codes(d.qn, QB),
                     q_old=q_old, q_head=hm.encode_query_codes(d.qn, QB, target=ov),
                     old_g=self.old_g, new_g=hm.encode(d.gn), cal_old=own_cal,
-                    cal_head=hm.cross_calibration(ov), order=order)
+                    cal_head=hm.cross_calibration(ov), order=order, q_given=q_joint)
                 curves = {k: {"fractions": list(FRACTIONS), "values": v, "flips": f,
                               "area": M.curve_area(FRACTIONS, v)} for k, (v, f) in cur.items()}
                 curves["naive merge"] = ref["naive merge"]
@@ -737,11 +743,13 @@ def rrf(lists, k: int = 10, c: int = 60) -> np.ndarray:
 
 
 def backfill_curves(spec, truth, old_ok, *, q_new, q_old, q_head, old_g, new_g, cal_old,
-                    cal_head, order=None, fractions=FRACTIONS, rrf_depth=100) -> dict:
+                    cal_head, order=None, fractions=FRACTIONS, rrf_depth=100,
+                    q_given=None) -> dict:
     """Hot refresh in one ``bebr.Index`` per fraction r: the first ``round(r n)`` items of
     ``order`` (default: nested random subsets, ``metrics.backfill_subset``) carry new codes,
     the rest old ones. Curves (R10@10 and negative flips against ``old_ok``):
-    "old queries given" (old items scored by the old model's own queries, calibrated),
+    "old queries given" (old items scored by ``q_given``, default the old model's own
+    queries, calibrated by ``cal_old``; the collection passes its joint query),
     "naive merge" (the same pass uncalibrated), "RRF" (two indexes, k=60), and
     "new queries only" (old items scored by the head's codes, calibrated)."""
     n = old_g.shape[0]
@@ -765,7 +773,8 @@ def backfill_curves(spec, truth, old_ok, *, q_new, q_old, q_head, old_g, new_g, 
         def s(vq, cal, qb=QB, q=q_new, index=idx, k=10):
             return index.search(q, k, query_bits=qb, version_queries=vq if has_old else None,
                                 version_calibration=cal if has_old else None)[1]
-        res = {"old queries given": s({V_OLD: q_old}, {V_OLD: cal_old}),
+        res = {"old queries given": s({V_OLD: q_old if q_given is None else q_given},
+                                      {V_OLD: cal_old}),
                "naive merge": s({V_OLD: q_old}, None),
                "new queries only": s({V_OLD: q_head}, {V_OLD: cal_head})}
         parts = []
@@ -868,6 +877,12 @@ def backfill_table(r: dict) -> list:
                    + "; ".join(f"{k}: uncertainty {fmt(o['uncertainty'][k]['area'])} vs random "
                                f"{fmt(o['random'][k]['area'])}"
                                for k in ("old queries given", "new queries only")) + ".")
+        if "m_joint_old" in r:
+            out.append(f"Joint query over the old codes (`Collection.search(older=)`: "
+                       f"unit(old query) + {r['joint_weight']:g} x unit(head), the weight "
+                       f"chosen on held-out rows, validation {r.get('joint_val') or {}}): "
+                       f"R10@10 **{fmt(r['m_joint_old'])}** against M(old,old) "
+                       f"{fmt(r['m_old_old'])} for the old queries alone.")
         out.append(f"`Collection.upgrade` (3-member head + calibrations from "
                    f"{r['upgrade_rows']:,} paired items): {r['upgrade_s']:.0f} s.")
     return out
