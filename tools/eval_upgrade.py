@@ -299,15 +299,19 @@ class ResidualAdapter(torch.nn.Module):
         return self.lin(x) + self.mlp(x)
 
 
-def fit_mlp_adapter(xn: np.ndarray, xo: np.ndarray, *, epochs: int = 20, hidden: int = 1024,
-                    lr: float = 1e-3, batch: int = 256, seed: int = 0) -> dict:
+def fit_mlp_adapter(xn: np.ndarray, xo: np.ndarray, *, epochs: int | None = None,
+                    hidden: int = 1024, lr: float = 1e-3, batch: int = 256,
+                    seed: int = 0) -> dict:
     """The residual MLP adapter trained on ``1 - cos(y, x_old)`` (+ MSE), from the LS start;
-    the best of its epochs on a held-out 5% (cosine) is kept. Returns its weights."""
+    the best of its epochs on a held-out 5% (cosine) is kept. ``epochs`` None: about 200k
+    rows visited (4 to 20 epochs). Returns its weights."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(xn))
     nv = max(100, len(xn) // 20)
     va, tr = perm[:nv], perm[nv:]
+    if epochs is None:
+        epochs = int(min(20, max(4, round(2e5 / len(tr)))))
     ls = fit_ls_adapter(xn[tr], xo[tr])
     net = ResidualAdapter(xn.shape[1], xo.shape[1], hidden)
     with torch.no_grad():
@@ -515,7 +519,7 @@ class Budget:
         d = self.d
         ls = self.s.arrays(f"adapter_ls_{d.new_name}_{d.old_name}",
                            lambda: fit_ls_adapter(d.xn_t[d.fit], d.xo_t[d.fit]))
-        mlp = self.s.arrays(f"adapter_mlp_{d.new_name}_{d.old_name}_e20",
+        mlp = self.s.arrays(f"adapter_mlp_{d.new_name}_{d.old_name}_eauto",
                             lambda: fit_mlp_adapter(d.xn_t[d.fit], d.xo_t[d.fit]))
         return {"LS adapter": (ls, apply_ls), "MLP adapter": (mlp, apply_mlp)}
 
