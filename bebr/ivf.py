@@ -51,8 +51,9 @@ def _check_positive(value: Any, name: str) -> int:
 
 class SQ8:
     """Re-ranking vectors stored as uint8 per-dimension scalar quantization (faiss SQ8): 1
-    byte per dimension plus a float32 norm per row. ``SQ8.encode(x)`` fits the per-dimension
-    range of ``x`` and quantizes it; rows are indexed by id like ``Refine.vectors``."""
+    byte per dimension (value ``lo[j] + step[j] * code``; for cosine the decoded row's norm is
+    computed while scoring, not stored). ``SQ8.encode(x)`` fits the per-dimension range of
+    ``x`` and quantizes it; rows are indexed by id like ``Refine.vectors``."""
 
     def __init__(self, codes: np.ndarray, lo: np.ndarray, step: np.ndarray) -> None:
         self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
@@ -62,7 +63,6 @@ class SQ8:
                 self.step.shape != self.lo.shape:
             raise ValueError(f"SQ8: codes (n, d) with lo and step (d,), got {self.codes.shape}, "
                              f"{self.lo.shape}, {self.step.shape}")
-        self.norms = np.linalg.norm(self.decode(np.arange(self.codes.shape[0])), axis=1)
 
     @classmethod
     def encode(cls, x: Any, chunk: int = 65536) -> "SQ8":
@@ -84,19 +84,10 @@ class SQ8:
 
     @property
     def nbytes(self) -> int:
-        return self.codes.nbytes + self.norms.nbytes + self.lo.nbytes + self.step.nbytes
+        return self.codes.nbytes + self.lo.nbytes + self.step.nbytes
 
     def decode(self, rows: np.ndarray) -> np.ndarray:
         return self.codes[rows].astype(np.float32) * self.step + self.lo
-
-    def scores(self, cand: np.ndarray, q: np.ndarray, cosine: bool) -> np.ndarray:
-        """Inner products (cosines) of queries q (nq, d) with the rows cand (nq, c)."""
-        c = self.codes[cand.reshape(-1)].reshape(*cand.shape, -1)
-        s = np.einsum("qcd,qd->qc", c.astype(np.float32), q * self.step) + (q @ self.lo)[:, None]
-        if cosine:
-            s = s / np.maximum(self.norms[cand], 1e-30) / \
-                np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
-        return s
 
 
 @dataclass(frozen=True)
@@ -118,15 +109,11 @@ class IVFIndex(Index):
     """
 
     def __init__(self, spec: CodeSpec, nlist: int, metric: str = "ip") -> None:
-        if not isinstance(spec, CodeSpec):
-            raise TypeError(f"spec must be a bebr.CodeSpec, got {type(spec).__name__}")
-        if metric not in _METRICS:
-            raise ValueError(f"metric must be 'ip' or 'cosine', got {metric!r}")
-        self.spec = spec
-        self.metric = metric
-        self._core = _C.IvfIndex(spec.dim, spec.bits, metric, _check_positive(nlist, "nlist"))
-        self._mmap: Optional[np.memmap] = None
-        self._registry = VersionRegistry()
+        self._nlist = _check_positive(nlist, "nlist")
+        super().__init__(spec, metric)  # spec / metric checks, version registry
+
+    def _new_core(self):
+        return _C.IvfIndex(self.spec.dim, self.spec.bits, self.metric, self._nlist)
 
     def __repr__(self) -> str:
         return (f"IVFIndex(CodeSpec(dim={self.spec.dim}, bits={self.spec.bits}), "
@@ -200,8 +187,22 @@ class IVFIndex(Index):
         return self._core.probe(q, _check_positive(nprobe, "nprobe"), qspec.bits)
 
     def memory_bytes(self) -> int:
-        """Bytes the index holds: codes, ids, versions, norms, masks, id tables, centroids."""
+        """Bytes the index holds in RAM: codes (unless memory-mapped), ids, inverse norms,
+        alive masks, version runs, the id table (once built), centroids; ``memory_breakdown``
+        gives them by part."""
         return int(self._core.memory_bytes())
+
+    def memory_breakdown(self) -> dict:
+        """``memory_bytes`` by part: ``codes``, ``ids``, ``norms``, ``masks``, ``versions``,
+        ``id_table``, ``centroids``, ``lists``."""
+        return {k: int(v) for k, v in self._core.memory_breakdown().items()}
+
+    @property
+    def id_table_built(self) -> bool:
+        """True once the id -> list table is held (built by the first remove, upsert,
+        ``in``, ``get_codes`` or add of ids below the next free id; about 10-14 bytes per
+        item). An index only filled with new ids and searched never builds it."""
+        return bool(self._core.id_table_built)
 
     # ------------------------------------------------------------------ changes
     def add(self, packed: Any, ids: Any = None, version: Version = 0) -> np.ndarray:
@@ -237,7 +238,7 @@ class IVFIndex(Index):
         args = self._search_args(queries, k * factor, threads, filter, exclude, query_bits,
                                  version_queries, version_calibration)
         _, cand = self._core.search(*args, nprobe=nprobe)
-        return _rerank(cand, refine.vectors, refine.queries, k, self.metric == "cosine")
+        return _rerank(cand, refine.vectors, refine.queries, k, self.metric == "cosine", args[2])
 
     # ------------------------------------------------------------------ persistence
     def _header(self) -> dict:
@@ -310,29 +311,32 @@ class _IvfDense:
         return {"n": self.n, "next_id": self.next_id, "sections": sections}
 
 
-def _rerank(cand: np.ndarray, vectors: Any, queries: Any, k: int, cosine: bool):
-    q = np.asarray(queries, dtype=np.float32)
+def _rerank(cand: np.ndarray, vectors: Any, queries: Any, k: int, cosine: bool, threads: int):
+    """Best ``k`` of the candidates ``cand`` (nq, c) by the float scores of ``queries`` with
+    the rows ``vectors[id]`` (SQ8 codes or float; scored in C++, GIL released, ``threads``
+    over queries)."""
+    q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
     if q.ndim != 2 or q.shape[0] != cand.shape[0]:
         raise ValueError(f"refine.queries must have shape ({cand.shape[0]}, d), got {q.shape}")
     if getattr(vectors, "ndim", None) != 2 or vectors.shape[1] != q.shape[1]:
         raise ValueError(f"refine.vectors must be 2-d with {q.shape[1]} columns (the queries' "
                          f"dim), got shape {getattr(vectors, 'shape', None)}")
-    valid = cand >= 0
-    if valid.any() and cand[valid].max() >= vectors.shape[0]:
-        raise ValueError(f"refine.vectors has {vectors.shape[0]} rows but a candidate has id "
-                         f"{int(cand[valid].max())} (rows must be indexed by id)")
-    rows = np.where(valid, cand, 0)
     if isinstance(vectors, SQ8):
-        s = vectors.scores(rows, q, cosine)
-    else:
-        x = np.asarray(vectors[rows.reshape(-1)], dtype=np.float32).reshape(*cand.shape, -1)
-        if cosine:
-            q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
-            x = x / np.maximum(np.linalg.norm(x, axis=2, keepdims=True), 1e-30)
-        s = np.einsum("qcd,qd->qc", x, q)
-    s = np.where(valid, s, -np.inf).astype(np.float32)
-    order = np.lexsort((np.where(valid, cand, np.iinfo(np.int64).max), -s), axis=1)[:, :k]
-    r = np.arange(cand.shape[0])[:, None]
-    out_s, out_i = s[r, order], cand[r, order]
-    out_s[out_i < 0] = -np.inf
-    return out_s, out_i
+        return _C.rerank_sq8(cand, vectors.codes, vectors.lo, vectors.step, q, cosine, k, threads)
+    rows = vectors
+    if not (isinstance(rows, np.ndarray) and rows.dtype == np.float32 and rows.flags.c_contiguous):
+        # other dtypes or layouts: only the candidate rows are converted
+        valid = cand >= 0
+        if valid.any() and cand[valid].max() >= rows.shape[0]:
+            raise ValueError(f"the refine rows are {rows.shape[0]} but a candidate has id "
+                             f"{int(cand[valid].max())} (rows must be indexed by id)")
+        uniq, inv = np.unique(np.where(valid, cand, -1), return_inverse=True)
+        keep = uniq >= 0
+        sub = np.ascontiguousarray(np.asarray(rows[uniq[keep]], dtype=np.float32))
+        remap = np.full(uniq.shape, -1, np.int64)
+        remap[keep] = np.arange(int(keep.sum()))
+        local = remap[inv.reshape(cand.shape)]
+        s, i = _C.rerank_float(np.ascontiguousarray(local), sub, q, cosine, k, threads)
+        src = uniq[keep]
+        return s, np.where(i >= 0, src[np.maximum(i, 0)] if src.size else -1, -1)
+    return _C.rerank_float(cand, rows, q, cosine, k, threads)

@@ -1,5 +1,5 @@
-// IvfIndex implementation: coarse assignment, list bookkeeping and the probed-list search
-// (see ivf.h for the layout).
+// IvfIndex implementation: coarse assignment, list bookkeeping, the id table, the probed-list
+// search and the re-ranking of candidates (see ivf.h for the layout).
 #include "ivf.h"
 
 #include <algorithm>
@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <exception>
+#include <iterator>
 #include <limits>
 #include <mutex>
 #include <stdexcept>
@@ -133,15 +134,162 @@ void parallel_items(int64_t nitems, int T, Fn&& fn) {
   if (work->err) std::rethrow_exception(work->err);
 }
 
+constexpr uint32_t kDead32 = 0xFFFFFFFFu;  // a removed slot's narrow id
+constexpr int kSlotBits = 40;              // id table entry: list << kSlotBits | slot
+constexpr uint64_t kSlotMask = (uint64_t(1) << kSlotBits) - 1;
+
+// Grow a vector to `need` elements with at most 1/8 spare capacity (a bulk add allocates
+// exactly; repeated small adds still copy O(1) times per element).
+template <class V>
+void grow_to(V& v, size_t need) {
+  if (need > v.capacity()) v.reserve(std::max(need, v.capacity() + v.capacity() / 8));
+  if (need > v.size()) v.resize(need);
+}
+
+std::string id_str(int64_t id) { return std::to_string(id); }
+
 }  // namespace
 
+// One inverted list (see ivf.h for the layout).
+struct IvfIndex::List {
+  struct Run {
+    int64_t begin;
+    int32_t version;
+  };
+  CodeBuffer owned;
+  const uint8_t* codes = nullptr;
+  bool external = false;
+  int64_t nslots = 0, nalive = 0;
+  std::vector<uint32_t> ids32;  // narrow ids (kDead32 once removed)
+  std::vector<int64_t> ids64;   // wide ids (-1 once removed)
+  std::vector<uint64_t> alive;  // per block r-mask
+  std::vector<float> invn;      // cosine: per block 64 r-ordered inverse norms
+  std::vector<Run> runs;        // ascending begin, runs[0].begin == 0 when nslots > 0
+
+  int64_t nblocks() const { return (nslots + kBlock - 1) / kBlock; }
+  int32_t version_at(int64_t s) const {
+    auto it = std::upper_bound(runs.begin(), runs.end(), s, [](int64_t v, const Run& r) { return v < r.begin; });
+    return std::prev(it)->version;
+  }
+  int64_t run_end(size_t r) const { return r + 1 < runs.size() ? runs[r + 1].begin : nslots; }
+};
+
+// id -> (list, slot): open addressing with linear probing over 8-byte entries, the key of an
+// entry read from the lists' id arrays; the table is sized for a load of 0.6 to 0.8 (index
+// mod capacity by a multiply-shift, so capacities need not be powers of two).
+class IvfIndex::IdTable {
+ public:
+  static constexpr uint64_t kEmpty = ~uint64_t(0), kTomb = ~uint64_t(0) - 1;
+
+  explicit IdTable(const IvfIndex& o) : o_(o) {}
+  size_t size() const { return live_; }
+  size_t memory_bytes() const { return t_.capacity() * sizeof(uint64_t); }
+
+  // Table position of id, or -1.
+  int64_t find_pos(int64_t id) const {
+    if (t_.empty()) return -1;
+    for (size_t e = home(id);; e = next(e)) {
+      const uint64_t v = t_[e];
+      if (v == kEmpty) return -1;
+      if (v != kTomb && key(v) == id) return static_cast<int64_t>(e);
+    }
+  }
+  // Entry (list << kSlotBits | slot) of id, or kEmpty.
+  uint64_t find(int64_t id) const {
+    const int64_t p = find_pos(id);
+    return p < 0 ? kEmpty : t_[p];
+  }
+  void set(int64_t pos, uint64_t entry) { t_[pos] = entry; }
+  void reserve(size_t extra) {
+    if (static_cast<double>(used_ + extra) > kMaxLoad * static_cast<double>(t_.size())) rehash(live_ + extra);
+  }
+  // Insert id (absent) at entry.
+  void insert(int64_t id, uint64_t entry) {
+    reserve(1);
+    size_t e = home(id);
+    while (t_[e] != kEmpty && t_[e] != kTomb) e = next(e);
+    if (t_[e] == kEmpty) ++used_;
+    t_[e] = entry;
+    ++live_;
+  }
+  bool erase(int64_t id) {
+    const int64_t p = find_pos(id);
+    if (p < 0) return false;
+    t_[p] = kTomb;
+    --live_;
+    return true;
+  }
+
+ private:
+  static constexpr double kMaxLoad = 0.8, kRehashLoad = 0.6;
+  int64_t key(uint64_t v) const { return o_.id_at(*o_.lists_[v >> kSlotBits], static_cast<int64_t>(v & kSlotMask)); }
+  size_t home(int64_t id) const {  // splitmix64 finaliser, then multiply-shift into [0, cap)
+    uint64_t z = static_cast<uint64_t>(id) + 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return static_cast<size_t>((static_cast<unsigned __int128>(z) * t_.size()) >> 64);
+  }
+  size_t next(size_t e) const { return e + 1 == t_.size() ? 0 : e + 1; }
+  void rehash(size_t want) {
+    const size_t cap = std::max<size_t>(16, static_cast<size_t>(static_cast<double>(want) / kRehashLoad) + 1);
+    std::vector<uint64_t> old;
+    old.swap(t_);
+    t_.assign(cap, kEmpty);
+    used_ = live_ = 0;
+    for (const uint64_t v : old)
+      if (v != kEmpty && v != kTomb) {
+        size_t e = home(key(v));
+        while (t_[e] != kEmpty) e = next(e);
+        t_[e] = v;
+        ++used_;
+        ++live_;
+      }
+  }
+
+  const IvfIndex& o_;
+  std::vector<uint64_t> t_;
+  size_t used_ = 0, live_ = 0;
+};
+
 IvfIndex::IvfIndex(int dim, int bits, Metric metric, int nlist) : geo_(dim, bits), metric_(metric), nlist_(nlist) {
+  if (dim < 1 || dim > (1 << 16)) throw std::invalid_argument("dim must be in [1, 65536], got " + std::to_string(dim));
+  if (bits < 1 || bits > 4) throw std::invalid_argument("bits must be in [1, 4], got " + std::to_string(bits));
   if (metric == Metric::kHamming) throw std::invalid_argument("an IVF index scores 'ip' or 'cosine', not 'hamming'");
   if (nlist < 1 || nlist > (1 << 22))
     throw std::invalid_argument("nlist must be in [1, 4194304], got " + std::to_string(nlist));
   lists_.reserve(nlist);
-  for (int l = 0; l < nlist; ++l) lists_.push_back(std::make_unique<SdcIndex>(dim, bits, metric));
+  for (int l = 0; l < nlist; ++l) lists_.push_back(std::make_unique<List>());
 }
+
+IvfIndex::~IvfIndex() = default;
+
+int64_t IvfIndex::id_at(const List& L, int64_t s) const {
+  if (wide_) return L.ids64[s];
+  const uint32_t v = L.ids32[s];
+  return v == kDead32 ? -1 : static_cast<int64_t>(v);
+}
+
+const IvfIndex::IdTable& IvfIndex::table() const {
+  if (table_built_.load(std::memory_order_acquire)) return *table_;
+  std::lock_guard<std::mutex> g(table_mu_);
+  if (!table_built_.load(std::memory_order_relaxed)) {
+    auto t = std::make_unique<IdTable>(*this);
+    t->reserve(static_cast<size_t>(size_));
+    for (int l = 0; l < nlist_; ++l) {
+      const List& L = *lists_[l];
+      for (int64_t s = 0; s < L.nslots; ++s) {
+        const int64_t id = id_at(L, s);
+        if (id >= 0) t->insert(id, static_cast<uint64_t>(l) << kSlotBits | static_cast<uint64_t>(s));
+      }
+    }
+    table_ = std::move(t);
+    table_built_.store(true, std::memory_order_release);
+  }
+  return *table_;
+}
+
+bool IvfIndex::id_table_built() const { return table_built_.load(); }
 
 bool IvfIndex::trained() const {
   std::shared_lock lk(mu_);
@@ -150,7 +298,7 @@ bool IvfIndex::trained() const {
 
 int64_t IvfIndex::size() const {
   std::shared_lock lk(mu_);
-  return static_cast<int64_t>(gmap_.size());
+  return size_;
 }
 
 int64_t IvfIndex::next_id() const {
@@ -164,8 +312,8 @@ void IvfIndex::check_trained() const {
 
 void IvfIndex::set_centroids(const float* c) {
   std::unique_lock lk(mu_);
-  if (!(gmap_.size() == 0))
-    throw std::invalid_argument("cannot set the centroids of a non-empty IVF index (" + std::to_string(gmap_.size()) +
+  if (size_ != 0)
+    throw std::invalid_argument("cannot set the centroids of a non-empty IVF index (" + std::to_string(size_) +
                                 " items are assigned to the current ones)");
   const int dp = padded(geo_.dim);
   std::vector<float> cp(static_cast<size_t>(nlist_) * dp, 0.f);
@@ -199,19 +347,27 @@ void IvfIndex::assign_lists(const uint8_t* codes, int64_t n, int32_t* out) const
 void IvfIndex::assign_locked(const uint8_t* codes, int64_t n, int32_t* out) const {
   const int dp = padded(geo_.dim);
   constexpr int kTile = 8;  // items scored together over each centroid row (kept in L1)
-  std::vector<float> x(static_cast<size_t>(kTile) * dp), sc(static_cast<size_t>(kTile) * nlist_);
-  for (int64_t i0 = 0; i0 < n; i0 += kTile) {
-    const int m = static_cast<int>(std::min<int64_t>(kTile, n - i0));
-    for (int i = 0; i < m; ++i) float_values(geo_, codes + (i0 + i) * geo_.code_bytes, dp, x.data() + i * dp);
-    dot_rows(x.data(), m, centroids_.data(), nlist_, dp, sc.data());
-    for (int i = 0; i < m; ++i) {
-      const float* s = sc.data() + static_cast<size_t>(i) * nlist_;
-      int best = 0;
-      for (int l = 1; l < nlist_; ++l)
-        if (s[l] > s[best]) best = l;
-      out[i0 + i] = best;
+  // tiles of kTile items on up to 2 threads once the work pays for a thread
+  const int64_t ntiles = (n + kTile - 1) / kTile;
+  const int T = n * static_cast<int64_t>(nlist_) * geo_.dim >= (int64_t(1) << 26) ? 2 : 1;
+  std::vector<std::vector<float>> x(T, std::vector<float>(static_cast<size_t>(kTile) * dp)),
+      sc(T, std::vector<float>(static_cast<size_t>(kTile) * nlist_));
+  constexpr int64_t kTilesPerItem = 64;
+  parallel_items((ntiles + kTilesPerItem - 1) / kTilesPerItem, T, [&](int t, int64_t item) {
+    for (int64_t tile = item * kTilesPerItem; tile < std::min(ntiles, (item + 1) * kTilesPerItem); ++tile) {
+      const int64_t i0 = tile * kTile;
+      const int m = static_cast<int>(std::min<int64_t>(kTile, n - i0));
+      for (int i = 0; i < m; ++i) float_values(geo_, codes + (i0 + i) * geo_.code_bytes, dp, x[t].data() + i * dp);
+      dot_rows(x[t].data(), m, centroids_.data(), nlist_, dp, sc[t].data());
+      for (int i = 0; i < m; ++i) {
+        const float* s = sc[t].data() + static_cast<size_t>(i) * nlist_;
+        int best = 0;
+        for (int l = 1; l < nlist_; ++l)
+          if (s[l] > s[best]) best = l;
+        out[i0 + i] = best;
+      }
     }
-  }
+  });
 }
 
 void IvfIndex::top_lists(const Geometry& qgeo, const uint8_t* packed, int nprobe, float* scratch, int32_t* out) const {
@@ -220,7 +376,8 @@ void IvfIndex::top_lists(const Geometry& qgeo, const uint8_t* packed, int nprobe
   float* sc = scratch + dp;
   float_values(qgeo, packed, dp, x);
   dot_rows(x, 1, centroids_.data(), nlist_, dp, sc);
-  std::vector<int32_t> order(nlist_);
+  thread_local std::vector<int32_t> order;
+  order.resize(nlist_);
   for (int l = 0; l < nlist_; ++l) order[l] = l;
   auto better = [sc](int32_t a, int32_t b) { return sc[a] > sc[b] || (sc[a] == sc[b] && a < b); };
   if (nprobe < nlist_) std::nth_element(order.begin(), order.begin() + nprobe, order.end(), better);
@@ -238,31 +395,60 @@ void IvfIndex::probe(const uint8_t* queries, int64_t nq, int nprobe, int query_b
   for (int64_t q = 0; q < nq; ++q) top_lists(qgeo, queries + q * qgeo.code_bytes, nprobe, scratch.data(), out + q * nprobe);
 }
 
+// Same checks and messages as SdcIndex's; ids below next_id_ are looked up in the id table
+// (ids at or above it cannot be present, so a fill with new ids never builds the table).
+void IvfIndex::check_new_ids(const int64_t* ids, int64_t n, bool allow_present) const {
+  std::unordered_map<int64_t, int64_t> seen;
+  seen.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    if (ids[i] < 0) throw std::invalid_argument("ids must be >= 0, got " + id_str(ids[i]) + " at position " + std::to_string(i));
+    if (ids[i] > kMaxId)
+      throw std::invalid_argument("ids must be <= 2**63 - 2 (2**63 - 1 is the 'no result' id), got " + id_str(ids[i]) +
+                                  " at position " + std::to_string(i));
+    if (!seen.emplace(ids[i], i).second)
+      throw std::invalid_argument("duplicate id " + id_str(ids[i]) + " in ids (positions " +
+                                  std::to_string(seen[ids[i]]) + " and " + std::to_string(i) + ")");
+    if (!allow_present && ids[i] < next_id_ && table().find(ids[i]) != IdTable::kEmpty)
+      throw std::invalid_argument("id " + id_str(ids[i]) + " is already in the index (use upsert to replace it)");
+  }
+}
+
 void IvfIndex::add(const uint8_t* codes, int64_t n, const int64_t* ids, int32_t version) {
+  if (n < 0) throw std::invalid_argument("n must be >= 0, got " + std::to_string(n));
   std::unique_lock lk(mu_);
   check_trained();
   std::vector<int64_t> gen;
   if (!ids) {
+    if (n > kMaxId + 1 - next_id_)
+      throw std::invalid_argument("cannot assign " + std::to_string(n) + " more ids: the next id is " +
+                                  std::to_string(next_id_) + " and ids end at 2**63 - 2");
     gen.resize(n);
     for (int64_t i = 0; i < n; ++i) gen[i] = next_id_ + i;
     ids = gen.data();
-  }
-  // same checks and messages as SdcIndex::add
-  std::unordered_map<int64_t, int64_t> seen;
-  seen.reserve(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    if (ids[i] < 0) throw std::invalid_argument("ids must be >= 0, got " + std::to_string(ids[i]) + " at position " + std::to_string(i));
-    if (!seen.emplace(ids[i], i).second)
-      throw std::invalid_argument("duplicate id " + std::to_string(ids[i]) + " in ids (positions " +
-                                  std::to_string(seen[ids[i]]) + " and " + std::to_string(i) + ")");
-    if (gmap_.contains(ids[i], gids_.data()))
-      throw std::invalid_argument("id " + std::to_string(ids[i]) + " is already in the index (use upsert to replace it)");
+  } else {
+    check_new_ids(ids, n, false);
   }
   add_locked(codes, n, ids, version);
 }
 
+void IvfIndex::widen_ids() {
+  for (auto& Lp : lists_) {
+    List& L = *Lp;
+    L.ids64.resize(L.nslots);
+    for (int64_t s = 0; s < L.nslots; ++s) L.ids64[s] = L.ids32[s] == kDead32 ? -1 : static_cast<int64_t>(L.ids32[s]);
+    std::vector<uint32_t>().swap(L.ids32);
+  }
+  wide_ = true;
+}
+
 void IvfIndex::add_locked(const uint8_t* codes, int64_t n, const int64_t* ids, int32_t version) {
   if (n == 0) return;
+  if (!wide_)
+    for (int64_t i = 0; i < n; ++i)
+      if (ids[i] >= static_cast<int64_t>(kDead32)) {
+        widen_ids();
+        break;
+      }
   std::vector<int32_t> dst(n);
   assign_locked(codes, n, dst.data());
   // group by list, keeping the input order inside each list
@@ -274,44 +460,66 @@ void IvfIndex::add_locked(const uint8_t* codes, int64_t n, const int64_t* ids, i
     std::vector<int64_t> pos(count.begin(), count.end() - 1);
     for (int64_t i = 0; i < n; ++i) order[pos[dst[i]]++] = i;
   }
-  std::vector<uint8_t> c;
-  std::vector<int64_t> d;
+  IdTable* tab = table_built_.load() ? table_.get() : nullptr;
+  if (tab) tab->reserve(static_cast<size_t>(n));
   for (int l = 0; l < nlist_; ++l) {
     const int64_t b = count[l], e = count[l + 1];
     if (b == e) continue;
-    c.resize(static_cast<size_t>(e - b) * geo_.code_bytes);
-    d.resize(e - b);
-    for (int64_t j = b; j < e; ++j) {
-      std::memcpy(c.data() + (j - b) * geo_.code_bytes, codes + order[j] * geo_.code_bytes, geo_.code_bytes);
-      d[j - b] = ids[order[j]];
+    List& L = *lists_[l];
+    const int64_t s0 = L.nslots, s1 = s0 + (e - b);
+    // owned codes with room for s1 slots (a copy of external ones first)
+    const size_t need = static_cast<size_t>((s1 + kBlock - 1) / kBlock) * geo_.block_bytes;
+    const size_t have = static_cast<size_t>(L.nblocks()) * geo_.block_bytes;
+    if (L.external) {
+      CodeBuffer copy;
+      copy.reserve(need);
+      copy.resize(have);
+      if (have) std::memcpy(copy.data(), L.codes, have);
+      L.owned.swap(copy);
+      L.external = false;
     }
-    lists_[l]->add(c.data(), e - b, d.data(), version);
+    if (need > L.owned.capacity()) L.owned.reserve(std::max(need, L.owned.capacity() + L.owned.capacity() / 8));
+    if (need > L.owned.size()) L.owned.resize(need);
+    L.codes = L.owned.data();
+    const int64_t nb = (s1 + kBlock - 1) / kBlock;
+    grow_to(L.alive, static_cast<size_t>(nb));
+    if (metric_ == Metric::kCosine) grow_to(L.invn, static_cast<size_t>(nb) * kBlock);
+    if (wide_) grow_to(L.ids64, static_cast<size_t>(s1));
+    else grow_to(L.ids32, static_cast<size_t>(s1));
+    if (L.runs.empty() || L.runs.back().version != version) {
+      if (L.runs.size() == L.runs.capacity()) L.runs.reserve(L.runs.size() + 1);  // exact: runs are few
+      L.runs.push_back({s0, version});
+    }
+    uint8_t item[4 * 8192 + 64];
+    for (int64_t j = b; j < e; ++j) {
+      const int64_t s = s0 + (j - b), i = order[j];
+      const uint8_t* code = codes + i * geo_.code_bytes;
+      uint8_t* B = L.owned.data() + (s / kBlock) * geo_.block_bytes;
+      const int it = static_cast<int>(s % kBlock);
+      encode_item(geo_, code, item);
+      for (int q = 0; q < geo_.item_bytes; ++q) B[geo_.offset(it, q)] = item[q];
+      if (metric_ == Metric::kCosine) L.invn[(s / kBlock) * kBlock + kR.r_of_item[it]] = inverse_norm(geo_, code);
+      if (wide_) L.ids64[s] = ids[i];
+      else L.ids32[s] = static_cast<uint32_t>(ids[i]);
+      L.alive[s / kBlock] |= uint64_t(1) << kR.r_of_item[it];
+    }
+    L.nslots = s1;
+    L.nalive += e - b;
+    if (tab)
+      for (int64_t j = b; j < e; ++j)
+        tab->insert(ids[order[j]], static_cast<uint64_t>(l) << kSlotBits | static_cast<uint64_t>(s0 + (j - b)));
   }
-  const int64_t s0 = static_cast<int64_t>(gids_.size());
-  gids_.resize(s0 + n);
-  glist_.resize(s0 + n);
-  gmap_.reserve(static_cast<size_t>(n), gids_.data());
-  for (int64_t i = 0; i < n; ++i) {
-    gids_[s0 + i] = ids[i];
-    glist_[s0 + i] = dst[i];
-    gmap_.insert(ids[i], s0 + i, gids_.data());
-    next_id_ = std::max(next_id_, ids[i] + 1);
-  }
+  size_ += n;
+  for (int64_t i = 0; i < n; ++i) next_id_ = std::max(next_id_, ids[i] + 1);
 }
 
 void IvfIndex::upsert(const uint8_t* codes, int64_t n, const int64_t* ids, int32_t version) {
   std::unique_lock lk(mu_);
   check_trained();
-  std::unordered_map<int64_t, int64_t> seen;
-  seen.reserve(static_cast<size_t>(n));
+  check_new_ids(ids, n, true);
   std::vector<int64_t> present;
-  for (int64_t i = 0; i < n; ++i) {
-    if (ids[i] < 0) throw std::invalid_argument("ids must be >= 0, got " + std::to_string(ids[i]) + " at position " + std::to_string(i));
-    if (!seen.emplace(ids[i], i).second)
-      throw std::invalid_argument("duplicate id " + std::to_string(ids[i]) + " in ids (positions " +
-                                  std::to_string(seen[ids[i]]) + " and " + std::to_string(i) + ")");
-    if (gmap_.contains(ids[i], gids_.data())) present.push_back(ids[i]);
-  }
+  for (int64_t i = 0; i < n; ++i)
+    if (ids[i] < next_id_ && table().find(ids[i]) != IdTable::kEmpty) present.push_back(ids[i]);
   // a replaced item may move to another list: remove, then add everything
   remove_locked(present.data(), static_cast<int64_t>(present.size()));
   add_locked(codes, n, ids, version);
@@ -319,98 +527,131 @@ void IvfIndex::upsert(const uint8_t* codes, int64_t n, const int64_t* ids, int32
 
 void IvfIndex::remove(const int64_t* ids, int64_t n) {
   std::unique_lock lk(mu_);
+  const IdTable& t = table();
   for (int64_t i = 0; i < n; ++i)
-    if (!gmap_.contains(ids[i], gids_.data()))
-      throw std::invalid_argument("cannot remove id " + std::to_string(ids[i]) + " (position " + std::to_string(i) +
+    if (t.find(ids[i]) == IdTable::kEmpty)
+      throw std::invalid_argument("cannot remove id " + id_str(ids[i]) + " (position " + std::to_string(i) +
                                   "): it is not in the index");
   remove_locked(ids, n);
 }
 
 void IvfIndex::remove_locked(const int64_t* ids, int64_t n) {
   if (n == 0) return;
-  std::unordered_map<int32_t, std::vector<int64_t>> by_list;
+  table();
+  IdTable& t = *table_;
+  std::vector<int32_t> touched;
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t s = gmap_.find(ids[i], gids_.data());
-    if (s < 0) continue;  // duplicate in ids
-    by_list[glist_[s]].push_back(ids[i]);
-    gmap_.erase(ids[i], gids_.data());  // before gids_[s] changes: entries are keyed by it
-    gids_[s] = -1;
-    ++gdead_;
+    const uint64_t e = t.find(ids[i]);
+    if (e == IdTable::kEmpty) continue;  // duplicate in ids
+    const int l = static_cast<int>(e >> kSlotBits);
+    const int64_t s = static_cast<int64_t>(e & kSlotMask);
+    List& L = *lists_[l];
+    t.erase(ids[i]);  // before the slot's id changes: entries are keyed by it
+    if (wide_) L.ids64[s] = -1;
+    else L.ids32[s] = kDead32;
+    L.alive[s / kBlock] &= ~(uint64_t(1) << kR.r_of_item[s % kBlock]);
+    --L.nalive;
+    --size_;
+    touched.push_back(l);
   }
-  for (auto& [l, v] : by_list) lists_[l]->remove(v.data(), static_cast<int64_t>(v.size()));
-  if (gdead_ > std::max<int64_t>(static_cast<int64_t>(gids_.size()) / 2, 256)) rebuild_map();
+  std::sort(touched.begin(), touched.end());
+  touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
+  for (const int l : touched) {
+    const List& L = *lists_[l];
+    if (L.nslots - L.nalive > std::max<int64_t>(L.nslots / 2, 4 * kBlock)) compact_list(l);
+  }
 }
 
-void IvfIndex::rebuild_map() {
-  std::vector<int64_t> ids;
-  std::vector<int32_t> lst;
-  ids.reserve(gmap_.size());
-  lst.reserve(gmap_.size());
-  for (size_t s = 0; s < gids_.size(); ++s)
-    if (gids_[s] >= 0) {
-      ids.push_back(gids_[s]);
-      lst.push_back(glist_[s]);
+// Rewrite list l's live slots densely in slot order (caller holds mu_ exclusively).
+void IvfIndex::compact_list(int l) {
+  List& L = *lists_[l];
+  if (L.nalive == L.nslots) return;  // nothing dead: also keeps external codes in place
+  IdTable* tab = table_built_.load() ? table_.get() : nullptr;
+  // table positions of the live items, found while the entries still match the old slots
+  std::vector<int64_t> pos;
+  if (tab) {
+    pos.reserve(L.nalive);
+    for (int64_t s = 0; s < L.nslots; ++s) {
+      const int64_t id = id_at(L, s);
+      if (id >= 0) pos.push_back(tab->find_pos(id));
     }
-  gids_.swap(ids);
-  glist_.swap(lst);
-  gdead_ = 0;
-  gmap_.clear();
-  gmap_.reserve(gids_.size(), gids_.data());
-  for (size_t s = 0; s < gids_.size(); ++s) gmap_.insert(gids_[s], static_cast<int64_t>(s), gids_.data());
+  }
+  const int64_t nb_new = (L.nalive + kBlock - 1) / kBlock;
+  CodeBuffer codes;
+  codes.reserve(static_cast<size_t>(nb_new) * geo_.block_bytes);
+  codes.resize(static_cast<size_t>(nb_new) * geo_.block_bytes);
+  std::vector<uint32_t> ids32;
+  std::vector<int64_t> ids64;
+  if (wide_) ids64.reserve(L.nalive);
+  else ids32.reserve(L.nalive);
+  std::vector<uint64_t> alive(nb_new, 0);
+  std::vector<float> invn(metric_ == Metric::kCosine ? nb_new * kBlock : 0, 0.f);
+  std::vector<List::Run> runs;
+  int64_t d = 0;
+  size_t r = 0;
+  for (int64_t s = 0; s < L.nslots; ++s) {
+    const int64_t id = id_at(L, s);
+    if (id < 0) continue;
+    while (L.run_end(r) <= s) ++r;
+    if (runs.empty() || runs.back().version != L.runs[r].version) runs.push_back({d, L.runs[r].version});
+    const int64_t sb = s / kBlock, db = d / kBlock;
+    const int si = static_cast<int>(s % kBlock), di = static_cast<int>(d % kBlock);
+    const uint8_t* S = L.codes + sb * geo_.block_bytes;
+    uint8_t* D = codes.data() + db * geo_.block_bytes;
+    for (int j = 0; j < geo_.item_bytes; ++j) D[geo_.offset(di, j)] = S[geo_.offset(si, j)];
+    if (!invn.empty()) invn[db * kBlock + kR.r_of_item[di]] = L.invn[sb * kBlock + kR.r_of_item[si]];
+    if (wide_) ids64.push_back(id);
+    else ids32.push_back(static_cast<uint32_t>(id));
+    alive[db] |= uint64_t(1) << kR.r_of_item[di];
+    ++d;
+  }
+  L.owned.swap(codes);
+  L.codes = L.owned.data();
+  L.external = false;
+  L.ids32.swap(ids32);
+  L.ids64.swap(ids64);
+  L.alive.swap(alive);
+  L.invn.swap(invn);
+  runs.shrink_to_fit();
+  L.runs.swap(runs);
+  L.nslots = L.nalive;
+  if (tab)
+    for (int64_t s = 0; s < L.nslots; ++s) tab->set(pos[s], static_cast<uint64_t>(l) << kSlotBits | static_cast<uint64_t>(s));
 }
 
 void IvfIndex::compact() {
   std::unique_lock lk(mu_);
-  for (auto& l : lists_) l->compact();
-  if (gdead_) rebuild_map();
-}
-
-void IvfIndex::finish_assign(int64_t next_id) {
-  // caller holds lock()
-  gids_.clear();
-  glist_.clear();
-  gdead_ = 0;
-  gmap_.clear();
-  next_id_ = next_id;
-  for (int l = 0; l < nlist_; ++l) {
-    const SdcIndex& L = *lists_[l];
-    for (int64_t s = 0; s < L.nslots_; ++s) {
-      const int64_t id = L.ids_[s];
-      if (id < 0) continue;
-      gids_.push_back(id);
-      glist_.push_back(l);
-    }
-  }
-  gmap_.reserve(gids_.size(), gids_.data());
-  for (size_t s = 0; s < gids_.size(); ++s) {
-    if (gmap_.contains(gids_[s], gids_.data()))
-      throw std::invalid_argument("id " + std::to_string(gids_[s]) + " is stored in two lists");
-    gmap_.insert(gids_[s], static_cast<int64_t>(s), gids_.data());
-    next_id_ = std::max(next_id_, gids_[s] + 1);
-  }
+  for (int l = 0; l < nlist_; ++l) compact_list(l);
 }
 
 bool IvfIndex::codes_external() const {
   std::shared_lock lk(mu_);
   for (const auto& l : lists_)
-    if (l->codes_external()) return true;
+    if (l->external) return true;
   return false;
 }
 
 std::map<int32_t, int64_t> IvfIndex::versions() const {
   std::shared_lock lk(mu_);
   std::map<int32_t, int64_t> m;
-  for (const auto& l : lists_)
-    for (const auto& [v, c] : l->versions()) m[v] += c;
+  for (const auto& Lp : lists_) {
+    const List& L = *Lp;
+    for (size_t r = 0; r < L.runs.size(); ++r)
+      for (int64_t s = L.runs[r].begin; s < L.run_end(r); ++s)
+        if (id_at(L, s) >= 0) ++m[L.runs[r].version];
+  }
   return m;
 }
 
 std::vector<int64_t> IvfIndex::ids_of_version(int32_t v) const {
   std::shared_lock lk(mu_);
   std::vector<int64_t> out;
-  for (const auto& l : lists_) {
-    const auto part = l->ids_of_version(v);
-    out.insert(out.end(), part.begin(), part.end());
+  for (const auto& Lp : lists_) {
+    const List& L = *Lp;
+    for (size_t r = 0; r < L.runs.size(); ++r)
+      if (L.runs[r].version == v)
+        for (int64_t s = L.runs[r].begin; s < L.run_end(r); ++s)
+          if (id_at(L, s) >= 0) out.push_back(id_at(L, s));
   }
   return out;
 }
@@ -418,40 +659,62 @@ std::vector<int64_t> IvfIndex::ids_of_version(int32_t v) const {
 std::vector<int64_t> IvfIndex::ids() const {
   std::shared_lock lk(mu_);
   std::vector<int64_t> out;
-  out.reserve(gmap_.size());
-  for (const auto& l : lists_) {
-    const auto part = l->ids();
-    out.insert(out.end(), part.begin(), part.end());
-  }
+  out.reserve(size_);
+  for (const auto& Lp : lists_)
+    for (int64_t s = 0; s < Lp->nslots; ++s)
+      if (id_at(*Lp, s) >= 0) out.push_back(id_at(*Lp, s));
   return out;
 }
 
 bool IvfIndex::contains(int64_t id) const {
   std::shared_lock lk(mu_);
-  return gmap_.contains(id, gids_.data());
+  if (id < 0 || id >= next_id_) return false;
+  return table().find(id) != IdTable::kEmpty;
 }
 
 void IvfIndex::get_codes(const int64_t* ids, int64_t n, uint8_t* out, int32_t* versions) const {
   std::shared_lock lk(mu_);
+  const IdTable& t = table();
+  uint8_t item[4 * 8192 + 64];
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t s = gmap_.find(ids[i], gids_.data());
-    if (s < 0) throw std::invalid_argument("id " + std::to_string(ids[i]) + " is not in the index");
-    lists_[glist_[s]]->get_codes(ids + i, 1, out + i * geo_.code_bytes, versions ? versions + i : nullptr);
+    const uint64_t e = t.find(ids[i]);
+    if (e == IdTable::kEmpty) throw std::invalid_argument("id " + id_str(ids[i]) + " is not in the index");
+    const List& L = *lists_[e >> kSlotBits];
+    const int64_t s = static_cast<int64_t>(e & kSlotMask);
+    const uint8_t* B = L.codes + (s / kBlock) * geo_.block_bytes;
+    for (int j = 0; j < geo_.item_bytes; ++j) item[j] = B[geo_.offset(static_cast<int>(s % kBlock), j)];
+    decode_item(geo_, item, out + i * geo_.code_bytes);
+    if (versions) versions[i] = L.version_at(s);
   }
 }
 
 std::vector<int64_t> IvfIndex::list_sizes() const {
   std::shared_lock lk(mu_);
   std::vector<int64_t> out(nlist_);
-  for (int l = 0; l < nlist_; ++l) out[l] = lists_[l]->size();
+  for (int l = 0; l < nlist_; ++l) out[l] = lists_[l]->nalive;
   return out;
 }
 
-size_t IvfIndex::memory_bytes() const {
+std::map<std::string, size_t> IvfIndex::memory_breakdown() const {
   std::shared_lock lk(mu_);
-  size_t b = centroids_.size() * sizeof(float) + gids_.capacity() * sizeof(int64_t) +
-             glist_.capacity() * sizeof(int32_t) + gmap_.memory_bytes() + lists_.size() * sizeof(SdcIndex);
-  for (const auto& l : lists_) b += l->memory_bytes();
+  std::map<std::string, size_t> m{{"codes", 0}, {"ids", 0}, {"norms", 0}, {"masks", 0}, {"versions", 0}};
+  for (const auto& Lp : lists_) {
+    const List& L = *Lp;
+    if (!L.external) m["codes"] += L.owned.capacity();
+    m["ids"] += L.ids32.capacity() * sizeof(uint32_t) + L.ids64.capacity() * sizeof(int64_t);
+    m["norms"] += L.invn.capacity() * sizeof(float);
+    m["masks"] += L.alive.capacity() * sizeof(uint64_t);
+    m["versions"] += L.runs.capacity() * sizeof(List::Run);
+  }
+  m["id_table"] = table_built_.load() ? table_->memory_bytes() : 0;
+  m["centroids"] = centroids_.capacity() * sizeof(float);
+  m["lists"] = lists_.capacity() * sizeof(std::unique_ptr<List>) + lists_.size() * sizeof(List);
+  return m;
+}
+
+size_t IvfIndex::memory_bytes() const {
+  size_t b = 0;
+  for (const auto& [k, v] : memory_breakdown()) b += v;
   return b;
 }
 
@@ -460,16 +723,76 @@ void IvfIndex::export_dense(std::vector<uint8_t>& codes, std::vector<int64_t>& i
   std::unique_lock lk(mu_);
   sizes.assign(nlist_, 0);
   for (int l = 0; l < nlist_; ++l) {
-    SdcIndex& L = *lists_[l];
-    L.compact();
-    std::shared_lock ll(L.mu_);
-    sizes[l] = L.nslots_;
-    codes.insert(codes.end(), L.codes_, L.codes_ + L.codes_nbytes());
-    ids.insert(ids.end(), L.ids_.begin(), L.ids_.begin() + L.nslots_);
-    versions.insert(versions.end(), L.versions_.begin(), L.versions_.begin() + L.nslots_);
-    if (metric_ == Metric::kCosine)
-      invn.insert(invn.end(), L.invn_.begin(), L.invn_.begin() + (L.nslots_ + kBlock - 1) / kBlock * kBlock);
+    compact_list(l);
+    const List& L = *lists_[l];
+    sizes[l] = L.nslots;
+    codes.insert(codes.end(), L.codes, L.codes + static_cast<size_t>(L.nblocks()) * geo_.block_bytes);
+    for (size_t r = 0; r < L.runs.size(); ++r)
+      for (int64_t s = L.runs[r].begin; s < L.run_end(r); ++s) {
+        ids.push_back(id_at(L, s));
+        versions.push_back(L.runs[r].version);
+      }
+    if (metric_ == Metric::kCosine) invn.insert(invn.end(), L.invn.begin(), L.invn.begin() + L.nblocks() * kBlock);
   }
+}
+
+void IvfIndex::assign_dense(const uint8_t* codes, bool external, const int64_t* ids, const int32_t* versions,
+                            const float* invn, const int64_t* sizes, int64_t next_id) {
+  std::unique_lock lk(mu_);
+  if (next_id < 0 || next_id > kMaxId + 1)
+    throw std::invalid_argument("next_id must be in [0, 2**63 - 1], got " + std::to_string(next_id));
+  int64_t n = 0;
+  for (int l = 0; l < nlist_; ++l) {
+    if (sizes[l] < 0) throw std::invalid_argument("list sizes must be >= 0");
+    n += sizes[l];
+  }
+  {  // every id valid and stored once (a sorted copy, dropped again)
+    std::vector<int64_t> sorted(ids, ids + n);
+    std::sort(sorted.begin(), sorted.end());
+    for (int64_t i = 0; i < n; ++i)
+      if (sorted[i] < 0 || sorted[i] > kMaxId || (i && sorted[i] == sorted[i - 1]))
+        throw std::invalid_argument("stored ids are negative, too large or duplicated (id " + id_str(sorted[i]) + ")");
+  }
+  if (centroids_.empty() && n > 0) throw std::invalid_argument("an untrained IVF index cannot hold items");
+  bool wide = false;
+  for (int64_t i = 0; i < n; ++i) wide |= ids[i] >= static_cast<int64_t>(kDead32);
+  std::vector<std::unique_ptr<List>> lists;
+  lists.reserve(nlist_);
+  int64_t off = 0, boff = 0;
+  for (int l = 0; l < nlist_; ++l) {
+    auto L = std::make_unique<List>();
+    const int64_t nl = sizes[l], bl = (nl + kBlock - 1) / kBlock;
+    const size_t nbytes = static_cast<size_t>(bl) * geo_.block_bytes;
+    if (external) {
+      L->codes = codes + boff * geo_.block_bytes;
+      L->external = true;
+    } else {
+      L->owned.assign(codes + boff * geo_.block_bytes, nbytes);
+      L->codes = L->owned.data();
+    }
+    if (wide) L->ids64.assign(ids + off, ids + off + nl);
+    else {
+      L->ids32.resize(nl);
+      for (int64_t s = 0; s < nl; ++s) L->ids32[s] = static_cast<uint32_t>(ids[off + s]);
+    }
+    L->alive.assign(bl, 0);
+    for (int64_t s = 0; s < nl; ++s) L->alive[s / kBlock] |= uint64_t(1) << kR.r_of_item[s % kBlock];
+    if (metric_ == Metric::kCosine) L->invn.assign(invn + boff * kBlock, invn + (boff + bl) * kBlock);
+    for (int64_t s = 0; s < nl; ++s)
+      if (L->runs.empty() || L->runs.back().version != versions[off + s]) L->runs.push_back({s, versions[off + s]});
+    L->runs.shrink_to_fit();
+    L->nslots = L->nalive = nl;
+    lists.push_back(std::move(L));
+    off += nl;
+    boff += bl;
+  }
+  lists_.swap(lists);
+  wide_ = wide;
+  size_ = n;
+  next_id_ = next_id;
+  for (int64_t i = 0; i < n; ++i) next_id_ = std::max(next_id_, ids[i] + 1);
+  table_built_.store(false);
+  table_.reset();
 }
 
 void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int threads, const FilterSpec& filter,
@@ -501,7 +824,7 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
   }
   std::shared_lock lk(mu_);
   check_trained();
-  if (nq == 0 || (gmap_.size() == 0)) return;
+  if (nq == 0 || size_ == 0) return;
   nprobe = std::min(nprobe, nlist_);
   const KernelTable& kt = active_kernels();
   const size_t lut_bytes = static_cast<size_t>(2 * geo_.plane_bytes) * 16;
@@ -540,9 +863,9 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
   std::vector<int32_t> work_lists;
   int64_t work = 0;  // block-entries
   for (int l = 0; l < nlist_; ++l)
-    if (start[l + 1] > start[l] && lists_[l]->nslots_ > 0) {
+    if (start[l + 1] > start[l] && lists_[l]->nalive > 0) {
       work_lists.push_back(l);
-      work += (start[l + 1] - start[l]) * ((lists_[l]->nslots_ + kBlock - 1) / kBlock);
+      work += (start[l + 1] - start[l]) * lists_[l]->nblocks();
     }
 
   const double s2 = static_cast<double>(1 << (query_bits - 1)) * (1 << (geo_.bits - 1));
@@ -566,19 +889,28 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
     return ok;
   };
 
-  constexpr int64_t kMinWork = 4096;
+  const int64_t min_work = min_parallel_work();
   const int T = static_cast<int>(std::min<int64_t>(
-      {threads, static_cast<int64_t>(work_lists.size()), std::max<int64_t>(1, work / kMinWork)}));
+      {threads, static_cast<int64_t>(work_lists.size()), std::max<int64_t>(1, work / min_work)}));
   TopKSet res(nq, k);
   std::vector<TopKSet> local;
   for (int t = 1; t < T; ++t) local.emplace_back(nq, k);
+  std::vector<std::vector<int64_t>> wide_ids(std::max(T, 1));  // narrow ids widened per list
   const int64_t chunk = std::max<int64_t>(1, (256 << 10) / static_cast<int64_t>(geo_.block_bytes));
 
   parallel_items(static_cast<int64_t>(work_lists.size()), std::max(T, 1), [&](int t, int64_t item) {
     const int l = work_lists[item];
-    const SdcIndex& L = *lists_[l];
-    const int64_t n = L.nslots_, nb = (n + kBlock - 1) / kBlock;
-    const int64_t* ids = L.ids_.data();
+    const List& L = *lists_[l];
+    const int64_t n = L.nslots, nb = L.nblocks();
+    const int64_t* ids;
+    if (wide_) {
+      ids = L.ids64.data();
+    } else {
+      auto& w = wide_ids[t];
+      w.resize(n);
+      for (int64_t s = 0; s < n; ++s) w[s] = L.ids32[s] == kDead32 ? -1 : static_cast<int64_t>(L.ids32[s]);
+      ids = w.data();
+    }
     TopK* heaps = t == 0 ? res.heaps.data() : local[t - 1].heaps.data();
     std::vector<uint64_t> fm;
     if (filter.any()) {
@@ -589,21 +921,21 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
     std::vector<uint64_t> set_slots;  // nsets x nb
     if (vq.n > 0) {
       set_slots.assign(static_cast<size_t>(nsets) * nb, 0);
-      const int32_t* vers = L.versions_.data();
-      for (int64_t s = 0; s < n; ++s) {
+      for (size_t r = 0; r < L.runs.size(); ++r) {
         int set = 0;
         for (int v = 0; v < vq.n; ++v)
-          if (vers[s] == vq.versions[v]) set = 1 + v;
-        set_slots[set * nb + s / kBlock] |= uint64_t(1) << kR.r_of_item[s % kBlock];
+          if (L.runs[r].version == vq.versions[v]) set = 1 + v;
+        for (int64_t s = L.runs[r].begin; s < L.run_end(r); ++s)
+          set_slots[set * nb + s / kBlock] |= uint64_t(1) << kR.r_of_item[s % kBlock];
       }
     }
     ScanArgs base;
     base.geo = geo_;
-    base.codes = L.codes_;
-    base.alive = L.alive_.data();
+    base.codes = L.codes;
+    base.alive = L.alive.data();
     base.filter = fm.empty() ? nullptr : fm.data();
     base.ids = ids;
-    base.invn = L.invn_.empty() ? nullptr : L.invn_.data();
+    base.invn = L.invn.empty() ? nullptr : L.invn.data();
     base.kind = metric_ == Metric::kCosine ? ScoreKind::kCosine : ScoreKind::kInnerProduct;
     base.qbits = query_bits;
     const int64_t e0 = start[l], e1 = start[l + 1];
@@ -646,6 +978,88 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
       out_scores[q * k + i] = metric_ == Metric::kIP ? static_cast<float>(key / s2) : key * invq;
     }
   }
+}
+
+namespace {
+
+// Best k of each query's candidates by score(q, id) (ties to the smaller id), threads over
+// groups of queries.
+template <class Score>
+void rerank(const int64_t* cand, int64_t nq, int nc, int64_t n_rows, int64_t cost_per_cand, int k, int threads,
+            float* out_scores, int64_t* out_ids, Score&& score) {
+  if (k <= 0) throw std::invalid_argument("k must be >= 1, got " + std::to_string(k));
+  if (threads <= 0) throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
+  for (int64_t i = 0; i < nq * nc; ++i)
+    if (cand[i] >= n_rows)
+      throw std::invalid_argument("the refine rows are " + std::to_string(n_rows) + " but a candidate has id " +
+                                  std::to_string(cand[i]) + " (rows must be indexed by id)");
+  for (int64_t i = 0; i < nq * k; ++i) {
+    out_scores[i] = -std::numeric_limits<float>::infinity();
+    out_ids[i] = -1;
+  }
+  constexpr int64_t kQItem = 8;
+  const int64_t nitems = (nq + kQItem - 1) / kQItem;
+  const int64_t cost = nq * nc * cost_per_cand;
+  const int T = static_cast<int>(std::min<int64_t>({threads, nitems, std::max<int64_t>(1, cost / (1 << 20))}));
+  parallel_items(nitems, T, [&](int, int64_t item) {
+    std::vector<std::pair<float, int64_t>> c;
+    for (int64_t q = item * kQItem; q < std::min(nq, (item + 1) * kQItem); ++q) {
+      c.clear();
+      for (int i = 0; i < nc; ++i) {
+        const int64_t id = cand[q * nc + i];
+        if (id >= 0) c.emplace_back(score(q, id), id);
+      }
+      auto better = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
+        return a.first > b.first || (a.first == b.first && a.second < b.second);
+      };
+      const size_t m = std::min<size_t>(c.size(), static_cast<size_t>(k));
+      std::partial_sort(c.begin(), c.begin() + m, c.end(), better);
+      for (size_t i = 0; i < m; ++i) {
+        out_scores[q * k + i] = c[i].first;
+        out_ids[q * k + i] = c[i].second;
+      }
+    }
+  });
+}
+
+float inv_len(const float* q, int d) {
+  double s = 0;
+  for (int j = 0; j < d; ++j) s += static_cast<double>(q[j]) * q[j];
+  return s > 0 ? static_cast<float>(1.0 / std::sqrt(s)) : 0.f;
+}
+
+}  // namespace
+
+void rerank_sq8(const int64_t* cand, int64_t nq, int nc, const uint8_t* rows, int64_t n_rows, int d, const float* lo,
+                const float* step, const float* queries, bool cosine, int k, int threads, float* out_scores,
+                int64_t* out_ids) {
+  rerank(cand, nq, nc, n_rows, d, k, threads, out_scores, out_ids, [&](int64_t q, int64_t id) {
+    const float* x = queries + q * d;
+    const uint8_t* c = rows + id * d;
+    float dot = 0.f, nn = 0.f;
+    for (int j = 0; j < d; ++j) {
+      const float v = lo[j] + step[j] * static_cast<float>(c[j]);
+      dot += x[j] * v;
+      nn += v * v;
+    }
+    if (!cosine) return dot;
+    return nn > 0.f ? dot / std::sqrt(nn) * inv_len(x, d) : 0.f;
+  });
+}
+
+void rerank_float(const int64_t* cand, int64_t nq, int nc, const float* rows, int64_t n_rows, int d,
+                  const float* queries, bool cosine, int k, int threads, float* out_scores, int64_t* out_ids) {
+  rerank(cand, nq, nc, n_rows, d, k, threads, out_scores, out_ids, [&](int64_t q, int64_t id) {
+    const float* x = queries + q * d;
+    const float* v = rows + id * d;
+    float dot = 0.f, nn = 0.f;
+    for (int j = 0; j < d; ++j) {
+      dot += x[j] * v[j];
+      nn += v[j] * v[j];
+    }
+    if (!cosine) return dot;
+    return nn > 0.f ? dot / std::sqrt(nn) * inv_len(x, d) : 0.f;
+  });
 }
 
 }  // namespace bebr
