@@ -221,7 +221,7 @@ class IvfIndex::IdTable {
   }
 
  private:
-  static constexpr double kMaxLoad = 0.8, kRehashLoad = 0.6;
+  static constexpr double kMaxLoad = 0.85, kRehashLoad = 0.7;
   int64_t key(uint64_t v) const { return o_.id_at(*o_.lists_[v >> kSlotBits], static_cast<int64_t>(v & kSlotMask)); }
   size_t home(int64_t id) const {  // splitmix64 finaliser, then multiply-shift into [0, cap)
     uint64_t z = static_cast<uint64_t>(id) + 0x9e3779b97f4a7c15ull;
