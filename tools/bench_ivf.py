@@ -1,5 +1,5 @@
 """IVF benchmark: bebr.IVFIndex against faiss IVF-RaBitQ fast scan, IVF-PQ fast scan + refine and
-HNSW over SQ8, on real sentence embeddings; and a scaling run (flat vs IVF latency against n).
+HNSW over SQ8, on real sentence embeddings.
 
 Real data (``--data minilm|mpnet``): embeddings of the ``--n`` most frequent purely alphabetic
 GloVe words (bebr.datasets), ``--nq`` held-out queries (bebr.datasets.query_split, seed 0),
@@ -11,12 +11,14 @@ refine data as faiss ``Refine(SQ8)``). Every configuration is searched with one
 thread, single queries (a loop of ``--single`` queries) and one batch of all queries; the
 fastest configuration of each method reaching R10@10 0.90 / 0.95 is reported with its QPS,
 bytes per vector (whole index: codes, ids, lists, centroids, graph, refine data; faiss: the
-serialized index size) and build time. Everything expensive is cached under
+serialized index size; bebr: ``IVFIndex.memory_bytes()`` of the serving index, i.e. before
+its id table is built, with the figure including the table beside it) and build time. Everything expensive is cached under
 ``bebr.datasets.data_dir() / "bench_ivf"`` (embeddings, truth, models, faiss indexes with
 their build times), so a rerun resumes.
 
     python tools/bench_ivf.py --data minilm --n 327091 --out ivf_minilm.json
-    python tools/bench_ivf.py --scaling 100000,300000,1000000 --out ivf_scaling.json
+
+(The scaling run, latency against n on synthetic codes: tools/bench_ivf_scaling.py.)
 """
 
 from __future__ import annotations
@@ -124,6 +126,11 @@ def bebr_rows(xb, xq, truth, model, key, nlists, nprobes, refines, nq_single, tr
         ivf.compact()
         build = time.perf_counter() - t0
         mem = ivf.memory_bytes()
+        parts = {k: v / xb.shape[0] for k, v in ivf.memory_breakdown().items()}
+        _ = 0 in ivf  # builds the id table (remove / upsert / lookups need it)
+        mem_table = ivf.memory_bytes()
+        log(f"bebr IVF{nlist} bytes/vector by part {json.dumps(parts)}; id table "
+            f"{(mem_table - mem) / xb.shape[0]:.1f}; SQ8 {refine_data.nbytes / xb.shape[0]:.1f}")
         for r in refines:
             for nprobe in nprobes:
                 if nprobe > nlist:
@@ -138,7 +145,9 @@ def bebr_rows(xb, xq, truth, model, key, nlists, nprobes, refines, nq_single, tr
                 row = dict(method=f"bebr IVF{nlist} SDC {spec.dim}x{spec.bits} q4" + (" + SQ8 refine" if r else ""),
                            params=dict(nlist=nlist, nprobe=nprobe, refine=r),
                            recall=recall10(ids, truth), qps_single=single, qps_batch=batch,
-                           bytes_per_vector=bpv, build_s=build, model_train_s=train_s)
+                           bytes_per_vector=bpv,
+                           bytes_per_vector_with_id_table=bpv + (mem_table - mem) / xb.shape[0],
+                           memory_parts=parts, build_s=build, model_train_s=train_s)
                 log(json.dumps(row))
                 rows.append(row)
                 if row["recall"] > 0.985:
@@ -264,59 +273,6 @@ def probe_study(xb, xq, truth, model, nlist, nprobes):
     return rows
 
 
-# ----------------------------------------------------------------------------- scaling
-def scaling(ns, dim, bits, nlist_per_sqrt, nprobe, nq, seed=0):
-    """Synthetic Gaussian mixture codes: flat vs IVF single-query latency against n."""
-    rng = np.random.default_rng(seed)
-    spec = bebr.CodeSpec(dim, bits)
-    ncl = 4096
-    centers = rng.standard_normal((ncl, dim)).astype(np.float32)
-
-    def gen(n, r):
-        out = np.empty((n, spec.code_bytes), np.uint8)
-        for s in range(0, n, 200_000):
-            m = min(200_000, n - s)
-            x = centers[r.integers(0, ncl, m)] + 0.8 * r.standard_normal((m, dim)).astype(np.float32)
-            lv = np.clip(np.floor((x + 2.0) / 4.0 * spec.n_levels), 0, spec.n_levels - 1)
-            out[s:s + m] = spec.pack(lv.astype(np.uint8))
-        return out
-
-    qspec = bebr.CodeSpec(dim, 4)
-    xq = centers[rng.integers(0, ncl, nq)] + 0.8 * rng.standard_normal((nq, dim)).astype(np.float32)
-    q = qspec.pack(np.clip(np.floor((xq + 2.0) / 4.0 * 16), 0, 15).astype(np.uint8))
-    rows = []
-    for n in ns:
-        codes = gen(n, np.random.default_rng(n))
-        nlist = int(nlist_per_sqrt * np.sqrt(n))
-        flat = bebr.Index(spec, "ip")
-        flat.add(codes)
-        t0 = time.perf_counter()
-        ivf = IVFIndex(spec, nlist, "ip")
-        ivf.train(codes[np.random.default_rng(1).choice(n, min(n, 64 * nlist), replace=False)],
-                  max_points_per_centroid=64)
-        ivf.add(codes)
-        build = time.perf_counter() - t0
-        del codes
-        lat = {}
-        for name, fn in (("flat", lambda i: flat.search(q[i:i + 1], 10, threads=1, query_bits=4)),
-                         ("ivf", lambda i: ivf.search(q[i:i + 1], 10, threads=1, query_bits=4, nprobe=nprobe))):
-            ts = []
-            for i in range(nq):
-                t0 = time.perf_counter()
-                fn(i)
-                ts.append(time.perf_counter() - t0)
-            lat[name] = float(np.median(ts)) * 1e3
-        _, fi = flat.search(q, 10, threads=1, query_bits=4)
-        _, ii = ivf.search(q, 10, threads=1, query_bits=4, nprobe=nprobe)
-        row = dict(n=n, nlist=nlist, nprobe=nprobe, flat_ms=lat["flat"], ivf_ms=lat["ivf"],
-                   ivf_recall_vs_flat=datasets.recall_at(ii, fi), ivf_build_s=build,
-                   ivf_bytes_per_vector=ivf.memory_bytes() / n)
-        log(json.dumps(row))
-        rows.append(row)
-        del flat, ivf
-    return rows
-
-
 def render(res: dict) -> str:
     """Markdown tables of a result file: best configuration per method at each target, and
     the scaling rows."""
@@ -343,13 +299,6 @@ def render(res: dict) -> str:
         for r in res["probe"]:
             c = r["coverage"]
             out.append(f"| {r['nlist']} | {r['nprobe']} | {c['query code values']:.3f} | {c['float projection']:.3f} |")
-    if "scaling" in res:
-        out.append("| n | nlist | nprobe | flat ms | IVF ms | flat / IVF | IVF R10@10 vs flat | IVF build s | IVF bytes/vector |")
-        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for r in res["scaling"]:
-            out.append(f"| {r['n']:,} | {r['nlist']} | {r['nprobe']} | {r['flat_ms']:.2f} | {r['ivf_ms']:.3f} | "
-                       f"{r['flat_ms'] / r['ivf_ms']:.1f}x | {r['ivf_recall_vs_flat']:.3f} | {r['ivf_build_s']:.0f} | "
-                       f"{r['ivf_bytes_per_vector']:.0f} |")
     return "\n".join(out)
 
 
@@ -373,8 +322,6 @@ def main(argv=None):
     ap.add_argument("--skip-faiss", action="store_true")
     ap.add_argument("--probe-study", action="store_true",
                     help="only measure probe coverage: query codes vs float projection")
-    ap.add_argument("--scaling", default="")
-    ap.add_argument("--scaling-dim", type=int, default=192)
     ap.add_argument("--out", default=None, help="result JSON to write")
     ap.add_argument("--render", default=None, help="print the markdown tables of a result JSON")
     a = ap.parse_args(argv)
@@ -393,25 +340,22 @@ def main(argv=None):
     ints = lambda s: [int(v) for v in s.split(",") if v]
     CACHE.mkdir(parents=True, exist_ok=True)
     res = dict(simd=bebr.simd_level(), argv=sys.argv[1:], load_avg=os.getloadavg())
-    if a.scaling:
-        res["scaling"] = scaling(ints(a.scaling), a.scaling_dim, 2, 2.0, 16, 200)
-    else:
-        xb, xq, truth, key = load_data(a.data, a.n, a.nq)
-        log(f"data {key}: base {xb.shape}, queries {xq.shape}")
-        model, train_s = binarizer(xb, a.budget, key, a.train_time)
-        if a.probe_study:
-            res["probe"] = probe_study(xb, xq, truth, model, ints(a.nlist)[0], ints(a.nprobe))
-            Path(a.out).write_text(json.dumps(res, indent=1))
-            return
-        rows = bebr_rows(xb, xq, truth, model, key, ints(a.nlist), ints(a.nprobe), ints(a.refine),
-                         a.single, train_s)
-        if not a.skip_faiss:
-            facs = a.faiss.replace("{nlist}", str(ints(a.nlist)[0])).split(";")
-            rows += faiss_rows(xb, xq, truth, key, facs, ints(a.nprobe),
-                               ints(a.kfactor), ints(a.ef), a.single)
-        res["rows"] = rows
-        res["best"] = {str(t): [dict(r, mode=m) for (_, m), r in best_at(rows, t).items()]
-                       for t in (0.90, 0.95)}
+    xb, xq, truth, key = load_data(a.data, a.n, a.nq)
+    log(f"data {key}: base {xb.shape}, queries {xq.shape}")
+    model, train_s = binarizer(xb, a.budget, key, a.train_time)
+    if a.probe_study:
+        res["probe"] = probe_study(xb, xq, truth, model, ints(a.nlist)[0], ints(a.nprobe))
+        Path(a.out).write_text(json.dumps(res, indent=1))
+        return
+    rows = bebr_rows(xb, xq, truth, model, key, ints(a.nlist), ints(a.nprobe), ints(a.refine),
+                     a.single, train_s)
+    if not a.skip_faiss:
+        facs = a.faiss.replace("{nlist}", str(ints(a.nlist)[0])).split(";")
+        rows += faiss_rows(xb, xq, truth, key, facs, ints(a.nprobe),
+                           ints(a.kfactor), ints(a.ef), a.single)
+    res["rows"] = rows
+    res["best"] = {str(t): [dict(r, mode=m) for (_, m), r in best_at(rows, t).items()]
+                   for t in (0.90, 0.95)}
     Path(a.out).write_text(json.dumps(res, indent=1))
     log(f"wrote {a.out}")
 
