@@ -25,69 +25,79 @@
 namespace bebr {
 namespace {
 
-// centroid rows and query values are padded to a multiple of kPad floats: kPad partial sums
-// (four 8-float vectors) keep the adds independent, so a dot is not bound by add latency
-constexpr int kPad = 32;
+// Centroids are stored dimension-major ("columns"): ct[j * lp + l] = dimension j of centroid
+// l, lp = nlist rounded up to 8 (zero columns). A query's scores against every centroid are
+// then sums over j of x[j] * row j, vectorised over lists.
+int padded_lists(int nlist) { return (nlist + 7) / 8 * 8; }
 
-int padded(int dim) { return (dim + kPad - 1) / kPad * kPad; }
-
-// out[i * nlist + l] = <x_i, c_l> for m rows of x (each dp floats) and nlist centroid rows.
-// kPad partial sums s[u] (u = j mod kPad) reduced in a fixed tree: the AVX2 version (four
-// 8-lane accumulators, lane u of accumulator a = s[8a + u], multiply then add, no FMA) gives
-// the same bits as the portable one.
-inline float reduce_partials(float* s) {
-  for (int w = kPad / 2; w >= 1; w /= 2)
-    for (int u = 0; u < w; ++u) s[u] += s[u + w];
-  return s[0];
-}
-
-void dot_rows_portable(const float* x, int m, const float* c, int nlist, int dp, float* out) {
-  for (int l = 0; l < nlist; ++l) {
-    const float* cl = c + static_cast<size_t>(l) * dp;
-    for (int i = 0; i < m; ++i) {
-      const float* xi = x + static_cast<size_t>(i) * dp;
-      float s[kPad] = {};
-      for (int j = 0; j < dp; j += kPad)
-        for (int u = 0; u < kPad; ++u) s[u] += xi[j + u] * cl[j + u];
-      out[static_cast<size_t>(i) * nlist + l] = reduce_partials(s);
+// out[i * lp + l] = sum_j x[i * dim + j] * ct[j * lp + l] for m rows of x, each sum taken
+// in j order, one multiply and one add per term (no FMA): the AVX2 version gives the same
+// bits as the portable one.
+void dot_cols_portable(const float* x, int m, const float* ct, int dim, int lp, float* out) {
+  for (int i = 0; i < m; ++i) {
+    float* o = out + static_cast<size_t>(i) * lp;
+    std::fill_n(o, lp, 0.f);
+    for (int j = 0; j < dim; ++j) {
+      const float xv = x[static_cast<size_t>(i) * dim + j];
+      const float* c = ct + static_cast<size_t>(j) * lp;
+      for (int l = 0; l < lp; ++l) o[l] += xv * c[l];
     }
   }
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx2"))) void dot_rows_avx2(const float* x, int m, const float* c, int nlist, int dp,
+__attribute__((target("avx2"))) void dot_cols_avx2(const float* x, int m, const float* ct, int dim, int lp,
                                                    float* out) {
-  for (int l = 0; l < nlist; ++l) {
-    const float* cl = c + static_cast<size_t>(l) * dp;
-    for (int i = 0; i < m; ++i) {
-      const float* xi = x + static_cast<size_t>(i) * dp;
-      __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-      for (int j = 0; j < dp; j += kPad)
-        for (int v = 0; v < 4; ++v)
-          a[v] = _mm256_add_ps(a[v], _mm256_mul_ps(_mm256_loadu_ps(xi + j + 8 * v), _mm256_loadu_ps(cl + j + 8 * v)));
-      alignas(32) float s[kPad];
-      for (int v = 0; v < 4; ++v) _mm256_store_ps(s + 8 * v, a[v]);
-      out[static_cast<size_t>(i) * nlist + l] = reduce_partials(s);
+  if (m == 1) {  // one query: 64 lists per pass in 8 accumulators
+    int l0 = 0;
+    for (; l0 + 64 <= lp; l0 += 64) {
+      __m256 a[8];
+      for (int v = 0; v < 8; ++v) a[v] = _mm256_setzero_ps();
+      for (int j = 0; j < dim; ++j) {
+        const __m256 xv = _mm256_broadcast_ss(x + j);
+        const float* c = ct + static_cast<size_t>(j) * lp + l0;
+        for (int v = 0; v < 8; ++v) a[v] = _mm256_add_ps(a[v], _mm256_mul_ps(xv, _mm256_loadu_ps(c + 8 * v)));
+      }
+      for (int v = 0; v < 8; ++v) _mm256_storeu_ps(out + l0 + 8 * v, a[v]);
+    }
+    for (; l0 < lp; l0 += 8) {
+      __m256 a = _mm256_setzero_ps();
+      for (int j = 0; j < dim; ++j)
+        a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_broadcast_ss(x + j), _mm256_loadu_ps(ct + static_cast<size_t>(j) * lp + l0)));
+      _mm256_storeu_ps(out + l0, a);
+    }
+    return;
+  }
+  for (int i0 = 0; i0 < m; i0 += 8) {  // up to 8 rows share each load of 8 lists
+    const int mb = std::min(8, m - i0);
+    for (int l0 = 0; l0 < lp; l0 += 8) {
+      __m256 a[8];
+      for (int i = 0; i < 8; ++i) a[i] = _mm256_setzero_ps();
+      for (int j = 0; j < dim; ++j) {
+        const __m256 c = _mm256_loadu_ps(ct + static_cast<size_t>(j) * lp + l0);
+        for (int i = 0; i < mb; ++i)
+          a[i] = _mm256_add_ps(a[i], _mm256_mul_ps(_mm256_broadcast_ss(x + static_cast<size_t>(i0 + i) * dim + j), c));
+      }
+      for (int i = 0; i < mb; ++i) _mm256_storeu_ps(out + static_cast<size_t>(i0 + i) * lp + l0, a[i]);
     }
   }
 }
 #endif
 
-void dot_rows(const float* x, int m, const float* c, int nlist, int dp, float* out) {
+void dot_cols(const float* x, int m, const float* ct, int dim, int lp, float* out) {
 #if defined(__x86_64__)
   static const bool avx2 = __builtin_cpu_supports("avx2");
-  if (avx2) return dot_rows_avx2(x, m, c, nlist, dp, out);
+  if (avx2) return dot_cols_avx2(x, m, ct, dim, lp, out);
 #endif
-  dot_rows_portable(x, m, c, nlist, dp, out);
+  dot_cols_portable(x, m, ct, dim, lp, out);
 }
 
-// Code values of a packed code as floats, zero-padded to dp.
-void float_values(const Geometry& geo, const uint8_t* packed, int dp, float* out) {
+// Code values of a packed code as floats (dim of them).
+void float_values(const Geometry& geo, const uint8_t* packed, float* out) {
   thread_local std::vector<int32_t> v;
   v.resize(geo.dim);
   scaled_values(geo, packed, v.data());
   for (int j = 0; j < geo.dim; ++j) out[j] = static_cast<float>(v[j]);
-  for (int j = geo.dim; j < dp; ++j) out[j] = 0.f;
 }
 
 // Run fn(t, item) for item in [0, nitems) on up to T threads (the caller is thread 0, helpers
@@ -315,14 +325,14 @@ void IvfIndex::set_centroids(const float* c) {
   if (size_ != 0)
     throw std::invalid_argument("cannot set the centroids of a non-empty IVF index (" + std::to_string(size_) +
                                 " items are assigned to the current ones)");
-  const int dp = padded(geo_.dim);
-  std::vector<float> cp(static_cast<size_t>(nlist_) * dp, 0.f);
+  const int lp = padded_lists(nlist_);
+  std::vector<float> cp(static_cast<size_t>(geo_.dim) * lp, 0.f);
   for (int l = 0; l < nlist_; ++l)
     for (int j = 0; j < geo_.dim; ++j) {
       const float v = c[static_cast<size_t>(l) * geo_.dim + j];
       if (!std::isfinite(v))
         throw std::invalid_argument("centroid " + std::to_string(l) + " has a non-finite value at dim " + std::to_string(j));
-      cp[static_cast<size_t>(l) * dp + j] = v;
+      cp[static_cast<size_t>(j) * lp + l] = v;
     }
   centroids_.swap(cp);
 }
@@ -331,10 +341,10 @@ std::vector<float> IvfIndex::centroids() const {
   std::shared_lock lk(mu_);
   std::vector<float> out;
   if (centroids_.empty()) return out;
-  const int dp = padded(geo_.dim);
+  const int lp = padded_lists(nlist_);
   out.resize(static_cast<size_t>(nlist_) * geo_.dim);
   for (int l = 0; l < nlist_; ++l)
-    std::copy_n(centroids_.data() + static_cast<size_t>(l) * dp, geo_.dim, out.data() + static_cast<size_t>(l) * geo_.dim);
+    for (int j = 0; j < geo_.dim; ++j) out[static_cast<size_t>(l) * geo_.dim + j] = centroids_[static_cast<size_t>(j) * lp + l];
   return out;
 }
 
@@ -345,22 +355,22 @@ void IvfIndex::assign_lists(const uint8_t* codes, int64_t n, int32_t* out) const
 }
 
 void IvfIndex::assign_locked(const uint8_t* codes, int64_t n, int32_t* out) const {
-  const int dp = padded(geo_.dim);
+  const int lp = padded_lists(nlist_);
   constexpr int kTile = 8;  // items scored together over each centroid row (kept in L1)
   // tiles of kTile items on up to 2 threads once the work pays for a thread
   const int64_t ntiles = (n + kTile - 1) / kTile;
   const int T = n * static_cast<int64_t>(nlist_) * geo_.dim >= (int64_t(1) << 26) ? 2 : 1;
-  std::vector<std::vector<float>> x(T, std::vector<float>(static_cast<size_t>(kTile) * dp)),
-      sc(T, std::vector<float>(static_cast<size_t>(kTile) * nlist_));
+  std::vector<std::vector<float>> x(T, std::vector<float>(static_cast<size_t>(kTile) * geo_.dim)),
+      sc(T, std::vector<float>(static_cast<size_t>(kTile) * lp));
   constexpr int64_t kTilesPerItem = 64;
   parallel_items((ntiles + kTilesPerItem - 1) / kTilesPerItem, T, [&](int t, int64_t item) {
     for (int64_t tile = item * kTilesPerItem; tile < std::min(ntiles, (item + 1) * kTilesPerItem); ++tile) {
       const int64_t i0 = tile * kTile;
       const int m = static_cast<int>(std::min<int64_t>(kTile, n - i0));
-      for (int i = 0; i < m; ++i) float_values(geo_, codes + (i0 + i) * geo_.code_bytes, dp, x[t].data() + i * dp);
-      dot_rows(x[t].data(), m, centroids_.data(), nlist_, dp, sc[t].data());
+      for (int i = 0; i < m; ++i) float_values(geo_, codes + (i0 + i) * geo_.code_bytes, x[t].data() + i * geo_.dim);
+      dot_cols(x[t].data(), m, centroids_.data(), geo_.dim, lp, sc[t].data());
       for (int i = 0; i < m; ++i) {
-        const float* s = sc[t].data() + static_cast<size_t>(i) * nlist_;
+        const float* s = sc[t].data() + static_cast<size_t>(i) * lp;
         int best = 0;
         for (int l = 1; l < nlist_; ++l)
           if (s[l] > s[best]) best = l;
@@ -371,11 +381,10 @@ void IvfIndex::assign_locked(const uint8_t* codes, int64_t n, int32_t* out) cons
 }
 
 void IvfIndex::top_lists(const Geometry& qgeo, const uint8_t* packed, int nprobe, float* scratch, int32_t* out) const {
-  const int dp = padded(geo_.dim);
   float* x = scratch;
-  float* sc = scratch + dp;
-  float_values(qgeo, packed, dp, x);
-  dot_rows(x, 1, centroids_.data(), nlist_, dp, sc);
+  float* sc = scratch + geo_.dim;
+  float_values(qgeo, packed, x);
+  dot_cols(x, 1, centroids_.data(), geo_.dim, padded_lists(nlist_), sc);
   thread_local std::vector<int32_t> order;
   order.resize(nlist_);
   for (int l = 0; l < nlist_; ++l) order[l] = l;
@@ -391,7 +400,7 @@ void IvfIndex::probe(const uint8_t* queries, int64_t nq, int nprobe, int query_b
   check_trained();
   nprobe = std::min(nprobe, nlist_);
   const Geometry qgeo(geo_.dim, query_bits == 0 ? geo_.bits : query_bits);
-  std::vector<float> scratch(padded(geo_.dim) + nlist_);
+  std::vector<float> scratch(geo_.dim + padded_lists(nlist_));
   for (int64_t q = 0; q < nq; ++q) top_lists(qgeo, queries + q * qgeo.code_bytes, nprobe, scratch.data(), out + q * nprobe);
 }
 
@@ -842,7 +851,7 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
     const int64_t nitems = (nent + kEntItem - 1) / kEntItem;
     const int64_t cost = nent * static_cast<int64_t>(nlist_) * geo_.dim;  // multiply-adds
     const int T = static_cast<int>(std::min<int64_t>({threads, nitems, std::max<int64_t>(1, cost / (1 << 20))}));
-    std::vector<std::vector<float>> scratch(T, std::vector<float>(padded(geo_.dim) + nlist_));
+    std::vector<std::vector<float>> scratch(T, std::vector<float>(geo_.dim + padded_lists(nlist_)));
     parallel_items(nitems, T, [&](int t, int64_t item) {
       for (int64_t e = item * kEntItem; e < std::min(nent, (item + 1) * kEntItem); ++e) {
         build_query_lut(geo_, qgeo, packed_of(e), luts.data() + e * lut_bytes);
@@ -982,11 +991,80 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
 
 namespace {
 
-// Best k of each query's candidates by score(q, id) (ties to the smaller id), threads over
-// groups of queries.
-template <class Score>
-void rerank(const int64_t* cand, int64_t nq, int nc, int64_t n_rows, int64_t cost_per_cand, int k, int threads,
-            float* out_scores, int64_t* out_ids, Score&& score) {
+// <q', c> and ||lo + step * c||^2 of one SQ8 row c (qs = q * step precomputed), or <q, v> and
+// ||v||^2 of one float row v (sq8 = false: rows are floats, qs = q).
+float hsum8(const float* a) {
+  return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+}
+
+template <bool kSq8>
+void row_dot_nn_portable(const void* row, const float* qs, const float* lo, const float* step, int d, float& dot,
+                         float& nn) {
+  float a[8] = {}, b[8] = {};
+  int j = 0;
+  for (; j + 8 <= d; j += 8)
+    for (int u = 0; u < 8; ++u) {
+      const float cv = kSq8 ? static_cast<float>(static_cast<const uint8_t*>(row)[j + u]) : static_cast<const float*>(row)[j + u];
+      a[u] += qs[j + u] * cv;
+      const float v = kSq8 ? lo[j + u] + step[j + u] * cv : cv;
+      b[u] += v * v;
+    }
+  for (; j < d; ++j) {
+    const float cv = kSq8 ? static_cast<float>(static_cast<const uint8_t*>(row)[j]) : static_cast<const float*>(row)[j];
+    a[0] += qs[j] * cv;
+    const float v = kSq8 ? lo[j] + step[j] * cv : cv;
+    b[0] += v * v;
+  }
+  dot = hsum8(a);
+  nn = hsum8(b);
+}
+
+#if defined(__x86_64__)
+template <bool kSq8>
+__attribute__((target("avx2,fma"))) void row_dot_nn_avx2(const void* row, const float* qs, const float* lo,
+                                                         const float* step, int d, float& dot, float& nn) {
+  __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+  int j = 0;
+  for (; j + 8 <= d; j += 8) {
+    __m256 cv;
+    if (kSq8)
+      cv = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(row) + j))));
+    else
+      cv = _mm256_loadu_ps(static_cast<const float*>(row) + j);
+    a = _mm256_fmadd_ps(_mm256_loadu_ps(qs + j), cv, a);
+    const __m256 v = kSq8 ? _mm256_fmadd_ps(_mm256_loadu_ps(step + j), cv, _mm256_loadu_ps(lo + j)) : cv;
+    b = _mm256_fmadd_ps(v, v, b);
+  }
+  alignas(32) float sa[8], sb[8];
+  _mm256_store_ps(sa, a);
+  _mm256_store_ps(sb, b);
+  for (; j < d; ++j) {
+    const float cv = kSq8 ? static_cast<float>(static_cast<const uint8_t*>(row)[j]) : static_cast<const float*>(row)[j];
+    sa[0] += qs[j] * cv;
+    const float v = kSq8 ? lo[j] + step[j] * cv : cv;
+    sb[0] += v * v;
+  }
+  dot = hsum8(sa);
+  nn = hsum8(sb);
+}
+#endif
+
+template <bool kSq8>
+void row_dot_nn(const void* row, const float* qs, const float* lo, const float* step, int d, float& dot, float& nn) {
+#if defined(__x86_64__)
+  static const bool fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (fma) return row_dot_nn_avx2<kSq8>(row, qs, lo, step, d, dot, nn);
+#endif
+  row_dot_nn_portable<kSq8>(row, qs, lo, step, d, dot, nn);
+}
+
+// Best k of each query's candidates by their float score (ties to the smaller id), threads
+// over groups of queries. rows: n_rows x d, uint8 (SQ8: value lo + step * code) or float.
+template <bool kSq8>
+void rerank(const int64_t* cand, int64_t nq, int nc, const void* rows, int64_t n_rows, int d, const float* lo,
+            const float* step, const float* queries, bool cosine, int k, int threads, float* out_scores,
+            int64_t* out_ids) {
   if (k <= 0) throw std::invalid_argument("k must be >= 1, got " + std::to_string(k));
   if (threads <= 0) throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
   for (int64_t i = 0; i < nq * nc; ++i)
@@ -999,15 +1077,29 @@ void rerank(const int64_t* cand, int64_t nq, int nc, int64_t n_rows, int64_t cos
   }
   constexpr int64_t kQItem = 8;
   const int64_t nitems = (nq + kQItem - 1) / kQItem;
-  const int64_t cost = nq * nc * cost_per_cand;
+  const int64_t cost = nq * nc * static_cast<int64_t>(d);
   const int T = static_cast<int>(std::min<int64_t>({threads, nitems, std::max<int64_t>(1, cost / (1 << 20))}));
+  const size_t row_bytes = static_cast<size_t>(d) * (kSq8 ? 1 : sizeof(float));
   parallel_items(nitems, T, [&](int, int64_t item) {
     std::vector<std::pair<float, int64_t>> c;
+    std::vector<float> qs(d);
     for (int64_t q = item * kQItem; q < std::min(nq, (item + 1) * kQItem); ++q) {
+      const float* x = queries + q * d;
+      double qq = 0, ql = 0;
+      for (int j = 0; j < d; ++j) {
+        qs[j] = kSq8 ? x[j] * step[j] : x[j];
+        qq += static_cast<double>(x[j]) * x[j];
+        if (kSq8) ql += static_cast<double>(x[j]) * lo[j];
+      }
+      const float invq = qq > 0 ? static_cast<float>(1.0 / std::sqrt(qq)) : 0.f;
       c.clear();
       for (int i = 0; i < nc; ++i) {
         const int64_t id = cand[q * nc + i];
-        if (id >= 0) c.emplace_back(score(q, id), id);
+        if (id < 0) continue;
+        float dot, nn;
+        row_dot_nn<kSq8>(static_cast<const uint8_t*>(rows) + id * row_bytes, qs.data(), lo, step, d, dot, nn);
+        dot += static_cast<float>(ql);
+        c.emplace_back(!cosine ? dot : nn > 0.f ? dot / std::sqrt(nn) * invq : 0.f, id);
       }
       auto better = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
         return a.first > b.first || (a.first == b.first && a.second < b.second);
@@ -1022,44 +1114,17 @@ void rerank(const int64_t* cand, int64_t nq, int nc, int64_t n_rows, int64_t cos
   });
 }
 
-float inv_len(const float* q, int d) {
-  double s = 0;
-  for (int j = 0; j < d; ++j) s += static_cast<double>(q[j]) * q[j];
-  return s > 0 ? static_cast<float>(1.0 / std::sqrt(s)) : 0.f;
-}
-
 }  // namespace
 
 void rerank_sq8(const int64_t* cand, int64_t nq, int nc, const uint8_t* rows, int64_t n_rows, int d, const float* lo,
                 const float* step, const float* queries, bool cosine, int k, int threads, float* out_scores,
                 int64_t* out_ids) {
-  rerank(cand, nq, nc, n_rows, d, k, threads, out_scores, out_ids, [&](int64_t q, int64_t id) {
-    const float* x = queries + q * d;
-    const uint8_t* c = rows + id * d;
-    float dot = 0.f, nn = 0.f;
-    for (int j = 0; j < d; ++j) {
-      const float v = lo[j] + step[j] * static_cast<float>(c[j]);
-      dot += x[j] * v;
-      nn += v * v;
-    }
-    if (!cosine) return dot;
-    return nn > 0.f ? dot / std::sqrt(nn) * inv_len(x, d) : 0.f;
-  });
+  rerank<true>(cand, nq, nc, rows, n_rows, d, lo, step, queries, cosine, k, threads, out_scores, out_ids);
 }
 
 void rerank_float(const int64_t* cand, int64_t nq, int nc, const float* rows, int64_t n_rows, int d,
                   const float* queries, bool cosine, int k, int threads, float* out_scores, int64_t* out_ids) {
-  rerank(cand, nq, nc, n_rows, d, k, threads, out_scores, out_ids, [&](int64_t q, int64_t id) {
-    const float* x = queries + q * d;
-    const float* v = rows + id * d;
-    float dot = 0.f, nn = 0.f;
-    for (int j = 0; j < d; ++j) {
-      dot += x[j] * v[j];
-      nn += v[j] * v[j];
-    }
-    if (!cosine) return dot;
-    return nn > 0.f ? dot / std::sqrt(nn) * inv_len(x, d) : 0.f;
-  });
+  rerank<false>(cand, nq, nc, rows, n_rows, d, nullptr, nullptr, queries, cosine, k, threads, out_scores, out_ids);
 }
 
 }  // namespace bebr
