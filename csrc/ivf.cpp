@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <iterator>
@@ -911,6 +912,16 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
     const int l = work_lists[item];
     const List& L = *lists_[l];
     const int64_t n = L.nslots, nb = L.nblocks();
+#if defined(__x86_64__)
+    // the kernel prefetches blocks ahead inside a list only: start the next list's first block
+    // (the next item this thread most likely takes) while this one is scanned
+    static const bool kNoPf = std::getenv("BEBR_IVF_NO_PREFETCH") != nullptr;
+    if (!kNoPf && item + 1 < static_cast<int64_t>(work_lists.size())) {
+      const List& N = *lists_[work_lists[item + 1]];
+      const size_t bytes = std::min<size_t>(geo_.block_bytes, static_cast<size_t>(N.nblocks()) * geo_.block_bytes);
+      for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(reinterpret_cast<const char*>(N.codes + off), _MM_HINT_T0);
+    }
+#endif
     const int64_t* ids;
     if (wide_) {
       ids = L.ids64.data();
