@@ -108,12 +108,25 @@ class IVFIndex(Index):
     ``is_trained`` and ``search(..., nprobe=)``.
     """
 
-    def __init__(self, spec: CodeSpec, nlist: int, metric: str = "ip") -> None:
+    def __init__(self, spec: CodeSpec, nlist: int, metric: str = "ip", *,
+                 spill_lambda: Optional[float] = None) -> None:
         self._nlist = _check_positive(nlist, "nlist")
+        if spill_lambda is not None:
+            if isinstance(spill_lambda, bool) or not isinstance(spill_lambda, (int, float, np.number)):
+                raise TypeError(f"spill_lambda must be a float or None, got {type(spill_lambda).__name__}")
+            if not np.isfinite(spill_lambda) or spill_lambda < 0:
+                raise ValueError(f"spill_lambda must be a finite float >= 0, got {spill_lambda}")
+        self._spill = None if spill_lambda is None else float(spill_lambda)
         super().__init__(spec, metric)  # spec / metric checks, version registry
 
     def _new_core(self):
-        return _C.IvfIndex(self.spec.dim, self.spec.bits, self.metric, self._nlist)
+        return _C.IvfIndex(self.spec.dim, self.spec.bits, self.metric, self._nlist,
+                           -1.0 if self._spill is None else self._spill)
+
+    @property
+    def spill_lambda(self) -> Optional[float]:
+        """SOAR lambda of the spilled assignment (every item also in a second list), or None."""
+        return self._spill
 
     def __repr__(self) -> str:
         return (f"IVFIndex(CodeSpec(dim={self.spec.dim}, bits={self.spec.bits}), "
@@ -242,22 +255,28 @@ class IVFIndex(Index):
 
     # ------------------------------------------------------------------ persistence
     def _header(self) -> dict:
-        return dict(super()._header(), nlist=self.nlist, trained=self.is_trained)
+        h = dict(super()._header(), nlist=self.nlist, trained=self.is_trained)
+        if self._spill is not None:
+            h["spill_lambda"] = self._spill
+        return h
 
     def save(self, path: "os.PathLike[str] | str") -> None:
         """Write the index atomically: the ``Index`` file format with kind ``IVFIndex``, the
         lists' sections concatenated in list order, and the list sizes and centroids in the
         (checksummed) header."""
         dense = _IvfDense(self._core)
+        extra = {} if self._spill is None else {"spilled_sizes": dense.spilled}
         _write_index_file(path, dense, lambda: dict(
             self._header(), kind=type(self).__name__, list_sizes=dense.sizes,
-            centroids=self._core.centroids().reshape(-1).tolist()))
+            centroids=self._core.centroids().reshape(-1).tolist(), **extra))
 
     @classmethod
     def _from_header(cls, header: dict) -> "IVFIndex":
         if header["metric"] not in _METRICS:
             raise ValueError(f"unknown metric {header['metric']!r}")
-        idx = cls(CodeSpec.from_dict(header["spec"]), int(header["nlist"]), header["metric"])
+        spill = header.get("spill_lambda")
+        idx = cls(CodeSpec.from_dict(header["spec"]), int(header["nlist"]), header["metric"],
+                  spill_lambda=None if spill is None else float(spill))
         idx._registry = VersionRegistry.from_list(header["versions"])
         return idx
 
@@ -273,12 +292,15 @@ class IVFIndex(Index):
             elif c.size or header["n"]:
                 raise ValueError("an untrained index with centroids or items")
             sizes = np.asarray(header["list_sizes"], dtype=np.int64)
+            spilled = (None if idx.spill_lambda is None
+                       else np.asarray(header["spilled_sizes"], dtype=np.int64))
             idx._core.assign_dense(arrays["codes"], arrays["ids"], arrays["versions"],
                                    arrays["invn"], sizes,
-                                   int(header["next_id"]), mm is not None)
+                                   int(header["next_id"]), mm is not None, spilled)
+            items = header["n"] - (0 if spilled is None else int(spilled.sum()))
         except (KeyError, TypeError, ValueError) as e:
             raise CorruptFileError(f"{path}: bad or inconsistent IVF index file: {e}") from None
-        if len(idx) != header["n"]:
+        if len(idx) != items:
             raise CorruptFileError(f"{path}: item count does not match the header")
         idx._mmap = mm
         return idx
@@ -290,11 +312,12 @@ class _IvfDense:
     ``data_start`` with their SHA-256, like ``SdcIndex.write_dense``."""
 
     def __init__(self, core) -> None:
-        codes, ids, versions, invn, sizes, next_id = core.export_dense()
+        codes, ids, versions, invn, sizes, next_id, spilled = core.export_dense()
         self.arrays = [("codes", codes), ("ids", ids), ("versions", versions), ("invn", invn)]
         self.sizes = [int(v) for v in sizes]
+        self.spilled = [int(v) for v in spilled]
         self.next_id = int(next_id)
-        self.n = int(ids.size)
+        self.n = int(ids.size)  # stored slots: items plus their spilled copies
 
     def write_dense(self, fd: int, data_start: int) -> dict:
         sections, off = [], 0

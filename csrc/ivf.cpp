@@ -176,6 +176,11 @@ struct IvfIndex::List {
   std::vector<uint64_t> alive;  // per block r-mask
   std::vector<float> invn;      // cosine: per block 64 r-ordered inverse norms
   std::vector<Run> runs;        // ascending begin, runs[0].begin == 0 when nslots > 0
+  std::vector<uint64_t> spilled;  // spilled indexes: per block r-mask of the spilled copies
+
+  bool is_spilled(int64_t s) const {
+    return !spilled.empty() && ((spilled[s / kBlock] >> kR.r_of_item[s % kBlock]) & 1);
+  }
 
   int64_t nblocks() const { return (nslots + kBlock - 1) / kBlock; }
   int32_t version_at(int64_t s) const {
@@ -204,6 +209,31 @@ class IvfIndex::IdTable {
       if (v == kEmpty) return -1;
       if (v != kTomb && key(v) == id) return static_cast<int64_t>(e);
     }
+  }
+  // Table position of the entry `entry` of id (a spilled item has two), or -1.
+  int64_t find_pos_of(int64_t id, uint64_t entry) const {
+    if (t_.empty()) return -1;
+    for (size_t e = home(id);; e = next(e)) {
+      const uint64_t v = t_[e];
+      if (v == kEmpty) return -1;
+      if (v == entry) return static_cast<int64_t>(e);
+    }
+  }
+  // Positions of every entry of id (at most max), returns how many.
+  int find_all(int64_t id, int64_t* pos, int max) const {
+    int c = 0;
+    if (t_.empty()) return 0;
+    for (size_t e = home(id); c < max; e = next(e)) {
+      const uint64_t v = t_[e];
+      if (v == kEmpty) break;
+      if (v != kTomb && key(v) == id) pos[c++] = static_cast<int64_t>(e);
+    }
+    return c;
+  }
+  uint64_t at(int64_t pos) const { return t_[pos]; }
+  void erase_at(int64_t pos) {
+    t_[pos] = kTomb;
+    --live_;
   }
   // Entry (list << kSlotBits | slot) of id, or kEmpty.
   uint64_t find(int64_t id) const {
@@ -263,7 +293,12 @@ class IvfIndex::IdTable {
   size_t used_ = 0, live_ = 0;
 };
 
-IvfIndex::IvfIndex(int dim, int bits, Metric metric, int nlist) : geo_(dim, bits), metric_(metric), nlist_(nlist) {
+IvfIndex::IvfIndex(int dim, int bits, Metric metric, int nlist, float spill_lambda)
+    : geo_(dim, bits), metric_(metric), nlist_(nlist), spill_lambda_(spill_lambda < 0.f ? -1.f : spill_lambda) {
+  if (!std::isfinite(spill_lambda))
+    throw std::invalid_argument("spill_lambda must be finite (< 0: no spilled assignment), got " +
+                                std::to_string(spill_lambda));
+  if (spill_lambda >= 0.f && nlist < 2) throw std::invalid_argument("a spilled assignment needs nlist >= 2");
   if (dim < 1 || dim > (1 << 16)) throw std::invalid_argument("dim must be in [1, 65536], got " + std::to_string(dim));
   if (bits < 1 || bits > 4) throw std::invalid_argument("bits must be in [1, 4], got " + std::to_string(bits));
   if (metric == Metric::kHamming) throw std::invalid_argument("an IVF index scores 'ip' or 'cosine', not 'hamming'");
@@ -336,6 +371,12 @@ void IvfIndex::set_centroids(const float* c) {
       cp[static_cast<size_t>(j) * lp + l] = v;
     }
   centroids_.swap(cp);
+  cnorm2_.assign(nlist_, 0.f);
+  for (int l = 0; l < nlist_; ++l) {
+    double q = 0;
+    for (int j = 0; j < geo_.dim; ++j) q += static_cast<double>(c[static_cast<size_t>(l) * geo_.dim + j]) * c[static_cast<size_t>(l) * geo_.dim + j];
+    cnorm2_[l] = static_cast<float>(q);
+  }
 }
 
 std::vector<float> IvfIndex::centroids() const {
@@ -355,14 +396,15 @@ void IvfIndex::assign_lists(const uint8_t* codes, int64_t n, int32_t* out) const
   assign_locked(codes, n, out);
 }
 
-void IvfIndex::assign_locked(const uint8_t* codes, int64_t n, int32_t* out) const {
+void IvfIndex::assign_locked(const uint8_t* codes, int64_t n, int32_t* out, int32_t* out2) const {
   const int lp = padded_lists(nlist_);
   constexpr int kTile = 8;  // items scored together over each centroid row (kept in L1)
   // tiles of kTile items on up to 2 threads once the work pays for a thread
   const int64_t ntiles = (n + kTile - 1) / kTile;
   const int T = n * static_cast<int64_t>(nlist_) * geo_.dim >= (int64_t(1) << 26) ? 2 : 1;
   std::vector<std::vector<float>> x(T, std::vector<float>(static_cast<size_t>(kTile) * geo_.dim)),
-      sc(T, std::vector<float>(static_cast<size_t>(kTile) * lp));
+      sc(T, std::vector<float>(static_cast<size_t>(kTile) * lp)), c1(T, std::vector<float>(geo_.dim)),
+      g(T, std::vector<float>(lp));
   constexpr int64_t kTilesPerItem = 64;
   parallel_items((ntiles + kTilesPerItem - 1) / kTilesPerItem, T, [&](int t, int64_t item) {
     for (int64_t tile = item * kTilesPerItem; tile < std::min(ntiles, (item + 1) * kTilesPerItem); ++tile) {
@@ -376,6 +418,32 @@ void IvfIndex::assign_locked(const uint8_t* codes, int64_t n, int32_t* out) cons
         for (int l = 1; l < nlist_; ++l)
           if (s[l] > s[best]) best = l;
         out[i0 + i] = best;
+        if (!out2) continue;
+        // SOAR: minimise ||x - c'||^2 + lambda <r, x - c'>^2 / ||r||^2, r = x - c_best;
+        // <r, x - c'> = <r, x> - <x, c'> + <c_best, c'>
+        const float* xi = x[t].data() + i * geo_.dim;
+        double xx = 0;
+        for (int j = 0; j < geo_.dim; ++j) {
+          xx += static_cast<double>(xi[j]) * xi[j];
+          c1[t][j] = centroids_[static_cast<size_t>(j) * lp + best];
+        }
+        dot_cols(c1[t].data(), 1, centroids_.data(), geo_.dim, lp, g[t].data());
+        // x holds the scaled values (value * 2^(bits-1)); the centroids are in value / 2^(bits-1)
+        const double f = 1.0 / static_cast<double>((1 << (geo_.bits - 1)) * (1 << (geo_.bits - 1)));
+        xx *= f * f;
+        const double rx = xx - f * s[best], rr = std::max(xx - 2.0 * f * s[best] + cnorm2_[best], 1e-12);
+        int second = -1;
+        double lbest = 0;
+        for (int l = 0; l < nlist_; ++l) {
+          if (l == best) continue;
+          const double par = rx - f * s[l] + g[t][l];
+          const double loss = xx - 2.0 * f * s[l] + cnorm2_[l] + spill_lambda_ * par * par / rr;
+          if (second < 0 || loss < lbest) {
+            second = l;
+            lbest = loss;
+          }
+        }
+        out2[i0 + i] = second;
       }
     }
   });
@@ -459,19 +527,21 @@ void IvfIndex::add_locked(const uint8_t* codes, int64_t n, const int64_t* ids, i
         widen_ids();
         break;
       }
-  std::vector<int32_t> dst(n);
-  assign_locked(codes, n, dst.data());
-  // group by list, keeping the input order inside each list
+  // entries: item i in its list dst[i]; spilled indexes also item i in dst[n + i]
+  const int64_t ne = spilled() ? 2 * n : n;
+  std::vector<int32_t> dst(ne);
+  assign_locked(codes, n, dst.data(), spilled() ? dst.data() + n : nullptr);
+  // group by list, keeping the input order inside each list (primary copies first)
   std::vector<int64_t> count(nlist_ + 1, 0);
-  for (int64_t i = 0; i < n; ++i) ++count[dst[i] + 1];
+  for (int64_t i = 0; i < ne; ++i) ++count[dst[i] + 1];
   for (int l = 0; l < nlist_; ++l) count[l + 1] += count[l];
-  std::vector<int64_t> order(n);
+  std::vector<int64_t> order(ne);
   {
     std::vector<int64_t> pos(count.begin(), count.end() - 1);
-    for (int64_t i = 0; i < n; ++i) order[pos[dst[i]]++] = i;
+    for (int64_t i = 0; i < ne; ++i) order[pos[dst[i]]++] = i;
   }
   IdTable* tab = table_built_.load() ? table_.get() : nullptr;
-  if (tab) tab->reserve(static_cast<size_t>(n));
+  if (tab) tab->reserve(static_cast<size_t>(ne));
   for (int l = 0; l < nlist_; ++l) {
     const int64_t b = count[l], e = count[l + 1];
     if (b == e) continue;
@@ -493,6 +563,7 @@ void IvfIndex::add_locked(const uint8_t* codes, int64_t n, const int64_t* ids, i
     L.codes = L.owned.data();
     const int64_t nb = (s1 + kBlock - 1) / kBlock;
     grow_to(L.alive, static_cast<size_t>(nb));
+    if (spilled()) grow_to(L.spilled, static_cast<size_t>(nb));
     if (metric_ == Metric::kCosine) grow_to(L.invn, static_cast<size_t>(nb) * kBlock);
     if (wide_) grow_to(L.ids64, static_cast<size_t>(s1));
     else grow_to(L.ids32, static_cast<size_t>(s1));
@@ -502,7 +573,7 @@ void IvfIndex::add_locked(const uint8_t* codes, int64_t n, const int64_t* ids, i
     }
     uint8_t item[4 * 8192 + 64];
     for (int64_t j = b; j < e; ++j) {
-      const int64_t s = s0 + (j - b), i = order[j];
+      const int64_t s = s0 + (j - b), i = order[j] % n;
       const uint8_t* code = codes + i * geo_.code_bytes;
       uint8_t* B = L.owned.data() + (s / kBlock) * geo_.block_bytes;
       const int it = static_cast<int>(s % kBlock);
@@ -512,12 +583,13 @@ void IvfIndex::add_locked(const uint8_t* codes, int64_t n, const int64_t* ids, i
       if (wide_) L.ids64[s] = ids[i];
       else L.ids32[s] = static_cast<uint32_t>(ids[i]);
       L.alive[s / kBlock] |= uint64_t(1) << kR.r_of_item[it];
+      if (order[j] >= n) L.spilled[s / kBlock] |= uint64_t(1) << kR.r_of_item[it];
     }
     L.nslots = s1;
     L.nalive += e - b;
     if (tab)
       for (int64_t j = b; j < e; ++j)
-        tab->insert(ids[order[j]], static_cast<uint64_t>(l) << kSlotBits | static_cast<uint64_t>(s0 + (j - b)));
+        tab->insert(ids[order[j] % n], static_cast<uint64_t>(l) << kSlotBits | static_cast<uint64_t>(s0 + (j - b)));
   }
   size_ += n;
   for (int64_t i = 0; i < n; ++i) next_id_ = std::max(next_id_, ids[i] + 1);
@@ -551,18 +623,27 @@ void IvfIndex::remove_locked(const int64_t* ids, int64_t n) {
   IdTable& t = *table_;
   std::vector<int32_t> touched;
   for (int64_t i = 0; i < n; ++i) {
-    const uint64_t e = t.find(ids[i]);
-    if (e == IdTable::kEmpty) continue;  // duplicate in ids
-    const int l = static_cast<int>(e >> kSlotBits);
-    const int64_t s = static_cast<int64_t>(e & kSlotMask);
-    List& L = *lists_[l];
-    t.erase(ids[i]);  // before the slot's id changes: entries are keyed by it
-    if (wide_) L.ids64[s] = -1;
-    else L.ids32[s] = kDead32;
-    L.alive[s / kBlock] &= ~(uint64_t(1) << kR.r_of_item[s % kBlock]);
-    --L.nalive;
+    int64_t pos[2];
+    const int c = t.find_all(ids[i], pos, 2);
+    if (c == 0) continue;  // duplicate in ids
+    uint64_t ent[2];
+    for (int u = 0; u < c; ++u) {
+      ent[u] = t.at(pos[u]);
+      t.erase_at(pos[u]);  // before the slot's id changes: entries are keyed by it
+    }
+    for (int u = 0; u < c; ++u) {
+      const int l = static_cast<int>(ent[u] >> kSlotBits);
+      const int64_t s = static_cast<int64_t>(ent[u] & kSlotMask);
+      List& L = *lists_[l];
+      if (wide_) L.ids64[s] = -1;
+      else L.ids32[s] = kDead32;
+      const uint64_t bit = uint64_t(1) << kR.r_of_item[s % kBlock];
+      L.alive[s / kBlock] &= ~bit;
+      if (!L.spilled.empty()) L.spilled[s / kBlock] &= ~bit;
+      --L.nalive;
+      touched.push_back(l);
+    }
     --size_;
-    touched.push_back(l);
   }
   std::sort(touched.begin(), touched.end());
   touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
@@ -575,16 +656,24 @@ void IvfIndex::remove_locked(const int64_t* ids, int64_t n) {
 // Rewrite list l's live slots densely in slot order (caller holds mu_ exclusively).
 void IvfIndex::compact_list(int l) {
   List& L = *lists_[l];
-  if (L.nalive == L.nslots) return;  // nothing dead: also keeps external codes in place
+  // spilled indexes: primary copies first, then the spilled ones
+  bool ordered = true;
+  for (int64_t s = 1; s < L.nslots && ordered && !L.spilled.empty(); ++s)
+    ordered = !(L.is_spilled(s - 1) && !L.is_spilled(s) && id_at(L, s) >= 0);
+  if (L.nalive == L.nslots && ordered) return;  // nothing to do: also keeps external codes in place
   IdTable* tab = table_built_.load() ? table_.get() : nullptr;
-  // table positions of the live items, found while the entries still match the old slots
+  // the new slot order (old slots), and the table positions of their entries, found while
+  // the entries still match the old slots
+  std::vector<int64_t> src;
+  src.reserve(L.nalive);
+  for (int pass = 0; pass < (L.spilled.empty() ? 1 : 2); ++pass)
+    for (int64_t s = 0; s < L.nslots; ++s)
+      if (id_at(L, s) >= 0 && (L.spilled.empty() || L.is_spilled(s) == (pass == 1))) src.push_back(s);
   std::vector<int64_t> pos;
   if (tab) {
-    pos.reserve(L.nalive);
-    for (int64_t s = 0; s < L.nslots; ++s) {
-      const int64_t id = id_at(L, s);
-      if (id >= 0) pos.push_back(tab->find_pos(id));
-    }
+    pos.reserve(src.size());
+    for (const int64_t s : src)
+      pos.push_back(tab->find_pos_of(id_at(L, s), static_cast<uint64_t>(l) << kSlotBits | static_cast<uint64_t>(s)));
   }
   const int64_t nb_new = (L.nalive + kBlock - 1) / kBlock;
   CodeBuffer codes;
@@ -596,14 +685,13 @@ void IvfIndex::compact_list(int l) {
   else ids32.reserve(L.nalive);
   std::vector<uint64_t> alive(nb_new, 0);
   std::vector<float> invn(metric_ == Metric::kCosine ? nb_new * kBlock : 0, 0.f);
+  std::vector<uint64_t> spill(L.spilled.empty() ? 0 : nb_new, 0);
   std::vector<List::Run> runs;
   int64_t d = 0;
-  size_t r = 0;
-  for (int64_t s = 0; s < L.nslots; ++s) {
+  for (const int64_t s : src) {
     const int64_t id = id_at(L, s);
-    if (id < 0) continue;
-    while (L.run_end(r) <= s) ++r;
-    if (runs.empty() || runs.back().version != L.runs[r].version) runs.push_back({d, L.runs[r].version});
+    const int32_t ver = L.version_at(s);
+    if (runs.empty() || runs.back().version != ver) runs.push_back({d, ver});
     const int64_t sb = s / kBlock, db = d / kBlock;
     const int si = static_cast<int>(s % kBlock), di = static_cast<int>(d % kBlock);
     const uint8_t* S = L.codes + sb * geo_.block_bytes;
@@ -613,6 +701,7 @@ void IvfIndex::compact_list(int l) {
     if (wide_) ids64.push_back(id);
     else ids32.push_back(static_cast<uint32_t>(id));
     alive[db] |= uint64_t(1) << kR.r_of_item[di];
+    if (!spill.empty() && L.is_spilled(s)) spill[db] |= uint64_t(1) << kR.r_of_item[di];
     ++d;
   }
   L.owned.swap(codes);
@@ -622,6 +711,7 @@ void IvfIndex::compact_list(int l) {
   L.ids64.swap(ids64);
   L.alive.swap(alive);
   L.invn.swap(invn);
+  L.spilled.swap(spill);
   runs.shrink_to_fit();
   L.runs.swap(runs);
   L.nslots = L.nalive;
@@ -648,7 +738,7 @@ std::map<int32_t, int64_t> IvfIndex::versions() const {
     const List& L = *Lp;
     for (size_t r = 0; r < L.runs.size(); ++r)
       for (int64_t s = L.runs[r].begin; s < L.run_end(r); ++s)
-        if (id_at(L, s) >= 0) ++m[L.runs[r].version];
+        if (id_at(L, s) >= 0 && !L.is_spilled(s)) ++m[L.runs[r].version];
   }
   return m;
 }
@@ -661,7 +751,7 @@ std::vector<int64_t> IvfIndex::ids_of_version(int32_t v) const {
     for (size_t r = 0; r < L.runs.size(); ++r)
       if (L.runs[r].version == v)
         for (int64_t s = L.runs[r].begin; s < L.run_end(r); ++s)
-          if (id_at(L, s) >= 0) out.push_back(id_at(L, s));
+          if (id_at(L, s) >= 0 && !L.is_spilled(s)) out.push_back(id_at(L, s));
   }
   return out;
 }
@@ -672,7 +762,7 @@ std::vector<int64_t> IvfIndex::ids() const {
   out.reserve(size_);
   for (const auto& Lp : lists_)
     for (int64_t s = 0; s < Lp->nslots; ++s)
-      if (id_at(*Lp, s) >= 0) out.push_back(id_at(*Lp, s));
+      if (id_at(*Lp, s) >= 0 && !Lp->is_spilled(s)) out.push_back(id_at(*Lp, s));
   return out;
 }
 
@@ -713,11 +803,11 @@ std::map<std::string, size_t> IvfIndex::memory_breakdown() const {
     if (!L.external) m["codes"] += L.owned.capacity();
     m["ids"] += L.ids32.capacity() * sizeof(uint32_t) + L.ids64.capacity() * sizeof(int64_t);
     m["norms"] += L.invn.capacity() * sizeof(float);
-    m["masks"] += L.alive.capacity() * sizeof(uint64_t);
+    m["masks"] += (L.alive.capacity() + L.spilled.capacity()) * sizeof(uint64_t);
     m["versions"] += L.runs.capacity() * sizeof(List::Run);
   }
   m["id_table"] = table_built_.load() ? table_->memory_bytes() : 0;
-  m["centroids"] = centroids_.capacity() * sizeof(float);
+  m["centroids"] = (centroids_.capacity() + cnorm2_.capacity()) * sizeof(float);
   m["lists"] = lists_.capacity() * sizeof(std::unique_ptr<List>) + lists_.size() * sizeof(List);
   return m;
 }
@@ -729,13 +819,17 @@ size_t IvfIndex::memory_bytes() const {
 }
 
 void IvfIndex::export_dense(std::vector<uint8_t>& codes, std::vector<int64_t>& ids, std::vector<int32_t>& versions,
-                            std::vector<float>& invn, std::vector<int64_t>& sizes) {
+                            std::vector<float>& invn, std::vector<int64_t>& sizes,
+                            std::vector<int64_t>& spilled_sizes) {
   std::unique_lock lk(mu_);
   sizes.assign(nlist_, 0);
+  spilled_sizes.assign(spilled() ? nlist_ : 0, 0);
   for (int l = 0; l < nlist_; ++l) {
     compact_list(l);
     const List& L = *lists_[l];
     sizes[l] = L.nslots;
+    if (spilled())
+      for (int64_t s = 0; s < L.nslots; ++s) spilled_sizes[l] += L.is_spilled(s);
     codes.insert(codes.end(), L.codes, L.codes + static_cast<size_t>(L.nblocks()) * geo_.block_bytes);
     for (size_t r = 0; r < L.runs.size(); ++r)
       for (int64_t s = L.runs[r].begin; s < L.run_end(r); ++s) {
@@ -747,25 +841,45 @@ void IvfIndex::export_dense(std::vector<uint8_t>& codes, std::vector<int64_t>& i
 }
 
 void IvfIndex::assign_dense(const uint8_t* codes, bool external, const int64_t* ids, const int32_t* versions,
-                            const float* invn, const int64_t* sizes, int64_t next_id) {
+                            const float* invn, const int64_t* sizes, const int64_t* spilled_sizes,
+                            int64_t next_id) {
   std::unique_lock lk(mu_);
   if (next_id < 0 || next_id > kMaxId + 1)
     throw std::invalid_argument("next_id must be in [0, 2**63 - 1], got " + std::to_string(next_id));
-  int64_t n = 0;
+  if (spilled() != (spilled_sizes != nullptr))
+    throw std::invalid_argument(spilled() ? "a spilled index needs the spilled copies per list"
+                                          : "spilled copies given for an index without spilled assignment");
+  int64_t n = 0, nslots = 0;
   for (int l = 0; l < nlist_; ++l) {
     if (sizes[l] < 0) throw std::invalid_argument("list sizes must be >= 0");
-    n += sizes[l];
+    if (spilled_sizes && (spilled_sizes[l] < 0 || spilled_sizes[l] > sizes[l]))
+      throw std::invalid_argument("spilled copies per list must be in [0, list size]");
+    nslots += sizes[l];
+    n += sizes[l] - (spilled_sizes ? spilled_sizes[l] : 0);
   }
-  {  // every id valid and stored once (a sorted copy, dropped again)
-    std::vector<int64_t> sorted(ids, ids + n);
-    std::sort(sorted.begin(), sorted.end());
+  {  // every id valid and stored once as a primary copy, spilled copies of those only (sorted
+     // copies, dropped again)
+    std::vector<int64_t> prim, spill;
+    prim.reserve(n);
+    int64_t off = 0;
+    for (int l = 0; l < nlist_; ++l) {
+      const int64_t np = sizes[l] - (spilled_sizes ? spilled_sizes[l] : 0);
+      prim.insert(prim.end(), ids + off, ids + off + np);
+      spill.insert(spill.end(), ids + off + np, ids + off + sizes[l]);
+      off += sizes[l];
+    }
+    std::sort(prim.begin(), prim.end());
+    std::sort(spill.begin(), spill.end());
     for (int64_t i = 0; i < n; ++i)
-      if (sorted[i] < 0 || sorted[i] > kMaxId || (i && sorted[i] == sorted[i - 1]))
-        throw std::invalid_argument("stored ids are negative, too large or duplicated (id " + id_str(sorted[i]) + ")");
+      if (prim[i] < 0 || prim[i] > kMaxId || (i && prim[i] == prim[i - 1]))
+        throw std::invalid_argument("stored ids are negative, too large or duplicated (id " + id_str(prim[i]) + ")");
+    for (size_t i = 0; i < spill.size(); ++i)
+      if ((i && spill[i] == spill[i - 1]) || !std::binary_search(prim.begin(), prim.end(), spill[i]))
+        throw std::invalid_argument("a spilled copy of id " + id_str(spill[i]) + " is repeated or has no primary copy");
   }
   if (centroids_.empty() && n > 0) throw std::invalid_argument("an untrained IVF index cannot hold items");
   bool wide = false;
-  for (int64_t i = 0; i < n; ++i) wide |= ids[i] >= static_cast<int64_t>(kDead32);
+  for (int64_t i = 0; i < nslots; ++i) wide |= ids[i] >= static_cast<int64_t>(kDead32);
   std::vector<std::unique_ptr<List>> lists;
   lists.reserve(nlist_);
   int64_t off = 0, boff = 0;
@@ -791,6 +905,10 @@ void IvfIndex::assign_dense(const uint8_t* codes, bool external, const int64_t* 
     for (int64_t s = 0; s < nl; ++s)
       if (L->runs.empty() || L->runs.back().version != versions[off + s]) L->runs.push_back({s, versions[off + s]});
     L->runs.shrink_to_fit();
+    if (spilled_sizes) {
+      L->spilled.assign(bl, 0);
+      for (int64_t s = nl - spilled_sizes[l]; s < nl; ++s) L->spilled[s / kBlock] |= uint64_t(1) << kR.r_of_item[s % kBlock];
+    }
     L->nslots = L->nalive = nl;
     lists.push_back(std::move(L));
     off += nl;
@@ -800,7 +918,7 @@ void IvfIndex::assign_dense(const uint8_t* codes, bool external, const int64_t* 
   wide_ = wide;
   size_ = n;
   next_id_ = next_id;
-  for (int64_t i = 0; i < n; ++i) next_id_ = std::max(next_id_, ids[i] + 1);
+  for (int64_t i = 0; i < nslots; ++i) next_id_ = std::max(next_id_, ids[i] + 1);
   table_built_.store(false);
   table_.reset();
 }
@@ -902,9 +1020,11 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
   const int64_t min_work = min_parallel_work();
   const int T = static_cast<int>(std::min<int64_t>(
       {threads, static_cast<int64_t>(work_lists.size()), std::max<int64_t>(1, work / min_work)}));
-  TopKSet res(nq, k);
+  // spilled: an id can enter a heap twice with the same key; 2k entries hold k distinct ids
+  const int kh = spilled() ? 2 * k : k;
+  TopKSet res(nq, kh);
   std::vector<TopKSet> local;
-  for (int t = 1; t < T; ++t) local.emplace_back(nq, k);
+  for (int t = 1; t < T; ++t) local.emplace_back(nq, kh);
   std::vector<std::vector<int64_t>> wide_ids(std::max(T, 1));  // narrow ids widened per list
   const int64_t chunk = std::max<int64_t>(1, (256 << 10) / static_cast<int64_t>(geo_.block_bytes));
 
@@ -991,11 +1111,13 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
     res.heaps[q].sorted(srt);
     float invq = 1.f;
     if (metric_ == Metric::kCosine && !scaled) invq = inverse_norm(qgeo, queries + q * qgeo.code_bytes);
-    for (int i = 0; i < k; ++i) {
+    for (int i = 0, o = 0; i < kh && o < k; ++i) {
       if (srt[i].second == TopK::kNoId) break;
-      out_ids[q * k + i] = srt[i].second;
+      if (i > 0 && srt[i].second == srt[i - 1].second) continue;  // the spilled copy
+      out_ids[q * k + o] = srt[i].second;
       const float key = srt[i].first;
-      out_scores[q * k + i] = metric_ == Metric::kIP ? static_cast<float>(key / s2) : key * invq;
+      out_scores[q * k + o] = metric_ == Metric::kIP ? static_cast<float>(key / s2) : key * invq;
+      ++o;
     }
   }
 }

@@ -10,6 +10,14 @@
 // instead of 4 bytes per item. An item lives in exactly one list, the centroid with the
 // largest inner product with its code values (ties to the smaller list).
 //
+// Spilled assignment (SOAR, Sun et al. 2023; optional, spill_lambda >= 0): every item is also
+// stored in a second list, the one minimising ||x - c'||^2 + lambda <r, x - c'>^2 / ||r||^2
+// with r = x - c(primary) (a residual as orthogonal as possible to the first one), marked in a
+// per-block r-ordered "spilled" mask; a search keeps 2k per heap and drops the second copy of
+// an id (both copies score the same), ids()/versions() count primary copies only. After a
+// compaction a list holds its primary copies first, then the spilled ones (what the file
+// stores, with the spilled count per list).
+//
 // Id table: id -> (list, slot), an open-addressing table of 8-byte entries whose keys are read
 // from the lists' id arrays. It is built on the first call that looks an id up (remove,
 // upsert, contains, get_codes, an add of ids below next_id) and kept up to date from then on;
@@ -43,12 +51,15 @@ namespace bebr {
 
 class IvfIndex {
  public:
-  IvfIndex(int dim, int bits, Metric metric, int nlist);
+  // spill_lambda < 0: one list per item; >= 0: SOAR spilled assignment with that lambda.
+  IvfIndex(int dim, int bits, Metric metric, int nlist, float spill_lambda = -1.f);
   ~IvfIndex();
 
   const Geometry& geometry() const { return geo_; }
   Metric metric() const { return metric_; }
   int nlist() const { return nlist_; }
+  bool spilled() const { return spill_lambda_ >= 0.f; }
+  float spill_lambda() const { return spill_lambda_; }
   bool trained() const;
   int64_t size() const;
   int64_t next_id() const;
@@ -89,15 +100,17 @@ class IvfIndex {
 
   // ---- persistence (docs/FORMAT.md "Index file", kind IVFIndex): the lists' dense arrays,
   // concatenated in list order.
-  // Compact every list, then copy out blocked codes, ids, per-item versions and cosine inverse
-  // norms (n_blocks * 64 per list), and the live items per list.
+  // Compact every list, then copy out blocked codes, ids, per-slot versions and cosine inverse
+  // norms (n_blocks * 64 per list), the live slots per list and (spilled index) the spilled
+  // copies at the end of each list.
   void export_dense(std::vector<uint8_t>& codes, std::vector<int64_t>& ids, std::vector<int32_t>& versions,
-                    std::vector<float>& invn, std::vector<int64_t>& sizes);
+                    std::vector<float>& invn, std::vector<int64_t>& sizes, std::vector<int64_t>& spilled_sizes);
   // Replace the content with export_dense's arrays (codes read in place if external: the caller
   // keeps them alive). Throws std::invalid_argument (nothing changed) on negative, too large or
   // repeated ids (also across lists) or a next_id out of [0, kMaxId + 1].
+  // spilled_sizes: per list, how many of its last slots are spilled copies (nullptr: none).
   void assign_dense(const uint8_t* codes, bool external, const int64_t* ids, const int32_t* versions,
-                    const float* invn, const int64_t* sizes, int64_t next_id);
+                    const float* invn, const int64_t* sizes, const int64_t* spilled_sizes, int64_t next_id);
   bool codes_external() const;
 
   struct List;
@@ -105,7 +118,8 @@ class IvfIndex {
 
  private:
   void check_trained() const;
-  void assign_locked(const uint8_t* codes, int64_t n, int32_t* out) const;
+  // out2 (may be null): the spilled list of each code (spilled indexes).
+  void assign_locked(const uint8_t* codes, int64_t n, int32_t* out, int32_t* out2 = nullptr) const;
   void top_lists(const Geometry& qgeo, const uint8_t* packed, int nprobe, float* scratch, int32_t* out) const;
   void check_new_ids(const int64_t* ids, int64_t n, bool allow_present) const;
   void add_locked(const uint8_t* codes, int64_t n, const int64_t* ids, int32_t version);
@@ -124,6 +138,8 @@ class IvfIndex {
   int64_t next_id_ = 0;
   int64_t size_ = 0;
   bool wide_ = false;  // ids stored as int64 (an id >= 2**32 - 1 was added)
+  float spill_lambda_ = -1.f;
+  std::vector<float> cnorm2_;  // squared centroid norms (spilled indexes)
   mutable std::unique_ptr<IdTable> table_;
   mutable std::atomic<bool> table_built_{false};
   mutable std::mutex table_mu_;  // builds the table under a shared lock of mu_

@@ -21,12 +21,14 @@ struct PyIvf : IvfIndex {
 
 void register_ivf(py::module_& m) {
   py::class_<PyIvf>(m, "IvfIndex", "Inverted lists of blocked codes with probed SIMD SDC search (private).")
-      .def(py::init([](int dim, int bits, const std::string& metric, int nlist) {
+      .def(py::init([](int dim, int bits, const std::string& metric, int nlist, float spill_lambda) {
              if (metric != "ip" && metric != "cosine")
                throw py::value_error("metric must be 'ip' or 'cosine', got '" + metric + "'");
-             return std::make_unique<PyIvf>(dim, bits, metric == "ip" ? Metric::kIP : Metric::kCosine, nlist);
+             return std::make_unique<PyIvf>(dim, bits, metric == "ip" ? Metric::kIP : Metric::kCosine, nlist,
+                                            spill_lambda);
            }),
-           py::arg("dim"), py::arg("bits"), py::arg("metric"), py::arg("nlist"))
+           py::arg("dim"), py::arg("bits"), py::arg("metric"), py::arg("nlist"), py::arg("spill_lambda") = -1.f)
+      .def_property_readonly("spill_lambda", &PyIvf::spill_lambda)
       .def_property_readonly("dim", [](const PyIvf& s) { return s.geometry().dim; })
       .def_property_readonly("bits", [](const PyIvf& s) { return s.geometry().bits; })
       .def_property_readonly("nlist", &PyIvf::nlist)
@@ -171,24 +173,24 @@ void register_ivf(py::module_& m) {
           "export_dense",
           [](PyIvf& s) {
             std::vector<uint8_t> codes;
-            std::vector<int64_t> ids, sizes;
+            std::vector<int64_t> ids, sizes, spilled;
             std::vector<int32_t> vers;
             std::vector<float> invn;
             int64_t next_id;
             {
               py::gil_scoped_release nogil;
-              s.export_dense(codes, ids, vers, invn, sizes);
+              s.export_dense(codes, ids, vers, invn, sizes, spilled);
               next_id = s.next_id();
             }
             return py::make_tuple(to_array(codes), to_array(ids), to_array(vers), to_array(invn),
-                                  to_array(sizes), next_id);
+                                  to_array(sizes), next_id, to_array(spilled));
           },
-          "Compact every list, then return (blocked codes, ids, versions, inverse norms, list sizes, next_id), "
-          "lists concatenated in list order.")
+          "Compact every list, then return (blocked codes, ids, versions, inverse norms, list sizes, next_id, "
+          "spilled copies per list), lists concatenated in list order.")
       .def(
           "assign_dense",
           [](PyIvf& s, const py::array& codes, const py::array& ids, const py::array& versions, const py::array& invn,
-             const py::array& sizes, int64_t next_id, bool external) {
+             const py::array& sizes, int64_t next_id, bool external, std::optional<py::array> spilled_sizes) {
             auto c = checked_array<uint8_t>(codes, "codes", 1);
             auto i = checked_ids(ids, "ids", -1);
             auto v = checked_array<int32_t>(versions, "versions", 1);
@@ -197,6 +199,13 @@ void register_ivf(py::module_& m) {
             if (z.shape(0) != s.nlist())
               throw py::value_error("list sizes must have " + std::to_string(s.nlist()) + " entries, got " +
                                     std::to_string(z.shape(0)));
+            std::optional<py::array_t<int64_t>> sp;
+            if (spilled_sizes) {
+              sp = checked_array<int64_t>(*spilled_sizes, "spilled copies per list", 1);
+              if (sp->shape(0) != s.nlist())
+                throw py::value_error("spilled copies per list must have " + std::to_string(s.nlist()) + " entries");
+            }
+            const int64_t* spp = sp ? sp->data() : nullptr;
             int64_t n = 0, nb = 0;
             for (int l = 0; l < s.nlist(); ++l) {
               if (z.data()[l] < 0) throw py::value_error("list sizes must be >= 0");
@@ -215,12 +224,13 @@ void register_ivf(py::module_& m) {
                                     std::to_string(f.shape(0)));
             {
               py::gil_scoped_release nogil;
-              s.assign_dense(c.data(), external, i.data(), v.data(), want_invn ? f.data() : nullptr, z.data(), next_id);
+              s.assign_dense(c.data(), external, i.data(), v.data(), want_invn ? f.data() : nullptr, z.data(), spp,
+                             next_id);
             }
             s.keepalive = external ? py::object(codes) : py::object();
           },
           py::arg("codes"), py::arg("ids"), py::arg("versions"), py::arg("invn"), py::arg("list_sizes"),
-          py::arg("next_id"), py::arg("external"),
+          py::arg("next_id"), py::arg("external"), py::arg("spilled_sizes") = py::none(),
           "Replace the content with dense arrays (from export_dense); external=True reads codes in place.");
 
   m.def(
