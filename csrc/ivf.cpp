@@ -6,7 +6,6 @@
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
-#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <iterator>
@@ -1035,8 +1034,7 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
 #if defined(__x86_64__)
     // the kernel prefetches blocks ahead inside a list only: start the next list's first block
     // (the next item this thread most likely takes) while this one is scanned
-    static const bool kNoPf = std::getenv("BEBR_IVF_NO_PREFETCH") != nullptr;
-    if (!kNoPf && item + 1 < static_cast<int64_t>(work_lists.size())) {
+    if (item + 1 < static_cast<int64_t>(work_lists.size())) {
       const List& N = *lists_[work_lists[item + 1]];
       const size_t bytes = std::min<size_t>(geo_.block_bytes, static_cast<size_t>(N.nblocks()) * geo_.block_bytes);
       for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(reinterpret_cast<const char*>(N.codes + off), _MM_HINT_T0);

@@ -107,7 +107,7 @@ def timed_search(fn, nq_single: int, nq: int):
 
 
 # ----------------------------------------------------------------------------- bebr
-def bebr_rows(xb, xq, truth, model, key, nlists, nprobes, refines, nq_single, train_s):
+def bebr_rows(xb, xq, truth, model, key, nlists, nprobes, refines, nq_single, train_s, spills=(None,)):
     rows = []
     codes = model.encode(xb)
     q4 = model.encode_query_codes(xq, 4)
@@ -117,8 +117,8 @@ def bebr_rows(xb, xq, truth, model, key, nlists, nprobes, refines, nq_single, tr
     flat.add(codes)
     _, fi = flat.search(q4, 10, threads=1, query_bits=4)
     log(f"bebr flat SDC R10@10 {recall10(fi, truth):.3f}")
-    for nlist in nlists:
-        ivf = IVFIndex(spec, nlist, "cosine")
+    for nlist, spill in ((nl, sp) for nl in nlists for sp in spills):
+        ivf = IVFIndex(spec, nlist, "cosine", spill_lambda=spill)
         t0 = time.perf_counter()
         ivf.train(codes[np.random.default_rng(0).choice(codes.shape[0], min(codes.shape[0], 64 * nlist), replace=False)],
                   max_points_per_centroid=64)
@@ -142,7 +142,8 @@ def bebr_rows(xb, xq, truth, model, key, nlists, nprobes, refines, nq_single, tr
                                       refine=Refine(refine_data, xq[sl], r))[1]
                 single, batch, ids = timed_search(fn, nq_single, xq.shape[0])
                 bpv = (mem + (refine_data.nbytes if r else 0)) / xb.shape[0]
-                row = dict(method=f"bebr IVF{nlist} SDC {spec.dim}x{spec.bits} q4" + (" + SQ8 refine" if r else ""),
+                soar = "" if spill is None else f" SOAR(lambda={spill:g})"
+                row = dict(method=f"bebr IVF{nlist}{soar} SDC {spec.dim}x{spec.bits} q4" + (" + SQ8 refine" if r else ""),
                            params=dict(nlist=nlist, nprobe=nprobe, refine=r),
                            recall=recall10(ids, truth), qps_single=single, qps_batch=batch,
                            bytes_per_vector=bpv,
@@ -395,7 +396,9 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=327_091)
     ap.add_argument("--nq", type=int, default=2000)
     ap.add_argument("--single", type=int, default=300, help="queries in the single-query loop")
-    ap.add_argument("--budget", default="192x2")
+    ap.add_argument("--budget", default="192x2", help="Binarizer dim x bits (','-separated: several)")
+    ap.add_argument("--spill", default="none",
+                    help="IVFIndex spill_lambda values, ','-separated ('none': single assignment)")
     ap.add_argument("--train-time", type=float, default=600.0)
     ap.add_argument("--nlist", default="1024")
     ap.add_argument("--nprobe", default="4,8,16,32,64,128")
@@ -431,7 +434,8 @@ def main(argv=None):
     res = dict(simd=bebr.simd_level(), argv=sys.argv[1:], load_avg=os.getloadavg())
     xb, xq, truth, key = load_data(a.data, a.n, a.nq)
     log(f"data {key}: base {xb.shape}, queries {xq.shape}")
-    model, train_s = binarizer(xb, a.budget, key, a.train_time)
+    models = [binarizer(xb, b, key, a.train_time) for b in a.budget.split(",")]
+    model, train_s = models[0]
     if a.soar_study:
         res["soar"] = soar_study(xb, xq, truth, model, ints(a.nlist)[0], ints(a.nprobe))
         Path(a.out).write_text(json.dumps(res, indent=1))
@@ -440,8 +444,11 @@ def main(argv=None):
         res["probe"] = probe_study(xb, xq, truth, model, ints(a.nlist)[0], ints(a.nprobe))
         Path(a.out).write_text(json.dumps(res, indent=1))
         return
-    rows = bebr_rows(xb, xq, truth, model, key, ints(a.nlist), ints(a.nprobe), ints(a.refine),
-                     a.single, train_s)
+    spills = [None if v == "none" else float(v) for v in a.spill.split(",")]
+    rows = []
+    for model, train_s in models:
+        rows += bebr_rows(xb, xq, truth, model, key, ints(a.nlist), ints(a.nprobe), ints(a.refine),
+                          a.single, train_s, spills)
     if not a.skip_faiss:
         facs = a.faiss.replace("{nlist}", str(ints(a.nlist)[0])).split(";")
         rows += faiss_rows(xb, xq, truth, key, facs, ints(a.nprobe),
