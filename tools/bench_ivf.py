@@ -308,53 +308,6 @@ def probe_study(xb, xq, truth, model, nlist, nprobes, soar_lambdas=(0.0, 1.0, 1.
     return rows
 
 
-def soar_study(xb, xq, truth, model, nlist, nprobes, lam=1.5, refine=10, nq=500):
-    """End-to-end R10@10 of SOAR spilled assignment against single assignment, simulated:
-    each query's candidates are the items with a probed list (single: their own list; SOAR:
-    their own or their second list, ``soar_lists``), ranked by the flat SDC scan restricted to
-    them (``Index.search(filter=...)``: the same scores an IVF scan of those lists gives) and
-    the top ``10 * refine`` re-ranked with SQ8 codes. Reports items scanned per query and the
-    bytes per vector each layout stores (SOAR: every code, id and norm twice). Recall only:
-    QPS follows the items scanned (the scan is the cost) but is not measured."""
-    from bebr import _C
-
-    codes = model.encode(xb)
-    ivf = IVFIndex(model.spec, nlist, "cosine")
-    ivf.train(codes[np.random.default_rng(0).choice(codes.shape[0], min(codes.shape[0], 64 * nlist), replace=False)],
-              max_points_per_centroid=64)
-    ivf.add(codes)
-    ivf.compact()
-    lists = ivf.assign(codes)
-    x = (model.spec.values(codes) / float(model.spec.scale)).astype(np.float32)
-    sec = soar_lists(x, ivf.centroids(), lists, lam)
-    flat = bebr.Index(model.spec, "cosine")
-    flat.add(codes)
-    sq = SQ8.encode(xb)
-    q4 = model.encode_query_codes(xq[:nq], 4)
-    xqs = np.ascontiguousarray(xq[:nq])
-    per_item = ivf.memory_bytes() / xb.shape[0]
-    code_id_norm = model.spec.code_bytes + 4 + 4
-    rows = []
-    for nprobe in nprobes:
-        probed = ivf.probe(q4, nprobe, query_bits=4)
-        for name in ("single", f"SOAR lambda={lam:g}"):
-            found, scanned = [], []
-            for i in range(nq):
-                inp = np.zeros(nlist, bool)
-                inp[probed[i]] = True
-                mask = inp[lists] | (inp[sec] if name != "single" else False)
-                scanned.append(int(mask.sum()))
-                _, cand = flat.search(q4[i:i + 1], 10 * refine, threads=1, query_bits=4, filter=mask)
-                found.append(_C.rerank_sq8(cand, sq.codes, sq.lo, sq.step, xqs[i:i + 1], True, 10, 1)[1][0])
-            bpv = per_item + (code_id_norm if name != "single" else 0) + sq.nbytes / xb.shape[0]
-            row = dict(nlist=nlist, nprobe=nprobe, assignment=name, refine=refine,
-                       recall=datasets.recall_at(np.array(found), truth[:nq]),
-                       scanned=float(np.mean(scanned)), bytes_per_vector=bpv)
-            log(json.dumps(row))
-            rows.append(row)
-    return rows
-
-
 def render(res: dict) -> str:
     """Markdown tables of a result file: best configuration per method at each target, and
     the scaling rows."""
@@ -375,12 +328,6 @@ def render(res: dict) -> str:
                 if missing:
                     out.append(f"\nnot reached: {'; '.join(missing)}")
                 out.append("")
-    if "soar" in res:
-        out.append("| nlist | nprobe | assignment | R10@10 (SQ8 refine x10) | items scanned | bytes/vector |")
-        out.append("|---:|---:|---|---:|---:|---:|")
-        for r in res["soar"]:
-            out.append(f"| {r['nlist']} | {r['nprobe']} | {r['assignment']} | {r['recall']:.3f} | "
-                       f"{r['scanned']:,.0f} | {r['bytes_per_vector']:.0f} |")
     if "probe" in res:
         out.append("| nlist | nprobe | probe | coverage of the true top-10 | items scanned |")
         out.append("|---:|---:|---|---:|---:|")
@@ -410,8 +357,7 @@ def main(argv=None):
     ap.add_argument("--kfactor", default="2,4,8")
     ap.add_argument("--ef", default="16,32,64,128,256")
     ap.add_argument("--skip-faiss", action="store_true")
-    ap.add_argument("--soar-study", action="store_true",
-                    help="only simulate SOAR spilled assignment against single assignment (recall)")
+    ap.add_argument("--skip-bebr", action="store_true", help="faiss rows only")
     ap.add_argument("--probe-study", action="store_true",
                     help="only measure probe coverage: query codes vs float projection")
     ap.add_argument("--out", default=None, help="result JSON to write")
@@ -436,17 +382,13 @@ def main(argv=None):
     log(f"data {key}: base {xb.shape}, queries {xq.shape}")
     models = [binarizer(xb, b, key, a.train_time) for b in a.budget.split(",")]
     model, train_s = models[0]
-    if a.soar_study:
-        res["soar"] = soar_study(xb, xq, truth, model, ints(a.nlist)[0], ints(a.nprobe))
-        Path(a.out).write_text(json.dumps(res, indent=1))
-        return
     if a.probe_study:
         res["probe"] = probe_study(xb, xq, truth, model, ints(a.nlist)[0], ints(a.nprobe))
         Path(a.out).write_text(json.dumps(res, indent=1))
         return
     spills = [None if v == "none" else float(v) for v in a.spill.split(",")]
     rows = []
-    for model, train_s in models:
+    for model, train_s in ([] if a.skip_bebr else models):
         rows += bebr_rows(xb, xq, truth, model, key, ints(a.nlist), ints(a.nprobe), ints(a.refine),
                           a.single, train_s, spills)
     if not a.skip_faiss:
