@@ -16,11 +16,19 @@ same registry as ``Index`` and saved in the file header. An item is assigned by 
 ``version_queries`` each version's query codes probe their own lists and score only that
 version's items there (calibrations as in ``Index``).
 
+Spilled assignment (optional, ``spill_lambda=``): every item is also stored in a second list
+chosen by the SOAR criterion (Sun et al. 2023); a search drops the second copy of an id, so
+results keep the single-assignment contract. Files: the ``Index`` format with kind
+``IVFIndex``; the lists' slots concatenated in list order (a spilled index keeps each list's
+spilled copies at its end, ``spilled_sizes`` in the header counts them), ``list_sizes`` and
+the centroids in the checksummed header.
+
 Refinement (optional): ``search(..., refine=Refine(vectors, queries, factor))`` takes the top
 ``k * factor`` SDC candidates and re-ranks them by the exact float inner product (cosine for
 ``metric="cosine"``) of ``queries`` with ``vectors[id]`` (rows indexed by id: an in-RAM array
 or ``numpy.load(path, mmap_mode="r")``, faiss ``IndexRefineFlat`` style, or ``SQ8`` codes of
-them, faiss ``Refine(SQ8)`` style); scores are then the float ones.
+them, faiss ``Refine(SQ8)`` style); scores are then the float ones, computed in C++ with the
+GIL released.
 """
 
 from __future__ import annotations

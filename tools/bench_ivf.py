@@ -234,6 +234,67 @@ def faiss_rows(xb, xq, truth, key, factories, nprobes, kfactors, efs, nq_single)
     return rows
 
 
+def confirm(xb, xq, truth, models, key, picks, rounds, nq_single):
+    """Re-time chosen configurations (the best row of each method at each target, from an
+    earlier result) interleaved: ``rounds`` rounds, each timing every configuration once
+    (single-query loop of ``nq_single`` queries, then one batch), so that load changes on a
+    shared machine hit every configuration alike; QPS = median over rounds."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    fns, built = [], {}
+    refine_data = SQ8.encode(xb)
+    for r in picks:
+        m, p = r["method"], r["params"]
+        if m.startswith("bebr"):
+            dim_bits = m.split(" SDC ")[1].split(" ")[0]
+            model = models[dim_bits]
+            spill = float(m.split("lambda=")[1].split(")")[0]) if "SOAR" in m else None
+            bkey = (dim_bits, p["nlist"], spill)
+            if bkey not in built:
+                codes = model.encode(xb)
+                ivf = IVFIndex(model.spec, p["nlist"], "cosine", spill_lambda=spill)
+                ivf.train(codes[np.random.default_rng(0).choice(codes.shape[0], min(codes.shape[0], 64 * p["nlist"]),
+                                                                replace=False)], max_points_per_centroid=64)
+                ivf.add(codes)
+                ivf.compact()
+                built[bkey] = (ivf, model.encode_query_codes(xq, 4))
+            ivf, q4 = built[bkey]
+
+            def fn(sl, ivf=ivf, q4=q4, p=p):
+                if p["refine"] == 0:
+                    return ivf.search(q4[sl], 10, threads=1, query_bits=4, nprobe=p["nprobe"])[1]
+                return ivf.search(q4[sl], 10, threads=1, query_bits=4, nprobe=p["nprobe"],
+                                  refine=Refine(refine_data, xq[sl], p["refine"]))[1]
+        else:
+            idx, _ = faiss_index(xb, m[len("faiss "):], key)
+
+            def fn(sl, idx=idx, p=p):
+                if "efSearch" in p:
+                    faiss.downcast_index(idx).hnsw.efSearch = p["efSearch"]
+                else:
+                    faiss.extract_index_ivf(idx).nprobe = p["nprobe"]
+                    if p["k_factor"] > 1:
+                        faiss.downcast_index(idx).k_factor = p["k_factor"]
+                return idx.search(xq[sl], 10)[1]
+        fns.append(fn)
+    single = [[] for _ in picks]
+    batch = [[] for _ in picks]
+    for rnd in range(rounds):
+        for i, fn in enumerate(fns):
+            s, b, ids = timed_search(fn, nq_single, xq.shape[0])
+            single[i].append(s)
+            batch[i].append(b)
+        log(f"confirm round {rnd + 1}/{rounds} done")
+    out = []
+    for r, s, b, fn in zip(picks, single, batch, fns):
+        out.append(dict(r, qps_single=float(np.median(s)), qps_batch=float(np.median(b)),
+                        qps_single_rounds=s, qps_batch_rounds=b,
+                        recall=recall10(fn(slice(0, xq.shape[0])), truth)))
+        log(json.dumps({k: out[-1][k] for k in ("method", "params", "recall", "qps_single", "qps_batch")}))
+    return out
+
+
 def best_at(rows, target):
     out = {}
     for r in rows:
@@ -358,6 +419,9 @@ def main(argv=None):
     ap.add_argument("--ef", default="16,32,64,128,256")
     ap.add_argument("--skip-faiss", action="store_true")
     ap.add_argument("--skip-bebr", action="store_true", help="faiss rows only")
+    ap.add_argument("--confirm", default=None,
+                    help="re-time the best rows of this result JSON interleaved (--rounds)")
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--probe-study", action="store_true",
                     help="only measure probe coverage: query codes vs float projection")
     ap.add_argument("--out", default=None, help="result JSON to write")
@@ -385,6 +449,18 @@ def main(argv=None):
     if a.probe_study:
         res["probe"] = probe_study(xb, xq, truth, model, ints(a.nlist)[0], ints(a.nprobe))
         Path(a.out).write_text(json.dumps(res, indent=1))
+        return
+    if a.confirm:
+        prev = json.loads(Path(a.confirm).read_text())
+        picks = {(r["method"], json.dumps(r["params"], sort_keys=True)): r
+                 for t in prev["best"].values() for r in t}
+        by_budget = {b: m for b, (m, _) in zip(a.budget.split(","), models)}
+        rows = confirm(xb, xq, truth, by_budget, key, list(picks.values()), a.rounds, a.single)
+        res["rows"] = rows
+        res["best"] = {str(t): [dict(r, mode=m) for (_, m), r in best_at(rows, t).items()]
+                       for t in (0.90, 0.95)}
+        Path(a.out).write_text(json.dumps(res, indent=1))
+        log(f"wrote {a.out}")
         return
     spills = [None if v == "none" else float(v) for v in a.spill.split(",")]
     rows = []
