@@ -352,9 +352,13 @@ class Index(_Base):
             raise ValueError(f"metric must be 'ip' or 'cosine', got {metric!r}")
         self.spec = spec
         self.metric = metric
-        self._core = _C.SdcIndex(spec.dim, spec.bits, metric)
+        self._core = self._new_core()
         self._mmap: Optional[np.memmap] = None
         self._registry = VersionRegistry()
+
+    def _new_core(self):
+        """The compiled store of ``self.spec`` / ``self.metric`` (``IVFIndex`` overrides it)."""
+        return _C.SdcIndex(self.spec.dim, self.spec.bits, self.metric)
 
     def __repr__(self) -> str:
         return (f"Index(CodeSpec(dim={self.spec.dim}, bits={self.spec.bits}), "

@@ -16,11 +16,19 @@ same registry as ``Index`` and saved in the file header. An item is assigned by 
 ``version_queries`` each version's query codes probe their own lists and score only that
 version's items there (calibrations as in ``Index``).
 
+Spilled assignment (optional, ``spill_lambda=``): every item is also stored in a second list
+chosen by the SOAR criterion (Sun et al. 2023); a search drops the second copy of an id, so
+results keep the single-assignment contract. Files: the ``Index`` format with kind
+``IVFIndex``; the lists' slots concatenated in list order (a spilled index keeps each list's
+spilled copies at its end, ``spilled_sizes`` in the header counts them), ``list_sizes`` and
+the centroids in the checksummed header.
+
 Refinement (optional): ``search(..., refine=Refine(vectors, queries, factor))`` takes the top
 ``k * factor`` SDC candidates and re-ranks them by the exact float inner product (cosine for
 ``metric="cosine"``) of ``queries`` with ``vectors[id]`` (rows indexed by id: an in-RAM array
 or ``numpy.load(path, mmap_mode="r")``, faiss ``IndexRefineFlat`` style, or ``SQ8`` codes of
-them, faiss ``Refine(SQ8)`` style); scores are then the float ones.
+them, faiss ``Refine(SQ8)`` style); scores are then the float ones, computed in C++ with the
+GIL released.
 """
 
 from __future__ import annotations
@@ -51,8 +59,9 @@ def _check_positive(value: Any, name: str) -> int:
 
 class SQ8:
     """Re-ranking vectors stored as uint8 per-dimension scalar quantization (faiss SQ8): 1
-    byte per dimension plus a float32 norm per row. ``SQ8.encode(x)`` fits the per-dimension
-    range of ``x`` and quantizes it; rows are indexed by id like ``Refine.vectors``."""
+    byte per dimension (value ``lo[j] + step[j] * code``; for cosine the decoded row's norm is
+    computed while scoring, not stored). ``SQ8.encode(x)`` fits the per-dimension range of
+    ``x`` and quantizes it; rows are indexed by id like ``Refine.vectors``."""
 
     def __init__(self, codes: np.ndarray, lo: np.ndarray, step: np.ndarray) -> None:
         self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
@@ -62,7 +71,6 @@ class SQ8:
                 self.step.shape != self.lo.shape:
             raise ValueError(f"SQ8: codes (n, d) with lo and step (d,), got {self.codes.shape}, "
                              f"{self.lo.shape}, {self.step.shape}")
-        self.norms = np.linalg.norm(self.decode(np.arange(self.codes.shape[0])), axis=1)
 
     @classmethod
     def encode(cls, x: Any, chunk: int = 65536) -> "SQ8":
@@ -84,19 +92,10 @@ class SQ8:
 
     @property
     def nbytes(self) -> int:
-        return self.codes.nbytes + self.norms.nbytes + self.lo.nbytes + self.step.nbytes
+        return self.codes.nbytes + self.lo.nbytes + self.step.nbytes
 
     def decode(self, rows: np.ndarray) -> np.ndarray:
         return self.codes[rows].astype(np.float32) * self.step + self.lo
-
-    def scores(self, cand: np.ndarray, q: np.ndarray, cosine: bool) -> np.ndarray:
-        """Inner products (cosines) of queries q (nq, d) with the rows cand (nq, c)."""
-        c = self.codes[cand.reshape(-1)].reshape(*cand.shape, -1)
-        s = np.einsum("qcd,qd->qc", c.astype(np.float32), q * self.step) + (q @ self.lo)[:, None]
-        if cosine:
-            s = s / np.maximum(self.norms[cand], 1e-30) / \
-                np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
-        return s
 
 
 @dataclass(frozen=True)
@@ -117,16 +116,25 @@ class IVFIndex(Index):
     ``is_trained`` and ``search(..., nprobe=)``.
     """
 
-    def __init__(self, spec: CodeSpec, nlist: int, metric: str = "ip") -> None:
-        if not isinstance(spec, CodeSpec):
-            raise TypeError(f"spec must be a bebr.CodeSpec, got {type(spec).__name__}")
-        if metric not in _METRICS:
-            raise ValueError(f"metric must be 'ip' or 'cosine', got {metric!r}")
-        self.spec = spec
-        self.metric = metric
-        self._core = _C.IvfIndex(spec.dim, spec.bits, metric, _check_positive(nlist, "nlist"))
-        self._mmap: Optional[np.memmap] = None
-        self._registry = VersionRegistry()
+    def __init__(self, spec: CodeSpec, nlist: int, metric: str = "ip", *,
+                 spill_lambda: Optional[float] = None) -> None:
+        self._nlist = _check_positive(nlist, "nlist")
+        if spill_lambda is not None:
+            if isinstance(spill_lambda, bool) or not isinstance(spill_lambda, (int, float, np.number)):
+                raise TypeError(f"spill_lambda must be a float or None, got {type(spill_lambda).__name__}")
+            if not np.isfinite(spill_lambda) or spill_lambda < 0:
+                raise ValueError(f"spill_lambda must be a finite float >= 0, got {spill_lambda}")
+        self._spill = None if spill_lambda is None else float(spill_lambda)
+        super().__init__(spec, metric)  # spec / metric checks, version registry
+
+    def _new_core(self):
+        return _C.IvfIndex(self.spec.dim, self.spec.bits, self.metric, self._nlist,
+                           -1.0 if self._spill is None else self._spill)
+
+    @property
+    def spill_lambda(self) -> Optional[float]:
+        """SOAR lambda of the spilled assignment (every item also in a second list), or None."""
+        return self._spill
 
     def __repr__(self) -> str:
         return (f"IVFIndex(CodeSpec(dim={self.spec.dim}, bits={self.spec.bits}), "
@@ -200,8 +208,22 @@ class IVFIndex(Index):
         return self._core.probe(q, _check_positive(nprobe, "nprobe"), qspec.bits)
 
     def memory_bytes(self) -> int:
-        """Bytes the index holds: codes, ids, versions, norms, masks, id tables, centroids."""
+        """Bytes the index holds in RAM: codes (unless memory-mapped), ids, inverse norms,
+        alive masks, version runs, the id table (once built), centroids; ``memory_breakdown``
+        gives them by part."""
         return int(self._core.memory_bytes())
+
+    def memory_breakdown(self) -> dict:
+        """``memory_bytes`` by part: ``codes``, ``ids``, ``norms``, ``masks``, ``versions``,
+        ``id_table``, ``centroids``, ``lists``."""
+        return {k: int(v) for k, v in self._core.memory_breakdown().items()}
+
+    @property
+    def id_table_built(self) -> bool:
+        """True once the id -> list table is held (built by the first remove, upsert,
+        ``in``, ``get_codes`` or add of ids below the next free id; about 10-14 bytes per
+        item). An index only filled with new ids and searched never builds it."""
+        return bool(self._core.id_table_built)
 
     # ------------------------------------------------------------------ changes
     def add(self, packed: Any, ids: Any = None, version: Version = 0) -> np.ndarray:
@@ -237,26 +259,32 @@ class IVFIndex(Index):
         args = self._search_args(queries, k * factor, threads, filter, exclude, query_bits,
                                  version_queries, version_calibration)
         _, cand = self._core.search(*args, nprobe=nprobe)
-        return _rerank(cand, refine.vectors, refine.queries, k, self.metric == "cosine")
+        return _rerank(cand, refine.vectors, refine.queries, k, self.metric == "cosine", args[2])
 
     # ------------------------------------------------------------------ persistence
     def _header(self) -> dict:
-        return dict(super()._header(), nlist=self.nlist, trained=self.is_trained)
+        h = dict(super()._header(), nlist=self.nlist, trained=self.is_trained)
+        if self._spill is not None:
+            h["spill_lambda"] = self._spill
+        return h
 
     def save(self, path: "os.PathLike[str] | str") -> None:
         """Write the index atomically: the ``Index`` file format with kind ``IVFIndex``, the
         lists' sections concatenated in list order, and the list sizes and centroids in the
         (checksummed) header."""
         dense = _IvfDense(self._core)
+        extra = {} if self._spill is None else {"spilled_sizes": dense.spilled}
         _write_index_file(path, dense, lambda: dict(
             self._header(), kind=type(self).__name__, list_sizes=dense.sizes,
-            centroids=self._core.centroids().reshape(-1).tolist()))
+            centroids=self._core.centroids().reshape(-1).tolist(), **extra))
 
     @classmethod
     def _from_header(cls, header: dict) -> "IVFIndex":
         if header["metric"] not in _METRICS:
             raise ValueError(f"unknown metric {header['metric']!r}")
-        idx = cls(CodeSpec.from_dict(header["spec"]), int(header["nlist"]), header["metric"])
+        spill = header.get("spill_lambda")
+        idx = cls(CodeSpec.from_dict(header["spec"]), int(header["nlist"]), header["metric"],
+                  spill_lambda=None if spill is None else float(spill))
         idx._registry = VersionRegistry.from_list(header["versions"])
         return idx
 
@@ -272,12 +300,15 @@ class IVFIndex(Index):
             elif c.size or header["n"]:
                 raise ValueError("an untrained index with centroids or items")
             sizes = np.asarray(header["list_sizes"], dtype=np.int64)
+            spilled = (None if idx.spill_lambda is None
+                       else np.asarray(header["spilled_sizes"], dtype=np.int64))
             idx._core.assign_dense(arrays["codes"], arrays["ids"], arrays["versions"],
                                    arrays["invn"], sizes,
-                                   int(header["next_id"]), mm is not None)
+                                   int(header["next_id"]), mm is not None, spilled)
+            items = header["n"] - (0 if spilled is None else int(spilled.sum()))
         except (KeyError, TypeError, ValueError) as e:
             raise CorruptFileError(f"{path}: bad or inconsistent IVF index file: {e}") from None
-        if len(idx) != header["n"]:
+        if len(idx) != items:
             raise CorruptFileError(f"{path}: item count does not match the header")
         idx._mmap = mm
         return idx
@@ -289,11 +320,12 @@ class _IvfDense:
     ``data_start`` with their SHA-256, like ``SdcIndex.write_dense``."""
 
     def __init__(self, core) -> None:
-        codes, ids, versions, invn, sizes, next_id = core.export_dense()
+        codes, ids, versions, invn, sizes, next_id, spilled = core.export_dense()
         self.arrays = [("codes", codes), ("ids", ids), ("versions", versions), ("invn", invn)]
         self.sizes = [int(v) for v in sizes]
+        self.spilled = [int(v) for v in spilled]
         self.next_id = int(next_id)
-        self.n = int(ids.size)
+        self.n = int(ids.size)  # stored slots: items plus their spilled copies
 
     def write_dense(self, fd: int, data_start: int) -> dict:
         sections, off = [], 0
@@ -310,29 +342,32 @@ class _IvfDense:
         return {"n": self.n, "next_id": self.next_id, "sections": sections}
 
 
-def _rerank(cand: np.ndarray, vectors: Any, queries: Any, k: int, cosine: bool):
-    q = np.asarray(queries, dtype=np.float32)
+def _rerank(cand: np.ndarray, vectors: Any, queries: Any, k: int, cosine: bool, threads: int):
+    """Best ``k`` of the candidates ``cand`` (nq, c) by the float scores of ``queries`` with
+    the rows ``vectors[id]`` (SQ8 codes or float; scored in C++, GIL released, ``threads``
+    over queries)."""
+    q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
     if q.ndim != 2 or q.shape[0] != cand.shape[0]:
         raise ValueError(f"refine.queries must have shape ({cand.shape[0]}, d), got {q.shape}")
     if getattr(vectors, "ndim", None) != 2 or vectors.shape[1] != q.shape[1]:
         raise ValueError(f"refine.vectors must be 2-d with {q.shape[1]} columns (the queries' "
                          f"dim), got shape {getattr(vectors, 'shape', None)}")
-    valid = cand >= 0
-    if valid.any() and cand[valid].max() >= vectors.shape[0]:
-        raise ValueError(f"refine.vectors has {vectors.shape[0]} rows but a candidate has id "
-                         f"{int(cand[valid].max())} (rows must be indexed by id)")
-    rows = np.where(valid, cand, 0)
     if isinstance(vectors, SQ8):
-        s = vectors.scores(rows, q, cosine)
-    else:
-        x = np.asarray(vectors[rows.reshape(-1)], dtype=np.float32).reshape(*cand.shape, -1)
-        if cosine:
-            q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
-            x = x / np.maximum(np.linalg.norm(x, axis=2, keepdims=True), 1e-30)
-        s = np.einsum("qcd,qd->qc", x, q)
-    s = np.where(valid, s, -np.inf).astype(np.float32)
-    order = np.lexsort((np.where(valid, cand, np.iinfo(np.int64).max), -s), axis=1)[:, :k]
-    r = np.arange(cand.shape[0])[:, None]
-    out_s, out_i = s[r, order], cand[r, order]
-    out_s[out_i < 0] = -np.inf
-    return out_s, out_i
+        return _C.rerank_sq8(cand, vectors.codes, vectors.lo, vectors.step, q, cosine, k, threads)
+    rows = vectors
+    if not (isinstance(rows, np.ndarray) and rows.dtype == np.float32 and rows.flags.c_contiguous):
+        # other dtypes or layouts: only the candidate rows are converted
+        valid = cand >= 0
+        if valid.any() and cand[valid].max() >= rows.shape[0]:
+            raise ValueError(f"the refine rows are {rows.shape[0]} but a candidate has id "
+                             f"{int(cand[valid].max())} (rows must be indexed by id)")
+        uniq, inv = np.unique(np.where(valid, cand, -1), return_inverse=True)
+        keep = uniq >= 0
+        sub = np.ascontiguousarray(np.asarray(rows[uniq[keep]], dtype=np.float32))
+        remap = np.full(uniq.shape, -1, np.int64)
+        remap[keep] = np.arange(int(keep.sum()))
+        local = remap[inv.reshape(cand.shape)]
+        s, i = _C.rerank_float(np.ascontiguousarray(local), sub, q, cosine, k, threads)
+        src = uniq[keep]
+        return s, np.where(i >= 0, src[np.maximum(i, 0)] if src.size else -1, -1)
+    return _C.rerank_float(cand, rows, q, cosine, k, threads)

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 import bebr
 from bebr import CodeSpec, Index, IVFIndex
 from bebr.fileio import CorruptFileError
+from bebr.index import MAX_ID
 from bebr.ivf import Refine
 
 
@@ -24,8 +25,8 @@ def random_queries(spec, qbits, nq, rng):
     return qs.pack(rng.integers(0, 2**qbits, (nq, spec.dim)).astype(np.uint8))
 
 
-def pair(spec, metric, nlist, codes, ids=None, rng=None, version=0):
-    ivf = IVFIndex(spec, nlist, metric)
+def pair(spec, metric, nlist, codes, ids=None, rng=None, version=0, spill=None):
+    ivf = IVFIndex(spec, nlist, metric, spill_lambda=spill)
     ivf.train(codes, seed=0)
     flat = Index(spec, metric)
     ivf.add(codes, ids, version=version)
@@ -38,14 +39,15 @@ def same(a, b):
     np.testing.assert_array_equal(a[0], b[0])
 
 
+@pytest.mark.parametrize("spill", [None, 1.0])
 @pytest.mark.parametrize("bits,metric,dim", [(1, "ip", 33), (2, "cosine", 64), (2, "ip", 17),
                                              (3, "cosine", 31), (4, "ip", 9)])
-def test_full_probe_equals_flat_at_every_level(level, bits, metric, dim):
+def test_full_probe_equals_flat_at_every_level(level, bits, metric, dim, spill):
     rng = np.random.default_rng(bits * 100 + dim)
     spec = CodeSpec(dim, bits)
     codes = clustered_codes(spec, 700, rng)
-    ivf, flat = pair(spec, metric, 12, codes)
-    assert len(ivf) == 700 and ivf.list_sizes().sum() == 700
+    ivf, flat = pair(spec, metric, 12, codes, spill=spill)
+    assert len(ivf) == 700 and ivf.list_sizes().sum() == (700 if spill is None else 1400)
     assert (ivf.list_sizes() > 0).sum() > 1
     for qbits in (bits, 4 if bits <= 2 else 7):
         q = random_queries(spec, qbits, 9, rng)
@@ -156,14 +158,18 @@ def test_upsert_moves_item_and_remove():
         ivf.add(codes[:1], [1])
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=st.lists(st.tuples(st.sampled_from(["add", "upsert", "remove", "search", "save"]),
-                              st.integers(0, 2**31)), min_size=1, max_size=12),
-       bits=st.sampled_from([1, 2, 3]), metric=st.sampled_from(["ip", "cosine"]))
-def test_interleavings_match_flat(tmp_path, ops, bits, metric):
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.tuples(st.sampled_from(["add", "upsert", "remove", "search", "save",
+                                               "compact", "lookup"]),
+                              st.integers(0, 2**31)), min_size=1, max_size=14),
+       bits=st.sampled_from([1, 2, 3]), metric=st.sampled_from(["ip", "cosine"]),
+       wide=st.booleans(), spill=st.sampled_from([None, 0.0, 1.5]))
+def test_interleavings_match_flat(tmp_path, ops, bits, metric, wide, spill):
+    # wide: some ids at and past 2**32 - 2 (the index switches from 4-byte to 8-byte ids)
+    pool = np.arange(150) if not wide else np.concatenate([np.arange(140), 2**32 - 3 + np.arange(10)])
     spec = CodeSpec(20, bits)
     rng = np.random.default_rng(0)
-    ivf = IVFIndex(spec, 5, metric)
+    ivf = IVFIndex(spec, 5, metric, spill_lambda=spill)
     ivf.train(clustered_codes(spec, 200, rng))
     flat = Index(spec, metric)
     for step, (op, seed) in enumerate(ops):
@@ -171,7 +177,7 @@ def test_interleavings_match_flat(tmp_path, ops, bits, metric):
         if op in ("add", "upsert"):
             n = int(r.integers(1, 40))
             c = clustered_codes(spec, n, r)
-            ids = r.choice(150, n, replace=False)
+            ids = r.choice(pool, n, replace=False)
             v = int(r.integers(0, 3))
             if op == "add":
                 ids = ids[~np.isin(ids, flat.ids())]
@@ -191,11 +197,26 @@ def test_interleavings_match_flat(tmp_path, ops, bits, metric):
             p = tmp_path / f"i{step}.bebr"
             ivf.save(p)
             ivf = IVFIndex.load(p, mmap=bool(seed % 2))
+            assert ivf.spill_lambda == spill
+        elif op == "compact":
+            ivf.compact()
+        elif op == "lookup":
+            probe = r.choice(pool, 5, replace=False)
+            assert [int(i) in ivf for i in probe] == [int(i) in flat for i in probe]
+            live = flat.ids()
+            if live.size:
+                got = ivf.get_codes(live[:7])
+                np.testing.assert_array_equal(got, flat.get_codes(live[:7]))
+                assert ivf.versions_of(live[:7]) == flat.versions_of(live[:7])
         else:
             q = random_queries(spec, bits, 3, r)
             kk = int(r.integers(1, 30))
-            same(ivf.search(q, kk, nprobe=5), flat.search(q, kk))
+            same(ivf.search(q, kk, nprobe=5, threads=1 + seed % 2), flat.search(q, kk))
+            vq = {1: random_queries(spec, bits, 3, r)}
+            same(ivf.search(q, kk, nprobe=5, version_queries=vq),
+                 flat.search(q, kk, version_queries=vq))
         assert len(ivf) == len(flat)
+        assert ivf.list_sizes().sum() == len(flat) * (1 if spill is None else 2)
         assert ivf.versions() == flat.versions()
         np.testing.assert_array_equal(np.sort(ivf.ids()), np.sort(flat.ids()))
     q = random_queries(spec, bits, 4, rng)
@@ -328,3 +349,120 @@ def test_refine_with_sq8_codes():
     cos = (xq @ d.T) / np.linalg.norm(d, axis=1) / np.linalg.norm(xq, axis=1)[:, None]
     np.testing.assert_array_equal(i, np.argsort(-cos, axis=1, kind="stable")[:, :6])
     np.testing.assert_allclose(s, np.take_along_axis(cos, i, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_id_table_is_built_on_first_lookup_and_memory_is_counted(tmp_path):
+    rng = np.random.default_rng(11)
+    spec = CodeSpec(64, 2)
+    codes = clustered_codes(spec, 3000, rng)
+    ivf = IVFIndex(spec, 8, "cosine")
+    ivf.train(codes)
+    ivf.add(codes[:2000], version="m-1")
+    ivf.add(codes[2000:], np.arange(5000, 6000))  # ids above next_id: no lookup needed
+    q = random_queries(spec, 4, 3, rng)
+    ivf.search(q, 5, query_bits=4, nprobe=3)
+    assert not ivf.id_table_built
+    b = ivf.memory_breakdown()
+    assert sum(b.values()) == ivf.memory_bytes() and b["id_table"] == 0
+    assert b["ids"] == 4 * 3000  # 4-byte ids while every id is below 2**32 - 1
+    assert b["versions"] <= 16 * 2 * 8  # one run per (list, add of another version)
+    assert b["norms"] >= 4 * 3000 and b["codes"] >= 3000 * spec.code_bytes
+    with pytest.raises(ValueError, match="already in the index"):
+        ivf.add(codes[:1], [3])  # an id below next_id is looked up
+    assert ivf.id_table_built
+    assert 0 < ivf.memory_breakdown()["id_table"] <= 16 * 3000
+    ivf.save(tmp_path / "t.bebr")
+    got = IVFIndex.load(tmp_path / "t.bebr")  # a loaded index starts without the table
+    assert not got.id_table_built and got.memory_breakdown()["codes"] == 0  # mapped codes
+    same(got.search(q, 5, query_bits=4, nprobe=3), ivf.search(q, 5, query_bits=4, nprobe=3))
+    assert 5999 in got and 6000 not in got and -1 not in got and got.id_table_built
+
+
+def test_wide_ids_switch_keeps_results(tmp_path):
+    rng = np.random.default_rng(12)
+    spec = CodeSpec(32, 2)
+    codes = clustered_codes(spec, 400, rng)
+    ivf, flat = pair(spec, "ip", 6, codes)
+    big = np.array([2**32 - 2, 2**32 - 1, 2**40, MAX_ID], np.int64)
+    extra = clustered_codes(spec, 4, rng)
+    ivf.add(extra, big)
+    flat.add(extra, big)
+    assert 8 * 404 <= ivf.memory_breakdown()["ids"] <= 8 * 404 * 5 // 4  # 8-byte ids now
+    q = random_queries(spec, 2, 5, rng)
+    same(ivf.search(q, 30, nprobe=6), flat.search(q, 30))
+    ivf.remove(big[1:3])
+    flat.remove(big[1:3])
+    ivf.save(tmp_path / "w.bebr")
+    got = IVFIndex.load(tmp_path / "w.bebr")
+    same(got.search(q, 30, nprobe=6), flat.search(q, 30))
+    assert MAX_ID in got and 2**40 not in got
+
+
+def test_refine_threads_and_float64_rows_match():
+    from bebr.ivf import SQ8
+
+    rng = np.random.default_rng(13)
+    spec = CodeSpec(16, 2)
+    x = rng.standard_normal((3000, 16)).astype(np.float32)
+    codes = spec.pack(np.clip(np.floor((x + 2) / 4 * 4), 0, 3).astype(np.uint8))
+    ivf = IVFIndex(spec, 8, "cosine")
+    ivf.train(codes)
+    ivf.add(codes)
+    xq = rng.standard_normal((300, 16)).astype(np.float32)
+    q = spec.pack(np.clip(np.floor((xq + 2) / 4 * 4), 0, 3).astype(np.uint8))
+    sq = SQ8.encode(x)
+    for rows in (sq, x):
+        r1 = ivf.search(q, 7, nprobe=3, threads=1, refine=Refine(rows, xq, 5))
+        r2 = ivf.search(q, 7, nprobe=3, threads=2, refine=Refine(rows, xq, 5))
+        same(r1, r2)
+    r64 = ivf.search(q, 7, nprobe=3, refine=Refine(x.astype(np.float64), xq, 5))
+    r32 = ivf.search(q, 7, nprobe=3, refine=Refine(x, xq, 5))
+    np.testing.assert_array_equal(r64[1], r32[1])
+    np.testing.assert_allclose(r64[0], r32[0], rtol=1e-6)
+    # a numpy oracle of the SQ8 cosine over the same candidates
+    _, cand = ivf.search(q, 35, nprobe=3)
+    d = sq.decode(np.arange(3000))
+    cos = np.einsum("qcd,qd->qc", d[cand], xq) / np.linalg.norm(d[cand], axis=2) / \
+        np.linalg.norm(xq, axis=1)[:, None]
+    s, i = ivf.search(q, 7, nprobe=3, refine=Refine(sq, xq, 5))
+    order = np.argsort(-cos, axis=1, kind="stable")[:, :7]
+    np.testing.assert_allclose(s, np.take_along_axis(cos, order, 1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="indexed by id"):
+        ivf.search(q, 7, nprobe=3, refine=Refine(x[:100], xq, 5))
+    with pytest.raises(ValueError, match="indexed by id"):
+        ivf.search(q, 7, nprobe=3, refine=Refine(SQ8.encode(x[:100]), xq, 5))
+    with pytest.raises(ValueError, match="refine.queries"):
+        ivf.search(q, 7, nprobe=3, refine=Refine(sq, xq[:5], 5))
+
+
+def test_spilled_assignment_is_the_soar_second_list():
+    rng = np.random.default_rng(14)
+    spec = CodeSpec(24, 2)
+    codes = clustered_codes(spec, 600, rng, nclusters=12)
+    ivf = IVFIndex(spec, 10, "ip", spill_lambda=1.5)
+    ivf.train(codes)
+    ivf.add(codes)
+    c = ivf.centroids().astype(np.float64)
+    x = spec.values(codes) / float(spec.scale)
+    s = x @ c.T
+    first = np.argmax(s, axis=1)
+    r = x - c[first]
+    loss = ((x[:, None, :] - c[None]) ** 2).sum(2) + \
+        1.5 * (np.einsum("nd,nld->nl", r, x[:, None, :] - c[None])) ** 2 / (r * r).sum(1, keepdims=True)
+    loss[np.arange(600), first] = np.inf
+    second = np.argmin(loss, axis=1)
+    want = np.bincount(first, minlength=10) + np.bincount(second, minlength=10)
+    # float32 sums in C++: a near-tie may flip; all but a few lists agree exactly
+    assert np.abs(ivf.list_sizes() - want).sum() <= 6
+    q = random_queries(spec, 4, 20, rng)
+    flat = Index(spec, "ip")
+    flat.add(codes)
+    # probing one list finds the items of that list as primary or spilled copies, once each
+    _, found = ivf.search(q, 600, query_bits=4, nprobe=1)
+    lists = ivf.probe(q, 1, query_bits=4)[:, 0]
+    for i in range(20):
+        got = found[i][found[i] >= 0]
+        assert got.size == np.unique(got).size
+        assert set(got) <= set(np.flatnonzero((first == lists[i]) | (second == lists[i])))
+    with pytest.raises(ValueError, match="spill_lambda"):
+        IVFIndex(spec, 4, spill_lambda=-1.0)

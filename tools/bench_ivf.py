@@ -1,5 +1,5 @@
 """IVF benchmark: bebr.IVFIndex against faiss IVF-RaBitQ fast scan, IVF-PQ fast scan + refine and
-HNSW over SQ8, on real sentence embeddings; and a scaling run (flat vs IVF latency against n).
+HNSW over SQ8, on real sentence embeddings.
 
 Real data (``--data minilm|mpnet``): embeddings of the ``--n`` most frequent purely alphabetic
 GloVe words (bebr.datasets), ``--nq`` held-out queries (bebr.datasets.query_split, seed 0),
@@ -11,12 +11,14 @@ refine data as faiss ``Refine(SQ8)``). Every configuration is searched with one
 thread, single queries (a loop of ``--single`` queries) and one batch of all queries; the
 fastest configuration of each method reaching R10@10 0.90 / 0.95 is reported with its QPS,
 bytes per vector (whole index: codes, ids, lists, centroids, graph, refine data; faiss: the
-serialized index size) and build time. Everything expensive is cached under
+serialized index size; bebr: ``IVFIndex.memory_bytes()`` of the serving index, i.e. before
+its id table is built, with the figure including the table beside it) and build time. Everything expensive is cached under
 ``bebr.datasets.data_dir() / "bench_ivf"`` (embeddings, truth, models, faiss indexes with
 their build times), so a rerun resumes.
 
     python tools/bench_ivf.py --data minilm --n 327091 --out ivf_minilm.json
-    python tools/bench_ivf.py --scaling 100000,300000,1000000 --out ivf_scaling.json
+
+(The scaling run, latency against n on synthetic codes: tools/bench_ivf_scaling.py.)
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def timed_search(fn, nq_single: int, nq: int):
 
 
 # ----------------------------------------------------------------------------- bebr
-def bebr_rows(xb, xq, truth, model, key, nlists, nprobes, refines, nq_single, train_s):
+def bebr_rows(xb, xq, truth, model, key, nlists, nprobes, refines, nq_single, train_s, spills=(None,)):
     rows = []
     codes = model.encode(xb)
     q4 = model.encode_query_codes(xq, 4)
@@ -115,8 +117,8 @@ def bebr_rows(xb, xq, truth, model, key, nlists, nprobes, refines, nq_single, tr
     flat.add(codes)
     _, fi = flat.search(q4, 10, threads=1, query_bits=4)
     log(f"bebr flat SDC R10@10 {recall10(fi, truth):.3f}")
-    for nlist in nlists:
-        ivf = IVFIndex(spec, nlist, "cosine")
+    for nlist, spill in ((nl, sp) for nl in nlists for sp in spills):
+        ivf = IVFIndex(spec, nlist, "cosine", spill_lambda=spill)
         t0 = time.perf_counter()
         ivf.train(codes[np.random.default_rng(0).choice(codes.shape[0], min(codes.shape[0], 64 * nlist), replace=False)],
                   max_points_per_centroid=64)
@@ -124,6 +126,11 @@ def bebr_rows(xb, xq, truth, model, key, nlists, nprobes, refines, nq_single, tr
         ivf.compact()
         build = time.perf_counter() - t0
         mem = ivf.memory_bytes()
+        parts = {k: v / xb.shape[0] for k, v in ivf.memory_breakdown().items()}
+        _ = 0 in ivf  # builds the id table (remove / upsert / lookups need it)
+        mem_table = ivf.memory_bytes()
+        log(f"bebr IVF{nlist} bytes/vector by part {json.dumps(parts)}; id table "
+            f"{(mem_table - mem) / xb.shape[0]:.1f}; SQ8 {refine_data.nbytes / xb.shape[0]:.1f}")
         for r in refines:
             for nprobe in nprobes:
                 if nprobe > nlist:
@@ -135,10 +142,13 @@ def bebr_rows(xb, xq, truth, model, key, nlists, nprobes, refines, nq_single, tr
                                       refine=Refine(refine_data, xq[sl], r))[1]
                 single, batch, ids = timed_search(fn, nq_single, xq.shape[0])
                 bpv = (mem + (refine_data.nbytes if r else 0)) / xb.shape[0]
-                row = dict(method=f"bebr IVF{nlist} SDC {spec.dim}x{spec.bits} q4" + (" + SQ8 refine" if r else ""),
+                soar = "" if spill is None else f" SOAR(lambda={spill:g})"
+                row = dict(method=f"bebr IVF{nlist}{soar} SDC {spec.dim}x{spec.bits} q4" + (" + SQ8 refine" if r else ""),
                            params=dict(nlist=nlist, nprobe=nprobe, refine=r),
                            recall=recall10(ids, truth), qps_single=single, qps_batch=batch,
-                           bytes_per_vector=bpv, build_s=build, model_train_s=train_s)
+                           bytes_per_vector=bpv,
+                           bytes_per_vector_with_id_table=bpv + (mem_table - mem) / xb.shape[0],
+                           memory_parts=parts, build_s=build, model_train_s=train_s)
                 log(json.dumps(row))
                 rows.append(row)
                 if row["recall"] > 0.985:
@@ -224,6 +234,67 @@ def faiss_rows(xb, xq, truth, key, factories, nprobes, kfactors, efs, nq_single)
     return rows
 
 
+def confirm(xb, xq, truth, models, key, picks, rounds, nq_single):
+    """Re-time chosen configurations (the best row of each method at each target, from an
+    earlier result) interleaved: ``rounds`` rounds, each timing every configuration once
+    (single-query loop of ``nq_single`` queries, then one batch), so that load changes on a
+    shared machine hit every configuration alike; QPS = median over rounds."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    fns, built = [], {}
+    refine_data = SQ8.encode(xb)
+    for r in picks:
+        m, p = r["method"], r["params"]
+        if m.startswith("bebr"):
+            dim_bits = m.split(" SDC ")[1].split(" ")[0]
+            model = models[dim_bits]
+            spill = float(m.split("lambda=")[1].split(")")[0]) if "SOAR" in m else None
+            bkey = (dim_bits, p["nlist"], spill)
+            if bkey not in built:
+                codes = model.encode(xb)
+                ivf = IVFIndex(model.spec, p["nlist"], "cosine", spill_lambda=spill)
+                ivf.train(codes[np.random.default_rng(0).choice(codes.shape[0], min(codes.shape[0], 64 * p["nlist"]),
+                                                                replace=False)], max_points_per_centroid=64)
+                ivf.add(codes)
+                ivf.compact()
+                built[bkey] = (ivf, model.encode_query_codes(xq, 4))
+            ivf, q4 = built[bkey]
+
+            def fn(sl, ivf=ivf, q4=q4, p=p):
+                if p["refine"] == 0:
+                    return ivf.search(q4[sl], 10, threads=1, query_bits=4, nprobe=p["nprobe"])[1]
+                return ivf.search(q4[sl], 10, threads=1, query_bits=4, nprobe=p["nprobe"],
+                                  refine=Refine(refine_data, xq[sl], p["refine"]))[1]
+        else:
+            idx, _ = faiss_index(xb, m[len("faiss "):], key)
+
+            def fn(sl, idx=idx, p=p):
+                if "efSearch" in p:
+                    faiss.downcast_index(idx).hnsw.efSearch = p["efSearch"]
+                else:
+                    faiss.extract_index_ivf(idx).nprobe = p["nprobe"]
+                    if p["k_factor"] > 1:
+                        faiss.downcast_index(idx).k_factor = p["k_factor"]
+                return idx.search(xq[sl], 10)[1]
+        fns.append(fn)
+    single = [[] for _ in picks]
+    batch = [[] for _ in picks]
+    for rnd in range(rounds):
+        for i, fn in enumerate(fns):
+            s, b, ids = timed_search(fn, nq_single, xq.shape[0])
+            single[i].append(s)
+            batch[i].append(b)
+        log(f"confirm round {rnd + 1}/{rounds} done")
+    out = []
+    for r, s, b, fn in zip(picks, single, batch, fns):
+        out.append(dict(r, qps_single=float(np.median(s)), qps_batch=float(np.median(b)),
+                        qps_single_rounds=s, qps_batch_rounds=b,
+                        recall=recall10(fn(slice(0, xq.shape[0])), truth)))
+        log(json.dumps({k: out[-1][k] for k in ("method", "params", "recall", "qps_single", "qps_batch")}))
+    return out
+
+
 def best_at(rows, target):
     out = {}
     for r in rows:
@@ -238,10 +309,33 @@ def best_at(rows, target):
 
 
 # ----------------------------------------------------------------------------- probing
-def probe_study(xb, xq, truth, model, nlist, nprobes):
+def soar_lists(x: np.ndarray, cent: np.ndarray, primary: np.ndarray, lam: float,
+               chunk: int = 8192) -> np.ndarray:
+    """SOAR spilled assignment (Sun et al. 2023): the second list of each row minimises
+    ||x - c'||^2 + lam * <r, x - c'>^2 / ||r||^2 with r = x - c(primary), over c' != primary."""
+    out = np.empty(x.shape[0], np.int32)
+    cn = (cent * cent).sum(1)
+    for s in range(0, x.shape[0], chunk):
+        xs = x[s:s + chunk]
+        r = xs - cent[primary[s:s + chunk]]
+        rn = np.maximum((r * r).sum(1, keepdims=True), 1e-12)
+        xc = xs @ cent.T
+        d2 = (xs * xs).sum(1, keepdims=True) - 2 * xc + cn[None, :]
+        # <r, x - c'> = <r, x> - <r, c'>
+        par = (r * xs).sum(1, keepdims=True) - r @ cent.T
+        loss = d2 + lam * par * par / rn
+        loss[np.arange(xs.shape[0]), primary[s:s + chunk]] = np.inf
+        out[s:s + chunk] = np.argmin(loss, axis=1)
+    return out
+
+
+def probe_study(xb, xq, truth, model, nlist, nprobes, soar_lambdas=(0.0, 1.0, 1.5)):
     """Share of the true top-10 items that lie in the probed lists (the recall ceiling of a
-    probe) when the query meets the centroids as its 4-bit query code values (what
-    IVFIndex.search does) or as its float projection (Binarizer.encode_query)."""
+    probe) and the items a probe scans, when the query meets the centroids as its 4-bit query
+    code values (what IVFIndex.search does) or as its float projection
+    (Binarizer.encode_query); and with SOAR spilled assignment (every item also in a second
+    list, ``soar_lists``; lambda 0 = the second-nearest centroid), which stores every code
+    twice. Compare rows at equal items scanned."""
     codes = model.encode(xb)
     ivf = IVFIndex(model.spec, nlist, "cosine")
     ivf.train(codes[np.random.default_rng(0).choice(codes.shape[0], min(codes.shape[0], 64 * nlist), replace=False)],
@@ -250,70 +344,28 @@ def probe_study(xb, xq, truth, model, nlist, nprobes):
     q4 = model.encode_query_codes(xq, 4)
     proj = model.encode_query(xq)
     cent = ivf.centroids()
+    x = (model.spec.values(codes) / float(model.spec.scale)).astype(np.float32)
+    second = {lam: soar_lists(x, cent, lists, lam) for lam in soar_lambdas}
+    size1 = np.bincount(lists, minlength=nlist)
     rows = []
     for nprobe in nprobes:
         by_code = ivf.probe(q4, nprobe, query_bits=4)
         by_float = np.argsort(-(proj @ cent.T), axis=1, kind="stable")[:, :nprobe]
-        cov = {}
+        cov, scanned = {}, {}
         for name, probed in (("query code values", by_code), ("float projection", by_float)):
             hit = [np.isin(lists[truth[i]], probed[i]).mean() for i in range(truth.shape[0])]
             cov[name] = float(np.mean(hit))
-        row = dict(nlist=nlist, nprobe=nprobe, coverage=cov)
+            scanned[name] = float(size1[probed].sum(1).mean())
+        for lam, sec in second.items():
+            name = f"SOAR lambda={lam:g}, query code values"
+            size2 = size1 + np.bincount(sec, minlength=nlist)
+            hit = [(np.isin(lists[truth[i]], by_code[i]) | np.isin(sec[truth[i]], by_code[i])).mean()
+                   for i in range(truth.shape[0])]
+            cov[name] = float(np.mean(hit))
+            scanned[name] = float(size2[by_code].sum(1).mean())
+        row = dict(nlist=nlist, nprobe=nprobe, coverage=cov, scanned=scanned)
         log(json.dumps(row))
         rows.append(row)
-    return rows
-
-
-# ----------------------------------------------------------------------------- scaling
-def scaling(ns, dim, bits, nlist_per_sqrt, nprobe, nq, seed=0):
-    """Synthetic Gaussian mixture codes: flat vs IVF single-query latency against n."""
-    rng = np.random.default_rng(seed)
-    spec = bebr.CodeSpec(dim, bits)
-    ncl = 4096
-    centers = rng.standard_normal((ncl, dim)).astype(np.float32)
-
-    def gen(n, r):
-        out = np.empty((n, spec.code_bytes), np.uint8)
-        for s in range(0, n, 200_000):
-            m = min(200_000, n - s)
-            x = centers[r.integers(0, ncl, m)] + 0.8 * r.standard_normal((m, dim)).astype(np.float32)
-            lv = np.clip(np.floor((x + 2.0) / 4.0 * spec.n_levels), 0, spec.n_levels - 1)
-            out[s:s + m] = spec.pack(lv.astype(np.uint8))
-        return out
-
-    qspec = bebr.CodeSpec(dim, 4)
-    xq = centers[rng.integers(0, ncl, nq)] + 0.8 * rng.standard_normal((nq, dim)).astype(np.float32)
-    q = qspec.pack(np.clip(np.floor((xq + 2.0) / 4.0 * 16), 0, 15).astype(np.uint8))
-    rows = []
-    for n in ns:
-        codes = gen(n, np.random.default_rng(n))
-        nlist = int(nlist_per_sqrt * np.sqrt(n))
-        flat = bebr.Index(spec, "ip")
-        flat.add(codes)
-        t0 = time.perf_counter()
-        ivf = IVFIndex(spec, nlist, "ip")
-        ivf.train(codes[np.random.default_rng(1).choice(n, min(n, 64 * nlist), replace=False)],
-                  max_points_per_centroid=64)
-        ivf.add(codes)
-        build = time.perf_counter() - t0
-        del codes
-        lat = {}
-        for name, fn in (("flat", lambda i: flat.search(q[i:i + 1], 10, threads=1, query_bits=4)),
-                         ("ivf", lambda i: ivf.search(q[i:i + 1], 10, threads=1, query_bits=4, nprobe=nprobe))):
-            ts = []
-            for i in range(nq):
-                t0 = time.perf_counter()
-                fn(i)
-                ts.append(time.perf_counter() - t0)
-            lat[name] = float(np.median(ts)) * 1e3
-        _, fi = flat.search(q, 10, threads=1, query_bits=4)
-        _, ii = ivf.search(q, 10, threads=1, query_bits=4, nprobe=nprobe)
-        row = dict(n=n, nlist=nlist, nprobe=nprobe, flat_ms=lat["flat"], ivf_ms=lat["ivf"],
-                   ivf_recall_vs_flat=datasets.recall_at(ii, fi), ivf_build_s=build,
-                   ivf_bytes_per_vector=ivf.memory_bytes() / n)
-        log(json.dumps(row))
-        rows.append(row)
-        del flat, ivf
     return rows
 
 
@@ -338,18 +390,11 @@ def render(res: dict) -> str:
                     out.append(f"\nnot reached: {'; '.join(missing)}")
                 out.append("")
     if "probe" in res:
-        out.append("| nlist | nprobe | coverage, query code values | coverage, float projection |")
-        out.append("|---:|---:|---:|---:|")
+        out.append("| nlist | nprobe | probe | coverage of the true top-10 | items scanned |")
+        out.append("|---:|---:|---|---:|---:|")
         for r in res["probe"]:
-            c = r["coverage"]
-            out.append(f"| {r['nlist']} | {r['nprobe']} | {c['query code values']:.3f} | {c['float projection']:.3f} |")
-    if "scaling" in res:
-        out.append("| n | nlist | nprobe | flat ms | IVF ms | flat / IVF | IVF R10@10 vs flat | IVF build s | IVF bytes/vector |")
-        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for r in res["scaling"]:
-            out.append(f"| {r['n']:,} | {r['nlist']} | {r['nprobe']} | {r['flat_ms']:.2f} | {r['ivf_ms']:.3f} | "
-                       f"{r['flat_ms'] / r['ivf_ms']:.1f}x | {r['ivf_recall_vs_flat']:.3f} | {r['ivf_build_s']:.0f} | "
-                       f"{r['ivf_bytes_per_vector']:.0f} |")
+            for name, c in r["coverage"].items():
+                out.append(f"| {r['nlist']} | {r['nprobe']} | {name} | {c:.3f} | {r['scanned'][name]:,.0f} |")
     return "\n".join(out)
 
 
@@ -359,7 +404,9 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=327_091)
     ap.add_argument("--nq", type=int, default=2000)
     ap.add_argument("--single", type=int, default=300, help="queries in the single-query loop")
-    ap.add_argument("--budget", default="192x2")
+    ap.add_argument("--budget", default="192x2", help="Binarizer dim x bits (','-separated: several)")
+    ap.add_argument("--spill", default="none",
+                    help="IVFIndex spill_lambda values, ','-separated ('none': single assignment)")
     ap.add_argument("--train-time", type=float, default=600.0)
     ap.add_argument("--nlist", default="1024")
     ap.add_argument("--nprobe", default="4,8,16,32,64,128")
@@ -371,10 +418,12 @@ def main(argv=None):
     ap.add_argument("--kfactor", default="2,4,8")
     ap.add_argument("--ef", default="16,32,64,128,256")
     ap.add_argument("--skip-faiss", action="store_true")
+    ap.add_argument("--skip-bebr", action="store_true", help="faiss rows only")
+    ap.add_argument("--confirm", default=None,
+                    help="re-time the best rows of this result JSON interleaved (--rounds)")
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--probe-study", action="store_true",
                     help="only measure probe coverage: query codes vs float projection")
-    ap.add_argument("--scaling", default="")
-    ap.add_argument("--scaling-dim", type=int, default=192)
     ap.add_argument("--out", default=None, help="result JSON to write")
     ap.add_argument("--render", default=None, help="print the markdown tables of a result JSON")
     a = ap.parse_args(argv)
@@ -393,25 +442,38 @@ def main(argv=None):
     ints = lambda s: [int(v) for v in s.split(",") if v]
     CACHE.mkdir(parents=True, exist_ok=True)
     res = dict(simd=bebr.simd_level(), argv=sys.argv[1:], load_avg=os.getloadavg())
-    if a.scaling:
-        res["scaling"] = scaling(ints(a.scaling), a.scaling_dim, 2, 2.0, 16, 200)
-    else:
-        xb, xq, truth, key = load_data(a.data, a.n, a.nq)
-        log(f"data {key}: base {xb.shape}, queries {xq.shape}")
-        model, train_s = binarizer(xb, a.budget, key, a.train_time)
-        if a.probe_study:
-            res["probe"] = probe_study(xb, xq, truth, model, ints(a.nlist)[0], ints(a.nprobe))
-            Path(a.out).write_text(json.dumps(res, indent=1))
-            return
-        rows = bebr_rows(xb, xq, truth, model, key, ints(a.nlist), ints(a.nprobe), ints(a.refine),
-                         a.single, train_s)
-        if not a.skip_faiss:
-            facs = a.faiss.replace("{nlist}", str(ints(a.nlist)[0])).split(";")
-            rows += faiss_rows(xb, xq, truth, key, facs, ints(a.nprobe),
-                               ints(a.kfactor), ints(a.ef), a.single)
+    xb, xq, truth, key = load_data(a.data, a.n, a.nq)
+    log(f"data {key}: base {xb.shape}, queries {xq.shape}")
+    models = [binarizer(xb, b, key, a.train_time) for b in a.budget.split(",")]
+    model, train_s = models[0]
+    if a.probe_study:
+        res["probe"] = probe_study(xb, xq, truth, model, ints(a.nlist)[0], ints(a.nprobe))
+        Path(a.out).write_text(json.dumps(res, indent=1))
+        return
+    if a.confirm:
+        prev = json.loads(Path(a.confirm).read_text())
+        picks = {(r["method"], json.dumps(r["params"], sort_keys=True)): r
+                 for t in prev["best"].values() for r in t}
+        by_budget = {b: m for b, (m, _) in zip(a.budget.split(","), models)}
+        rows = confirm(xb, xq, truth, by_budget, key, list(picks.values()), a.rounds, a.single)
         res["rows"] = rows
         res["best"] = {str(t): [dict(r, mode=m) for (_, m), r in best_at(rows, t).items()]
                        for t in (0.90, 0.95)}
+        Path(a.out).write_text(json.dumps(res, indent=1))
+        log(f"wrote {a.out}")
+        return
+    spills = [None if v == "none" else float(v) for v in a.spill.split(",")]
+    rows = []
+    for model, train_s in ([] if a.skip_bebr else models):
+        rows += bebr_rows(xb, xq, truth, model, key, ints(a.nlist), ints(a.nprobe), ints(a.refine),
+                          a.single, train_s, spills)
+    if not a.skip_faiss:
+        facs = a.faiss.replace("{nlist}", str(ints(a.nlist)[0])).split(";")
+        rows += faiss_rows(xb, xq, truth, key, facs, ints(a.nprobe),
+                           ints(a.kfactor), ints(a.ef), a.single)
+    res["rows"] = rows
+    res["best"] = {str(t): [dict(r, mode=m) for (_, m), r in best_at(rows, t).items()]
+                   for t in (0.90, 0.95)}
     Path(a.out).write_text(json.dumps(res, indent=1))
     log(f"wrote {a.out}")
 

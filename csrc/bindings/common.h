@@ -6,8 +6,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <optional>
 #include <sstream>
 #include <string>
+#include <vector>
+
+#include "index.h"
 
 namespace bebr {
 namespace py = pybind11;
@@ -37,6 +41,83 @@ py::array_t<T> checked_array(const py::array& a, const char* name, int ndim, py:
     throw py::value_error(std::string(name) + " must be C-contiguous (use numpy.ascontiguousarray)");
   return py::array_t<T>::ensure(a);
 }
+
+// A 1-d int64 id array (of length n if n >= 0).
+inline py::array_t<int64_t> checked_ids(const py::array& ids, const char* name, py::ssize_t n) {
+  auto a = checked_array<int64_t>(ids, name, 1);
+  if (n >= 0 && a.shape(0) != n)
+    throw py::value_error(std::string(name) + " must have length " + std::to_string(n) + " (one per code), got " +
+                          std::to_string(a.shape(0)));
+  return a;
+}
+
+template <class T>
+py::array_t<T> to_array(const std::vector<T>& v) {
+  py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
+  std::copy(v.begin(), v.end(), out.mutable_data());
+  return out;
+}
+
+// The filter and version-query arguments of a search (SdcIndex and IvfIndex bindings),
+// checked and converted while holding the GIL; the arrays stay alive with this object, so
+// `filter` and `vq` may be used with the GIL released.
+struct SearchInputs {
+  FilterSpec filter;
+  VersionQueries vq;
+
+  SearchInputs(std::optional<py::array> allow_ids, std::optional<py::array> allow_mask,
+               std::optional<py::array> exclude_ids, std::optional<py::array> exclude_mask, py::ssize_t nq,
+               py::ssize_t query_bytes, const std::vector<int32_t>& versions, const std::vector<py::array>& codes,
+               const std::vector<float>& scale, const std::vector<float>& shift)
+      : versions_(versions), scale_(scale), shift_(shift) {
+    if (allow_ids) {
+      ai_ = checked_ids(*allow_ids, "filter ids", -1);
+      filter.allow_ids = ai_->data();
+      filter.n_allow_ids = ai_->shape(0);
+    }
+    if (allow_mask) {
+      am_ = checked_array<bool>(*allow_mask, "filter mask", 1);
+      filter.allow_mask = reinterpret_cast<const uint8_t*>(am_->data());
+      filter.allow_mask_len = am_->shape(0);
+    }
+    if (exclude_ids) {
+      ei_ = checked_ids(*exclude_ids, "exclude ids", -1);
+      filter.exclude_ids = ei_->data();
+      filter.n_exclude_ids = ei_->shape(0);
+    }
+    if (exclude_mask) {
+      em_ = checked_array<bool>(*exclude_mask, "exclude mask", 1);
+      filter.exclude_mask = reinterpret_cast<const uint8_t*>(em_->data());
+      filter.exclude_mask_len = em_->shape(0);
+    }
+    if (versions_.size() != codes.size()) throw py::value_error("version queries: one code array per version");
+    if ((!scale_.empty() && scale_.size() != versions_.size()) || (!shift_.empty() && shift_.size() != versions_.size()))
+      throw py::value_error("version calibration: one scale and one shift per version, or none");
+    for (size_t v = 0; v < codes.size(); ++v) {
+      const std::string name = "queries for version " + std::to_string(versions_[v]);
+      arrays_.push_back(checked_array<uint8_t>(codes[v], name.c_str(), 2, query_bytes));
+      if (arrays_.back().shape(0) != nq)
+        throw py::value_error(name + " must have " + std::to_string(nq) + " rows (one per query), got " +
+                              std::to_string(arrays_.back().shape(0)));
+      ptrs_.push_back(arrays_.back().data());
+    }
+    vq.n = static_cast<int>(ptrs_.size());
+    vq.versions = versions_.data();
+    vq.codes = ptrs_.data();
+    vq.scale = scale_.empty() ? nullptr : scale_.data();
+    vq.shift = shift_.empty() ? nullptr : shift_.data();
+  }
+  SearchInputs(const SearchInputs&) = delete;
+  SearchInputs& operator=(const SearchInputs&) = delete;
+
+ private:
+  std::optional<py::array_t<int64_t>> ai_, ei_;
+  std::optional<py::array_t<bool>> am_, em_;
+  std::vector<int32_t> versions_;
+  std::vector<float> scale_, shift_;
+  std::vector<py::array_t<uint8_t>> arrays_;
+  std::vector<const uint8_t*> ptrs_;
+};
 
 void register_simd(py::module_& m);
 void register_index(py::module_& m);

@@ -31,21 +31,6 @@ const char* metric_name(Metric m) {
   return m == Metric::kIP ? "ip" : m == Metric::kCosine ? "cosine" : "hamming";
 }
 
-py::array_t<int64_t> checked_ids(const py::array& ids, const char* name, py::ssize_t n) {
-  auto a = checked_array<int64_t>(ids, name, 1);
-  if (n >= 0 && a.shape(0) != n)
-    throw py::value_error(std::string(name) + " must have length " + std::to_string(n) + " (one per code), got " +
-                          std::to_string(a.shape(0)));
-  return a;
-}
-
-template <class T>
-py::array_t<T> to_array(const std::vector<T>& v) {
-  py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
-  std::copy(v.begin(), v.end(), out.mutable_data());
-  return out;
-}
-
 }  // namespace
 
 void register_index(py::module_& m) {
@@ -145,50 +130,9 @@ void register_index(py::module_& m) {
             auto q = checked_array<uint8_t>(queries, "queries", 2, query_bits * s.geometry().plane_bytes);
             if (k <= 0) throw py::value_error("k must be >= 1, got " + std::to_string(k));
             if (threads <= 0) throw py::value_error("threads must be >= 1, got " + std::to_string(threads));
-            FilterSpec f;
-            std::optional<py::array_t<int64_t>> ai, ei;
-            std::optional<py::array_t<bool>> am, em;
-            if (allow_ids) {
-              ai = checked_ids(*allow_ids, "filter ids", -1);
-              f.allow_ids = ai->data();
-              f.n_allow_ids = ai->shape(0);
-            }
-            if (allow_mask) {
-              am = checked_array<bool>(*allow_mask, "filter mask", 1);
-              f.allow_mask = reinterpret_cast<const uint8_t*>(am->data());
-              f.allow_mask_len = am->shape(0);
-            }
-            if (exclude_ids) {
-              ei = checked_ids(*exclude_ids, "exclude ids", -1);
-              f.exclude_ids = ei->data();
-              f.n_exclude_ids = ei->shape(0);
-            }
-            if (exclude_mask) {
-              em = checked_array<bool>(*exclude_mask, "exclude mask", 1);
-              f.exclude_mask = reinterpret_cast<const uint8_t*>(em->data());
-              f.exclude_mask_len = em->shape(0);
-            }
             const py::ssize_t nq = q.shape(0);
-            if (vversions.size() != vcodes.size()) throw py::value_error("version queries: one code array per version");
-            if ((!vscale.empty() && vscale.size() != vversions.size()) ||
-                (!vshift.empty() && vshift.size() != vversions.size()))
-              throw py::value_error("version calibration: one scale and one shift per version, or none");
-            std::vector<py::array_t<uint8_t>> vq_arrays;
-            std::vector<const uint8_t*> vq_ptrs;
-            for (size_t v = 0; v < vcodes.size(); ++v) {
-              const std::string name = "queries for version " + std::to_string(vversions[v]);
-              vq_arrays.push_back(checked_array<uint8_t>(vcodes[v], name.c_str(), 2, query_bits * s.geometry().plane_bytes));
-              if (vq_arrays.back().shape(0) != nq)
-                throw py::value_error(name + " must have " + std::to_string(nq) + " rows (one per query), got " +
-                                      std::to_string(vq_arrays.back().shape(0)));
-              vq_ptrs.push_back(vq_arrays.back().data());
-            }
-            VersionQueries vq;
-            vq.n = static_cast<int>(vq_ptrs.size());
-            vq.versions = vversions.data();
-            vq.codes = vq_ptrs.data();
-            vq.scale = vscale.empty() ? nullptr : vscale.data();
-            vq.shift = vshift.empty() ? nullptr : vshift.data();
+            SearchInputs in(allow_ids, allow_mask, exclude_ids, exclude_mask, nq, q.shape(1), vversions, vcodes,
+                            vscale, vshift);
             py::array_t<float> scores({nq, static_cast<py::ssize_t>(k)});
             py::array_t<int64_t> ids({nq, static_cast<py::ssize_t>(k)});
             const float pad = s.metric() == Metric::kHamming ? std::numeric_limits<float>::infinity()
@@ -199,7 +143,7 @@ void register_index(py::module_& m) {
             int64_t* ip = ids.mutable_data();
             {
               py::gil_scoped_release nogil;
-              s.search(q.data(), nq, k, threads, f, sp, ip, query_bits, vq);
+              s.search(q.data(), nq, k, threads, in.filter, sp, ip, query_bits, in.vq);
             }
             return py::make_tuple(scores, ids);
           },

@@ -17,31 +17,18 @@ struct PyIvf : IvfIndex {
   py::object keepalive;
 };
 
-py::array_t<int64_t> ivf_ids(const py::array& ids, const char* name, py::ssize_t n) {
-  auto a = checked_array<int64_t>(ids, name, 1);
-  if (n >= 0 && a.shape(0) != n)
-    throw py::value_error(std::string(name) + " must have length " + std::to_string(n) + " (one per code), got " +
-                          std::to_string(a.shape(0)));
-  return a;
-}
-
-template <class T>
-py::array_t<T> vec_array(const std::vector<T>& v) {
-  py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
-  std::copy(v.begin(), v.end(), out.mutable_data());
-  return out;
-}
-
 }  // namespace
 
 void register_ivf(py::module_& m) {
   py::class_<PyIvf>(m, "IvfIndex", "Inverted lists of blocked codes with probed SIMD SDC search (private).")
-      .def(py::init([](int dim, int bits, const std::string& metric, int nlist) {
+      .def(py::init([](int dim, int bits, const std::string& metric, int nlist, float spill_lambda) {
              if (metric != "ip" && metric != "cosine")
                throw py::value_error("metric must be 'ip' or 'cosine', got '" + metric + "'");
-             return std::make_unique<PyIvf>(dim, bits, metric == "ip" ? Metric::kIP : Metric::kCosine, nlist);
+             return std::make_unique<PyIvf>(dim, bits, metric == "ip" ? Metric::kIP : Metric::kCosine, nlist,
+                                            spill_lambda);
            }),
-           py::arg("dim"), py::arg("bits"), py::arg("metric"), py::arg("nlist"))
+           py::arg("dim"), py::arg("bits"), py::arg("metric"), py::arg("nlist"), py::arg("spill_lambda") = -1.f)
+      .def_property_readonly("spill_lambda", &PyIvf::spill_lambda)
       .def_property_readonly("dim", [](const PyIvf& s) { return s.geometry().dim; })
       .def_property_readonly("bits", [](const PyIvf& s) { return s.geometry().bits; })
       .def_property_readonly("nlist", &PyIvf::nlist)
@@ -85,7 +72,7 @@ void register_ivf(py::module_& m) {
           [](PyIvf& s, const py::array& codes, std::optional<py::array> ids, int32_t version) {
             auto c = checked_array<uint8_t>(codes, "codes", 2, s.geometry().code_bytes);
             std::optional<py::array_t<int64_t>> i;
-            if (ids) i = ivf_ids(*ids, "ids", c.shape(0));
+            if (ids) i = checked_ids(*ids, "ids", c.shape(0));
             const int64_t* ip = i ? i->data() : nullptr;
             py::gil_scoped_release nogil;
             s.add(c.data(), c.shape(0), ip, version);
@@ -95,7 +82,7 @@ void register_ivf(py::module_& m) {
           "upsert",
           [](PyIvf& s, const py::array& codes, const py::array& ids, int32_t version) {
             auto c = checked_array<uint8_t>(codes, "codes", 2, s.geometry().code_bytes);
-            auto i = ivf_ids(ids, "ids", c.shape(0));
+            auto i = checked_ids(ids, "ids", c.shape(0));
             py::gil_scoped_release nogil;
             s.upsert(c.data(), c.shape(0), i.data(), version);
           },
@@ -103,7 +90,7 @@ void register_ivf(py::module_& m) {
       .def(
           "remove",
           [](PyIvf& s, const py::array& ids) {
-            auto i = ivf_ids(ids, "ids", -1);
+            auto i = checked_ids(ids, "ids", -1);
             py::gil_scoped_release nogil;
             s.remove(i.data(), i.shape(0));
           },
@@ -141,51 +128,9 @@ void register_ivf(py::module_& m) {
             if (k <= 0) throw py::value_error("k must be >= 1, got " + std::to_string(k));
             if (nprobe <= 0) throw py::value_error("nprobe must be >= 1, got " + std::to_string(nprobe));
             if (threads <= 0) throw py::value_error("threads must be >= 1, got " + std::to_string(threads));
-            FilterSpec f;
-            std::optional<py::array_t<int64_t>> ai, ei;
-            std::optional<py::array_t<bool>> am, em;
-            if (allow_ids) {
-              ai = ivf_ids(*allow_ids, "filter ids", -1);
-              f.allow_ids = ai->data();
-              f.n_allow_ids = ai->shape(0);
-            }
-            if (allow_mask) {
-              am = checked_array<bool>(*allow_mask, "filter mask", 1);
-              f.allow_mask = reinterpret_cast<const uint8_t*>(am->data());
-              f.allow_mask_len = am->shape(0);
-            }
-            if (exclude_ids) {
-              ei = ivf_ids(*exclude_ids, "exclude ids", -1);
-              f.exclude_ids = ei->data();
-              f.n_exclude_ids = ei->shape(0);
-            }
-            if (exclude_mask) {
-              em = checked_array<bool>(*exclude_mask, "exclude mask", 1);
-              f.exclude_mask = reinterpret_cast<const uint8_t*>(em->data());
-              f.exclude_mask_len = em->shape(0);
-            }
             const py::ssize_t nq = q.shape(0);
-            if (vversions.size() != vcodes.size()) throw py::value_error("version queries: one code array per version");
-            if ((!vscale.empty() && vscale.size() != vversions.size()) ||
-                (!vshift.empty() && vshift.size() != vversions.size()))
-              throw py::value_error("version calibration: one scale and one shift per version, or none");
-            std::vector<py::array_t<uint8_t>> vq_arrays;
-            std::vector<const uint8_t*> vq_ptrs;
-            for (size_t v = 0; v < vcodes.size(); ++v) {
-              const std::string name = "queries for version " + std::to_string(vversions[v]);
-              vq_arrays.push_back(
-                  checked_array<uint8_t>(vcodes[v], name.c_str(), 2, query_bits * s.geometry().plane_bytes));
-              if (vq_arrays.back().shape(0) != nq)
-                throw py::value_error(name + " must have " + std::to_string(nq) + " rows (one per query), got " +
-                                      std::to_string(vq_arrays.back().shape(0)));
-              vq_ptrs.push_back(vq_arrays.back().data());
-            }
-            VersionQueries vq;
-            vq.n = static_cast<int>(vq_ptrs.size());
-            vq.versions = vversions.data();
-            vq.codes = vq_ptrs.data();
-            vq.scale = vscale.empty() ? nullptr : vscale.data();
-            vq.shift = vshift.empty() ? nullptr : vshift.data();
+            SearchInputs in(allow_ids, allow_mask, exclude_ids, exclude_mask, nq, q.shape(1), vversions, vcodes,
+                            vscale, vshift);
             py::array_t<float> scores({nq, static_cast<py::ssize_t>(k)});
             py::array_t<int64_t> ids({nq, static_cast<py::ssize_t>(k)});
             std::fill_n(scores.mutable_data(), nq * k, -std::numeric_limits<float>::infinity());
@@ -194,7 +139,7 @@ void register_ivf(py::module_& m) {
             int64_t* ip = ids.mutable_data();
             {
               py::gil_scoped_release nogil;
-              s.search(q.data(), nq, k, nprobe, threads, f, sp, ip, query_bits, vq);
+              s.search(q.data(), nq, k, nprobe, threads, in.filter, sp, ip, query_bits, in.vq);
             }
             return py::make_tuple(scores, ids);
           },
@@ -202,14 +147,16 @@ void register_ivf(py::module_& m) {
           py::arg("exclude_ids"), py::arg("exclude_mask"), py::arg("query_bits"), py::arg("version_tags"),
           py::arg("version_codes"), py::arg("version_scale"), py::arg("version_shift"), py::arg("nprobe"))
       .def("versions", &PyIvf::versions)
-      .def("ids_of_version", [](const PyIvf& s, int32_t v) { return vec_array(s.ids_of_version(v)); })
-      .def("ids", [](const PyIvf& s) { return vec_array(s.ids()); })
-      .def("list_sizes", [](const PyIvf& s) { return vec_array(s.list_sizes()); })
+      .def("ids_of_version", [](const PyIvf& s, int32_t v) { return to_array(s.ids_of_version(v)); })
+      .def("ids", [](const PyIvf& s) { return to_array(s.ids()); })
+      .def("list_sizes", [](const PyIvf& s) { return to_array(s.list_sizes()); })
       .def("memory_bytes", &PyIvf::memory_bytes)
+      .def("memory_breakdown", &PyIvf::memory_breakdown)
+      .def_property_readonly("id_table_built", &PyIvf::id_table_built)
       .def(
           "get_codes",
           [](const PyIvf& s, const py::array& ids) {
-            auto i = ivf_ids(ids, "ids", -1);
+            auto i = checked_ids(ids, "ids", -1);
             const py::ssize_t n = i.shape(0);
             py::array_t<uint8_t> out({n, static_cast<py::ssize_t>(s.geometry().code_bytes)});
             py::array_t<int32_t> vers(n);
@@ -226,32 +173,39 @@ void register_ivf(py::module_& m) {
           "export_dense",
           [](PyIvf& s) {
             std::vector<uint8_t> codes;
-            std::vector<int64_t> ids, sizes;
+            std::vector<int64_t> ids, sizes, spilled;
             std::vector<int32_t> vers;
             std::vector<float> invn;
             int64_t next_id;
             {
               py::gil_scoped_release nogil;
-              s.export_dense(codes, ids, vers, invn, sizes);
+              s.export_dense(codes, ids, vers, invn, sizes, spilled);
               next_id = s.next_id();
             }
-            return py::make_tuple(vec_array(codes), vec_array(ids), vec_array(vers), vec_array(invn),
-                                  vec_array(sizes), next_id);
+            return py::make_tuple(to_array(codes), to_array(ids), to_array(vers), to_array(invn),
+                                  to_array(sizes), next_id, to_array(spilled));
           },
-          "Compact every list, then return (blocked codes, ids, versions, inverse norms, list sizes, next_id), "
-          "lists concatenated in list order.")
+          "Compact every list, then return (blocked codes, ids, versions, inverse norms, list sizes, next_id, "
+          "spilled copies per list), lists concatenated in list order.")
       .def(
           "assign_dense",
           [](PyIvf& s, const py::array& codes, const py::array& ids, const py::array& versions, const py::array& invn,
-             const py::array& sizes, int64_t next_id, bool external) {
+             const py::array& sizes, int64_t next_id, bool external, std::optional<py::array> spilled_sizes) {
             auto c = checked_array<uint8_t>(codes, "codes", 1);
-            auto i = ivf_ids(ids, "ids", -1);
+            auto i = checked_ids(ids, "ids", -1);
             auto v = checked_array<int32_t>(versions, "versions", 1);
             auto f = checked_array<float>(invn, "inverse norms", 1);
             auto z = checked_array<int64_t>(sizes, "list sizes", 1);
             if (z.shape(0) != s.nlist())
               throw py::value_error("list sizes must have " + std::to_string(s.nlist()) + " entries, got " +
                                     std::to_string(z.shape(0)));
+            std::optional<py::array_t<int64_t>> sp;
+            if (spilled_sizes) {
+              sp = checked_array<int64_t>(*spilled_sizes, "spilled copies per list", 1);
+              if (sp->shape(0) != s.nlist())
+                throw py::value_error("spilled copies per list must have " + std::to_string(s.nlist()) + " entries");
+            }
+            const int64_t* spp = sp ? sp->data() : nullptr;
             int64_t n = 0, nb = 0;
             for (int l = 0; l < s.nlist(); ++l) {
               if (z.data()[l] < 0) throw py::value_error("list sizes must be >= 0");
@@ -270,22 +224,69 @@ void register_ivf(py::module_& m) {
                                     std::to_string(f.shape(0)));
             {
               py::gil_scoped_release nogil;
-              auto lk = s.lock();
-              int64_t off = 0, boff = 0;
-              for (int l = 0; l < s.nlist(); ++l) {
-                const int64_t nl = z.data()[l], bl = (nl + kBlock - 1) / kBlock;
-                s.list(l).assign(c.data() + boff * geo.block_bytes, external, nl, i.data() + off, v.data() + off,
-                                 want_invn ? f.data() + boff * kBlock : nullptr, 0);
-                off += nl;
-                boff += bl;
-              }
-              s.finish_assign(next_id);
+              s.assign_dense(c.data(), external, i.data(), v.data(), want_invn ? f.data() : nullptr, z.data(), spp,
+                             next_id);
             }
             s.keepalive = external ? py::object(codes) : py::object();
           },
           py::arg("codes"), py::arg("ids"), py::arg("versions"), py::arg("invn"), py::arg("list_sizes"),
-          py::arg("next_id"), py::arg("external"),
+          py::arg("next_id"), py::arg("external"), py::arg("spilled_sizes") = py::none(),
           "Replace the content with dense arrays (from export_dense); external=True reads codes in place.");
+
+  m.def(
+      "rerank_sq8",
+      [](const py::array& cand, const py::array& rows, const py::array& lo, const py::array& step,
+         const py::array& queries, bool cosine, int k, int threads) {
+        auto c = checked_array<int64_t>(cand, "candidates", 2);
+        auto r = checked_array<uint8_t>(rows, "SQ8 codes", 2);
+        const py::ssize_t d = r.shape(1);
+        auto l = checked_array<float>(lo, "SQ8 lo", 1);
+        auto st = checked_array<float>(step, "SQ8 step", 1);
+        if (l.shape(0) != d || st.shape(0) != d)
+          throw py::value_error("SQ8 lo and step must have " + std::to_string(d) + " entries (the codes' columns)");
+        auto q = checked_array<float>(queries, "refine.queries", 2);
+        if (q.shape(0) != c.shape(0) || q.shape(1) != d)
+          throw py::value_error("refine.queries must have shape (" + std::to_string(c.shape(0)) + ", " +
+                                std::to_string(d) + "), got " + shape_str(q));
+        if (k <= 0) throw py::value_error("k must be >= 1, got " + std::to_string(k));
+        py::array_t<float> scores({c.shape(0), static_cast<py::ssize_t>(k)});
+        py::array_t<int64_t> ids({c.shape(0), static_cast<py::ssize_t>(k)});
+        float* sp = scores.mutable_data();
+        int64_t* ip = ids.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          rerank_sq8(c.data(), c.shape(0), static_cast<int>(c.shape(1)), r.data(), r.shape(0), static_cast<int>(d),
+                     l.data(), st.data(), q.data(), cosine, k, threads, sp, ip);
+        }
+        return py::make_tuple(scores, ids);
+      },
+      py::arg("candidates"), py::arg("rows"), py::arg("lo"), py::arg("step"), py::arg("queries"), py::arg("cosine"),
+      py::arg("k"), py::arg("threads"),
+      "Best k of each query's candidate ids by the float inner product (cosine) of the queries with SQ8 rows.");
+  m.def(
+      "rerank_float",
+      [](const py::array& cand, const py::array& rows, const py::array& queries, bool cosine, int k, int threads) {
+        auto c = checked_array<int64_t>(cand, "candidates", 2);
+        auto r = checked_array<float>(rows, "refine.vectors", 2);
+        const py::ssize_t d = r.shape(1);
+        auto q = checked_array<float>(queries, "refine.queries", 2);
+        if (q.shape(0) != c.shape(0) || q.shape(1) != d)
+          throw py::value_error("refine.queries must have shape (" + std::to_string(c.shape(0)) + ", " +
+                                std::to_string(d) + "), got " + shape_str(q));
+        if (k <= 0) throw py::value_error("k must be >= 1, got " + std::to_string(k));
+        py::array_t<float> scores({c.shape(0), static_cast<py::ssize_t>(k)});
+        py::array_t<int64_t> ids({c.shape(0), static_cast<py::ssize_t>(k)});
+        float* sp = scores.mutable_data();
+        int64_t* ip = ids.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          rerank_float(c.data(), c.shape(0), static_cast<int>(c.shape(1)), r.data(), r.shape(0), static_cast<int>(d),
+                       q.data(), cosine, k, threads, sp, ip);
+        }
+        return py::make_tuple(scores, ids);
+      },
+      py::arg("candidates"), py::arg("rows"), py::arg("queries"), py::arg("cosine"), py::arg("k"), py::arg("threads"),
+      "Best k of each query's candidate ids by the float inner product (cosine) of the queries with float rows.");
 }
 
 }  // namespace bebr

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -110,6 +111,53 @@ TEST(IvfIndex, RejectsBadArguments) {
   idx.set_centroids(cent.data());
   EXPECT_THROW(idx.search(c.data(), 1, 1, 0, 1, {}, s.data(), i.data()), std::invalid_argument);
   EXPECT_THROW(idx.search(c.data(), 1, 0, 1, 1, {}, s.data(), i.data()), std::invalid_argument);
+}
+
+TEST(IvfIndex, IdTableIsBuiltOnFirstLookupAndFollowsCompaction) {
+  std::mt19937_64 rng(21);
+  Pair s(40, 2, Metric::kCosine, 5, 2000, rng);
+  EXPECT_FALSE(s.ivf.id_table_built());
+  EXPECT_EQ(s.ivf.memory_breakdown().at("id_table"), 0u);
+  EXPECT_EQ(s.ivf.memory_breakdown().at("ids"), 4u * 2000);  // narrow ids
+  std::vector<int64_t> rm;
+  for (int64_t i = 0; i < 2000; i += 3) rm.push_back(i);
+  s.ivf.remove(rm.data(), static_cast<int64_t>(rm.size()));
+  s.flat.remove(rm.data(), static_cast<int64_t>(rm.size()));
+  EXPECT_TRUE(s.ivf.id_table_built());
+  s.ivf.compact();  // slots move: the table follows
+  for (int64_t id = 0; id < 2000; ++id) EXPECT_EQ(s.ivf.contains(id), id % 3 != 0) << id;
+  std::vector<uint8_t> a(s.flat.geometry().code_bytes), b(a.size());
+  for (int64_t id : {1, 2, 1999}) {
+    s.ivf.get_codes(&id, 1, a.data(), nullptr);
+    s.flat.get_codes(&id, 1, b.data(), nullptr);
+    EXPECT_EQ(a, b) << id;
+  }
+}
+
+TEST(Rerank, Sq8BestFirstTiesToSmallerIdAndSkipsEmptyCandidates) {
+  // 3 rows of d = 9 (the AVX2 body and its scalar tail); rows 0 and 2 score the same
+  const int d = 9;
+  std::vector<uint8_t> rows(3 * d, 0);
+  for (int j = 0; j < d; ++j) rows[0 * d + j] = rows[2 * d + j] = 2, rows[1 * d + j] = 1;
+  std::vector<float> lo(d, 0.f), step(d, 0.5f), q(d, 1.f);
+  const std::vector<int64_t> cand = {2, -1, 1, 0};
+  std::vector<float> sc(3);
+  std::vector<int64_t> id(3);
+  bebr::rerank_sq8(cand.data(), 1, 4, rows.data(), 3, d, lo.data(), step.data(), q.data(), false, 3, 1, sc.data(),
+                   id.data());
+  EXPECT_EQ(id, (std::vector<int64_t>{0, 2, 1}));
+  EXPECT_FLOAT_EQ(sc[0], 9.f);
+  EXPECT_FLOAT_EQ(sc[2], 4.5f);
+  std::vector<float> sc5(5);
+  std::vector<int64_t> id5(5);
+  bebr::rerank_sq8(cand.data(), 1, 4, rows.data(), 3, d, lo.data(), step.data(), q.data(), true, 5, 2, sc5.data(),
+                   id5.data());
+  EXPECT_EQ(id5, (std::vector<int64_t>{0, 1, 2, -1, -1}));  // cosine: all 1, ties by id
+  EXPECT_EQ(sc5[4], -std::numeric_limits<float>::infinity());
+  const std::vector<int64_t> bad = {3};
+  EXPECT_THROW(bebr::rerank_sq8(bad.data(), 1, 1, rows.data(), 3, d, lo.data(), step.data(), q.data(), false, 1, 1,
+                                sc.data(), id.data()),
+               std::invalid_argument);
 }
 
 }  // namespace
