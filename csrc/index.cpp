@@ -81,8 +81,10 @@ void SdcIndex::ensure_owned_capacity(int64_t slots) {
   codes_ = owned_.data();
   const int64_t nb = (slots + kBlock - 1) / kBlock;
   if (static_cast<int64_t>(alive_.size()) < nb) alive_.resize(nb, 0);
-  if (metric_ == Metric::kCosine && static_cast<int64_t>(invn_.size()) < nb * kBlock)
+  if (metric_ == Metric::kCosine && static_cast<int64_t>(invn_.size()) < nb * kBlock) {
     invn_.resize(nb * kBlock, 0.f);
+    invn_max_.resize(nb, 0.f);
+  }
 }
 
 void SdcIndex::write_slot(int64_t slot, const uint8_t* code) {
@@ -92,7 +94,21 @@ void SdcIndex::write_slot(int64_t slot, const uint8_t* code) {
   uint8_t item[4 * 8192 + 64];
   encode_item(geo_, code, item);
   for (int j = 0; j < geo_.item_bytes; ++j) B[geo_.offset(it, j)] = item[j];
-  if (metric_ == Metric::kCosine) invn_[blk * kBlock + kR.r_of_item[it]] = inverse_norm(geo_, code);
+  if (metric_ == Metric::kCosine) {
+    const float v = inverse_norm(geo_, code);
+    invn_[blk * kBlock + kR.r_of_item[it]] = v;
+    invn_max_[blk] = std::max(invn_max_[blk], v);  // a replaced slot's old value may stay: still a bound
+  }
+}
+
+void SdcIndex::refresh_invn_max() {
+  const int64_t nb = static_cast<int64_t>(invn_.size()) / kBlock;
+  invn_max_.assign(nb, 0.f);
+  for (int64_t b = 0; b < nb; ++b) {
+    float m = 0.f;
+    for (int r = 0; r < kBlock; ++r) m = invn_[b * kBlock + r] > m ? invn_[b * kBlock + r] : m;
+    invn_max_[b] = m;
+  }
 }
 
 void SdcIndex::check_new_ids(const int64_t* ids, int64_t n, bool allow_present) const {
@@ -230,6 +246,7 @@ void SdcIndex::compact_locked() {
   versions_.swap(vers);
   alive_.swap(alive);
   invn_.swap(invn);
+  refresh_invn_max();
   nslots_ = nalive_;
   slot_of_.clear();
   slot_of_.reserve(static_cast<size_t>(nslots_), ids_.data());
@@ -266,6 +283,7 @@ void SdcIndex::assign(const uint8_t* codes, bool external, int64_t n, const int6
   for (int64_t s = 0; s < n; ++s) alive_[s / kBlock] |= uint64_t(1) << kR.r_of_item[s % kBlock];
   if (metric_ == Metric::kCosine) invn_.assign(invn, invn + nb * kBlock);
   else invn_.clear();
+  refresh_invn_max();
   nslots_ = nalive_ = n;
   next_id_ = next_id;
   for (int64_t i = 0; i < n; ++i) next_id_ = std::max(next_id_, ids[i] + 1);
@@ -387,6 +405,7 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   base.filter = fm.empty() ? nullptr : fm.data();
   base.ids = ids_.data();
   base.invn = invn_.empty() ? nullptr : invn_.data();
+  base.invn_max = invn_max_.empty() ? nullptr : invn_max_.data();
   base.kind = metric_ == Metric::kCosine ? ScoreKind::kCosine : ScoreKind::kInnerProduct;
   base.qbits = query_bits;
 
