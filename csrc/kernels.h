@@ -38,9 +38,9 @@ struct ScanArgs {
   const uint64_t* filter = nullptr;   // optional per block r-mask of allowed slots
   const int64_t* ids = nullptr;       // per slot (natural order)
   const float* invn = nullptr;        // per block 64 r-ordered inverse norms (cosine only)
-  // optional (cosine): per block an upper bound of its 64 inverse norms (nullptr: the kernels
-  // take the maximum of invn themselves)
-  const float* invn_max = nullptr;
+  // optional (cosine): per block a lower bound of its slots' norms, 1 / (the largest of its
+  // 64 inverse norms) (nullptr: the kernels compute it from invn)
+  const float* norm_min = nullptr;
   ScoreKind kind = ScoreKind::kInnerProduct;
   int qbits = 0;                      // bits per dimension of the query codes (1..7)
 };
