@@ -136,8 +136,11 @@ def bench_data(name, x, qi, bi, args, log):
             fn = lambda q, qb=qb: searcher.search(q, 10, query_bits=qb, threads=1)[1]
             one = median_us(fn, singles)
             qps, ids = best_qps(fn, xq)
+            codes_q = iter([enc.encode_query_codes(q, qb) for q in singles])
+            scan = median_us(lambda q, qb=qb: index.search(next(codes_q), 10, query_bits=qb,
+                                                           threads=1), singles)
             row(method=f"bebr {dim}x{bits}, {label}", bytes=model.spec.code_bytes,
-                r10=recall10(ids, truth), one_us=one, qps=qps,
+                r10=recall10(ids, truth), one_us=one, qps=qps, scan_us=scan,
                 query_encode_us=qenc if qb == qb_fine else
                 median_us(lambda q: enc.encode_query_codes(q, bits), singles))
     d = x.shape[1]
@@ -209,6 +212,22 @@ def table(rows, extra, imports) -> str:
                    f"{e['rows_float64']:.1%} | {e['rows_differ_vs_torch32'] * 98000:.0f} rows"
                    f" ({e['rows_differ_vs_torch32']:.4%}) / "
                    f"{e['dims_differ_vs_torch32']:.6%} of dims |")
+    out += ["", "One float query against faiss IndexPQFastScan of the nearest bytes per vector, "
+            "same run (median latency; `scan` = `Index.search` of the query codes alone, the "
+            "rest is encoding the query and the Python call):", ""]
+    for r in rows:
+        if not r["method"].startswith("bebr"):
+            continue
+        pq = [f for f in rows if f["data"] == r["data"] and " PQ" in f["method"]]
+        if not pq:
+            continue
+        f = min(pq, key=lambda f: (abs(f["bytes"] - r["bytes"]), f["bytes"]))
+        out.append(f"- {'GloVe' if r['data'] == 'v1' else 'MiniLM'} {r['method'][5:]} "
+                   f"({r['bytes']} B, R10@10 {r['r10']:.3f}): {r['one_us']:,.0f} us "
+                   f"(scan {r.get('scan_us', float('nan')):,.0f} us, encode "
+                   f"{r['query_encode_us']:.0f} us) = **{r['one_us'] / f['one_us']:.2f}x** "
+                   f"{f['method'][6:]} ({f['bytes']} B, R10@10 {f['r10']:.3f}, "
+                   f"{f['one_us']:,.0f} us)")
     out += ["", "| `python -c ...` | wall s | peak RSS MB |", "|---|---:|---:|"]
     for k, v in imports.items():
         out.append(f"| `{k}` | {v['wall_s']:.2f} | {v['rss_mb']:.0f} |")
@@ -224,7 +243,10 @@ def write_section(text, cmd):
             f"{text}\n\n")
     if MARKER in s:
         i = s.index(MARKER)
-        j = s.find("<!-- section:", i + len(MARKER))
+        # the section ends at the next section marker or the next top-level heading
+        ends = [e for e in (s.find("<!-- section:", i + len(MARKER)),
+                            s.find("\n## ", s.index("\n## ", i) + 1)) if e >= 0]
+        j = min(ends) + (1 if ends and s[min(ends)] == "\n" else 0) if ends else -1
         s = s[:i] + body + (s[j:] if j >= 0 else "")
     else:
         s = s.rstrip("\n") + "\n\n" + body
