@@ -134,7 +134,10 @@ def bench_data(name, x, qi, bi, args, log):
         qb_fine = max_query_bits(bits)
         qenc = median_us(lambda q: enc.encode_query_codes(q, qb_fine), singles)
         for qb, label in ((qb_fine, f"{qb_fine}-bit query codes"), (bits, "stored-bit queries")):
-            fn = lambda q, qb=qb: searcher.search(q, 10, query_bits=qb, threads=1)[1]
+            # (the lambdas bind this config's searcher and index: the paired timing at the end
+            # calls them after the loop has moved on)
+            fn = lambda q, qb=qb, searcher=searcher: searcher.search(q, 10, query_bits=qb,
+                                                                    threads=1)[1]
             one = median_us(fn, singles)
             qps, ids = best_qps(fn, xq)
             codes_q = iter([enc.encode_query_codes(q, qb) for q in singles])
@@ -145,7 +148,7 @@ def bench_data(name, x, qi, bi, args, log):
                 query_encode_us=qenc if qb == qb_fine else
                 median_us(lambda q: enc.encode_query_codes(q, bits), singles))
             codes_all = [enc.encode_query_codes(q, qb) for q in singles]
-            paired.append((rows[-1], fn, lambda i, qb=qb, c=codes_all: index.search(
+            paired.append((rows[-1], fn, lambda i, qb=qb, c=codes_all, index=index: index.search(
                 c[i], 10, query_bits=qb, threads=1)))
     d = x.shape[1]
     ip = faiss.METRIC_INNER_PRODUCT
