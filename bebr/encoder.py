@@ -453,6 +453,11 @@ class Encoder(ConfigView):
         bs = _check_batch_size(batch_size)
         th = _check_threads(threads)
         head = self._head(target)
+        if 0 < arr.shape[0] <= bs:  # one batch (a single query): the core's array is the result
+            chunk = np.ascontiguousarray(arr, dtype=np.float32)
+            if not _C.all_finite(chunk):  # as _batches checks, without numpy's temporaries
+                raise ValueError(f"x has NaN or inf values in rows [0, {len(chunk)})")
+            return self._core.encode_query_codes(chunk, int(bits), head, th)
         out = np.empty((arr.shape[0], int(bits) * self.spec.plane_bytes), dtype=np.uint8)
         for s, chunk in _batches(arr, bs):
             out[s:s + len(chunk)] = self._core.encode_query_codes(chunk, int(bits), head, th)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from .codes import max_query_bits
 from .encoder import Encoder
+from .index import Index, _check_k, _check_threads, _filter_args, _query_spec
 from .versions import version_tag
 
 __all__ = ["Searcher", "search_args"]
@@ -88,9 +89,18 @@ class Searcher:
         self.index = index
         self.query_bits = query_bits
         self.heads = bool(heads)
+        self._query_bits_ok: set = set()
 
     def __repr__(self) -> str:
         return f"Searcher({self.encoder!r}, {self.index!r})"
+
+    def _checked_query_bits(self, qb) -> int:
+        """``qb`` checked against the index's spec as ``Index.search`` checks it (cached)."""
+        ok = self._query_bits_ok
+        if not (type(qb) is int and qb in ok):
+            qb = _query_spec(self.index.spec, qb).bits
+            ok.add(qb)
+        return qb
 
     def search_args(self, x, *, query_bits: Optional[int] = None, heads: Optional[bool] = None,
                     threads: Optional[int] = None) -> dict:
@@ -106,6 +116,20 @@ class Searcher:
         """Top-``k`` ``(scores, ids)`` of float queries ``x`` (n, in_dim), as
         ``Index.search`` (``filter``/``exclude``/``threads`` as there; ``threads`` also
         encodes the queries)."""
+        enc, index = self.encoder, self.index
+        use_heads = self.heads if heads is None else bool(heads)
+        if type(index) is Index and not (use_heads and enc.config.cross_versions):
+            # one code space, no version queries: the encoder's codes go straight to the
+            # compiled search (they have the query spec's shape, dtype and zero padding; the
+            # core checks shape and dtype again), every other argument checked as
+            # Index.search checks it
+            qb = self.query_bits if query_bits is None else query_bits
+            qb = max_query_bits(enc.bits) if qb is None else qb
+            codes = enc.encode_query_codes(x, qb, threads=threads)
+            qbits = self._checked_query_bits(qb)
+            return index._core.search(codes, _check_k(k), _check_threads(threads),
+                                      *_filter_args(filter, "filter"),
+                                      *_filter_args(exclude, "exclude"), qbits, [], [])
         kw = self.search_args(x, query_bits=query_bits, heads=heads, threads=threads)
         queries = kw.pop("queries")
         return self.index.search(queries, k, threads=threads, filter=filter, exclude=exclude,

@@ -81,8 +81,10 @@ void SdcIndex::ensure_owned_capacity(int64_t slots) {
   codes_ = owned_.data();
   const int64_t nb = (slots + kBlock - 1) / kBlock;
   if (static_cast<int64_t>(alive_.size()) < nb) alive_.resize(nb, 0);
-  if (metric_ == Metric::kCosine && static_cast<int64_t>(invn_.size()) < nb * kBlock)
+  if (metric_ == Metric::kCosine && static_cast<int64_t>(invn_.size()) < nb * kBlock) {
     invn_.resize(nb * kBlock, 0.f);
+    norm_min_.resize(nb, 0.f);
+  }
 }
 
 void SdcIndex::write_slot(int64_t slot, const uint8_t* code) {
@@ -92,7 +94,24 @@ void SdcIndex::write_slot(int64_t slot, const uint8_t* code) {
   uint8_t item[4 * 8192 + 64];
   encode_item(geo_, code, item);
   for (int j = 0; j < geo_.item_bytes; ++j) B[geo_.offset(it, j)] = item[j];
-  if (metric_ == Metric::kCosine) invn_[blk * kBlock + kR.r_of_item[it]] = inverse_norm(geo_, code);
+  if (metric_ == Metric::kCosine) {
+    const float v = inverse_norm(geo_, code);
+    invn_[blk * kBlock + kR.r_of_item[it]] = v;
+    // 1 / the block's largest inverse norm; 0 for a block not written yet (no bound). A
+    // replaced slot's old value may stay: still a lower bound.
+    const float nm = 1.f / v;
+    norm_min_[blk] = norm_min_[blk] > 0.f ? std::min(norm_min_[blk], nm) : nm;
+  }
+}
+
+void SdcIndex::refresh_norm_min() {
+  const int64_t nb = static_cast<int64_t>(invn_.size()) / kBlock;
+  norm_min_.assign(nb, 0.f);
+  for (int64_t b = 0; b < nb; ++b) {
+    float m = 0.f;
+    for (int r = 0; r < kBlock; ++r) m = invn_[b * kBlock + r] > m ? invn_[b * kBlock + r] : m;
+    norm_min_[b] = m > 0.f ? 1.f / m : 0.f;
+  }
 }
 
 void SdcIndex::check_new_ids(const int64_t* ids, int64_t n, bool allow_present) const {
@@ -230,6 +249,7 @@ void SdcIndex::compact_locked() {
   versions_.swap(vers);
   alive_.swap(alive);
   invn_.swap(invn);
+  refresh_norm_min();
   nslots_ = nalive_;
   slot_of_.clear();
   slot_of_.reserve(static_cast<size_t>(nslots_), ids_.data());
@@ -266,6 +286,7 @@ void SdcIndex::assign(const uint8_t* codes, bool external, int64_t n, const int6
   for (int64_t s = 0; s < n; ++s) alive_[s / kBlock] |= uint64_t(1) << kR.r_of_item[s % kBlock];
   if (metric_ == Metric::kCosine) invn_.assign(invn, invn + nb * kBlock);
   else invn_.clear();
+  refresh_norm_min();
   nslots_ = nalive_ = n;
   next_id_ = next_id;
   for (int64_t i = 0; i < n; ++i) next_id_ = std::max(next_id_, ids[i] + 1);
@@ -387,6 +408,7 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   base.filter = fm.empty() ? nullptr : fm.data();
   base.ids = ids_.data();
   base.invn = invn_.empty() ? nullptr : invn_.data();
+  base.norm_min = norm_min_.empty() ? nullptr : norm_min_.data();
   base.kind = metric_ == Metric::kCosine ? ScoreKind::kCosine : ScoreKind::kInnerProduct;
   base.qbits = query_bits;
 
@@ -533,7 +555,10 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   for (int64_t q = 0; q < nq; ++q) {
     res.heaps[q].sorted(srt);
     float invq = 1.f;
-    if (metric_ == Metric::kCosine && !scaled) invq = inverse_norm(qgeo, queries + q * qgeo.code_bytes);
+    // (the same integer sum of squares as inverse_norm's popcounts, without a libgcc popcount
+    // call per byte at the baseline ISA)
+    if (metric_ == Metric::kCosine && !scaled)
+      invq = static_cast<float>(1.0 / std::sqrt(static_cast<double>(sum_squares(qgeo, queries + q * qgeo.code_bytes))));
     for (int i = 0; i < k; ++i) {
       if (srt[i].second == TopK::kNoId) break;
       out_ids[q * k + i] = srt[i].second;

@@ -155,6 +155,7 @@ class SdcIndex {
   void check_new_ids(const int64_t* ids, int64_t n, bool allow_present) const;
   void append(const uint8_t* codes, int64_t n, const int64_t* ids, int32_t version);
   void compact_locked();
+  void refresh_norm_min();  // norm_min_ from invn_
   std::vector<uint64_t> build_filter(const FilterSpec& f) const;
 
   Geometry geo_;
@@ -169,6 +170,7 @@ class SdcIndex {
   std::vector<int32_t> versions_;
   std::vector<uint64_t> alive_;
   std::vector<float> invn_;
+  std::vector<float> norm_min_;  // cosine: per block a lower bound of its slots' norms (search skip test)
   IdMap slot_of_;  // id -> slot (entries keyed through ids_)
   mutable std::shared_mutex mu_;
 };

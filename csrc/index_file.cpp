@@ -96,7 +96,7 @@ size_t SdcIndex::memory_bytes() const {
   std::shared_lock lk(mu_);
   return (external_ ? 0 : owned_.capacity()) + ids_.capacity() * sizeof(int64_t) +
          versions_.capacity() * sizeof(int32_t) + alive_.capacity() * sizeof(uint64_t) +
-         invn_.capacity() * sizeof(float) + slot_of_.memory_bytes();
+         (invn_.capacity() + norm_min_.capacity()) * sizeof(float) + slot_of_.memory_bytes();
 }
 
 DenseFileInfo SdcIndex::write_dense(int fd, int64_t data_start) const {

@@ -204,7 +204,7 @@ struct Quantizer {
   static constexpr int kBuckets = 4096;
   std::vector<double> a, ef;
   std::vector<int64_t> A, bsum_a, bsum_m;
-  std::vector<int32_t> eidx, eb, cnt, start, sorted, fill, m;
+  std::vector<int32_t> eidx, ej, em, eb, cnt, start, sorted, fill, m;
 
   void row(const double* v, int64_t dim, int bits, uint8_t* out) {
     const int half = 1 << (bits - 1);
@@ -236,6 +236,8 @@ struct Quantizer {
     const size_t cap = static_cast<size_t>(K) * dim;
     ef.resize(cap);
     eidx.resize(cap);
+    ej.resize(cap);
+    em.resize(cap);
     eb.resize(cap);
     uint64_t key_min, key_max = 0;
     const double fmin = 1.0 / amax;
@@ -243,11 +245,25 @@ struct Quantizer {
     size_t E = 0;
     for (int64_t j = 0; j < dim; ++j) {
       if (!(a[j] > 0)) continue;
+      const double aj = a[j];
+      if (!std::isinf(static_cast<double>(K) / aj)) {  // then no step's scale is inf: no break
+        double* f = ef.data() + E;
+        for (int mm = 1; mm <= K; ++mm) f[mm - 1] = static_cast<double>(mm) / aj;
+        for (int mm = 1; mm <= K; ++mm) {
+          eidx[E + mm - 1] = static_cast<int32_t>(j * K + mm - 1);
+          ej[E + mm - 1] = static_cast<int32_t>(j);
+          em[E + mm - 1] = mm;
+        }
+        E += static_cast<size_t>(K);
+        continue;
+      }
       for (int mm = 1; mm <= K; ++mm) {
-        const double f = static_cast<double>(mm) / a[j];
+        const double f = static_cast<double>(mm) / aj;
         if (std::isinf(f)) break;  // never taken (and larger m is inf too)
         ef[E] = f;
         eidx[E] = static_cast<int32_t>(j * K + mm - 1);
+        ej[E] = static_cast<int32_t>(j);
+        em[E] = mm;
         ++E;
       }
     }
@@ -267,8 +283,8 @@ struct Quantizer {
       const int32_t b = bk < static_cast<uint64_t>(nb) ? static_cast<int32_t>(bk) : nb - 1;
       eb[e] = b;
       ++cnt[b];
-      bsum_a[b] += A[eidx[e] / K];
-      bsum_m[b] += eidx[e] % K + 1;
+      bsum_a[b] += A[ej[e]];
+      bsum_m[b] += em[e];
     }
     // counting sort by bucket (stable: generation order is idx order)
     start.resize(nb + 1);
@@ -322,9 +338,8 @@ struct Quantizer {
           return ef[x] < ef[y] || (ef[x] == ef[y] && eidx[x] < eidx[y]);
         });
         for (int32_t i = 0; i < cnt[b]; ++i) {
-          const int32_t idx = eidx[first[i]];
-          cs += A[idx / K];
-          cn += idx % K + 1;
+          cs += A[ej[first[i]]];
+          cn += em[first[i]];
           const double c = crit_of(cs, cn);
           if (c > best) {
             best = c;
@@ -345,7 +360,7 @@ struct Quantizer {
     }
     if (best_b >= 0) {
       const int64_t stop = start[best_b] + best_i;
-      for (int64_t i = 0; i < stop; ++i) ++m[eidx[sorted[i]] / K];
+      for (int64_t i = 0; i < stop; ++i) ++m[ej[sorted[i]]];
     }
     for (int64_t j = 0; j < dim; ++j) out[j] = static_cast<uint8_t>(v[j] >= 0 ? half + m[j] : half - 1 - m[j]);
   }
@@ -489,7 +504,7 @@ void encode_query_codes(const Model& model, int head, const float* x, int64_t n,
   if (qbits < 1 || qbits > 7) throw std::invalid_argument("query bits must be in [1, 7], got " + std::to_string(qbits));
   const int64_t D = model.in_dim, d = model.dim, cb = qbits * ((d + 7) / 8);
   parallel_rows(n, threads, 8, [&](int64_t begin, int64_t end) {
-    std::vector<double> z(kChunk * d);
+    std::vector<double> z(std::min<int64_t>(kChunk, end - begin) * d);
     std::vector<uint8_t> lv(d);
     Quantizer qz;
     for (int64_t s = begin; s < end; s += kChunk) {

@@ -2,6 +2,7 @@
 // Compiled with per-file flags from CMakeLists.txt; called only after dispatch checks the CPU.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -32,12 +33,31 @@ static inline V v_add16(V a, V b) { return _mm256_add_epi16(a, b); }
 static inline V v_sub16(V a, V b) { return _mm256_sub_epi16(a, b); }
 static inline V v_add32(V a, V b) { return _mm256_add_epi32(a, b); }
 static inline V v_sll32(V a, int s) { return _mm256_sll_epi32(a, _mm_cvtsi32_si128(s)); }
+static inline V v_sll16(V a, int s) { return _mm256_sll_epi16(a, _mm_cvtsi32_si128(s)); }
+static inline V v_sub32(V a, V b) { return _mm256_sub_epi32(a, b); }
+static inline V v_max_u16(V a, V b) { return _mm256_max_epu16(a, b); }
+static inline V v_set1_16(int x) { return _mm256_set1_epi16(static_cast<short>(x)); }
+// any unsigned 16-bit lane of x >= thr1 + 1 (thr1 = the threshold minus one, set1_16)
+static inline bool v_any_gt_u16(V x, V thr1) {
+  const V d = _mm256_subs_epu16(x, thr1);
+  return !_mm256_testz_si256(d, d);
+}
 static inline V v_shuffle(V lut, V idx) { return _mm256_shuffle_epi8(lut, idx); }
 static inline V v_unpacklo16z(V a) { return _mm256_unpacklo_epi16(a, _mm256_setzero_si256()); }
 static inline V v_unpackhi16z(V a) { return _mm256_unpackhi_epi16(a, _mm256_setzero_si256()); }
 static inline V v_dp(V acc, V u8, int32_t s8x4) {  // acc += dot4(u8, s8); |pair| <= 450
   const __m256i p16 = _mm256_maddubs_epi16(u8, _mm256_set1_epi32(s8x4));
   return _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+// largest of 64 floats (a NaN among them may be dropped or returned: callers treat a result
+// that is not > 0 as "no bound")
+static inline float v_max64_ps(const float* p) {
+  __m256 m = _mm256_loadu_ps(p);
+  for (int i = 8; i < 64; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(p + i));
+  __m128 x = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_max_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
 }
 static inline uint32_t v_mask_ge_i32(V x, int32_t thr) {
   const __m256i lt = _mm256_cmpgt_epi32(_mm256_set1_epi32(thr), x);

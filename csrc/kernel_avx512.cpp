@@ -3,6 +3,7 @@
 // Compiled with per-file flags from CMakeLists.txt; called only after dispatch checks the CPU.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 #include <limits>

@@ -87,22 +87,26 @@ void build_query_lut(const Geometry& geo, const Geometry& qgeo, const uint8_t* p
     std::memcpy(lut + 8 * geo.chunks, &sum, 4);
     return;
   }
+  // planes: half the signed sum of the 4 dims (made even first: + 1 where the group holds an
+  // odd number of dims, only possible in the last byte), biased by 2Q into [0, 4Q]
   const int groups = 2 * geo.plane_bytes;
   const int b0 = lut_entry_bias(qgeo.bits);
   int32_t qv[4];
   for (int g = 0; g < groups; ++g) {
+    int valid = 0;
     for (int j = 0; j < 4; ++j) {
       const int d = 4 * g + j;
       if (d >= geo.dim) {
         qv[j] = 0;
         continue;
       }
+      ++valid;
       qv[j] = 2 * level_at(qgeo, packed, d) - ((1 << qgeo.bits) - 1);
     }
     for (int n = 0; n < 16; ++n) {
-      int s = b0;
+      int s = valid % 2;
       for (int j = 0; j < 4; ++j) s += (n >> j & 1) ? qv[j] : -qv[j];
-      lut[g * 16 + n] = static_cast<uint8_t>(s);
+      lut[g * 16 + n] = static_cast<uint8_t>(b0 + s / 2);
     }
   }
 }

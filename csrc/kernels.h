@@ -9,8 +9,10 @@
 // Query table (built by build_query_lut, 32P bytes reserved), qv = the query's scaled values
 // (odd integers, 0 past dim):
 //  * planes layout (bits <= 2): for nibble group g in [0, 2P), 16 bytes
-//    lut[g*16 + n] = B0 + sum_{j<4} qv[4g+j] * (bit j of n ? +1 : -1), B0 = 4 * (2^qbits - 1)
-//    keeping entries unsigned (<= 2 B0 = 120);
+//    lut[g*16 + n] = B0 + (odd_g + sum_{j<4} qv[4g+j] * (bit j of n ? +1 : -1)) / 2,
+//    B0 = 2 (2^qbits - 1), odd_g = 1 if the group holds an odd number of dims (else the sum is
+//    even already), keeping entries unsigned (<= 2 B0 = 60): an item's score is
+//    2 sum(entries, weighted 2^(bits-1-t) per plane t) - lut_bias;
 //  * nibbles layout (bits >= 3): for row c, int8 qv of dims 8c+{0,2,4,6} then 8c+{1,3,5,7}
 //    (8 bytes per row), then the int32 sum of qv at byte 8C.
 #pragma once
@@ -36,6 +38,9 @@ struct ScanArgs {
   const uint64_t* filter = nullptr;   // optional per block r-mask of allowed slots
   const int64_t* ids = nullptr;       // per slot (natural order)
   const float* invn = nullptr;        // per block 64 r-ordered inverse norms (cosine only)
+  // optional (cosine): per block a lower bound of its slots' norms, 1 / (the largest of its
+  // 64 inverse norms) (nullptr: the kernels compute it from invn)
+  const float* norm_min = nullptr;
   ScoreKind kind = ScoreKind::kInnerProduct;
   int qbits = 0;                      // bits per dimension of the query codes (1..7)
 };
@@ -137,11 +142,23 @@ void build_query_lut(const Geometry& geo, const Geometry& qgeo, const uint8_t* p
 void scaled_values(const Geometry& geo, const uint8_t* packed, int32_t* out);
 // Sum of squared scaled values of one packed code.
 int64_t sum_squares(const Geometry& geo, const uint8_t* packed);
-// LUT entry bias B0 for queries of qbits bits: 4 (2^qbits - 1) (entries lie in [0, 2 B0]).
-inline int lut_entry_bias(int qbits) { return 4 * ((1 << qbits) - 1); }
-// Total LUT bias of one item's score: (2^bits-1) * 2P * B0 (the plane weights sum to 2^bits-1).
+// LUT entry bias B0 of the planes layout for queries of qbits bits: 2 (2^qbits - 1) (entries
+// lie in [0, 2 B0]).
+inline int lut_entry_bias(int qbits) { return 2 * ((1 << qbits) - 1); }
+// Groups of 4 dims of the planes layout holding an odd number of dims (0..2, all in the last
+// byte): their LUT sums were made even by + 1 before halving.
+inline int lut_odd_groups(const Geometry& geo) {
+  const int rem = geo.dim - 8 * (geo.plane_bytes - 1);  // dims in the last byte, 1..8
+  return (rem < 4 ? rem : 4) % 2 + (rem > 4 ? rem - 4 : 0) % 2;
+}
+// Bias of one item's LUT sum S (planes layout): its exact score is 2 S - lut_bias(geo, qbits)
+// = 2 S - (2^bits - 1) (2P * 2 B0 + odd groups) (the plane weights sum to 2^bits - 1).
 inline int32_t lut_bias(const Geometry& geo, int qbits) {
-  return ((1 << geo.bits) - 1) * 2 * geo.plane_bytes * lut_entry_bias(qbits);
+  return ((1 << geo.bits) - 1) * (2 * geo.plane_bytes * 2 * lut_entry_bias(qbits) + lut_odd_groups(geo));
+}
+// Largest LUT sum S of one item (planes layout): (2^bits - 1) * 2P * 2 B0.
+inline int64_t lut_sum_max(const Geometry& geo, int qbits) {
+  return static_cast<int64_t>((1 << geo.bits) - 1) * 2 * geo.plane_bytes * 2 * lut_entry_bias(qbits);
 }
 
 }  // namespace bebr

@@ -405,6 +405,66 @@ def test_searcher_matches_index_search_with_heads(threads):
     assert set(only[1].ravel().tolist()) <= set(range(150, 300))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_searcher_without_heads_matches_index_search(threads):
+    """Without version queries Searcher.search hands the encoder's codes to the compiled
+    search directly: the same results as Index.search of those codes, filters included, and
+    the same errors for bad input."""
+    m = make_model(14, 11, 2, seed=31)
+    enc = m.to_encoder()
+    index = Index(enc.spec, "cosine")
+    index.add(enc.encode(rows(500, 14, 7)))
+    s = bebr.Searcher(enc, index)
+    x = rows(6, 14, 8)
+    for qb in (1, 2, 4):
+        got = s.search(x, 9, query_bits=qb, threads=threads)
+        want = index.search(enc.encode_query_codes(x, qb), 9, query_bits=qb, threads=threads)
+        assert np.array_equal(got[1], want[1]) and np.array_equal(got[0], want[0])
+    one = s.search(x[:1], 3, threads=threads)
+    assert np.array_equal(one[1], index.search(enc.encode_query_codes(x[:1], 4), 3,
+                                               query_bits=4)[1])
+    mask = np.zeros(600, dtype=bool)
+    mask[::2] = True
+    got = s.search(x, 5, filter=mask, exclude=[0, 2, 4], threads=threads)
+    want = index.search(enc.encode_query_codes(x, 4), 5, query_bits=4, filter=mask,
+                        exclude=[0, 2, 4], threads=threads)
+    assert np.array_equal(got[1], want[1]) and np.array_equal(got[0], want[0])
+    bad = x[:1].copy()
+    bad[0, 3] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or inf values in rows \[0, 1\)"):
+        s.search(bad, 3)
+    bad[0, 3] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        enc.encode_query_codes(bad)
+    with pytest.raises(ValueError, match="columns, the model expects in_dim=14"):
+        s.search(rows(1, 13, 0), 3)
+    with pytest.raises(TypeError, match="real numeric array"):
+        s.search(np.zeros((1, 14), dtype=bool), 3)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        s.search(x, 0)
+    with pytest.raises(TypeError, match="k must be an int"):
+        s.search(x, 2.5)
+    with pytest.raises(ValueError, match=r"query_bits must be in \[1, 4\] over 2-bit codes"):
+        s.search(x, 3, query_bits=6)
+    with pytest.raises(ValueError, match=r"bits must be an int in \[1, 7\]"):
+        s.search(x, 3, query_bits=9)
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        s.search(x, 3, threads=0)
+    with pytest.raises(TypeError, match="filter must be a boolean mask"):
+        s.search(x, 3, filter=["a"])
+
+
+def test_all_finite():
+    a = rows(3, 5, 1)
+    assert bebr._C.all_finite(a) and bebr._C.all_finite(a[:0])
+    for v in (np.nan, np.inf, -np.inf):
+        b = a.copy()
+        b[2, 4] = v
+        assert not bebr._C.all_finite(b)
+    with pytest.raises(TypeError):
+        bebr._C.all_finite(a.astype(np.float64))
+
+
 def test_searcher_checks_spec():
     _, new, _ = _two_versions()
     with pytest.raises(ValueError, match="the index holds"):

@@ -177,6 +177,39 @@ def test_query_bits_match_reference(dim, bits, query_bits, n, nq, k, removed, al
                                atol=1e-6)
 
 
+@settings(max_examples=12, deadline=None)
+@given(dim=st.sampled_from([9, 50, 192, 1500]), bits=st.sampled_from([1, 2, 4]),
+       query_bits=st.integers(1, 7), k=st.sampled_from([1, 10]), nq=st.sampled_from([1, 2, 5]),
+       removed=st.booleans(), allow=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_few_queries_over_many_blocks_match_reference(dim, bits, query_bits, k, nq, removed,
+                                                      allow, seed):
+    """One to five queries over thousands of items (the single-query path, where kernels
+    skip whole blocks against the heap threshold; dim 1500 at 4-bit queries takes the int32
+    sums): every level bit-identical to scalar and exact against the numpy reference."""
+    query_bits = min(query_bits, max_query_bits(bits))
+    rng = np.random.default_rng(seed)
+    spec, qspec = CodeSpec(dim, bits), CodeSpec(dim, query_bits)
+    n = 400 if dim > 1000 else 3000
+    codes = random_codes(rng, spec, n)
+    codes[rng.integers(0, n, 20)] = codes[1]  # exact ties across blocks
+    queries = random_codes(rng, qspec, nq)
+    ids = rng.permutation(2 * n)[:n]
+    gone = ids[::7] if removed else ids[:0]
+    keep = np.setdiff1d(ids, gone)
+    allowed = keep[rng.random(len(keep)) < 0.5] if allow else None
+    results = search_every_level(spec, codes, ids, queries, k, threads=1, gone=gone,
+                                 allowed=allowed, query_bits=query_bits)
+    pool = keep if allowed is None else allowed
+    pos = {int(i): j for j, i in enumerate(ids)}
+    sub = codes[[pos[int(i)] for i in pool]]
+    want = reference.search_codes(spec, queries, sub, pool, k, query_spec=qspec)
+    np.testing.assert_array_equal(results["scalar", "ip"][1], want[1])
+    np.testing.assert_array_equal(results["scalar", "ip"][0], want[0])
+    want_cos = reference.search_codes(spec, queries, sub, pool, k, "cosine", query_spec=qspec)
+    np.testing.assert_allclose(results["scalar", "cosine"][0], want_cos[0], rtol=1e-5,
+                               atol=1e-6)
+
+
 @settings(max_examples=40, deadline=None)
 @given(dim=st.sampled_from([1, 9, 50, 64, 130]), bits=st.integers(1, 4),
        query_bits=st.integers(1, 4), n=st.integers(0, 250), nver=st.integers(1, 3),

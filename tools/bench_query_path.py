@@ -101,6 +101,7 @@ def bench_data(name, x, qi, bi, args, log):
     truth = ds.exact_topk(xq, xb, 10)
     singles = [xq[i:i + 1] for i in range(args.single)]
     rows, extra = [], []
+    paired = []  # (row, one-query fn, scan fn) of the bebr rows, timed against faiss at the end
 
     def row(**r):
         rows.append(dict(data=name, **r))
@@ -133,19 +134,29 @@ def bench_data(name, x, qi, bi, args, log):
         qb_fine = max_query_bits(bits)
         qenc = median_us(lambda q: enc.encode_query_codes(q, qb_fine), singles)
         for qb, label in ((qb_fine, f"{qb_fine}-bit query codes"), (bits, "stored-bit queries")):
-            fn = lambda q, qb=qb: searcher.search(q, 10, query_bits=qb, threads=1)[1]
+            # (the lambdas bind this config's searcher and index: the paired timing at the end
+            # calls them after the loop has moved on)
+            fn = lambda q, qb=qb, searcher=searcher: searcher.search(q, 10, query_bits=qb,
+                                                                    threads=1)[1]
             one = median_us(fn, singles)
             qps, ids = best_qps(fn, xq)
+            codes_q = iter([enc.encode_query_codes(q, qb) for q in singles])
+            scan = median_us(lambda q, qb=qb: index.search(next(codes_q), 10, query_bits=qb,
+                                                           threads=1), singles)
             row(method=f"bebr {dim}x{bits}, {label}", bytes=model.spec.code_bytes,
-                r10=recall10(ids, truth), one_us=one, qps=qps,
+                r10=recall10(ids, truth), one_us=one, qps=qps, scan_us=scan,
                 query_encode_us=qenc if qb == qb_fine else
                 median_us(lambda q: enc.encode_query_codes(q, bits), singles))
+            codes_all = [enc.encode_query_codes(q, qb) for q in singles]
+            paired.append((rows[-1], fn, lambda i, qb=qb, c=codes_all, index=index: index.search(
+                c[i], 10, query_bits=qb, threads=1)))
     d = x.shape[1]
     ip = faiss.METRIC_INNER_PRODUCT
     faiss_idx = [(f"faiss PQ{m}x4 fast scan", lambda m=m: faiss.IndexPQFastScan(d, m, 4, ip))
                  for m in PQ[name]]
     faiss_idx += [(f"faiss RaBitQ fast scan, {b} bit", lambda b=b: faiss.IndexRaBitQFastScan(
         d, ip, 32, b)) for b in (1, 2, 4)]
+    pq_fns = []
     for label, make in faiss_idx:
         idx = make()
         idx.train(xb)
@@ -155,6 +166,23 @@ def bench_data(name, x, qi, bi, args, log):
         qps, ids = best_qps(fn, xq)
         row(method=label, bytes=int(idx.code_size), r10=recall10(ids, truth), one_us=one,
             qps=qps)
+        if " PQ" in label:
+            pq_fns.append((rows[-1], fn))
+    # one-query latency against the faiss PQ fast scan of the nearest bytes per vector, the
+    # calls interleaved query by query (bebr, its scan alone, faiss), so that the machine's
+    # load weighs on the three medians alike
+    for r, fn, scan_fn in paired:
+        f, ffn = min(pq_fns, key=lambda e: (abs(e[0]["bytes"] - r["bytes"]), e[0]["bytes"]))
+        tb, ts, tf = [], [], []
+        for i, q in enumerate(singles):
+            for acc, call in ((tb, lambda: fn(q)), (ts, lambda: scan_fn(i)), (tf, lambda: ffn(q))):
+                t = time.perf_counter()
+                call()
+                acc.append(time.perf_counter() - t)
+        r["paired"] = dict(faiss=f["method"], faiss_bytes=f["bytes"], faiss_r10=f["r10"],
+                           one_us=float(np.median(tb) * 1e6), scan_us=float(np.median(ts) * 1e6),
+                           faiss_us=float(np.median(tf) * 1e6))
+        log(json.dumps(dict(data=name, paired_for=r["method"], **r["paired"])))
     return rows, extra
 
 
@@ -209,6 +237,20 @@ def table(rows, extra, imports) -> str:
                    f"{e['rows_float64']:.1%} | {e['rows_differ_vs_torch32'] * 98000:.0f} rows"
                    f" ({e['rows_differ_vs_torch32']:.4%}) / "
                    f"{e['dims_differ_vs_torch32']:.6%} of dims |")
+    out += ["", "One float query against faiss IndexPQFastScan of the nearest bytes per vector, "
+            "timed interleaved query by query in the same run (bebr's `Searcher.search`, its "
+            "scan alone = `Index.search` of the query codes, faiss; medians over the same "
+            "queries; the rest of bebr's time is encoding the query and the Python call):", ""]
+    for r in rows:
+        pr = r.get("paired")
+        if not pr:
+            continue
+        out.append(f"- {'GloVe' if r['data'] == 'v1' else 'MiniLM'} {r['method'][5:]} "
+                   f"({r['bytes']} B, R10@10 {r['r10']:.3f}): {pr['one_us']:,.0f} us "
+                   f"(scan {pr['scan_us']:,.0f} us) vs {pr['faiss'][6:]} ({pr['faiss_bytes']} "
+                   f"B, R10@10 {pr['faiss_r10']:.3f}) {pr['faiss_us']:,.0f} us: "
+                   f"**{pr['one_us'] / pr['faiss_us']:.2f}x** (scan alone "
+                   f"{pr['scan_us'] / pr['faiss_us']:.2f}x)")
     out += ["", "| `python -c ...` | wall s | peak RSS MB |", "|---|---:|---:|"]
     for k, v in imports.items():
         out.append(f"| `{k}` | {v['wall_s']:.2f} | {v['rss_mb']:.0f} |")
@@ -224,7 +266,10 @@ def write_section(text, cmd):
             f"{text}\n\n")
     if MARKER in s:
         i = s.index(MARKER)
-        j = s.find("<!-- section:", i + len(MARKER))
+        # the section ends at the next section marker or the next top-level heading
+        ends = [e for e in (s.find("<!-- section:", i + len(MARKER)),
+                            s.find("\n## ", s.index("\n## ", i) + 1)) if e >= 0]
+        j = min(ends) + (1 if ends and s[min(ends)] == "\n" else 0) if ends else -1
         s = s[:i] + body + (s[j:] if j >= 0 else "")
     else:
         s = s.rstrip("\n") + "\n\n" + body
@@ -258,6 +303,10 @@ def main(argv=None):
             d = json.loads(line)
             if "import bebr" in d:
                 imports = d
+            elif "paired_for" in d:
+                for r in rows:
+                    if r["data"] == d["data"] and r["method"] == d["paired_for"]:
+                        r["paired"] = {k: v for k, v in d.items() if k not in ("data", "paired_for")}
             elif "method" in d:
                 rows.append(d)
             else:

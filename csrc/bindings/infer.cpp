@@ -2,6 +2,7 @@
 // the free functions quantize_angle / pack_levels behind bebr.CodeSpec). Weights are copied
 // into the C++ model once; inputs are checked and outputs allocated while holding the GIL,
 // the compute runs with the GIL released.
+#include <cstring>
 #include <memory>
 #include <string>
 
@@ -162,6 +163,22 @@ void register_infer(py::module_& m) {
           },
           py::arg("x"), py::arg("bits"), py::arg("head") = -1, py::arg("threads") = 1,
           "Packed max-cosine query codes (n, bits * ceil(dim / 8)).");
+
+  m.def(
+      "all_finite",
+      [](const py::array& x) {
+        auto a = checked_array<float>(x, "x", 2);
+        const float* p = a.data();
+        const int64_t n = static_cast<int64_t>(a.size());
+        uint32_t bad = 0;  // any element with an all-ones exponent (inf or NaN)
+        for (int64_t i = 0; i < n; ++i) {
+          uint32_t u;
+          std::memcpy(&u, p + i, 4);
+          bad |= static_cast<uint32_t>((u & 0x7f800000u) == 0x7f800000u);
+        }
+        return bad == 0;
+      },
+      py::arg("x"), "True if a C-contiguous float32 (n, d) array holds no NaN or inf.");
 
   m.def(
       "quantize_angle",

@@ -183,6 +183,85 @@ TEST_P(LevelsVsScalar, CalibratedVersionQueriesBitExact) {
   }
 }
 
+TEST_P(LevelsVsScalar, FewQueriesManyBlocksBitExact) {
+  // 1..5 queries (groups of 1-4) over thousands of items, so that the kernels' per-block
+  // skipping against the heap threshold is exercised; long codes whose LUT sums do not fit
+  // 16 bits (dim 1500 at 4-bit queries) take the int32 path; filters and removals
+  std::mt19937_64 rng(23);
+  for (int dim : {50, 192, 1500}) {
+    for (int bits : {1, 2, 4}) {
+      for (Metric m : {Metric::kIP, Metric::kCosine}) {
+        SdcIndex idx(dim, bits, m);
+        const int64_t n = dim > 1000 ? 300 : 1400 + static_cast<int64_t>(rng() % 100);
+        auto codes = random_codes(rng, idx.geometry(), n);
+        idx.add(codes.data(), n, nullptr, 0);
+        std::vector<int64_t> rm;
+        for (int64_t i = 3; i < n; i += 11) rm.push_back(i);
+        idx.remove(rm.data(), static_cast<int64_t>(rm.size()));
+        std::vector<int64_t> allow;
+        for (int64_t i = 0; i < n; i += 3) allow.push_back(i);
+        bebr::FilterSpec f;
+        f.allow_ids = allow.data();
+        f.n_allow_ids = static_cast<int64_t>(allow.size());
+        for (int qbits : {1, 2, bits <= 2 ? 4 : 7}) {
+          const bebr::Geometry qg(dim, qbits);
+          for (int64_t nq : {1, 3, 5}) {
+            auto q = random_codes(rng, qg, nq);
+            for (int k : {1, 10}) {
+              auto search = [&](const char* level, const bebr::FilterSpec& fs) {
+                bebr::set_simd_level(level);
+                Result r{std::vector<float>(nq * k), std::vector<int64_t>(nq * k)};
+                idx.search(q.data(), nq, k, 1, fs, r.s.data(), r.i.data(), qbits);
+                return r;
+              };
+              for (const bebr::FilterSpec& fs : {bebr::FilterSpec{}, f}) {
+                const Result want = search("scalar", fs);
+                const Result got = search(GetParam().c_str(), fs);
+                ASSERT_EQ(got.i, want.i) << "dim=" << dim << " bits=" << bits << " qbits=" << qbits << " nq=" << nq
+                                         << " k=" << k << " filtered=" << fs.any();
+                ASSERT_EQ(got.s, want.s) << "dim=" << dim << " bits=" << bits << " qbits=" << qbits << " nq=" << nq;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_P(LevelsVsScalar, ExtremeCodesAtTheLutSumLimits) {
+  // all-ones and all-zeros codes against all-ones queries put every LUT entry at its largest
+  // or smallest value: exact at the dims around the 16-bit sum limit of 4-bit queries over
+  // 2-bit codes (P = 182 / 183) and past a u16 segment (P > 546)
+  for (int dim : {1, 7, 1455, 1456, 1457, 1464, 4400, 4500}) {
+    for (int bits : {1, 2}) {
+      for (int qbits = 1; qbits <= 4; ++qbits) {
+        SdcIndex idx(dim, bits, Metric::kIP);
+        const bebr::Geometry& g = idx.geometry();
+        const bebr::Geometry qg(dim, qbits);
+        auto ones = [&](const bebr::Geometry& gg) {
+          std::vector<uint8_t> c(gg.code_bytes, 0);
+          for (int t = 0; t < gg.bits; ++t)
+            for (int j = 0; j < dim; ++j) c[t * gg.plane_bytes + j / 8] |= static_cast<uint8_t>(1u << (j % 8));
+          return c;
+        };
+        std::vector<uint8_t> two = ones(g);
+        two.resize(2 * g.code_bytes, 0);  // item 1: all levels 0
+        idx.add(two.data(), 2, nullptr, 0);
+        const std::vector<uint8_t> q = ones(qg);
+        bebr::set_simd_level(GetParam());
+        Result r{std::vector<float>(2), std::vector<int64_t>(2)};
+        idx.search(q.data(), 1, 2, 1, {}, r.s.data(), r.i.data(), qbits);
+        const double vm = ((1 << bits) - 1.0) / (1 << (bits - 1)), qm = ((1 << qbits) - 1.0) / (1 << (qbits - 1));
+        EXPECT_EQ(r.i[0], 0);
+        EXPECT_EQ(r.i[1], 1);
+        EXPECT_FLOAT_EQ(r.s[0], static_cast<float>(dim * vm * qm)) << "dim=" << dim << " bits=" << bits << " qbits=" << qbits;
+        EXPECT_FLOAT_EQ(r.s[1], static_cast<float>(-dim * vm * qm)) << "dim=" << dim << " bits=" << bits << " qbits=" << qbits;
+      }
+    }
+  }
+}
+
 TEST(SdcIndex, ExactInnerProductOfExtremeCodes) {
   // all levels max: <v, v> = dim * (2^bits - 1)^2 / 4^(bits-1)
   for (int bits = 1; bits <= 4; ++bits) {
