@@ -334,6 +334,7 @@ class Collection:
     def upgrade(self, new_model, x_new: Any, ids: Any, *,
                 older: Optional[Mapping[str, Any]] = None, max_time_s: Optional[float] = None,
                 members: int = 3, seed: int = 0, progress: bool = True,
+                joint_query: bool = False,
                 head_options: Optional[Mapping[str, Any]] = None) -> dict:
         """Make ``new_model`` (a trained ``bebr.Binarizer`` with the collection's code spec)
         the current model, and fit what it needs to search every version still present.
@@ -346,10 +347,15 @@ class Collection:
         ``older``: optionally ``{version: floats}`` of the same sample rows from older
         models (rows of items of other versions are ignored); then the *joint query* of
         that version is fitted too, so ``search(older=...)`` can use both floats of a query:
-        the direction ``unit(old model's query) + w * unit(new model's head)``, with ``w``
-        of :data:`JOINT_WEIGHTS` (0: the old query alone) chosen on the rows held out of
-        the head's training, and its calibration (MiniLM -> MPNet 128x2: R10@10 0.40 against
-        0.355 for the old queries alone, BENCHMARKS.md "Realistic upgrade").
+        by default (``joint_query=False``) the old model's own query codes with their
+        calibration onto the new scale, which leave the old items' ranking as the old system
+        had it; with ``joint_query=True`` the direction ``unit(old model's query) + w *
+        unit(new model's head)``, ``w`` of :data:`JOINT_WEIGHTS` (0: the old query alone)
+        chosen on the rows held out of the head's training. The joint query is opt-in
+        because it measured both ways (BENCHMARKS.md section 3b, R10@10 before any item is
+        re-encoded): MiniLM -> MPNet 0.380 / 0.425 against 0.359 / 0.382 for the old queries
+        alone (128x2 / 256x2), but GloVe -> MiniLM 0.038 against 0.064, where the held-out
+        rows (rarer words than the gallery's) chose a weight that hurt.
         ``max_time_s`` bounds the whole call (TimeoutError, nothing changed, if it cannot
         fit a head in time). ``head_options``: further keyword arguments of
         ``train_cross_queries`` (epochs, negatives, teacher, threads, ...). Saves the
@@ -384,6 +390,8 @@ class Collection:
                                  f"{missing}") from None
             if max_time_s is not None and not max_time_s > 0:
                 raise ValueError(f"max_time_s must be > 0 or None, got {max_time_s!r}")
+            if not isinstance(joint_query, bool):
+                raise TypeError(f"joint_query must be a bool, got {type(joint_query).__name__}")
             head_options = dict(head_options or {})
             fixed = {"query_bits", "members", "seed", "max_time_s", "progress", "calibrate"}
             if fixed & set(head_options):
@@ -426,7 +434,8 @@ class Collection:
                     w, cal, scores = _fit_joint_query(
                         new_model, self._model(v), v, xn[r], np.asarray(older[v])[r],
                         codes[r], self.query_bits, self.metric, seed,
-                        head_options.get("val_fraction", 0.05))
+                        head_options.get("val_fraction", 0.05),
+                        JOINT_WEIGHTS if joint_query else (0.0,))
                     new_own_cal[v] = list(cal)
                     new_joint[v] = w
                     report["own_calibration"][v] = list(cal)
@@ -568,9 +577,9 @@ def _encoder(model):
 
 
 def _fit_joint_query(new, old, version, x_new, x_old, old_codes, query_bits, metric, seed,
-                     val_fraction):
-    """The joint query's weight (of :data:`JOINT_WEIGHTS`, best validation R10@10, ties to
-    the smaller) and ``(scale, shift)`` mapping its scores against the stored codes onto
+                     val_fraction, weights=JOINT_WEIGHTS):
+    """The joint query's weight (of ``weights``, best validation R10@10, ties to the
+    smaller) and ``(scale, shift)`` mapping its scores against the stored codes onto
     the new model's own scale (the per-version logistic fit of P(true neighbour | score) of
     the query heads' calibration, truth = the new floats' top-10). Chosen and fitted on the
     rows :func:`bebr.compat.head_split` holds out of the head's training (queries against
@@ -589,10 +598,10 @@ def _fit_joint_query(new, old, version, x_new, x_old, old_codes, query_bits, met
     qspec = CodeSpec(new.dim, query_bits)
     g_old = torch.from_numpy(new.spec.values(old_codes[gi]))
     scores, codes = {}, {}
-    for w in JOINT_WEIGHTS:
+    for w in weights:
         codes[w] = joint_query_codes(old, xo[qi], new, xn[qi], version, w, query_bits)
         scores[w] = code_recall(torch.from_numpy(qspec.values(codes[w])), g_old, truth)
-    best = max(JOINT_WEIGHTS, key=lambda w: (scores[w], -w))
+    best = max(weights, key=lambda w: (scores[w], -w))
     sets = ((torch.from_numpy(qspec.values(codes[best])), g_old),
             (torch.from_numpy(qspec.values(new.encode_query_codes(xn[qi], query_bits))),
              torch.from_numpy(new.spec.values(new.encode(xn[gi])))))

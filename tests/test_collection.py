@@ -50,7 +50,7 @@ def upgraded(tmp_path_factory, floats, models):
     c.add(g[:1000])
     sample = np.arange(200, 800)
     report = c.upgrade(v2, x2[sample], sample, older={"glove-v1": g[sample]}, members=1,
-                       progress=False, head_options=HEAD)
+                       progress=False, head_options=HEAD, joint_query=True)
     c.upsert(x2[:300], np.arange(300))
     c.save()
     return path, report
@@ -108,6 +108,27 @@ def test_upgrade_report(upgraded):
     assert set(joint["val_r10@10"]) == {str(w) for w in JOINT_WEIGHTS}
     best = max(joint["val_r10@10"].values())  # the chosen weight scored best on validation
     assert joint["val_r10@10"][str(joint["weight"])] == best
+
+
+def test_upgrade_default_keeps_old_queries(tmp_path, floats, models):
+    """Without joint_query the old items are searched with the old model's own query codes
+    (weight 0), calibrated; a non-bool joint_query is refused."""
+    g, x2 = floats
+    v1, v2 = models
+    import copy
+    c = Collection.create(tmp_path / "c", v1, metric="cosine")
+    c.add(g[:800])
+    sample = np.arange(100, 700)
+    with pytest.raises(TypeError, match="joint_query must be a bool"):
+        c.upgrade(copy.deepcopy(v2), x2[sample], sample, joint_query=1, progress=False)
+    rep = c.upgrade(copy.deepcopy(v2), x2[sample], sample, older={"glove-v1": g[sample]},
+                    members=1, progress=False, head_options=HEAD)
+    assert rep["joint_query"]["glove-v1"]["weight"] == 0.0
+    assert set(rep["joint_query"]["glove-v1"]["val_r10@10"]) == {"0.0"}
+    got = c.search(x2[900:910], 5, older={"glove-v1": g[900:910]})
+    c2 = Collection.open(tmp_path / "c")
+    np.testing.assert_array_equal(c2.search(x2[900:910], 5, older={"glove-v1": g[900:910]})[1],
+                                  got[1])
 
 
 def test_joint_query_codes(models, floats):

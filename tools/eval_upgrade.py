@@ -470,6 +470,7 @@ class Budget:
         t = time.perf_counter()
         rep = coll.upgrade(new_model, d.xn_t[d.fit], pair_ids,
                            older={self.old.version: d.xo_t[d.fit]}, members=3, seed=0,
+                           joint_query=True,  # the opt-in path; the Index rows: the default
                            max_time_s=self.args.head_max_s or None,
                            progress=False,
                            head_options={"threads": THREADS} | (head_options or {}))
@@ -882,7 +883,9 @@ def backfill_table(r: dict) -> list:
                                f"{fmt(o['random'][k]['area'])}"
                                for k in ("old queries given", "new queries only")) + ".")
         if "m_joint_old" in r:
-            out.append(f"Joint query over the old codes (`Collection.search(older=)`: "
+            out.append(f"Joint query over the old codes (opt-in, `upgrade(joint_query="
+                       f"True)`, which this Collection run used; the default is the old "
+                       f"queries alone, the bebr.Index table above; `Collection.search(older=)`: "
                        f"unit(old query) + {r['joint_weight']:g} x unit(head), the weight "
                        f"chosen on held-out rows, validation {r.get('joint_val') or {}}): "
                        f"R10@10 **{fmt(r['m_joint_old'])}** against M(old,old) "
@@ -944,7 +947,12 @@ def run(args):
                      f"validation); gallery {data.n_gallery:,} words, {NQ:,} queries.\n")
         for b in args.budgets.split(","):
             dim, bits = (int(v) for v in b.lower().split("x"))
-            bud = Budget(data, store, dim, bits, args)
+            try:
+                bud = Budget(data, store, dim, bits, args)
+            except Skip as e:  # --cached-only and this budget's old model was never trained
+                lines.append(f"#### {dim}x{bits} ({dim * bits} bits/vector)\n")
+                lines.append(f"Not measured (nothing stored: {e}).\n")
+                continue
             bud.base()
             steps = [("e", bud.adapter_rows),  # cheap: before the models
                      ("a", lambda: bud.new_row("independent")),
