@@ -17,6 +17,22 @@ struct PyIvf : IvfIndex {
   py::object keepalive;
 };
 
+// The checks and outputs both re-rank bindings share: queries of shape (candidates' rows, d),
+// k >= 1, and the (rows, k) score and id arrays the kernels fill.
+struct RerankOutputs {
+  py::array_t<float> scores;
+  py::array_t<int64_t> ids;
+};
+
+RerankOutputs rerank_outputs(const py::array_t<int64_t>& c, const py::array_t<float>& q, py::ssize_t d, int k) {
+  if (q.shape(0) != c.shape(0) || q.shape(1) != d)
+    throw py::value_error("refine.queries must have shape (" + std::to_string(c.shape(0)) + ", " +
+                          std::to_string(d) + "), got " + shape_str(q));
+  if (k <= 0) throw py::value_error("k must be >= 1, got " + std::to_string(k));
+  return {py::array_t<float>({c.shape(0), static_cast<py::ssize_t>(k)}),
+          py::array_t<int64_t>({c.shape(0), static_cast<py::ssize_t>(k)})};
+}
+
 }  // namespace
 
 void register_ivf(py::module_& m) {
@@ -245,20 +261,15 @@ void register_ivf(py::module_& m) {
         if (l.shape(0) != d || st.shape(0) != d)
           throw py::value_error("SQ8 lo and step must have " + std::to_string(d) + " entries (the codes' columns)");
         auto q = checked_array<float>(queries, "refine.queries", 2);
-        if (q.shape(0) != c.shape(0) || q.shape(1) != d)
-          throw py::value_error("refine.queries must have shape (" + std::to_string(c.shape(0)) + ", " +
-                                std::to_string(d) + "), got " + shape_str(q));
-        if (k <= 0) throw py::value_error("k must be >= 1, got " + std::to_string(k));
-        py::array_t<float> scores({c.shape(0), static_cast<py::ssize_t>(k)});
-        py::array_t<int64_t> ids({c.shape(0), static_cast<py::ssize_t>(k)});
-        float* sp = scores.mutable_data();
-        int64_t* ip = ids.mutable_data();
+        RerankOutputs out = rerank_outputs(c, q, d, k);
+        float* sp = out.scores.mutable_data();
+        int64_t* ip = out.ids.mutable_data();
         {
           py::gil_scoped_release nogil;
           rerank_sq8(c.data(), c.shape(0), static_cast<int>(c.shape(1)), r.data(), r.shape(0), static_cast<int>(d),
                      l.data(), st.data(), q.data(), cosine, k, threads, sp, ip);
         }
-        return py::make_tuple(scores, ids);
+        return py::make_tuple(out.scores, out.ids);
       },
       py::arg("candidates"), py::arg("rows"), py::arg("lo"), py::arg("step"), py::arg("queries"), py::arg("cosine"),
       py::arg("k"), py::arg("threads"),
@@ -270,20 +281,15 @@ void register_ivf(py::module_& m) {
         auto r = checked_array<float>(rows, "refine.vectors", 2);
         const py::ssize_t d = r.shape(1);
         auto q = checked_array<float>(queries, "refine.queries", 2);
-        if (q.shape(0) != c.shape(0) || q.shape(1) != d)
-          throw py::value_error("refine.queries must have shape (" + std::to_string(c.shape(0)) + ", " +
-                                std::to_string(d) + "), got " + shape_str(q));
-        if (k <= 0) throw py::value_error("k must be >= 1, got " + std::to_string(k));
-        py::array_t<float> scores({c.shape(0), static_cast<py::ssize_t>(k)});
-        py::array_t<int64_t> ids({c.shape(0), static_cast<py::ssize_t>(k)});
-        float* sp = scores.mutable_data();
-        int64_t* ip = ids.mutable_data();
+        RerankOutputs out = rerank_outputs(c, q, d, k);
+        float* sp = out.scores.mutable_data();
+        int64_t* ip = out.ids.mutable_data();
         {
           py::gil_scoped_release nogil;
           rerank_float(c.data(), c.shape(0), static_cast<int>(c.shape(1)), r.data(), r.shape(0), static_cast<int>(d),
                        q.data(), cosine, k, threads, sp, ip);
         }
-        return py::make_tuple(scores, ids);
+        return py::make_tuple(out.scores, out.ids);
       },
       py::arg("candidates"), py::arg("rows"), py::arg("queries"), py::arg("cosine"), py::arg("k"), py::arg("threads"),
       "Best k of each query's candidate ids by the float inner product (cosine) of the queries with float rows.");
