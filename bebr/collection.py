@@ -44,6 +44,7 @@ import numpy as np
 from .codes import CodeSpec, max_query_bits
 from .fileio import CorruptFileError, atomic_write_bytes, sha256_file
 from .index import Index
+from .searcher import _as_encoder
 from .versions import version_tag
 
 __all__ = ["Collection", "COLLECTION_FORMAT_VERSION", "MANIFEST_NAME"]
@@ -558,8 +559,8 @@ def joint_query_codes(old, x_old, new, x_new, version: str, weight: float,
     angle). ``weight`` 0 (``new`` may then be None): the old model's own query codes."""
     if not weight:
         return old.encode_query_codes(x_old, query_bits)
-    z = _unit(np.asarray(_encoder(old).encode_query(x_old), np.float64))
-    z += weight * _unit(np.asarray(_encoder(new).encode_query(x_new, target=version),
+    z = _unit(np.asarray(_as_encoder(old).encode_query(x_old), np.float64))
+    z += weight * _unit(np.asarray(_as_encoder(new).encode_query(x_new, target=version),
                                    np.float64))
     qspec = CodeSpec(old.dim, query_bits)
     return qspec.pack(qspec.quantize_angle(z.astype(np.float32)))
@@ -568,12 +569,6 @@ def joint_query_codes(old, x_old, new, x_new, version: str, weight: float,
 def _unit(z: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(z, axis=1, keepdims=True)
     return z / np.where(n > 0, n, 1.0)
-
-
-def _encoder(model):
-    """The torch-free Encoder of a model (a Binarizer's export, an Encoder as is)."""
-    to = getattr(model, "to_encoder", None)
-    return to() if to is not None else model
 
 
 def _fit_joint_query(new, old, version, x_new, x_old, old_codes, query_bits, metric, seed,
