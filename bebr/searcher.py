@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from .codes import max_query_bits
 from .encoder import Encoder
-from .index import Index, _check_k, _check_threads, _filter_args, _query_spec
+from .index import Index, _check_k, _check_prune, _check_threads, _filter_args, _query_spec
 from .versions import version_tag
 
 __all__ = ["Searcher", "search_args"]
@@ -112,10 +112,10 @@ class Searcher:
 
     def search(self, x, k: int, *, query_bits: Optional[int] = None, filter: Any = None,
                exclude: Any = None, threads: Optional[int] = None,
-               heads: Optional[bool] = None):
+               heads: Optional[bool] = None, prune: Optional[float] = None):
         """Top-``k`` ``(scores, ids)`` of float queries ``x`` (n, in_dim), as
-        ``Index.search`` (``filter``/``exclude``/``threads`` as there; ``threads`` also
-        encodes the queries)."""
+        ``Index.search`` (``filter``/``exclude``/``threads``/``prune`` as there; ``threads``
+        also encodes the queries)."""
         enc, index = self.encoder, self.index
         use_heads = self.heads if heads is None else bool(heads)
         if type(index) is Index and not (use_heads and enc.config.cross_versions):
@@ -129,8 +129,11 @@ class Searcher:
             qbits = self._checked_query_bits(qb)
             return index._core.search(codes, _check_k(k), _check_threads(threads),
                                       *_filter_args(filter, "filter"),
-                                      *_filter_args(exclude, "exclude"), qbits, [], [])
+                                      *_filter_args(exclude, "exclude"), qbits, [], [],
+                                      prune=0.0 if prune is None else _check_prune(prune))
         kw = self.search_args(x, query_bits=query_bits, heads=heads, threads=threads)
         queries = kw.pop("queries")
+        if prune is not None:
+            kw["prune"] = prune
         return self.index.search(queries, k, threads=threads, filter=filter, exclude=exclude,
                                  **kw)

@@ -332,8 +332,10 @@ std::vector<uint64_t> SdcIndex::build_filter(const FilterSpec& f) const {
 
 void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, const FilterSpec& filter,
                       float* out_scores, int64_t* out_ids, int query_bits,
-                      const VersionQueries& vq) const {
+                      const VersionQueries& vq, float prune) const {
   if (k <= 0) throw std::invalid_argument("k must be >= 1, got " + std::to_string(k));
+  if (!(prune >= 0.f) || !std::isfinite(prune))
+    throw std::invalid_argument("prune must be a finite number >= 0 (0: exact), got " + std::to_string(prune));
   if (threads <= 0) throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
   if (query_bits == 0) query_bits = geo_.bits;
   // a byte row's two LUT entries (planes, each <= 2 B0) fit a byte up to 4-bit queries
@@ -377,6 +379,12 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   for (int set = 0; set < nsets; ++set)
     for (int64_t q = 0; q < nq; ++q)
       build_query_lut(geo_, qgeo, qsets[set] + q * qgeo.code_bytes, luts.data() + (set * nq + q) * lut_bytes);
+  // plane pruning: each table's low-plane allowance, once per query
+  std::vector<int64_t> margins;
+  if (prune_applies(geo_, query_bits, prune)) {
+    margins.resize(static_cast<size_t>(nsets) * nq);
+    for (size_t i = 0; i < margins.size(); ++i) margins[i] = prune_margin(geo_, luts.data() + i * lut_bytes, prune);
+  }
   // per set, the r-masks of the slots it scores: version v's slots, the main set the others
   std::vector<std::vector<uint64_t>> set_slots;
   if (vq.n > 0) {
@@ -411,6 +419,7 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   base.norm_min = norm_min_.empty() ? nullptr : norm_min_.data();
   base.kind = metric_ == Metric::kCosine ? ScoreKind::kCosine : ScoreKind::kInnerProduct;
   base.qbits = query_bits;
+  base.prune = prune;
 
   // Matrix-unit levels (AMX) score a whole batch of queries per loaded block: the batch's
   // int8 query matrix is built once here.
@@ -462,6 +471,7 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
           qg.lut[g] = luts.data() + (set * nq + q) * lut_bytes;
           qg.slots[g] = set_slots.empty() ? nullptr : set_slots[set].data();
           qg.heap[g] = static_cast<int>(q - q0);
+          if (!margins.empty()) qg.prune_margin[g] = margins[set * nq + q];
           if (scaled) qg.key_scale[g] = qinv[set * nq + q];
           if (set > 0) {  // calibration: score -> a * score + b, in key units
             if (vq.scale) qg.key_scale[g] *= vq.scale[set - 1];

@@ -116,9 +116,13 @@ class SdcIndex {
   // query_bits: bits per dimension of the query codes (packed at (dim, query_bits), 1..4 over 1-2-bit codes, 1..7 over 3-4-bit
   // codes; 0 =
   // the index's bits). Scores are exact for any mix: ip = sum_j q_j d_j of the code values.
+  // prune > 0: plane pruning (ScanArgs::prune in kernels.h; 2-bit codes only): a block's low
+  // plane is skipped where no item could enter the top-k with its low-plane sum `prune`
+  // standard deviations above its random-bit mean; returned scores stay exact, but an item
+  // lying further out can be missed, and results may depend on `threads`. 0: exact search.
   void search(const uint8_t* queries, int64_t nq, int k, int threads, const FilterSpec& filter,
               float* out_scores, int64_t* out_ids, int query_bits = 0,
-              const VersionQueries& version_queries = {}) const;
+              const VersionQueries& version_queries = {}, float prune = 0.f) const;
 
   std::map<int32_t, int64_t> versions() const;
   std::vector<int64_t> ids_of_version(int32_t v) const;

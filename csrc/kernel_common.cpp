@@ -1,4 +1,5 @@
 // ISA-independent helpers: query values, LUT construction, norms. Baseline flags only.
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -109,6 +110,26 @@ void build_query_lut(const Geometry& geo, const Geometry& qgeo, const uint8_t* p
       lut[g * 16 + n] = static_cast<uint8_t>(b0 + s / 2);
     }
   }
+}
+
+int64_t prune_margin(const Geometry& geo, const uint8_t* lut, float prune) {
+  int64_t sum = 0, var16 = 0, top = 0;  // var16: 256 x the variance of the low plane's sum
+  for (int g = 0; g < 2 * geo.plane_bytes; ++g) {
+    int64_t s = 0, s2 = 0, mx = 0;
+    for (int n = 0; n < 16; ++n) {
+      const int64_t e = lut[g * 16 + n];
+      s += e;
+      s2 += e * e;
+      mx = e > mx ? e : mx;
+    }
+    sum += s;
+    var16 += 16 * s2 - s * s;
+    top += mx;
+  }
+  // E = sum / 16, sd = sqrt(var16) / 16
+  const double m = (static_cast<double>(sum) + static_cast<double>(prune) * std::sqrt(static_cast<double>(var16))) / 16.0;
+  const int64_t c = static_cast<int64_t>(std::ceil(m));
+  return c < top ? c : top;
 }
 
 }  // namespace bebr

@@ -2,6 +2,7 @@
 //   <q,d> * 2^(qbits-1) 2^(bits-1) = sum_{s<qbits,t<bits} 2^(qbits-1-s) 2^(bits-1-t) (dim - 2 popcount(q_s ^ d_t)),
 // over the blocked layouts of layout.h (it gathers each item's bytes back into a public code).
 // Every SIMD level must match it bit for bit.
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -16,9 +17,49 @@ void scan_scalar(const ScanArgs& a, const QueryGroup& qg, TopK* heaps) {
   const Geometry& geo = a.geo;
   const int P = geo.plane_bytes, bits = geo.bits, qbits = a.qbits, cb = geo.code_bytes;
   std::vector<uint8_t> row(cb), item(geo.item_bytes);
+  // plane pruning (ScanArgs::prune), decided per block and entry as the SIMD kernels do: from
+  // the heap thresholds at the block's start and the largest high-plane LUT partial 2 S0
+  // over all 64 slots of the block
+  const bool prune = prune_applies(geo, qbits, a.prune);
+  const int32_t bias = prune ? lut_bias(geo, qbits) : 0;
+  std::vector<SumBound> bound(qg.g);
+  bool skip[kMaxGroup] = {};
   for (int64_t blk = a.block_begin; blk < a.block_end; ++blk) {
     uint64_t m = a.alive[blk] & (a.filter ? a.filter[blk] : ~uint64_t(0));
     const uint8_t* B = a.codes + blk * geo.block_bytes;
+    if (prune && m) {
+      auto norm_min = [&] {
+        if (a.norm_min) return a.norm_min[blk];
+        float mx = 0.f;
+        for (int r = 0; r < kBlock; ++r) mx = std::max(mx, a.invn[blk * kBlock + r]);
+        return mx > 0.f ? 1.f / mx : 0.f;
+      };
+      for (int g = 0; g < qg.g; ++g) {
+        const float ks = qg.key_scale[g], sh = qg.key_shift[g];
+        const int64_t margin = qg.prune_margin[g];
+        const float th = unscaled_threshold(heaps[qg.heap[g]].threshold(), ks, sh);
+        int64_t hi0 = 0;
+        bool any = false;  // cosine: a slot's key at the allowance reaches th
+        for (int it = 0; it < kBlock; ++it) {
+          int64_t s0 = 0;
+          for (int p = 0; p < P; ++p) {  // plane 0 byte p of slot it: nibble groups 2p, 2p+1
+            const uint8_t c = B[geo.offset(it, p)];
+            s0 += qg.lut[g][32 * p + (c & 15)] + qg.lut[g][32 * p + 16 + (c >> 4)];
+          }
+          hi0 = std::max(hi0, 2 * s0);
+          if (a.kind == ScoreKind::kCosine) {
+            const float key = static_cast<float>(static_cast<int32_t>(2 * (2 * s0 + margin) - bias)) *
+                              a.invn[blk * kBlock + kR.r_of_item[it]];
+            any = any || key >= th;
+          }
+        }
+        if (a.kind == ScoreKind::kCosine) {
+          skip[g] = !(any || !(th > -std::numeric_limits<float>::infinity()));
+        } else {
+          skip[g] = prune_skips(bound[g].at(a, heaps[qg.heap[g]], ks, sh, bias, norm_min), hi0, margin);
+        }
+      }
+    }
     while (m) {
       const int r = __builtin_ctzll(m);
       m &= m - 1;
@@ -27,7 +68,7 @@ void scan_scalar(const ScanArgs& a, const QueryGroup& qg, TopK* heaps) {
       decode_item(geo, item.data(), row.data());
       const int64_t id = a.ids[blk * kBlock + it];
       for (int g = 0; g < qg.g; ++g) {
-        if (qg.slots[g] && !((qg.slots[g][blk] >> r) & 1)) continue;
+        if (skip[g] || (qg.slots[g] && !((qg.slots[g][blk] >> r) & 1))) continue;
         const uint8_t* q = qg.packed[g];
         int32_t ip = 0;
         for (int s = 0; s < qbits; ++s)

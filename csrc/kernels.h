@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <climits>
+#include <limits>
 
 #include "layout.h"
 #include "topk.h"
@@ -43,6 +44,11 @@ struct ScanArgs {
   const float* norm_min = nullptr;
   ScoreKind kind = ScoreKind::kInnerProduct;
   int qbits = 0;                      // bits per dimension of the query codes (1..7)
+  // Plane pruning (prune_applies): > 0 lets the planes kernels skip the low plane of a block
+  // when, even with every item's low-plane LUT sum `prune` standard deviations above its mean
+  // under uniformly random bits (prune_margin), no item of the block could enter the heap.
+  // Approximate: an item whose low plane lies further out is missed. 0: exact.
+  float prune = 0.f;
 };
 
 struct QueryGroup {
@@ -61,6 +67,9 @@ struct QueryGroup {
   // a per-version score calibration (Index.search(version_calibration=)); 1 / 0 = unchanged.
   float key_scale[kMaxGroup] = {1.f, 1.f, 1.f, 1.f};
   float key_shift[kMaxGroup] = {0.f, 0.f, 0.f, 0.f};
+  // Plane pruning (ScanArgs::prune, where prune_applies): each entry's prune_margin of its
+  // table, computed once per query by the caller (unused otherwise).
+  int64_t prune_margin[kMaxGroup] = {0, 0, 0, 0};
 };
 
 // Lowest unscaled key that can reach heap threshold th after key * ks + sh (ks > 0), minus a
@@ -159,6 +168,66 @@ inline int32_t lut_bias(const Geometry& geo, int qbits) {
 // Largest LUT sum S of one item (planes layout): (2^bits - 1) * 2P * 2 B0.
 inline int64_t lut_sum_max(const Geometry& geo, int qbits) {
   return static_cast<int64_t>((1 << geo.bits) - 1) * 2 * geo.plane_bytes * 2 * lut_entry_bias(qbits);
+}
+
+// Whether plane pruning (ScanArgs::prune) applies to a scan: 2-bit planes layout whose whole
+// LUT sums fit 16 bits (the kernels' SUM16 path), prune > 0. Elsewhere the scan is exact.
+inline bool prune_applies(const Geometry& geo, int qbits, float prune) {
+  return prune > 0.f && !geo.nibbles && geo.bits == 2 && lut_sum_max(geo, qbits) <= 65535;
+}
+// The low-plane allowance of plane pruning for one query table (planes layout, 2P tables of
+// 16 entries): ceil(E + prune * sd), E and sd the mean and standard deviation of the low
+// plane's LUT sum when its 2P nibbles are independent and uniform, capped at the largest
+// such sum. Integer sums and one sqrt in one translation unit: every level gets the same value.
+int64_t prune_margin(const Geometry& geo, const uint8_t* lut, float prune);
+
+// The per-block skip test of a query entry (planes layout): the lowest LUT sum S (score =
+// 2 S - bias) with which an item can still enter the entry's heap, so that every item below
+// it scores under the heap's threshold (conservative: it may let through items the exact test
+// then rejects). The threshold is re-read per block, the rest recomputed only when it moved.
+// Shared by the SIMD kernels and the scalar reference (plane pruning decides with it).
+struct SumBound {
+  float seen = std::numeric_limits<float>::quiet_NaN();  // heap threshold last seen
+  int64_t lim = 0;   // ip: the bound; 0: none yet; INT64_MAX: no item can enter
+  double thp = 0;    // cosine: th (1 - 2^-20) (0: no bound)
+  // S bound from the lowest integer score t that can reach the threshold: 2 S - bias >= t
+  // => S >= (t + bias) / 2 (floor: conservative); 0 if none.
+  static int64_t from_score(int64_t t, int32_t bias) {
+    const int64_t u = t + bias;
+    const int64_t s = u >= 0 ? u / 2 : -((-u + 1) / 2);
+    return s < 0 ? 0 : s;
+  }
+  // norm_min(): the block's lower bound of its slots' norms (cosine; not > 0: no bound).
+  template <class NormMin>
+  int64_t at(const ScanArgs& a, const TopK& hp, float ks, float sh, int32_t bias, NormMin norm_min) {
+    const float cur = hp.threshold();
+    if (!(cur == seen)) {
+      seen = cur;
+      const float th = unscaled_threshold(cur, ks, sh);
+      if (a.kind != ScoreKind::kCosine) {
+        lim = th > -2147483648.f ? from_score(int_threshold(th), bias) : 0;
+      } else {
+        // key = fl(fl(score) * inv) <= score * invmax (1 + 2^-23) for score > 0: a score
+        // below th (1 - 2^-20) / invmax cannot reach th; no bound below a positive threshold
+        thp = th > 0.f ? static_cast<double>(th) * (1.0 - 1.0 / (1 << 20)) : 0.0;
+      }
+    }
+    if (a.kind != ScoreKind::kCosine) return lim;
+    if (!(thp > 0)) return 0;
+    const float nm = norm_min();
+    if (!(nm > 0.f)) return 0;
+    const double t = thp * nm;  // (nm's float rounding: within the 2^-20 slack)
+    if (!(t < 4e9)) return INT64_MAX;
+    return from_score(static_cast<int64_t>(std::floor(t)) - 1, bias);
+  }
+};
+// Whether plane pruning skips a block's low plane for an entry (inner product): lim its
+// SumBound, hi0 the largest high-plane partial (2 S0) over the block's 64 slots, margin its
+// prune_margin. Cosine instead tests each slot: no slot's key at the allowance,
+// float(2 (2 S0 + margin) - bias) * its inverse norm, reaches the heap's unscaled threshold
+// (the float product of select_one's prefilter).
+inline bool prune_skips(int64_t lim, int64_t hi0, int64_t margin) {
+  return lim > 65535 || (lim > 0 && hi0 + margin < lim);
 }
 
 }  // namespace bebr

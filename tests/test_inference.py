@@ -405,6 +405,25 @@ def test_searcher_matches_index_search_with_heads(threads):
     assert set(only[1].ravel().tolist()) <= set(range(150, 300))
 
 
+def test_searcher_passes_prune():
+    """Searcher.search(prune=) reaches the scan on the direct path and the heads path."""
+    m = make_model(14, 11, 2, seed=32, heads=(1,))
+    enc = m.to_encoder()
+    index = Index(enc.spec, "cosine")
+    index.add(enc.encode(rows(700, 14, 3)))
+    x = rows(5, 14, 4)
+    for heads in (False, True):
+        s = bebr.Searcher(enc, index, heads=heads)
+        kw = s.search_args(x)
+        q = kw.pop("queries")
+        for p in (0.5, 3.0):
+            got = s.search(x, 6, prune=p, threads=1)
+            want = index.search(q, 6, threads=1, prune=p, **kw)
+            assert np.array_equal(got[1], want[1]) and np.array_equal(got[0], want[0])
+        with pytest.raises(ValueError, match="prune"):
+            s.search(x, 6, prune=-2.0)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_searcher_without_heads_matches_index_search(threads):
     """Without version queries Searcher.search hands the encoder's codes to the compiled

@@ -122,7 +122,7 @@ void register_index(py::module_& m) {
              std::optional<py::array> allow_mask, std::optional<py::array> exclude_ids,
              std::optional<py::array> exclude_mask, int query_bits, const std::vector<int32_t>& vversions,
              const std::vector<py::array>& vcodes, const std::vector<float>& vscale,
-             const std::vector<float>& vshift) {
+             const std::vector<float>& vshift, float prune) {
             if (query_bits < 1 || query_bits > 7)
               throw py::value_error("query_bits must be in [1, 7], got " + std::to_string(query_bits));
             if (s.metric() == Metric::kHamming && query_bits != 1)
@@ -143,7 +143,7 @@ void register_index(py::module_& m) {
             int64_t* ip = ids.mutable_data();
             {
               py::gil_scoped_release nogil;
-              s.search(q.data(), nq, k, threads, in.filter, sp, ip, query_bits, in.vq);
+              s.search(q.data(), nq, k, threads, in.filter, sp, ip, query_bits, in.vq, prune);
             }
             return py::make_tuple(scores, ids);
           },
@@ -151,7 +151,7 @@ void register_index(py::module_& m) {
           py::arg("allow_mask") = py::none(), py::arg("exclude_ids") = py::none(),
           py::arg("exclude_mask") = py::none(), py::arg("query_bits"), py::arg("version_tags"),
           py::arg("version_codes"), py::arg("version_scale") = std::vector<float>{},
-          py::arg("version_shift") = std::vector<float>{})
+          py::arg("version_shift") = std::vector<float>{}, py::arg("prune") = 0.f)
       .def("versions", &PyIndex::versions)
       .def("ids_of_version", [](const PyIndex& s, int32_t v) { return to_array(s.ids_of_version(v)); })
       .def("ids", [](const PyIndex& s) { return to_array(s.ids()); })
