@@ -134,7 +134,7 @@ def test_threads_prune_scores_stay_exact():
     bindex.set_min_parallel_work(1)
     try:
         s, ids = idx.search(queries, 10, threads=2, query_bits=4, prune=3.0)
-        assert bindex.last_search_stats()["active_workers"] == 2
+        assert bindex.last_search_stats()["workers"] == 2
     finally:
         bindex.set_min_parallel_work(before)
     full = reference._scores(spec, qspec, queries, codes, "cosine")
