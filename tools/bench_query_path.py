@@ -13,6 +13,8 @@ call), batch QPS (2,000 queries in one call, best of 3). Also: encoding one quer
 codes, bulk encoding throughput (compiled path vs the torch float32 forward of bebr before
 this path, 1 and 2 threads) with the share of codes that differ between them, and
 ``python -c "import bebr"`` time and peak RSS with and without the torch training layer.
+The 2-bit bebr rows are also timed with plane pruning (``--prune``, ``Index.search(prune=)``:
+approximate; their recall is measured like every row's).
 
     python tools/bench_query_path.py [--data v1 v2] [--single 300] [--write]
 """
@@ -133,23 +135,28 @@ def bench_data(name, x, qi, bi, args, log):
         searcher = bebr.Searcher(enc, index)
         qb_fine = max_query_bits(bits)
         qenc = median_us(lambda q: enc.encode_query_codes(q, qb_fine), singles)
-        for qb, label in ((qb_fine, f"{qb_fine}-bit query codes"), (bits, "stored-bit queries")):
+        variants = [(qb_fine, f"{qb_fine}-bit query codes", None), (bits, "stored-bit queries", None)]
+        if bits == 2 and args.prune:
+            variants += [(qb_fine, f"{qb_fine}-bit query codes, prune {args.prune:g}", args.prune),
+                         (bits, f"stored-bit queries, prune {args.prune:g}", args.prune)]
+        for qb, label, prune in variants:
             # (the lambdas bind this config's searcher and index: the paired timing at the end
             # calls them after the loop has moved on)
-            fn = lambda q, qb=qb, searcher=searcher: searcher.search(q, 10, query_bits=qb,
-                                                                    threads=1)[1]
+            fn = lambda q, qb=qb, searcher=searcher, prune=prune: searcher.search(
+                q, 10, query_bits=qb, threads=1, prune=prune)[1]
             one = median_us(fn, singles)
             qps, ids = best_qps(fn, xq)
             codes_q = iter([enc.encode_query_codes(q, qb) for q in singles])
-            scan = median_us(lambda q, qb=qb: index.search(next(codes_q), 10, query_bits=qb,
-                                                           threads=1), singles)
-            row(method=f"bebr {dim}x{bits}, {label}", bytes=model.spec.code_bytes,
-                r10=recall10(ids, truth), one_us=one, qps=qps, scan_us=scan,
+            scan = median_us(lambda q, qb=qb, prune=prune: index.search(
+                next(codes_q), 10, query_bits=qb, threads=1, prune=prune), singles)
+            extra_r = {} if prune else dict(
                 query_encode_us=qenc if qb == qb_fine else
                 median_us(lambda q: enc.encode_query_codes(q, bits), singles))
+            row(method=f"bebr {dim}x{bits}, {label}", bytes=model.spec.code_bytes,
+                r10=recall10(ids, truth), one_us=one, qps=qps, scan_us=scan, **extra_r)
             codes_all = [enc.encode_query_codes(q, qb) for q in singles]
-            paired.append((rows[-1], fn, lambda i, qb=qb, c=codes_all, index=index: index.search(
-                c[i], 10, query_bits=qb, threads=1)))
+            paired.append((rows[-1], fn, lambda i, qb=qb, c=codes_all, index=index, prune=prune:
+                           index.search(c[i], 10, query_bits=qb, threads=1, prune=prune)))
     d = x.shape[1]
     ip = faiss.METRIC_INNER_PRODUCT
     faiss_idx = [(f"faiss PQ{m}x4 fast scan", lambda m=m: faiss.IndexPQFastScan(d, m, 4, ip))
@@ -280,6 +287,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", nargs="+", default=["v1", "v2"], choices=["v1", "v2"])
     ap.add_argument("--single", type=int, default=300, help="queries timed one at a time")
+    ap.add_argument("--prune", type=float, default=3.0,
+                    help="also time the 2-bit rows with Index.search(prune=) (0: not)")
     ap.add_argument("--write", action="store_true", help="write the section of BENCHMARKS.md")
     ap.add_argument("--breakdown", action="store_true",
                     help="only time one query's encoding, scan and both (bebr rows)")
