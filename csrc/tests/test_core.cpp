@@ -271,6 +271,39 @@ TEST_P(Levels_, OutOfRangeCalibratedThresholds) {
     for (int j = 0; j < k; ++j) EXPECT_EQ(want_i[j] % 2, shift < 0 ? 1 : 0) << shift;  // version 2 / 1 first
   }
 }
+// Plane pruning decides alike at every level (the scalar reference's decisions), and an
+// allowance above every low-plane sum is the exact search; a negative one is refused.
+TEST_P(Levels_, PlanePruningMatchesScalar) {
+  for (Metric metric : {Metric::kIP, Metric::kCosine}) {
+    SdcIndex idx(96, 2, metric);
+    std::mt19937_64 rng(17);
+    const int64_t n = 64 * 30 + 7;
+    std::vector<uint8_t> c(n * idx.geometry().code_bytes);
+    for (auto& b : c) b = static_cast<uint8_t>(rng());
+    idx.add(c.data(), n, nullptr, 0);
+    const int k = 10, nq = 3;
+    std::vector<uint8_t> q(nq * 4 * 12);
+    for (auto& b : q) b = static_cast<uint8_t>(rng());
+    for (float prune : {0.5f, 2.f, 1e6f}) {
+      std::vector<float> s(nq * k), want_s(nq * k), exact_s(nq * k);
+      std::vector<int64_t> i(nq * k), want_i(nq * k), exact_i(nq * k);
+      bebr::set_simd_level("scalar");
+      idx.search(q.data(), nq, k, 1, {}, want_s.data(), want_i.data(), 4, {}, prune);
+      bebr::set_simd_level(GetParam());
+      idx.search(q.data(), nq, k, 1, {}, s.data(), i.data(), 4, {}, prune);
+      EXPECT_EQ(i, want_i) << prune;
+      EXPECT_EQ(s, want_s) << prune;
+      if (prune > 1e5f) {
+        idx.search(q.data(), nq, k, 1, {}, exact_s.data(), exact_i.data(), 4);
+        EXPECT_EQ(i, exact_i);
+        EXPECT_EQ(s, exact_s);
+      }
+    }
+    std::vector<float> s(k);
+    std::vector<int64_t> i(k);
+    EXPECT_THROW(idx.search(q.data(), 1, k, 1, {}, s.data(), i.data(), 4, {}, -1.f), std::invalid_argument);
+  }
+}
 INSTANTIATE_TEST_SUITE_P(AllLevels, Levels_, ::testing::ValuesIn(bebr::available_simd_levels()));
 
 // ---------------------------------------------------------------- thread plan
