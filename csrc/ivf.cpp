@@ -1011,13 +1011,31 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
     for (int64_t e = 0; e < nent; ++e)
       for (int p = 0; p < nprobe; ++p) pair_ent[pos[probes[e * nprobe + p]]++] = e;
   }
+  // The probed lists, scanned best first: by the best rank any entry gives them (a single
+  // query: its probe order), so that the heaps fill with good items early and their
+  // thresholds then skip most blocks and pushes. The order does not change the results (the
+  // heaps keep the best keys under a total order).
   std::vector<int32_t> work_lists;
   int64_t work = 0;  // block-entries
-  for (int l = 0; l < nlist_; ++l)
-    if (start[l + 1] > start[l] && lists_[l]->nalive > 0) {
-      work_lists.push_back(l);
-      work += (start[l + 1] - start[l]) * lists_[l]->nblocks();
+  {
+    std::vector<int32_t> best_rank(nlist_, nprobe);
+    for (int64_t e = 0; e < nent; ++e)
+      for (int p = 0; p < nprobe; ++p) {
+        int32_t& r = best_rank[probes[e * nprobe + p]];
+        r = std::min(r, p);
+      }
+    for (int p = 0; p < (nent == 1 ? nprobe : 0); ++p) {
+      const int l = probes[p];
+      if (lists_[l]->nalive > 0) work_lists.push_back(l);
     }
+    if (nent > 1) {
+      for (int l = 0; l < nlist_; ++l)
+        if (start[l + 1] > start[l] && lists_[l]->nalive > 0) work_lists.push_back(l);
+      std::stable_sort(work_lists.begin(), work_lists.end(),
+                       [&](int32_t x, int32_t y) { return best_rank[x] < best_rank[y]; });
+    }
+    for (const int l : work_lists) work += (start[l + 1] - start[l]) * lists_[l]->nblocks();
+  }
 
   const double s2 = static_cast<double>(1 << (query_bits - 1)) * (1 << (geo_.bits - 1));
   const bool scaled = vq.n > 0 && metric_ == Metric::kCosine;
