@@ -256,7 +256,11 @@ class IVFIndex(Index):
                nprobe: int = 8, refine: Optional[Refine] = None):
         """``Index.search`` over the ``nprobe`` lists of each query code (clamped to
         ``nlist``; ``nprobe=nlist`` is the flat scan). ``refine``: see ``Refine`` (scores are
-        then float inner products / cosines of the refine vectors).
+        then float inner products / cosines of the refine vectors). Without filters or version
+        queries, arguments already in their plain form (C-contiguous uint8 query codes, int k,
+        nprobe and threads, SQ8 refine data with C-contiguous float32 queries) go to the core
+        in one call, search and re-ranking together (the single-query latency path; the same
+        results as any other form of the same arguments).
         """
         if filter is None and exclude is None and version_queries is None and version_calibration is None:
             out = self._search_plain(queries, k, threads, query_bits, nprobe, refine)
