@@ -42,11 +42,13 @@ import numpy as np
 from . import _C
 from .codes import CodeSpec
 from .fileio import CorruptFileError, sha256_bytes
-from .index import (_METRICS, Index, _check_codes, _check_k, _read_index_file,
-                    _write_index_file)
+from .index import (_METRICS, Index, _check_codes, _check_k, _check_threads, _query_spec,
+                    _read_index_file, _write_index_file)
 from .versions import Version, VersionRegistry
 
 __all__ = ["IVFIndex", "Refine", "SQ8"]
+
+_U8, _F32 = np.dtype(np.uint8), np.dtype(np.float32)
 
 
 def _check_positive(value: Any, name: str) -> int:
@@ -126,6 +128,16 @@ class IVFIndex(Index):
                 raise ValueError(f"spill_lambda must be a finite float >= 0, got {spill_lambda}")
         self._spill = None if spill_lambda is None else float(spill_lambda)
         super().__init__(spec, metric)  # spec / metric checks, version registry
+        # search's fast path: query_bits (None = the codes' bits) -> (bits, code bytes) of the
+        # query codes, for the widths whose packed codes have no padding bits to check
+        self._plain_qbits = {}
+        for qb in [None] + list(range(1, 8)):
+            try:
+                qs = self.spec if qb is None else _query_spec(self.spec, qb)
+            except ValueError:
+                continue
+            if qs.plane_bytes * 8 == qs.dim:
+                self._plain_qbits[qb] = (qs.bits, qs.code_bytes)
 
     def _new_core(self):
         return _C.IvfIndex(self.spec.dim, self.spec.bits, self.metric, self._nlist,
@@ -244,8 +256,16 @@ class IVFIndex(Index):
                nprobe: int = 8, refine: Optional[Refine] = None):
         """``Index.search`` over the ``nprobe`` lists of each query code (clamped to
         ``nlist``; ``nprobe=nlist`` is the flat scan). ``refine``: see ``Refine`` (scores are
-        then float inner products / cosines of the refine vectors).
+        then float inner products / cosines of the refine vectors). Without filters or version
+        queries, arguments already in their plain form (C-contiguous uint8 query codes, int k,
+        nprobe and threads, SQ8 refine data with C-contiguous float32 queries) go to the core
+        in one call, search and re-ranking together (the single-query latency path; the same
+        results as any other form of the same arguments).
         """
+        if filter is None and exclude is None and version_queries is None and version_calibration is None:
+            out = self._search_plain(queries, k, threads, query_bits, nprobe, refine)
+            if out is not None:
+                return out
         self._require_trained()
         nprobe = _check_positive(nprobe, "nprobe")
         if refine is None:
@@ -260,6 +280,39 @@ class IVFIndex(Index):
                                  version_queries, version_calibration)
         _, cand = self._core.search(*args, nprobe=nprobe)
         return _rerank(cand, refine.vectors, refine.queries, k, self.metric == "cosine", args[2])
+
+    def _search_plain(self, queries: Any, k: Any, threads: Any, query_bits: Any, nprobe: Any,
+                      refine: Any):
+        """The fast path of ``search`` without filters or version queries: when every argument
+        already has its plain form (C-contiguous uint8 query codes of a width without padding
+        bits, int k / nprobe / threads, no refine or SQ8 refine data with C-contiguous float32
+        queries), one core call with no further conversion (``search_sq8``: search and
+        re-ranking together); the same results as the general path. None otherwise (the
+        general path then converts, checks and raises)."""
+        if query_bits is not None and type(query_bits) is not int:
+            return None
+        qb = self._plain_qbits.get(query_bits)
+        if (qb is None or type(queries) is not np.ndarray or queries.dtype is not _U8
+                or queries.ndim != 2 or queries.shape[1] != qb[1] or not queries.flags.c_contiguous
+                or type(k) is not int or k <= 0 or type(nprobe) is not int or nprobe <= 0):
+            return None
+        if threads is None:
+            threads = _check_threads(None)
+        elif type(threads) is not int or threads <= 0:
+            return None
+        core = self._core
+        if not core.is_trained:
+            return None
+        if refine is None:
+            return core.search(queries, k, threads, None, None, None, None, qb[0], [], [], [], [], nprobe)
+        if type(refine) is not Refine or type(refine.vectors) is not SQ8:
+            return None
+        fq, sq, factor = refine.queries, refine.vectors, refine.factor
+        if (type(fq) is not np.ndarray or fq.dtype is not _F32 or fq.ndim != 2
+                or fq.shape[0] != queries.shape[0] or fq.shape[1] != sq.codes.shape[1]
+                or not fq.flags.c_contiguous or type(factor) is not int or factor <= 0):
+            return None
+        return core.search_sq8(queries, k, nprobe, threads, qb[0], factor, sq.codes, sq.lo, sq.step, fq)
 
     # ------------------------------------------------------------------ persistence
     def _header(self) -> dict:

@@ -174,6 +174,9 @@ struct IvfIndex::List {
   std::vector<int64_t> ids64;   // wide ids (-1 once removed)
   std::vector<uint64_t> alive;  // per block r-mask
   std::vector<float> invn;      // cosine: per block 64 r-ordered inverse norms
+  // cosine: per block a lower bound of its live slots' norms, 1 / (largest inverse norm ever
+  // stored in it since its last rewrite; 0: none), the kernels' block skip (ScanArgs::norm_min)
+  std::vector<float> norm_min;
   std::vector<Run> runs;        // ascending begin, runs[0].begin == 0 when nslots > 0
   std::vector<uint64_t> spilled;  // spilled indexes: per block r-mask of the spilled copies
 
@@ -187,6 +190,15 @@ struct IvfIndex::List {
     return std::prev(it)->version;
   }
   int64_t run_end(size_t r) const { return r + 1 < runs.size() ? runs[r + 1].begin : nslots; }
+  // norm_min of every block from invn (after a rewrite of the list)
+  void refresh_norm_min() {
+    norm_min.assign(invn.empty() ? 0 : static_cast<size_t>(nblocks()), 0.f);
+    for (size_t b = 0; b < norm_min.size(); ++b) {
+      float m = 0.f;
+      for (int r = 0; r < kBlock; ++r) m = std::max(m, invn[b * kBlock + r]);
+      norm_min[b] = m > 0.f ? 1.f / m : 0.f;
+    }
+  }
 };
 
 // id -> (list, slot): open addressing with linear probing over 8-byte entries, the key of an
@@ -563,7 +575,10 @@ void IvfIndex::add_locked(const uint8_t* codes, int64_t n, const int64_t* ids, i
     const int64_t nb = (s1 + kBlock - 1) / kBlock;
     grow_to(L.alive, static_cast<size_t>(nb));
     if (spilled()) grow_to(L.spilled, static_cast<size_t>(nb));
-    if (metric_ == Metric::kCosine) grow_to(L.invn, static_cast<size_t>(nb) * kBlock);
+    if (metric_ == Metric::kCosine) {
+      grow_to(L.invn, static_cast<size_t>(nb) * kBlock);
+      grow_to(L.norm_min, static_cast<size_t>(nb));
+    }
     if (wide_) grow_to(L.ids64, static_cast<size_t>(s1));
     else grow_to(L.ids32, static_cast<size_t>(s1));
     if (L.runs.empty() || L.runs.back().version != version) {
@@ -578,7 +593,13 @@ void IvfIndex::add_locked(const uint8_t* codes, int64_t n, const int64_t* ids, i
       const int it = static_cast<int>(s % kBlock);
       encode_item(geo_, code, item);
       for (int q = 0; q < geo_.item_bytes; ++q) B[geo_.offset(it, q)] = item[q];
-      if (metric_ == Metric::kCosine) L.invn[(s / kBlock) * kBlock + kR.r_of_item[it]] = inverse_norm(geo_, code);
+      if (metric_ == Metric::kCosine) {
+        const float inv = inverse_norm(geo_, code);
+        L.invn[(s / kBlock) * kBlock + kR.r_of_item[it]] = inv;
+        // min over the block of 1 / inv = 1 / (max inv): the bound the kernels would compute
+        float& nm = L.norm_min[s / kBlock];
+        if (inv > 0.f) nm = nm > 0.f ? std::min(nm, 1.f / inv) : 1.f / inv;
+      }
       if (wide_) L.ids64[s] = ids[i];
       else L.ids32[s] = static_cast<uint32_t>(ids[i]);
       L.alive[s / kBlock] |= uint64_t(1) << kR.r_of_item[it];
@@ -711,9 +732,10 @@ void IvfIndex::compact_list(int l) {
   L.alive.swap(alive);
   L.invn.swap(invn);
   L.spilled.swap(spill);
+  L.nslots = L.nalive;
+  L.refresh_norm_min();
   runs.shrink_to_fit();
   L.runs.swap(runs);
-  L.nslots = L.nalive;
   if (tab)
     for (int64_t s = 0; s < L.nslots; ++s) tab->set(pos[s], static_cast<uint64_t>(l) << kSlotBits | static_cast<uint64_t>(s));
 }
@@ -801,7 +823,7 @@ std::map<std::string, size_t> IvfIndex::memory_breakdown() const {
     const List& L = *Lp;
     if (!L.external) m["codes"] += L.owned.capacity();
     m["ids"] += L.ids32.capacity() * sizeof(uint32_t) + L.ids64.capacity() * sizeof(int64_t);
-    m["norms"] += L.invn.capacity() * sizeof(float);
+    m["norms"] += (L.invn.capacity() + L.norm_min.capacity()) * sizeof(float);
     m["masks"] += (L.alive.capacity() + L.spilled.capacity()) * sizeof(uint64_t);
     m["versions"] += L.runs.capacity() * sizeof(List::Run);
   }
@@ -901,6 +923,8 @@ void IvfIndex::assign_dense(const uint8_t* codes, bool external, const int64_t* 
     L->alive.assign(bl, 0);
     for (int64_t s = 0; s < nl; ++s) L->alive[s / kBlock] |= uint64_t(1) << kR.r_of_item[s % kBlock];
     if (metric_ == Metric::kCosine) L->invn.assign(invn + boff * kBlock, invn + (boff + bl) * kBlock);
+    L->nslots = nl;
+    L->refresh_norm_min();
     for (int64_t s = 0; s < nl; ++s)
       if (L->runs.empty() || L->runs.back().version != versions[off + s]) L->runs.push_back({s, versions[off + s]});
     L->runs.shrink_to_fit();
@@ -987,13 +1011,31 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
     for (int64_t e = 0; e < nent; ++e)
       for (int p = 0; p < nprobe; ++p) pair_ent[pos[probes[e * nprobe + p]]++] = e;
   }
+  // The probed lists, scanned best first: by the best rank any entry gives them (a single
+  // query: its probe order), so that the heaps fill with good items early and their
+  // thresholds then skip most blocks and pushes. The order does not change the results (the
+  // heaps keep the best keys under a total order).
   std::vector<int32_t> work_lists;
   int64_t work = 0;  // block-entries
-  for (int l = 0; l < nlist_; ++l)
-    if (start[l + 1] > start[l] && lists_[l]->nalive > 0) {
-      work_lists.push_back(l);
-      work += (start[l + 1] - start[l]) * lists_[l]->nblocks();
+  {
+    std::vector<int32_t> best_rank(nlist_, nprobe);
+    for (int64_t e = 0; e < nent; ++e)
+      for (int p = 0; p < nprobe; ++p) {
+        int32_t& r = best_rank[probes[e * nprobe + p]];
+        r = std::min(r, p);
+      }
+    for (int p = 0; p < (nent == 1 ? nprobe : 0); ++p) {
+      const int l = probes[p];
+      if (lists_[l]->nalive > 0) work_lists.push_back(l);
     }
+    if (nent > 1) {
+      for (int l = 0; l < nlist_; ++l)
+        if (start[l + 1] > start[l] && lists_[l]->nalive > 0) work_lists.push_back(l);
+      std::stable_sort(work_lists.begin(), work_lists.end(),
+                       [&](int32_t x, int32_t y) { return best_rank[x] < best_rank[y]; });
+    }
+    for (const int l : work_lists) work += (start[l + 1] - start[l]) * lists_[l]->nblocks();
+  }
 
   const double s2 = static_cast<double>(1 << (query_bits - 1)) * (1 << (geo_.bits - 1));
   const bool scaled = vq.n > 0 && metric_ == Metric::kCosine;
@@ -1024,7 +1066,6 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
   TopKSet res(nq, kh);
   std::vector<TopKSet> local;
   for (int t = 1; t < T; ++t) local.emplace_back(nq, kh);
-  std::vector<std::vector<int64_t>> wide_ids(std::max(T, 1));  // narrow ids widened per list
   const int64_t chunk = std::max<int64_t>(1, (256 << 10) / static_cast<int64_t>(geo_.block_bytes));
 
   parallel_items(static_cast<int64_t>(work_lists.size()), std::max(T, 1), [&](int t, int64_t item) {
@@ -1040,21 +1081,14 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
       for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(reinterpret_cast<const char*>(N.codes + off), _MM_HINT_T0);
     }
 #endif
-    const int64_t* ids;
-    if (wide_) {
-      ids = L.ids64.data();
-    } else {
-      auto& w = wide_ids[t];
-      w.resize(n);
-      for (int64_t s = 0; s < n; ++s) w[s] = L.ids32[s] == kDead32 ? -1 : static_cast<int64_t>(L.ids32[s]);
-      ids = w.data();
-    }
     TopK* heaps = t == 0 ? res.heaps.data() : local[t - 1].heaps.data();
     std::vector<uint64_t> fm;
     if (filter.any()) {
       fm.assign(nb, 0);
-      for (int64_t s = 0; s < n; ++s)
-        if (ids[s] >= 0 && allowed(ids[s])) fm[s / kBlock] |= uint64_t(1) << kR.r_of_item[s % kBlock];
+      for (int64_t s = 0; s < n; ++s) {
+        const int64_t id = id_at(L, s);
+        if (id >= 0 && allowed(id)) fm[s / kBlock] |= uint64_t(1) << kR.r_of_item[s % kBlock];
+      }
     }
     std::vector<uint64_t> set_slots;  // nsets x nb
     if (vq.n > 0) {
@@ -1072,8 +1106,11 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
     base.codes = L.codes;
     base.alive = L.alive.data();
     base.filter = fm.empty() ? nullptr : fm.data();
-    base.ids = ids;
+    // narrow ids are read as they are (a removed slot is never alive, so never pushed)
+    base.ids = wide_ ? L.ids64.data() : nullptr;
+    base.ids32 = wide_ ? nullptr : L.ids32.data();
     base.invn = L.invn.empty() ? nullptr : L.invn.data();
+    base.norm_min = L.norm_min.empty() ? nullptr : L.norm_min.data();
     base.kind = metric_ == Metric::kCosine ? ScoreKind::kCosine : ScoreKind::kInnerProduct;
     base.qbits = query_bits;
     const int64_t e0 = start[l], e1 = start[l + 1];
@@ -1224,6 +1261,18 @@ void rerank(const int64_t* cand, int64_t nq, int nc, const void* rows, int64_t n
       }
       const float invq = qq > 0 ? static_cast<float>(1.0 / std::sqrt(qq)) : 0.f;
       c.clear();
+#if defined(__x86_64__)
+      // the candidate rows are scattered over the table (DRAM misses): request them all
+      // before the first is scored
+      for (int i = 0; i < nc; ++i) {
+        const int64_t id = cand[q * nc + i];
+        if (id < 0) continue;
+        const char* p = static_cast<const char*>(rows) + id * row_bytes;
+        for (uintptr_t x = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63); x < reinterpret_cast<uintptr_t>(p + row_bytes);
+             x += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(x), _MM_HINT_T0);
+      }
+#endif
       for (int i = 0; i < nc; ++i) {
         const int64_t id = cand[q * nc + i];
         if (id < 0) continue;

@@ -26,8 +26,10 @@
 //
 // Search: each query (and each of its per-version query codes) scores the centroids with its
 // own code values and probes its nprobe best lists (ties to the smaller list); the (list,
-// entry) pairs are sorted by list and each list is scanned once for all entries probing it,
-// in groups of kMaxGroup, by the active SIMD kernel into one top-k heap per query (the same
+// entry) pairs are sorted by list and each list is scanned once for all entries probing it
+// (best first: by the best probe rank an entry gives the list; a single query scans its lists
+// in probe order, so its heap threshold rises early and skips blocks), in groups of kMaxGroup,
+// by the active SIMD kernel into one top-k heap per query (the same
 // keys, calibration and tie rules as SdcIndex::search, so nprobe = nlist gives the flat
 // index's results bit for bit). Threads take whole lists into their own heaps, merged at the
 // end. The GIL is released by the bindings; a readers-writer lock orders changes and searches.

@@ -66,7 +66,7 @@ void scan_scalar(const ScanArgs& a, const QueryGroup& qg, TopK* heaps) {
       const int it = kR.item_of_r[r];
       for (int j = 0; j < geo.item_bytes; ++j) item[j] = B[geo.offset(it, j)];
       decode_item(geo, item.data(), row.data());
-      const int64_t id = a.ids[blk * kBlock + it];
+      const int64_t id = slot_id(a, blk * kBlock + it);
       for (int g = 0; g < qg.g; ++g) {
         if (skip[g] || (qg.slots[g] && !((qg.slots[g][blk] >> r) & 1))) continue;
         const uint8_t* q = qg.packed[g];

@@ -38,6 +38,7 @@ struct ScanArgs {
   const uint64_t* alive = nullptr;    // per block r-mask of live slots
   const uint64_t* filter = nullptr;   // optional per block r-mask of allowed slots
   const int64_t* ids = nullptr;       // per slot (natural order)
+  const uint32_t* ids32 = nullptr;    // alternative to ids (ids == nullptr): narrow per-slot ids
   const float* invn = nullptr;        // per block 64 r-ordered inverse norms (cosine only)
   // optional (cosine): per block a lower bound of its slots' norms, 1 / (the largest of its
   // 64 inverse norms) (nullptr: the kernels compute it from invn)
@@ -71,6 +72,9 @@ struct QueryGroup {
   // table, computed once per query by the caller (unused otherwise).
   int64_t prune_margin[kMaxGroup] = {0, 0, 0, 0};
 };
+
+// Id of slot s (natural order) of a scan: ids, else the narrow ids32.
+inline int64_t slot_id(const ScanArgs& a, int64_t s) { return a.ids ? a.ids[s] : static_cast<int64_t>(a.ids32[s]); }
 
 // Lowest unscaled key that can reach heap threshold th after key * ks + sh (ks > 0), minus a
 // slack for the float rounding of that map, so that a prefilter against it never drops an

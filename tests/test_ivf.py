@@ -466,3 +466,80 @@ def test_spilled_assignment_is_the_soar_second_list():
         assert set(got) <= set(np.flatnonzero((first == lists[i]) | (second == lists[i])))
     with pytest.raises(ValueError, match="spill_lambda"):
         IVFIndex(spec, 4, spill_lambda=-1.0)
+
+
+def spread_norm_codes(spec, n, rng):
+    """Clustered codes whose norms differ a lot (the share of outer levels varies per item), so
+    that the cosine kernels' per-block norm bound skips blocks."""
+    codes = clustered_codes(spec, n, rng)
+    levels = spec.unpack(codes)
+    outer = rng.uniform(0, 1, (n, 1)) < rng.uniform(0, 1, (n, spec.dim))
+    inner = np.where(levels >= spec.n_levels // 2, spec.n_levels // 2, spec.n_levels // 2 - 1)
+    return spec.pack(np.where(outer, levels, inner).astype(np.uint8))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip"])
+def test_fast_path_matches_general_path(level, metric):
+    from bebr.ivf import SQ8
+
+    rng = np.random.default_rng(21)
+    spec = CodeSpec(128, 2)  # no padding bits: plain query codes take the fast path
+    codes = spread_norm_codes(spec, 3000, rng)
+    ivf = IVFIndex(spec, 8, metric)
+    ivf.train(codes, seed=0)
+    ivf.add(codes)
+    ivf.remove(np.arange(0, 3000, 7))  # dead slots inside blocks
+    x = spec.values(codes).astype(np.float32) + rng.standard_normal((3000, 128)).astype(np.float32)
+    sq = SQ8.encode(x)
+    xq = rng.standard_normal((5, 128)).astype(np.float32)
+    for qbits in (None, 4):
+        q = random_queries(spec, qbits or 2, 5, rng)
+        for k, nprobe, threads in ((1, 1, 1), (10, 3, 1), (50, 8, 2), (10, 20, None)):
+            fast = ivf._search_plain(q, k, threads, qbits, nprobe, None)
+            assert fast is not None
+            same(fast, ivf.search(q, k, threads, query_bits=qbits, nprobe=nprobe))
+            # an np.int64 k is not the plain form: the general path
+            assert ivf._search_plain(q, np.int64(k), threads, qbits, nprobe, None) is None
+            same(fast, ivf.search(q, np.int64(k), threads, query_bits=qbits, nprobe=nprobe))
+            ref = Refine(sq, xq, 3)
+            fast = ivf._search_plain(q, k, threads, qbits, nprobe, ref)
+            assert fast is not None
+            same(fast, ivf.search(q, k, threads, query_bits=qbits, nprobe=nprobe, refine=ref))
+            general = Refine(sq, xq, np.int64(3))
+            assert ivf._search_plain(q, k, threads, qbits, nprobe, general) is None
+            same(fast, ivf.search(q, k, threads, query_bits=qbits, nprobe=nprobe, refine=general))
+    # no queries; the general path's errors stay its own
+    s, i = ivf.search(np.zeros((0, spec.code_bytes), np.uint8), 4, nprobe=2, refine=Refine(sq, xq[:0], 2))
+    assert s.shape == i.shape == (0, 4)
+    with pytest.raises(ValueError, match="refine.queries must have shape"):
+        ivf.search(q, 4, query_bits=4, nprobe=2, refine=Refine(sq, xq[:2], 2))
+    with pytest.raises(ValueError, match="rows must be indexed by id"):
+        ivf.search(q, 4, query_bits=4, nprobe=8, refine=Refine(SQ8.encode(x[:10]), xq, 2))
+
+
+@pytest.mark.parametrize("spill", [None, 1.0])
+def test_cosine_block_norm_bound_keeps_flat_results(level, tmp_path, spill):
+    """Cosine lists of several blocks with very different norms (the per-block norm bound
+    skips blocks): nprobe = nlist is the flat index, bit for bit, after adds, removals,
+    compaction and a save / mmap load."""
+    rng = np.random.default_rng(22)
+    spec = CodeSpec(128, 2)
+    codes = spread_norm_codes(spec, 4000, rng)
+    ivf, flat = pair(spec, "cosine", 6, codes[:3000], spill=spill)
+    assert ivf.list_sizes().max() > 4 * 64
+    q = random_queries(spec, 4, 7, rng)
+
+    def check(a, b):
+        for k in (1, 5, 40):
+            same(a.search(q, k, query_bits=4, nprobe=6, threads=1), b.search(q, k, query_bits=4, threads=1))
+            same(a.search(q, k, query_bits=4, nprobe=6, threads=2), b.search(q, k, query_bits=4, threads=1))
+
+    check(ivf, flat)
+    for idx in (ivf, flat):
+        idx.add(codes[3000:])  # into partly filled blocks
+        idx.remove(np.arange(0, 4000, 3))
+    check(ivf, flat)
+    ivf.compact()
+    check(ivf, flat)
+    ivf.save(tmp_path / "c.ivf")
+    check(IVFIndex.load(tmp_path / "c.ivf", mmap=True), flat)

@@ -162,6 +162,46 @@ void register_ivf(py::module_& m) {
           py::arg("queries"), py::arg("k"), py::arg("threads"), py::arg("allow_ids"), py::arg("allow_mask"),
           py::arg("exclude_ids"), py::arg("exclude_mask"), py::arg("query_bits"), py::arg("version_tags"),
           py::arg("version_codes"), py::arg("version_scale"), py::arg("version_shift"), py::arg("nprobe"))
+      .def(
+          "search_sq8",
+          // The single-query fast path of IVFIndex.search (no filter, no version queries):
+          // the search for k * factor candidates and their SQ8 re-ranking in one call, the
+          // candidates kept in C++.
+          [](const PyIvf& s, const py::array& queries, int k, int nprobe, int threads, int query_bits, int factor,
+             const py::array& rows, const py::array& lo, const py::array& step, const py::array& fqueries) {
+            if (query_bits < 1 || query_bits > 7)
+              throw py::value_error("query_bits must be in [1, 7], got " + std::to_string(query_bits));
+            auto q = checked_array<uint8_t>(queries, "queries", 2, query_bits * s.geometry().plane_bytes);
+            if (k <= 0) throw py::value_error("k must be >= 1, got " + std::to_string(k));
+            if (factor <= 0) throw py::value_error("refine.factor must be >= 1, got " + std::to_string(factor));
+            if (static_cast<int64_t>(k) * factor > std::numeric_limits<int>::max() / 2)
+              throw py::value_error("k * refine.factor is too large");
+            auto r = checked_array<uint8_t>(rows, "SQ8 codes", 2);
+            const py::ssize_t d = r.shape(1);
+            auto l = checked_array<float>(lo, "SQ8 lo", 1);
+            auto st = checked_array<float>(step, "SQ8 step", 1);
+            if (l.shape(0) != d || st.shape(0) != d)
+              throw py::value_error("SQ8 lo and step must have " + std::to_string(d) + " entries (the codes' columns)");
+            auto fq = checked_array<float>(fqueries, "refine.queries", 2);
+            const py::ssize_t nq = q.shape(0);
+            if (fq.shape(0) != nq || fq.shape(1) != d)
+              throw py::value_error("refine.queries must have shape (" + std::to_string(nq) + ", " +
+                                    std::to_string(d) + "), got " + shape_str(fq));
+            const int kc = k * factor;
+            py::array_t<float> scores({nq, static_cast<py::ssize_t>(k)});
+            py::array_t<int64_t> ids({nq, static_cast<py::ssize_t>(k)});
+            float* sp = scores.mutable_data();
+            int64_t* ip = ids.mutable_data();
+            {
+              py::gil_scoped_release nogil;
+              std::vector<float> cs(static_cast<size_t>(nq) * kc);
+              std::vector<int64_t> ci(static_cast<size_t>(nq) * kc);
+              s.search(q.data(), nq, kc, nprobe, threads, FilterSpec{}, cs.data(), ci.data(), query_bits);
+              rerank_sq8(ci.data(), nq, kc, r.data(), r.shape(0), static_cast<int>(d), l.data(), st.data(), fq.data(),
+                         s.metric() == Metric::kCosine, k, threads, sp, ip);
+            }
+            return py::make_tuple(scores, ids);
+          })
       .def("versions", &PyIvf::versions)
       .def("ids_of_version", [](const PyIvf& s, int32_t v) { return to_array(s.ids_of_version(v)); })
       .def("ids", [](const PyIvf& s) { return to_array(s.ids()); })

@@ -96,6 +96,51 @@ TEST_P(IvfLevels, PartialProbeIsTheFlatScanOfTheProbedLists) {
   EXPECT_EQ(fs, is);
 }
 
+// Narrow ids (read by the kernels in place, ScanArgs::ids32) and wide ids (an id >= 2^32 - 1
+// widens the index) give the flat index's results, single queries (lists scanned in probe
+// order) and batches, cosine lists with their per-block norm bounds, after removals and a
+// compaction.
+TEST_P(IvfLevels, NarrowAndWideIdsMatchTheFlatScan) {
+  bebr::set_simd_level(GetParam());
+  std::mt19937_64 rng(12);
+  for (bool wide : {false, true})
+    for (Metric m : {Metric::kIP, Metric::kCosine}) {
+      const int dim = 64, bits = 2, nlist = 5;
+      const int64_t n = 1500;
+      bebr::SdcIndex flat(dim, bits, m);
+      bebr::IvfIndex ivf(dim, bits, m, nlist);
+      auto codes = codes_of(rng, flat.geometry(), n);
+      std::normal_distribution<float> nd;
+      std::vector<float> c(static_cast<size_t>(nlist) * dim);
+      for (auto& v : c) v = nd(rng);
+      ivf.set_centroids(c.data());
+      std::vector<int64_t> ids(n);
+      for (int64_t i = 0; i < n; ++i) ids[i] = wide ? (int64_t(1) << 40) + 5 * i : 5 * i;
+      flat.add(codes.data(), n, ids.data(), 0);
+      ivf.add(codes.data(), n, ids.data(), 0);
+      const bebr::Geometry qg(dim, 4);
+      auto q = codes_of(rng, qg, 6);
+      for (int round = 0; round < 3; ++round) {
+        if (round == 1) {
+          std::vector<int64_t> rm;
+          for (int64_t i = 0; i < n; i += 3) rm.push_back(ids[i]);
+          flat.remove(rm.data(), static_cast<int64_t>(rm.size()));
+          ivf.remove(rm.data(), static_cast<int64_t>(rm.size()));
+        }
+        if (round == 2) ivf.compact();
+        for (int nq : {1, 6}) {
+          const int k = 9;
+          std::vector<float> fs(nq * k), is(nq * k);
+          std::vector<int64_t> fi(nq * k), ii(nq * k);
+          flat.search(q.data(), nq, k, 1, {}, fs.data(), fi.data(), 4);
+          ivf.search(q.data(), nq, k, nlist, 1, {}, is.data(), ii.data(), 4);
+          EXPECT_EQ(fi, ii) << "wide " << wide << " round " << round << " nq " << nq;
+          EXPECT_EQ(fs, is) << "wide " << wide << " round " << round << " nq " << nq;
+        }
+      }
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(All, IvfLevels, ::testing::ValuesIn(bebr::available_simd_levels()));
 
 TEST(IvfIndex, RejectsBadArguments) {
