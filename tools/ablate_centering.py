@@ -10,9 +10,13 @@ symmetric SDC search through ``bebr.Index(spec, "cosine")``.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's bebr, installed or not
 
 import bebr
 from bebr import datasets as ds

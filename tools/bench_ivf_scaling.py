@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's bebr, installed or not
+
 import bebr
 from bebr import datasets
 from bebr.ivf import IVFIndex
