@@ -155,7 +155,7 @@ def _batches(arr: np.ndarray, batch_size: int):
     """(start, float32 C-contiguous finite chunk) over the rows of a validated array."""
     for s in range(0, arr.shape[0], batch_size):
         chunk = np.ascontiguousarray(arr[s:s + batch_size], dtype=np.float32)
-        if not np.isfinite(chunk).all():
+        if not _C.all_finite(chunk):
             raise ValueError(f"x has NaN or inf values in rows [{s}, {s + len(chunk)})")
         yield s, chunk
 
@@ -414,7 +414,8 @@ class Encoder(ConfigView):
         th = _check_threads(threads)
         out = np.empty((arr.shape[0], self.spec.code_bytes), dtype=np.uint8)
         for s, chunk in _batches(arr, bs):
-            out[s:s + len(chunk)] = _C.pack_levels(self._levels(chunk, th), self.bits)
+            margin = FAST_MARGIN if chunk.shape[0] >= FAST_MIN_ROWS else 0.0
+            out[s:s + len(chunk)] = self._core.encode_codes(chunk, th, margin)
         return out
 
     def encode_values(self, x, batch_size: int = 8192, *, threads: Optional[int] = None) -> np.ndarray:

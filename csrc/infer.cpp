@@ -11,9 +11,11 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
-#include <thread>
+#include <condition_variable>
+#include <memory>
 
 #include "dispatch.h"
+#include "thread_pool.h"
 
 namespace bebr {
 namespace infer {
@@ -31,118 +33,201 @@ void matvec_scalar(const float* w, int64_t out, int64_t in, const double* x, int
   }
 }
 
-void matvec_f32_scalar(const float* w, int64_t out, int64_t in, const float* x, int64_t n, float* y) {
+void gemm_f32_scalar(const PackedF32& w, const float* x, int64_t n, float* y) {
+  const int64_t in = w.in, out = w.out;
   for (int64_t r = 0; r < n; ++r)
     for (int64_t i = 0; i < out; ++i) {
+      const float* pw = w.data.data() + (i / kPanel) * in * kPanel + i % kPanel;
       float acc = 0;
-      for (int64_t k = 0; k < in; ++k) acc += w[i * in + k] * x[r * in + k];
+      for (int64_t k = 0; k < in; ++k) acc += pw[k * kPanel] * x[r * in + k];
       y[r * out + i] = acc;
     }
 }
 
-// Run fn(begin, end) over [0, n) split into `threads` contiguous ranges; rethrows the first
-// exception of any worker once all joined.
+// Run fn(worker, begin, end) over [0, n) in items of `item` rows, handed out dynamically to
+// the caller and up to threads - 1 helpers of the process's HelperPool (a helper that starts
+// late, or never, only costs speed); worker in [0, threads) identifies the caller's scratch.
+// Rethrows the first exception of any item once every claimed item is done.
 template <class Fn>
-void parallel_rows(int64_t n, int threads, int64_t min_rows, Fn fn) {
-  int t = std::max(1, threads);
-  t = static_cast<int>(std::min<int64_t>(t, std::max<int64_t>(1, n / std::max<int64_t>(1, min_rows))));
-  if (t <= 1) {
-    fn(int64_t(0), n);
+void parallel_rows(int64_t n, int threads, int64_t item, Fn fn) {
+  const int64_t nitems = (n + item - 1) / item;
+  const int T = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, nitems)));
+  if (T <= 1) {
+    for (int64_t s = 0; s < n; s += item) fn(0, s, std::min(n, s + item));
     return;
   }
-  std::exception_ptr err;
-  std::mutex mu;
-  auto run = [&](int64_t b, int64_t e) {
-    try {
-      fn(b, e);
-    } catch (...) {
-      std::lock_guard<std::mutex> g(mu);
-      if (!err) err = std::current_exception();
+  struct Work {
+    std::atomic<int64_t> next{0}, done{0};
+    std::atomic<bool> failed{false};
+    std::mutex mu;
+    std::condition_variable cv;
+    std::exception_ptr err;
+  };
+  auto work = std::make_shared<Work>();
+  auto process = [&](int t, int64_t i) { fn(t, i * item, std::min(n, (i + 1) * item)); };
+  // (shared by shared_ptr: a helper that runs only after every item is done finds none left
+  // and returns without touching this call's stack)
+  auto worker = [work, nitems, &process](int t) {
+    for (;;) {
+      const int64_t i = work->next.fetch_add(1);
+      if (i >= nitems) return;
+      if (!work->failed.load()) {
+        try {
+          process(t, i);
+        } catch (...) {
+          std::lock_guard<std::mutex> g(work->mu);
+          if (!work->err) work->err = std::current_exception();
+          work->failed.store(true);
+        }
+      }
+      if (work->done.fetch_add(1) + 1 == nitems) {
+        std::lock_guard<std::mutex> g(work->mu);
+        work->cv.notify_all();
+      }
     }
   };
-  std::vector<std::thread> ws;
-  for (int i = 1; i < t; ++i) ws.emplace_back(run, n * i / t, n * (i + 1) / t);
-  run(0, n / t);
-  for (auto& w : ws) w.join();
-  if (err) std::rethrow_exception(err);
+  HelperPool::instance().post(std::make_shared<HelperPool::Task>(worker), T);
+  worker(0);
+  std::unique_lock<std::mutex> lk(work->mu);
+  work->cv.wait(lk, [&] { return work->done.load() == nitems; });
+  if (work->err) std::rethrow_exception(work->err);
 }
 
-constexpr int64_t kChunk = 64;  // rows per pass through the layers (bounds the scratch)
+constexpr int64_t kChunk = 48;  // rows per pass through the layers (the scratch stays in L2)
 
 // Rows of x (n, d) divided by max(||row||, 1e-12) in place (torch.nn.functional.normalize).
-template <class T>
-void normalize_rows(T* x, int64_t n, int64_t d) {
+void normalize_rows(double* x, int64_t n, int64_t d) {
   for (int64_t r = 0; r < n; ++r) {
-    T* xr = x + r * d;
-    T s = 0;
+    double* xr = x + r * d;
+    double s = 0;
     for (int64_t j = 0; j < d; ++j) s += xr[j] * xr[j];
-    const T nrm = std::max(std::sqrt(s), static_cast<T>(1e-12));
+    const double nrm = std::max(std::sqrt(s), 1e-12);
     for (int64_t j = 0; j < d; ++j) xr[j] = xr[j] / nrm;
   }
 }
-
-template <class T>
-void matvec(const float* w, int64_t out, int64_t in, const T* x, int64_t n, T* y);
-template <>
-void matvec<double>(const float* w, int64_t out, int64_t in, const double* x, int64_t n, double* y) {
-  active_infer_kernels().matvec(w, out, in, x, n, y);
-}
-template <>
-void matvec<float>(const float* w, int64_t out, int64_t in, const float* x, int64_t n, float* y) {
-  active_infer_kernels().matvec_f32(w, out, in, x, n, y);
+// Sum of squares of p[0..d) in float64, four independent partial sums (the float32 pass).
+double sum_sq(const float* p, int64_t d) {
+  double a[4] = {0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 4 <= d; j += 4)
+    for (int l = 0; l < 4; ++l) a[l] += static_cast<double>(p[j + l]) * p[j + l];
+  for (; j < d; ++j) a[0] += static_cast<double>(p[j]) * p[j];
+  return (a[0] + a[1]) + (a[2] + a[3]);
 }
 
-template <class T>
-void mlp_forward_t(const Mlp& m, const T* x, int64_t n, T* y) {
-  matvec<T>(m.skip.data(), m.c, m.a, x, n, y);
-  std::vector<T> h, z;
-  for (size_t i = 0; i < m.blocks.size(); ++i) {
-    const Block& b = m.blocks[i];
-    const T* in = i == 0 ? x : y;
-    h.resize(n * b.h);
-    z.resize(n * b.c);
-    matvec<T>(b.w1.data(), b.h, b.a, in, n, h.data());
-    for (int64_t j = 0; j < b.h; ++j) {
-      const T b1 = b.b1[j], mu = b.bn_mean[j], g = b.bn_w[j], be = b.bn_b[j];
-      const T sd = static_cast<T>(std::sqrt(static_cast<double>(b.bn_var[j]) + b.eps));
-      for (int64_t r = 0; r < n; ++r) {
-        const T v = ((h[r * b.h + j] + b1) - mu) / sd * g + be;
-        h[r * b.h + j] = v > 0 ? v : T(0);
-      }
+// The float32 pass's version: the sum of squares in float64 (no overflow of a finite row).
+void normalize_rows(float* x, int64_t n, int64_t d) {
+  for (int64_t r = 0; r < n; ++r) {
+    float* xr = x + r * d;
+    const double nrm = std::max(std::sqrt(sum_sq(xr, d)), 1e-12);
+    if (nrm < 1e30) {
+      const float inv = static_cast<float>(1.0 / nrm);
+      for (int64_t j = 0; j < d; ++j) xr[j] *= inv;
+    } else {  // (1 / nrm would lose precision as a float32; inf/NaN stay non-finite)
+      for (int64_t j = 0; j < d; ++j) xr[j] = static_cast<float>(xr[j] / nrm);
     }
-    matvec<T>(b.w2.data(), b.c, b.h, h.data(), n, z.data());
-    for (int64_t r = 0; r < n; ++r)
-      for (int64_t j = 0; j < b.c; ++j) y[r * b.c + j] = y[r * b.c + j] + (z[r * b.c + j] + static_cast<T>(b.b2[j]));
   }
 }
 
-// Levels of rows x (nb, D), evaluated in T; with flagged != nullptr (float32 pass) marks
-// the rows with a pre-activation closer to 0 than margin * RMS of its step.
+// BatchNorm1d (eval) then ReLU of the hidden rows h (n, b.h) in place, in T.
 template <class T>
-void levels_rows(const Model& model, const float* x, int64_t nb, uint8_t* lv, double margin, uint8_t* flagged) {
+void bn_relu(const Block& b, T* h, int64_t n) {
+  for (int64_t j = 0; j < b.h; ++j) {
+    const T b1 = b.b1[j], mu = b.bn_mean[j], g = b.bn_w[j], be = b.bn_b[j];
+    const T sd = static_cast<T>(std::sqrt(static_cast<double>(b.bn_var[j]) + b.eps));
+    for (int64_t r = 0; r < n; ++r) {
+      const T v = ((h[r * b.h + j] + b1) - mu) / sd * g + be;
+      h[r * b.h + j] = v > 0 ? v : T(0);
+    }
+  }
+}
+
+// The float64 forward of m: rows x (n, m.a) -> y (n, m.c).
+void mlp_forward_f64(const Mlp& m, const double* x, int64_t n, double* y) {
+  const MatvecFn mv = active_infer_kernels().matvec;
+  mv(m.skip.data(), m.c, m.a, x, n, y);
+  std::vector<double> h, z;
+  for (size_t i = 0; i < m.blocks.size(); ++i) {
+    const Block& b = m.blocks[i];
+    const double* in = i == 0 ? x : y;
+    h.resize(n * b.h);
+    z.resize(n * b.c);
+    mv(b.w1.data(), b.h, b.a, in, n, h.data());
+    bn_relu(b, h.data(), n);
+    mv(b.w2.data(), b.c, b.h, h.data(), n, z.data());
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t j = 0; j < b.c; ++j) y[r * b.c + j] = y[r * b.c + j] + (z[r * b.c + j] + static_cast<double>(b.b2[j]));
+  }
+}
+
+// Outputs idx[0..ni) of the float64 forward of m on one row x: the same bits as those
+// entries of mlp_forward_f64 (each output's dot products are computed alone, in the same
+// lane order); with two or more blocks (whose inputs are the whole output) the full forward.
+void mlp_outputs_f64(const Mlp& m, const double* x, const int32_t* idx, int64_t ni, double* out) {
+  const MatvecFn mv = active_infer_kernels().matvec;
+  if (m.blocks.size() >= 2) {
+    std::vector<double> y(m.c);
+    mlp_forward_f64(m, x, 1, y.data());
+    for (int64_t i = 0; i < ni; ++i) out[i] = y[idx[i]];
+    return;
+  }
+  std::vector<double> h;
+  if (!m.blocks.empty()) {
+    const Block& b = m.blocks[0];
+    h.resize(b.h);
+    mv(b.w1.data(), b.h, b.a, x, 1, h.data());
+    bn_relu(b, h.data(), 1);
+  }
+  for (int64_t i = 0; i < ni; ++i) {
+    const int64_t j = idx[i];
+    double y;
+    mv(m.skip.data() + j * m.a, 1, m.a, x, 1, &y);
+    if (!m.blocks.empty()) {
+      const Block& b = m.blocks[0];
+      double z;
+      mv(b.w2.data() + j * b.h, 1, b.h, h.data(), 1, &z);
+      y = y + (z + static_cast<double>(b.b2[j]));
+    }
+    out[i] = y;
+  }
+}
+
+// Scratch of one worker's float32 pass (reused across its items).
+struct FastScratch {
+  std::vector<float> xin, xn, pre, c, xh, h, z;
+  std::vector<double> x64, xn64, xh64, c64, vals;
+  std::vector<int32_t> idx;
+};
+
+// The float32 forward of m over packed weights: rows x (n, m.a) -> y (n, m.c).
+void mlp_forward_f32(const Mlp& m, const float* x, int64_t n, float* y, FastScratch& s) {
+  const GemmF32Fn gemm = active_infer_kernels().gemm_f32;
+  gemm(m.skip_p, x, n, y);
+  for (size_t i = 0; i < m.blocks.size(); ++i) {
+    const Block& b = m.blocks[i];
+    const float* in = i == 0 ? x : y;
+    s.h.resize(n * b.h);
+    s.z.resize(n * b.c);
+    gemm(b.w1_p, in, n, s.h.data());
+    bn_relu(b, s.h.data(), n);
+    gemm(b.w2_p, s.h.data(), n, s.z.data());
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t j = 0; j < b.c; ++j) y[r * b.c + j] += s.z[r * b.c + j] + b.b2[j];
+  }
+}
+
+// Levels of rows x (nb, D), evaluated in float64 (the definition of the codes).
+void levels_rows_f64(const Model& model, const float* x, int64_t nb, uint8_t* lv) {
   const int64_t D = model.in_dim, d = model.dim;
   const int bits = model.bits;
-  std::vector<T> xin(nb * D), xn, pre(nb * d), c(nb * d), xh;
+  std::vector<double> xin(nb * D), xn, pre(nb * d), c(nb * d), xh;
   for (int64_t r = 0; r < nb; ++r)
     for (int64_t j = 0; j < D; ++j)
-      xin[r * D + j] = static_cast<T>(static_cast<T>(x[r * D + j]) - static_cast<T>(model.in_mean[j]));
-  auto check = [&]() {
-    if (!flagged) return;
-    for (int64_t r = 0; r < nb; ++r) {
-      const T* p = pre.data() + r * d;
-      double s = 0;
-      for (int64_t j = 0; j < d; ++j) s += static_cast<double>(p[j]) * p[j];
-      const double th = margin * std::sqrt(s / static_cast<double>(d));
-      bool bad = false;
-      for (int64_t j = 0; j < d; ++j) bad = bad || std::fabs(static_cast<double>(p[j])) < th;
-      if (bad) flagged[r] = 1;
-    }
-  };
-  mlp_forward_t<T>(model.W, xin.data(), nb, pre.data());
-  check();
+      xin[r * D + j] = static_cast<double>(x[r * D + j]) - static_cast<double>(model.in_mean[j]);
+  mlp_forward_f64(model.W, xin.data(), nb, pre.data());
   for (int64_t i = 0; i < nb * d; ++i) {
     const bool pos = pre[i] >= 0;
-    c[i] = pos ? T(1) : T(-1);
+    c[i] = pos ? 1.0 : -1.0;
     lv[i] = static_cast<uint8_t>(pos ? 1u << (bits - 1) : 0u);
   }
   if (bits == 1) return;
@@ -150,18 +235,98 @@ void levels_rows(const Model& model, const float* x, int64_t nb, uint8_t* lv, do
   normalize_rows(xn.data(), nb, D);
   xh.resize(nb * D);
   for (int t = 1; t < bits; ++t) {
-    mlp_forward_t<T>(model.B[t - 1], c.data(), nb, xh.data());
+    mlp_forward_f64(model.B[t - 1], c.data(), nb, xh.data());
     normalize_rows(xh.data(), nb, D);
     for (int64_t i = 0; i < nb * D; ++i) xh[i] = xn[i] - xh[i];
-    mlp_forward_t<T>(model.R[t - 1], xh.data(), nb, pre.data());
-    check();
-    const T step = static_cast<T>(std::ldexp(1.0, -t));
+    mlp_forward_f64(model.R[t - 1], xh.data(), nb, pre.data());
+    const double step = std::ldexp(1.0, -t);
     for (int64_t i = 0; i < nb * d; ++i) {
       const bool pos = pre[i] >= 0;
       c[i] = c[i] + (pos ? step : -step);
       if (pos) lv[i] = static_cast<uint8_t>(lv[i] | (1u << (bits - 1 - t)));
     }
   }
+}
+
+// Step t's pre-activations idx[0..ni) of one row in float64, as levels_rows_f64 computes
+// them: from the row's input xr and its code values c (d) after steps < t.
+void fix_step_f64(const Model& model, const float* xr, int t, const float* c, const int32_t* idx, int64_t ni,
+                  FastScratch& s) {
+  const int64_t D = model.in_dim, d = model.dim;
+  s.x64.resize(D);
+  for (int64_t j = 0; j < D; ++j) s.x64[j] = static_cast<double>(xr[j]) - static_cast<double>(model.in_mean[j]);
+  s.vals.resize(ni);
+  if (t == 0) {
+    mlp_outputs_f64(model.W, s.x64.data(), idx, ni, s.vals.data());
+    return;
+  }
+  normalize_rows(s.x64.data(), 1, D);
+  s.c64.assign(c, c + d);
+  s.xh64.resize(D);
+  mlp_forward_f64(model.B[t - 1], s.c64.data(), 1, s.xh64.data());
+  normalize_rows(s.xh64.data(), 1, D);
+  for (int64_t j = 0; j < D; ++j) s.xh64[j] = s.x64[j] - s.xh64[j];
+  mlp_outputs_f64(model.R[t - 1], s.xh64.data(), idx, ni, s.vals.data());
+}
+
+// Levels of rows x (nb, D) by the float32 pass: after each step, the pre-activations closer
+// to 0 than margin * RMS of their row's step are replaced by their float64 values
+// (fix_step_f64) before the signs are taken. Returns the rows with any such pre-activation.
+int64_t levels_rows_fast(const Model& model, const float* x, int64_t nb, uint8_t* lv, double margin,
+                         FastScratch& s) {
+  const int64_t D = model.in_dim, d = model.dim;
+  const int bits = model.bits;
+  s.xin.resize(nb * D);
+  s.pre.resize(nb * d);
+  s.c.resize(nb * d);
+  for (int64_t r = 0; r < nb; ++r)
+    for (int64_t j = 0; j < D; ++j) s.xin[r * D + j] = x[r * D + j] - model.in_mean[j];
+  std::vector<uint8_t> touched(nb, 0);
+  // flag, fix and take the signs of step t (pre-activations in s.pre): c += +-2^-t
+  auto take = [&](int t) {
+    for (int64_t r = 0; r < nb; ++r) {
+      float* p = s.pre.data() + r * d;
+      // |pre| <= th (0 included) or a non-finite step: that pre-activation in float64
+      // (thf >= th: a float32 |pre| > thf is > th)
+      const double th = margin * std::sqrt(sum_sq(p, d) / static_cast<double>(d));
+      const bool all = !(th < 1e30);
+      const float thf = all ? 0.f : std::nextafter(static_cast<float>(th), 1e30f);
+      int any = 0;
+      for (int64_t j = 0; j < d; ++j) any |= !(std::fabs(p[j]) > thf);
+      if (!any && !all) continue;
+      s.idx.clear();
+      for (int64_t j = 0; j < d; ++j)
+        if (all || !(std::fabs(p[j]) > thf)) s.idx.push_back(static_cast<int32_t>(j));
+      touched[r] = 1;
+      fix_step_f64(model, x + r * D, t, s.c.data() + r * d, s.idx.data(), static_cast<int64_t>(s.idx.size()), s);
+      for (size_t i = 0; i < s.idx.size(); ++i) p[s.idx[i]] = s.vals[i] >= 0 ? 0.f : -1.f;
+    }
+    const float step = std::ldexp(1.f, -t);
+    if (t == 0)
+      for (int64_t i = 0; i < nb * d; ++i) s.c[i] = s.pre[i] >= 0 ? 1.f : -1.f;
+    else
+      for (int64_t i = 0; i < nb * d; ++i) s.c[i] += s.pre[i] >= 0 ? step : -step;
+  };
+  mlp_forward_f32(model.W, s.xin.data(), nb, s.pre.data(), s);
+  take(0);
+  if (bits > 1) {
+    s.xn = s.xin;
+    normalize_rows(s.xn.data(), nb, D);
+    s.xh.resize(nb * D);
+    for (int t = 1; t < bits; ++t) {
+      mlp_forward_f32(model.B[t - 1], s.c.data(), nb, s.xh.data(), s);
+      normalize_rows(s.xh.data(), nb, D);
+      for (int64_t i = 0; i < nb * D; ++i) s.xh[i] = s.xn[i] - s.xh[i];
+      mlp_forward_f32(model.R[t - 1], s.xh.data(), nb, s.pre.data(), s);
+      take(t);
+    }
+  }
+  // c = sum_t (2 b_t - 1) 2^-t (exact), level = sum_t b_t 2^(bits-1-t) = (c + 2 - 2^(1-bits)) 2^(bits-2)
+  const float off = 2.f - std::ldexp(1.f, 1 - bits), sc = std::ldexp(1.f, bits - 2);
+  for (int64_t i = 0; i < nb * d; ++i) lv[i] = static_cast<uint8_t>(static_cast<int>((s.c[i] + off) * sc));
+  int64_t rows = 0;
+  for (int64_t r = 0; r < nb; ++r) rows += touched[r];
+  return rows;
 }
 
 void check_vec(const std::vector<float>& v, int64_t n, const std::string& what) {
@@ -384,7 +549,7 @@ void query_rows(const Model& model, int head, const float* x, int64_t n, double*
     for (int64_t r = 0; r < n; ++r)
       for (int64_t j = 0; j < D; ++j)
         xin[r * D + j] = static_cast<double>(x[r * D + j]) - static_cast<double>(model.in_mean[j]);
-    mlp_forward(model.W, xin.data(), n, z);
+    mlp_forward_f64(model.W, xin.data(), n, z);
     return;
   }
   const Head& h = model.heads[head];
@@ -393,13 +558,13 @@ void query_rows(const Model& model, int head, const float* x, int64_t n, double*
   for (int64_t r = 0; r < n; ++r)
     for (int64_t j = 0; j < D; ++j) xin[r * D + j] = xin[r * D + j] - static_cast<double>(h.mean[j]);
   if (h.nets.size() == 1) {
-    mlp_forward(h.nets[0], xin.data(), n, z);
+    mlp_forward_f64(h.nets[0], xin.data(), n, z);
     return;
   }
   std::vector<double> y(n * d);
   std::fill(z, z + n * d, 0.0);
   for (const Mlp& net : h.nets) {
-    mlp_forward(net, xin.data(), n, y.data());
+    mlp_forward_f64(net, xin.data(), n, y.data());
     normalize_rows(y.data(), n, d);
     for (int64_t i = 0; i < n * d; ++i) z[i] = z[i] + y[i];
   }
@@ -416,7 +581,7 @@ void check_head(const Model& model, int head) {
 }  // namespace
 
 const InferKernels& infer_kernels_scalar() {
-  static const InferKernels k{"scalar", &matvec_scalar, &matvec_f32_scalar};
+  static const InferKernels k{"scalar", &matvec_scalar, &gemm_f32_scalar};
   return k;
 }
 
@@ -449,53 +614,73 @@ void Model::validate() const {
   }
 }
 
-void mlp_forward(const Mlp& m, const double* x, int64_t n, double* y) { mlp_forward_t<double>(m, x, n, y); }
-void mlp_forward(const Mlp& m, const float* x, int64_t n, float* y) { mlp_forward_t<float>(m, x, n, y); }
+PackedF32 pack_f32(const std::vector<float>& w, int64_t out, int64_t in) {
+  PackedF32 p;
+  p.out = out;
+  p.in = in;
+  p.data.assign(static_cast<size_t>(p.panels() * in * kPanel), 0.f);
+  for (int64_t i = 0; i < out; ++i)
+    for (int64_t k = 0; k < in; ++k) p.data[(i / kPanel) * in * kPanel + k * kPanel + i % kPanel] = w[i * in + k];
+  return p;
+}
 
-int64_t encode_levels(const Model& model, const float* x, int64_t n, uint8_t* levels, int threads, double margin) {
-  const int64_t D = model.in_dim, d = model.dim;
+namespace {
+void pack_mlp(Mlp& m) {
+  m.skip_p = pack_f32(m.skip, m.c, m.a);
+  for (Block& b : m.blocks) {
+    b.w1_p = pack_f32(b.w1, b.h, b.a);
+    b.w2_p = pack_f32(b.w2, b.c, b.h);
+  }
+}
+
+// Levels of x (n, D) into lv (n, d) by chunks of kChunk rows over `threads` workers; with
+// codes != nullptr each chunk is then packed there. Returns levels_rows_fast's row count.
+int64_t encode_rows(const Model& model, const float* x, int64_t n, uint8_t* levels, uint8_t* codes, int threads,
+                    double margin) {
+  const int64_t D = model.in_dim, d = model.dim, cb = model.bits * ((d + 7) / 8);
+  if (margin > 0 && !model.prepared) throw std::logic_error("encode_levels: the model is not prepared");
   std::atomic<int64_t> redone{0};
-  parallel_rows(n, threads, 16, [&](int64_t begin, int64_t end) {
-    std::vector<uint8_t> flagged(kChunk);
-    std::vector<float> redo;
-    std::vector<uint8_t> redo_lv;
-    for (int64_t s = begin; s < end; s += kChunk) {
-      const int64_t nb = std::min(kChunk, end - s);
-      uint8_t* lv = levels + s * d;
-      if (!(margin > 0)) {
-        levels_rows<double>(model, x + s * D, nb, lv, 0.0, nullptr);
-        continue;
-      }
-      std::fill(flagged.begin(), flagged.end(), 0);
-      levels_rows<float>(model, x + s * D, nb, lv, margin, flagged.data());
-      redo.clear();
-      for (int64_t r = 0; r < nb; ++r)
-        if (flagged[r]) redo.insert(redo.end(), x + (s + r) * D, x + (s + r + 1) * D);
-      if (redo.empty()) continue;
-      const int64_t nr = static_cast<int64_t>(redo.size()) / D;
-      redone += nr;
-      redo_lv.resize(nr * d);
-      levels_rows<double>(model, redo.data(), nr, redo_lv.data(), 0.0, nullptr);
-      int64_t i = 0;
-      for (int64_t r = 0; r < nb; ++r) {
-        if (!flagged[r]) continue;
-        std::copy(redo_lv.begin() + i * d, redo_lv.begin() + (i + 1) * d, lv + r * d);
-        ++i;
-      }
+  const int T = std::max(1, threads);
+  std::vector<FastScratch> scratch(T);
+  std::vector<std::vector<uint8_t>> lvbuf(T);
+  parallel_rows(n, T, kChunk, [&](int t, int64_t s, int64_t e) {
+    const int64_t nb = e - s;
+    uint8_t* lv = levels ? levels + s * d : nullptr;
+    if (!lv) {
+      lvbuf[t].resize(nb * d);
+      lv = lvbuf[t].data();
     }
+    if (margin > 0)
+      redone += levels_rows_fast(model, x + s * D, nb, lv, margin, scratch[t]);
+    else
+      levels_rows_f64(model, x + s * D, nb, lv);
+    if (codes)
+      for (int64_t r = 0; r < nb; ++r) pack_row(lv + r * d, d, model.bits, codes + (s + r) * cb);
   });
   return redone.load();
+}
+}  // namespace
+
+void Model::prepare() {
+  validate();
+  pack_mlp(W);
+  for (Mlp& m : B) pack_mlp(m);
+  for (Mlp& m : R) pack_mlp(m);
+  prepared = true;
+}
+
+int64_t encode_levels(const Model& model, const float* x, int64_t n, uint8_t* levels, int threads, double margin) {
+  return encode_rows(model, x, n, levels, nullptr, threads, margin);
+}
+
+int64_t encode_codes(const Model& model, const float* x, int64_t n, uint8_t* codes, int threads, double margin) {
+  return encode_rows(model, x, n, nullptr, codes, threads, margin);
 }
 
 void encode_query(const Model& model, int head, const float* x, int64_t n, double* z, int threads) {
   check_head(model, head);
   const int64_t D = model.in_dim, d = model.dim;
-  parallel_rows(n, threads, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t s = begin; s < end; s += kChunk) {
-      const int64_t nb = std::min(kChunk, end - s);
-      query_rows(model, head, x + s * D, nb, z + s * d);
-    }
-  });
+  parallel_rows(n, threads, kChunk, [&](int, int64_t s, int64_t e) { query_rows(model, head, x + s * D, e - s, z + s * d); });
 }
 
 void encode_query_codes(const Model& model, int head, const float* x, int64_t n, int qbits, uint8_t* out,
@@ -503,26 +688,28 @@ void encode_query_codes(const Model& model, int head, const float* x, int64_t n,
   check_head(model, head);
   if (qbits < 1 || qbits > 7) throw std::invalid_argument("query bits must be in [1, 7], got " + std::to_string(qbits));
   const int64_t D = model.in_dim, d = model.dim, cb = qbits * ((d + 7) / 8);
-  parallel_rows(n, threads, 8, [&](int64_t begin, int64_t end) {
-    std::vector<double> z(std::min<int64_t>(kChunk, end - begin) * d);
-    std::vector<uint8_t> lv(d);
-    Quantizer qz;
-    for (int64_t s = begin; s < end; s += kChunk) {
-      const int64_t nb = std::min(kChunk, end - s);
-      query_rows(model, head, x + s * D, nb, z.data());
-      for (int64_t r = 0; r < nb; ++r) {
-        qz.row(z.data() + r * d, d, qbits, lv.data());
-        pack_row(lv.data(), d, qbits, out + (s + r) * cb);
-      }
+  constexpr int64_t kItem = 16;
+  const int T = std::max(1, threads);
+  std::vector<Quantizer> qz(T);
+  std::vector<std::vector<double>> z(T);
+  std::vector<std::vector<uint8_t>> lv(T);
+  parallel_rows(n, T, kItem, [&](int t, int64_t s, int64_t e) {
+    z[t].resize(kItem * d);
+    lv[t].resize(d);
+    query_rows(model, head, x + s * D, e - s, z[t].data());
+    for (int64_t r = 0; r < e - s; ++r) {
+      qz[t].row(z[t].data() + r * d, d, qbits, lv[t].data());
+      pack_row(lv[t].data(), d, qbits, out + (s + r) * cb);
     }
   });
 }
 
 void quantize_angle(const double* v, int64_t n, int64_t dim, int bits, uint8_t* levels, int threads) {
   if (bits < 1 || bits > 7) throw std::invalid_argument("bits must be in [1, 7], got " + std::to_string(bits));
-  parallel_rows(n, threads, 8, [&](int64_t begin, int64_t end) {
-    Quantizer qz;
-    for (int64_t r = begin; r < end; ++r) qz.row(v + r * dim, dim, bits, levels + r * dim);
+  const int T = std::max(1, threads);
+  std::vector<Quantizer> qz(T);
+  parallel_rows(n, T, 8, [&](int t, int64_t s, int64_t e) {
+    for (int64_t r = s; r < e; ++r) qz[t].row(v + r * dim, dim, bits, levels + r * dim);
   });
 }
 

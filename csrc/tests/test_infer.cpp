@@ -42,8 +42,8 @@ TEST_P(InferLevels, MatvecMatchesScalarBitForBit) {
         infer::active_infer_kernels().matvec(w.data(), out, in, x.data(), n, y.data());
         ASSERT_EQ(0, std::memcmp(y.data(), ref.data(), y.size() * sizeof(double)))
             << GetParam() << " in=" << in << " out=" << out << " n=" << n;
-        std::vector<float> xf(x.begin(), x.end()), yf(n * out);
-        infer::active_infer_kernels().matvec_f32(w.data(), out, in, xf.data(), n, yf.data());
+        std::vector<float> xf(x.begin(), x.end()), yf(n * out, -7.f);
+        infer::active_infer_kernels().gemm_f32(infer::pack_f32(w, out, in), xf.data(), n, yf.data());
         for (size_t i = 0; i < yf.size(); ++i) EXPECT_NEAR(yf[i], ref[i], 1e-4 * (1 + std::fabs(ref[i])));
       }
     }
@@ -87,7 +87,7 @@ TEST_P(InferLevels, EncodeLevelsFastPassAndThreadsAgree) {
     md.B.push_back(random_mlp(rng, md.dim, md.in_dim, 9, 1));
     md.R.push_back(random_mlp(rng, md.in_dim, md.dim, 9, 1));
   }
-  md.validate();
+  md.prepare();
   const int64_t n = 301;
   const auto x = randn(rng, n * md.in_dim);
   std::vector<uint8_t> a(n * md.dim), b(n * md.dim), c(n * md.dim);
