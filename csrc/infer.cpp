@@ -17,6 +17,10 @@
 #include "dispatch.h"
 #include "thread_pool.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace bebr {
 namespace infer {
 namespace {
@@ -41,6 +45,15 @@ void gemm_f32_scalar(const PackedF32& w, const float* x, int64_t n, float* y) {
       float acc = 0;
       for (int64_t k = 0; k < in; ++k) acc += pw[k * kPanel] * x[r * in + k];
       y[r * out + i] = acc;
+    }
+}
+
+void lut_f32_scalar(const SignLut& lut, const uint8_t* e, int64_t n, float scale, float* y) {
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t i = 0; i < lut.out; ++i) {
+      float acc = 0;
+      for (int64_t g = 0; g < lut.groups; ++g) acc += lut.entry(i / kLutBlock, g, e[r * lut.groups + g])[i % kLutBlock];
+      y[r * lut.out + i] += scale * acc;
     }
 }
 
@@ -195,8 +208,10 @@ void mlp_outputs_f64(const Mlp& m, const double* x, const int32_t* idx, int64_t 
 // Scratch of one worker's float32 pass (reused across its items).
 struct FastScratch {
   std::vector<float> xin, xn, pre, c, xh, h, z;
+  std::vector<uint8_t> nib[kMaxBits];  // sign nibbles of each step's pre-activations
   std::vector<double> x64, xn64, xh64, c64, vals;
   std::vector<int32_t> idx;
+  std::vector<uint8_t> touched;  // rows with a pre-activation evaluated in float64
 };
 
 // The float32 forward of m over packed weights: rows x (n, m.a) -> y (n, m.c).
@@ -269,21 +284,44 @@ void fix_step_f64(const Model& model, const float* xr, int t, const float* c, co
   mlp_outputs_f64(model.R[t - 1], s.xh64.data(), idx, ni, s.vals.data());
 }
 
-// Levels of rows x (nb, D) by the float32 pass: after each step, the pre-activations closer
-// to 0 than margin * RMS of their row's step are replaced by their float64 values
-// (fix_step_f64) before the signs are taken. Returns the rows with any such pre-activation.
-int64_t levels_rows_fast(const Model& model, const float* x, int64_t nb, uint8_t* lv, double margin,
-                         FastScratch& s) {
-  const int64_t D = model.in_dim, d = model.dim;
+// Bit j of out[j / 8] (j < d) = p[j] >= 0 (-0 counts as >= 0); (d + 7) / 8 bytes.
+void sign_bits(const float* p, int64_t d, uint8_t* out) {
+  int64_t j = 0;
+#if defined(__SSE2__)
+  const __m128 zero = _mm_setzero_ps();
+  for (; j + 8 <= d; j += 8)
+    out[j >> 3] = static_cast<uint8_t>(_mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(p + j), zero)) |
+                                       (_mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(p + j + 4), zero)) << 4));
+#endif
+  if (j < d) {
+    unsigned byte = 0;
+    for (int64_t i = j; i < d; ++i) byte |= static_cast<unsigned>(p[i] >= 0) << (i & 7);
+    out[j >> 3] = static_cast<uint8_t>(byte);
+  }
+}
+
+// Packed codes (nb, bits * ceil(d / 8)) of rows x (nb, D) by the float32 pass, and with
+// lv != nullptr their levels: after each step, the pre-activations closer to 0 than
+// margin * RMS of their row's step are replaced by their float64 values (fix_step_f64)
+// before the signs are taken. Returns the rows with any such pre-activation.
+int64_t codes_rows_fast(const Model& model, const float* x, int64_t nb, uint8_t* codes, uint8_t* lv, double margin,
+                        FastScratch& s) {
+  const int64_t D = model.in_dim, d = model.dim, pb = (d + 7) / 8, G = (d + 3) / 4;
   const int bits = model.bits;
+  const int64_t cb = bits * pb;
   s.xin.resize(nb * D);
   s.pre.resize(nb * d);
   s.c.resize(nb * d);
   for (int64_t r = 0; r < nb; ++r)
     for (int64_t j = 0; j < D; ++j) s.xin[r * D + j] = x[r * D + j] - model.in_mean[j];
-  std::vector<uint8_t> touched(nb, 0);
-  // flag, fix and take the signs of step t (pre-activations in s.pre): c += +-2^-t
+  s.touched.assign(nb, 0);
+  bool use_lut = bits > 1;
+  for (const Mlp& m : model.B) use_lut = use_lut && !m.skip_lut.data.empty();
+  const InferKernels& kern = active_infer_kernels();
+  // flag, fix and take the signs of step t (pre-activations in s.pre): plane t of the
+  // codes, c += +-2^-t, and for the next B's tables the signs as nibbles
   auto take = [&](int t) {
+    if (use_lut && t + 1 < bits) s.nib[t].resize(nb * G);
     for (int64_t r = 0; r < nb; ++r) {
       float* p = s.pre.data() + r * d;
       // |pre| <= th (0 included) or a non-finite step: that pre-activation in float64
@@ -293,13 +331,20 @@ int64_t levels_rows_fast(const Model& model, const float* x, int64_t nb, uint8_t
       const float thf = all ? 0.f : std::nextafter(static_cast<float>(th), 1e30f);
       int any = 0;
       for (int64_t j = 0; j < d; ++j) any |= !(std::fabs(p[j]) > thf);
-      if (!any && !all) continue;
-      s.idx.clear();
-      for (int64_t j = 0; j < d; ++j)
-        if (all || !(std::fabs(p[j]) > thf)) s.idx.push_back(static_cast<int32_t>(j));
-      touched[r] = 1;
-      fix_step_f64(model, x + r * D, t, s.c.data() + r * d, s.idx.data(), static_cast<int64_t>(s.idx.size()), s);
-      for (size_t i = 0; i < s.idx.size(); ++i) p[s.idx[i]] = s.vals[i] >= 0 ? 0.f : -1.f;
+      if (any || all) {
+        s.idx.clear();
+        for (int64_t j = 0; j < d; ++j)
+          if (all || !(std::fabs(p[j]) > thf)) s.idx.push_back(static_cast<int32_t>(j));
+        s.touched[r] = 1;
+        fix_step_f64(model, x + r * D, t, s.c.data() + r * d, s.idx.data(), static_cast<int64_t>(s.idx.size()), s);
+        for (size_t i = 0; i < s.idx.size(); ++i) p[s.idx[i]] = s.vals[i] >= 0 ? 0.f : -1.f;
+      }
+      uint8_t* plane = codes + r * cb + t * pb;
+      sign_bits(p, d, plane);
+      if (use_lut && t + 1 < bits) {
+        uint8_t* e = s.nib[t].data() + r * G;
+        for (int64_t g = 0; g < G; ++g) e[g] = static_cast<uint8_t>((plane[g >> 1] >> ((g & 1) * 4)) & 15);
+      }
     }
     const float step = std::ldexp(1.f, -t);
     if (t == 0)
@@ -314,18 +359,26 @@ int64_t levels_rows_fast(const Model& model, const float* x, int64_t nb, uint8_t
     normalize_rows(s.xn.data(), nb, D);
     s.xh.resize(nb * D);
     for (int t = 1; t < bits; ++t) {
-      mlp_forward_f32(model.B[t - 1], s.c.data(), nb, s.xh.data(), s);
+      if (use_lut) {  // B c = sum_{u < t} 2^-u (B sign_u)
+        std::fill(s.xh.begin(), s.xh.end(), 0.f);
+        for (int u = 0; u < t; ++u)
+          kern.lut_f32(model.B[t - 1].skip_lut, s.nib[u].data(), nb, std::ldexp(1.f, -u), s.xh.data());
+      } else {
+        mlp_forward_f32(model.B[t - 1], s.c.data(), nb, s.xh.data(), s);
+      }
       normalize_rows(s.xh.data(), nb, D);
       for (int64_t i = 0; i < nb * D; ++i) s.xh[i] = s.xn[i] - s.xh[i];
       mlp_forward_f32(model.R[t - 1], s.xh.data(), nb, s.pre.data(), s);
       take(t);
     }
   }
-  // c = sum_t (2 b_t - 1) 2^-t (exact), level = sum_t b_t 2^(bits-1-t) = (c + 2 - 2^(1-bits)) 2^(bits-2)
-  const float off = 2.f - std::ldexp(1.f, 1 - bits), sc = std::ldexp(1.f, bits - 2);
-  for (int64_t i = 0; i < nb * d; ++i) lv[i] = static_cast<uint8_t>(static_cast<int>((s.c[i] + off) * sc));
+  if (lv) {
+    // c = sum_t (2 b_t - 1) 2^-t (exact), level = sum_t b_t 2^(bits-1-t) = (c + 2 - 2^(1-bits)) 2^(bits-2)
+    const float off = 2.f - std::ldexp(1.f, 1 - bits), sc = std::ldexp(1.f, bits - 2);
+    for (int64_t i = 0; i < nb * d; ++i) lv[i] = static_cast<uint8_t>(static_cast<int>((s.c[i] + off) * sc));
+  }
   int64_t rows = 0;
-  for (int64_t r = 0; r < nb; ++r) rows += touched[r];
+  for (uint8_t f : s.touched) rows += f;
   return rows;
 }
 
@@ -581,7 +634,7 @@ void check_head(const Model& model, int head) {
 }  // namespace
 
 const InferKernels& infer_kernels_scalar() {
-  static const InferKernels k{"scalar", &matvec_scalar, &gemm_f32_scalar};
+  static const InferKernels k{"scalar", &matvec_scalar, &gemm_f32_scalar, &lut_f32_scalar};
   return k;
 }
 
@@ -624,7 +677,32 @@ PackedF32 pack_f32(const std::vector<float>& w, int64_t out, int64_t in) {
   return p;
 }
 
+SignLut sign_lut(const std::vector<float>& w, int64_t out, int64_t in) {
+  SignLut t;
+  t.out = out;
+  t.in = in;
+  t.groups = (in + 3) / 4;
+  t.blocks = (out + kLutBlock - 1) / kLutBlock;
+  t.data.assign(static_cast<size_t>(t.blocks * t.groups * 16 * kLutBlock), 0.f);
+  for (int64_t b = 0; b < t.blocks; ++b)
+    for (int64_t g = 0; g < t.groups; ++g)
+      for (int e = 0; e < 16; ++e) {
+        float* row = const_cast<float*>(t.entry(b, g, e));
+        for (int64_t i = 0; i < kLutBlock && b * kLutBlock + i < out; ++i) {
+          float acc = 0;
+          for (int l = 0; l < 4 && 4 * g + l < in; ++l) {
+            const float v = w[(b * kLutBlock + i) * in + 4 * g + l];
+            acc += (e >> l) & 1 ? v : -v;
+          }
+          row[i] = acc;
+        }
+      }
+  return t;
+}
+
 namespace {
+constexpr int64_t kMaxLutBytes = int64_t(16) << 20;  // tables only for B stages up to 16 MiB
+
 void pack_mlp(Mlp& m) {
   m.skip_p = pack_f32(m.skip, m.c, m.a);
   for (Block& b : m.blocks) {
@@ -633,8 +711,8 @@ void pack_mlp(Mlp& m) {
   }
 }
 
-// Levels of x (n, D) into lv (n, d) by chunks of kChunk rows over `threads` workers; with
-// codes != nullptr each chunk is then packed there. Returns levels_rows_fast's row count.
+// Levels of x (n, D) into `levels` (n, d) and/or packed codes into `codes`, by chunks of
+// kChunk rows over `threads` workers. Returns codes_rows_fast's row count.
 int64_t encode_rows(const Model& model, const float* x, int64_t n, uint8_t* levels, uint8_t* codes, int threads,
                     double margin) {
   const int64_t D = model.in_dim, d = model.dim, cb = model.bits * ((d + 7) / 8);
@@ -642,18 +720,24 @@ int64_t encode_rows(const Model& model, const float* x, int64_t n, uint8_t* leve
   std::atomic<int64_t> redone{0};
   const int T = std::max(1, threads);
   std::vector<FastScratch> scratch(T);
-  std::vector<std::vector<uint8_t>> lvbuf(T);
+  std::vector<std::vector<uint8_t>> buf(T);
   parallel_rows(n, T, kChunk, [&](int t, int64_t s, int64_t e) {
     const int64_t nb = e - s;
     uint8_t* lv = levels ? levels + s * d : nullptr;
-    if (!lv) {
-      lvbuf[t].resize(nb * d);
-      lv = lvbuf[t].data();
+    if (margin > 0) {
+      uint8_t* cp = codes ? codes + s * cb : nullptr;
+      if (!cp) {
+        buf[t].resize(nb * cb);
+        cp = buf[t].data();
+      }
+      redone += codes_rows_fast(model, x + s * D, nb, cp, lv, margin, scratch[t]);
+      return;
     }
-    if (margin > 0)
-      redone += levels_rows_fast(model, x + s * D, nb, lv, margin, scratch[t]);
-    else
-      levels_rows_f64(model, x + s * D, nb, lv);
+    if (!lv) {
+      buf[t].resize(nb * d);
+      lv = buf[t].data();
+    }
+    levels_rows_f64(model, x + s * D, nb, lv);
     if (codes)
       for (int64_t r = 0; r < nb; ++r) pack_row(lv + r * d, d, model.bits, codes + (s + r) * cb);
   });
@@ -664,7 +748,11 @@ int64_t encode_rows(const Model& model, const float* x, int64_t n, uint8_t* leve
 void Model::prepare() {
   validate();
   pack_mlp(W);
-  for (Mlp& m : B) pack_mlp(m);
+  for (Mlp& m : B) {
+    pack_mlp(m);
+    if (m.blocks.empty() && ((m.a + 3) / 4) * 16 * ((m.c + kLutBlock - 1) / kLutBlock) * kLutBlock * 4 <= kMaxLutBytes)
+      m.skip_lut = sign_lut(m.skip, m.c, m.a);
+  }
   for (Mlp& m : R) pack_mlp(m);
   prepared = true;
 }

@@ -24,6 +24,7 @@ namespace bebr {
 namespace infer {
 
 constexpr int64_t kPanel = 16;  // outputs per packed panel of PackedF32
+constexpr int kMaxBits = 4;      // bits of a model's codes, at most
 
 // 64-byte aligned storage (packed panels: one cache line per k of a panel).
 template <class T>
@@ -54,6 +55,19 @@ struct PackedF32 {
 };
 PackedF32 pack_f32(const std::vector<float>& w, int64_t out, int64_t in);
 
+// Products of a float32 matrix (out, in) with sign vectors s in {-1, +1}^in, by tables: for
+// the block b of outputs [8b, 8b + 8), the group g of inputs [4g, 4g + 4) and e in [0, 16),
+// the 8 floats at data + ((b * groups + g) * 16 + e) * 8 hold
+// sum_{l < 4} (bit l of e ? +1 : -1) * w[8b + i, 4g + l] (inputs past `in` count 0, outputs
+// past `out` are 0): one block's tables (groups * 512 bytes) stay in L1 across many rows.
+constexpr int64_t kLutBlock = 8;
+struct SignLut {
+  int64_t out = 0, in = 0, groups = 0, blocks = 0;
+  std::vector<float, AlignedAllocator<float>> data;
+  const float* entry(int64_t b, int64_t g, int e) const { return data.data() + ((b * groups + g) * 16 + e) * kLutBlock; }
+};
+SignLut sign_lut(const std::vector<float>& w, int64_t out, int64_t in);
+
 // y[r * out + i] = sum_k w[i * in + k] * x[r * in + k] (r < n, i < out), 8-lane float64.
 using MatvecFn = void (*)(const float* w, int64_t out, int64_t in, const double* x, int64_t n, double* y);
 
@@ -61,10 +75,15 @@ using MatvecFn = void (*)(const float* w, int64_t out, int64_t in, const double*
 // order is the kernel's own, which is why only margin-checked signs are taken from it).
 using GemmF32Fn = void (*)(const PackedF32& w, const float* x, int64_t n, float* y);
 
+// y (n, lut.out) += scale * (W s) for sign vectors given as nibbles e (n, lut.groups): bit l
+// of e[r * groups + g] is input 4g + l of row r positive (float32, the fast pass).
+using LutF32Fn = void (*)(const SignLut& lut, const uint8_t* e, int64_t n, float scale, float* y);
+
 struct InferKernels {
   const char* name;
   MatvecFn matvec;
   GemmF32Fn gemm_f32;
+  LutF32Fn lut_f32;
 };
 
 const InferKernels& infer_kernels_scalar();
@@ -91,6 +110,7 @@ struct Mlp {
   std::vector<float> skip;
   std::vector<Block> blocks;
   PackedF32 skip_p;  // set by Model::prepare
+  SignLut skip_lut;  // set by Model::prepare for a B stage without blocks (input: code values)
 };
 
 // normalize(x) - mean, then the mean of the members' unit outputs (one member: its output).

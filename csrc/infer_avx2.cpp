@@ -1,6 +1,7 @@
 // AVX2 kernels of infer.h. Float64 matrix-vector: two ymm = the 8 lanes (0-3, 4-7) of one
 // (output, row) dot product; tiles of 2 outputs x 2 rows (4 outputs x 1 row for a single
-// row: 8 independent chains). Float32 GEMM over packed panels: tiles of 6 rows x 16 outputs.
+// row: 8 independent chains). Float32 GEMM over packed panels: tiles of 6 rows x 16 outputs;
+// sign tables: blocks of 8 outputs x 8 rows.
 // Per-file flags (CMakeLists.txt); called only after dispatch checked the CPU.
 #include <immintrin.h>
 
@@ -132,10 +133,45 @@ void gemm_f32_avx2(const PackedF32& w, const float* x, int64_t n, float* y) {
   }
 }
 
+// Sign tables (infer.h): per block of 8 outputs, 8 rows at a time (one ymm accumulator
+// each), one table entry per row and input group; the block's tables stay in L1.
+void lut_f32_avx2(const SignLut& lut, const uint8_t* e, int64_t n, float scale, float* y) {
+  const int64_t G = lut.groups, out = lut.out;
+  const __m256 sc = _mm256_set1_ps(scale);
+  alignas(32) static const int32_t kMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t b = 0; b < lut.blocks; ++b) {
+    const int64_t cb = b * kLutBlock, w = std::min<int64_t>(kLutBlock, out - cb);
+    const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask + 8 - w));
+    const float* tb = lut.entry(b, 0, 0);
+    for (int64_t r0 = 0; r0 < n; r0 += 8) {
+      const int rows = static_cast<int>(std::min<int64_t>(8, n - r0));
+      __m256 acc[8];
+      const uint8_t* er[8];
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) {
+        acc[i] = _mm256_setzero_ps();
+        er[i] = e + (r0 + std::min(i, rows - 1)) * G;  // (rows past n repeat the last one)
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        const float* tg = tb + g * 16 * kLutBlock;
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i) acc[i] = _mm256_add_ps(acc[i], _mm256_load_ps(tg + er[i][g] * kLutBlock));
+      }
+      for (int i = 0; i < rows; ++i) {
+        float* yr = y + (r0 + i) * out + cb;
+        if (w == kLutBlock)
+          _mm256_storeu_ps(yr, _mm256_fmadd_ps(acc[i], sc, _mm256_loadu_ps(yr)));
+        else
+          _mm256_maskstore_ps(yr, m, _mm256_fmadd_ps(acc[i], sc, _mm256_maskload_ps(yr, m)));
+      }
+    }
+  }
+}
+
 }  // namespace
 
 const InferKernels& infer_kernels_avx2() {
-  static const InferKernels k{"avx2", &matvec_avx2, &gemm_f32_avx2};
+  static const InferKernels k{"avx2", &matvec_avx2, &gemm_f32_avx2, &lut_f32_avx2};
   return k;
 }
 
