@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "infer.h"
 
@@ -134,31 +135,36 @@ void gemm_f32_avx2(const PackedF32& w, const float* x, int64_t n, float* y) {
 }
 
 // Sign tables (infer.h): per block of 8 outputs, 8 rows at a time (one ymm accumulator
-// each), one table entry per row and input group; the block's tables stay in L1.
+// each), one table entry per row and input group; the block's tables (and the rows' nibbles,
+// 8 rows' side by side per group, as e * 4: the byte offset e * 32 is one scaled index) stay
+// in L1.
 void lut_f32_avx2(const SignLut& lut, const uint8_t* e, int64_t n, float scale, float* y) {
-  const int64_t G = lut.groups, out = lut.out;
+  const int64_t G = lut.groups, out = lut.out, n8 = (n + 7) / 8;
   const __m256 sc = _mm256_set1_ps(scale);
   alignas(32) static const int32_t kMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+  std::vector<uint8_t> off(static_cast<size_t>(n8 * G * 8));
+  for (int64_t r = 0; r < n8 * 8; ++r) {
+    const uint8_t* er = e + std::min(r, n - 1) * G;  // (rows past n repeat the last one)
+    for (int64_t g = 0; g < G; ++g) off[((r / 8) * G + g) * 8 + r % 8] = static_cast<uint8_t>(er[g] * 4);
+  }
   for (int64_t b = 0; b < lut.blocks; ++b) {
     const int64_t cb = b * kLutBlock, w = std::min<int64_t>(kLutBlock, out - cb);
     const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask + 8 - w));
     const float* tb = lut.entry(b, 0, 0);
-    for (int64_t r0 = 0; r0 < n; r0 += 8) {
-      const int rows = static_cast<int>(std::min<int64_t>(8, n - r0));
+    for (int64_t q = 0; q < n8; ++q) {
       __m256 acc[8];
-      const uint8_t* er[8];
 #pragma GCC unroll 8
-      for (int i = 0; i < 8; ++i) {
-        acc[i] = _mm256_setzero_ps();
-        er[i] = e + (r0 + std::min(i, rows - 1)) * G;  // (rows past n repeat the last one)
-      }
-      for (int64_t g = 0; g < G; ++g) {
-        const float* tg = tb + g * 16 * kLutBlock;
+      for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
+      const uint8_t* o = off.data() + q * G * 8;
+      const char* tg = reinterpret_cast<const char*>(tb);
+      for (int64_t g = 0; g < G; ++g, o += 8, tg += 16 * kLutBlock * sizeof(float)) {
 #pragma GCC unroll 8
-        for (int i = 0; i < 8; ++i) acc[i] = _mm256_add_ps(acc[i], _mm256_load_ps(tg + er[i][g] * kLutBlock));
+        for (int i = 0; i < 8; ++i)
+          acc[i] = _mm256_add_ps(acc[i], _mm256_load_ps(reinterpret_cast<const float*>(tg + static_cast<size_t>(o[i]) * 8)));
       }
+      const int rows = static_cast<int>(std::min<int64_t>(8, n - 8 * q));
       for (int i = 0; i < rows; ++i) {
-        float* yr = y + (r0 + i) * out + cb;
+        float* yr = y + (8 * q + i) * out + cb;
         if (w == kLutBlock)
           _mm256_storeu_ps(yr, _mm256_fmadd_ps(acc[i], sc, _mm256_loadu_ps(yr)));
         else
