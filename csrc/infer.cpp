@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -422,7 +423,8 @@ struct Quantizer {
   static constexpr int kBuckets = 4096;
   std::vector<double> a, ef;
   std::vector<int64_t> A, bsum_a, bsum_m;
-  std::vector<int32_t> eidx, ej, em, eb, cnt, start, sorted, fill, m;
+  std::vector<int32_t> ej, em, eb, cnt, start, sorted, m, first;
+  std::vector<uint8_t> need;
 
   void row(const double* v, int64_t dim, int bits, uint8_t* out) {
     const int half = 1 << (bits - 1);
@@ -434,10 +436,11 @@ struct Quantizer {
     const int kShift = K > 7 ? 46 : 48;  // 2^(52 - kShift) buckets per octave of f
     a.resize(dim);
     A.resize(dim);
-    double amax = 0;
+    double amax = 0, amin = std::numeric_limits<double>::infinity();
     for (int64_t j = 0; j < dim; ++j) {
       a[j] = std::fabs(v[j]);
       amax = std::max(amax, a[j]);
+      if (a[j] > 0) amin = std::min(amin, a[j]);
     }
     m.assign(dim, 0);
     if (!(amax > 0)) {
@@ -450,73 +453,66 @@ struct Quantizer {
       A[j] = static_cast<int64_t>(std::floor(a[j] * scale + 0.5));
       S += A[j];
     }
-    // pass 1: the events and their range of scales
-    const size_t cap = static_cast<size_t>(K) * dim;
-    ef.resize(cap);
-    eidx.resize(cap);
-    ej.resize(cap);
-    em.resize(cap);
-    eb.resize(cap);
-    uint64_t key_min, key_max = 0;
+    // the range of the scales: 1 / amax .. the largest finite m / a_j (K / amin unless inf)
+    uint64_t key_min, key_max;
     const double fmin = 1.0 / amax;
     std::memcpy(&key_min, &fmin, 8);
-    size_t E = 0;
-    for (int64_t j = 0; j < dim; ++j) {
-      if (!(a[j] > 0)) continue;
-      const double aj = a[j];
-      if (!std::isinf(static_cast<double>(K) / aj)) {  // then no step's scale is inf: no break
-        double* f = ef.data() + E;
-        for (int mm = 1; mm <= K; ++mm) f[mm - 1] = static_cast<double>(mm) / aj;
-        for (int mm = 1; mm <= K; ++mm) {
-          eidx[E + mm - 1] = static_cast<int32_t>(j * K + mm - 1);
-          ej[E + mm - 1] = static_cast<int32_t>(j);
-          em[E + mm - 1] = mm;
-        }
-        E += static_cast<size_t>(K);
-        continue;
+    {
+      double fmax = static_cast<double>(K) / amin;
+      for (int mm = K - 1; std::isinf(fmax) && mm >= 1; --mm) fmax = static_cast<double>(mm) / amin;
+      if (std::isinf(fmax)) {  // then every step of amin is inf: the largest finite scale elsewhere
+        fmax = fmin;
+        for (int64_t j = 0; j < dim; ++j)
+          for (int mm = K; mm >= 1 && a[j] > 0; --mm) {
+            const double f = static_cast<double>(mm) / a[j];
+            if (!std::isinf(f)) {
+              fmax = std::max(fmax, f);
+              break;
+            }
+          }
       }
-      for (int mm = 1; mm <= K; ++mm) {
-        const double f = static_cast<double>(mm) / aj;
-        if (std::isinf(f)) break;  // never taken (and larger m is inf too)
-        ef[E] = f;
-        eidx[E] = static_cast<int32_t>(j * K + mm - 1);
-        ej[E] = static_cast<int32_t>(j);
-        em[E] = mm;
-        ++E;
-      }
-    }
-    for (size_t e = 0; e < E; ++e) {
-      uint64_t key;
-      std::memcpy(&key, &ef[e], 8);
-      key_max = std::max(key_max, key);
+      std::memcpy(&key_max, &fmax, 8);
     }
     const int nb = static_cast<int>(std::min<uint64_t>(kBuckets, ((key_max - key_min) >> kShift) + 1));
     cnt.assign(nb, 0);
     bsum_a.assign(nb, 0);
     bsum_m.assign(nb, 0);
-    for (size_t e = 0; e < E; ++e) {
-      uint64_t key;
-      std::memcpy(&key, &ef[e], 8);
-      const uint64_t bk = (key - key_min) >> kShift;
-      const int32_t b = bk < static_cast<uint64_t>(nb) ? static_cast<int32_t>(bk) : nb - 1;
-      eb[e] = b;
-      ++cnt[b];
-      bsum_a[b] += A[ej[e]];
-      bsum_m[b] += em[e];
+    // the events in generation (= index) order, each put in its bucket of scales
+    const size_t cap = static_cast<size_t>(K) * dim;
+    ef.resize(cap);
+    ej.resize(cap);
+    em.resize(cap);
+    eb.resize(cap);
+    first.resize(dim + 1);
+    size_t E = 0;
+    for (int64_t j = 0; j < dim; ++j) {
+      first[j] = static_cast<int32_t>(E);
+      if (!(a[j] > 0)) continue;
+      const double aj = a[j];
+      const int64_t Aj = A[j];
+      for (int mm = 1; mm <= K; ++mm) {
+        const double f = static_cast<double>(mm) / aj;
+        if (std::isinf(f)) break;  // never taken (and larger m is inf too)
+        uint64_t key;
+        std::memcpy(&key, &f, 8);
+        const uint64_t bk = (key - key_min) >> kShift;
+        const int32_t bb = bk < static_cast<uint64_t>(nb) ? static_cast<int32_t>(bk) : nb - 1;
+        ef[E] = f;
+        ej[E] = static_cast<int32_t>(j);
+        em[E] = mm;
+        eb[E] = bb;
+        ++cnt[bb];
+        bsum_a[bb] += Aj;
+        bsum_m[bb] += mm;
+        ++E;
+      }
     }
-    // counting sort by bucket (stable: generation order is idx order)
-    start.resize(nb + 1);
-    start[0] = 0;
-    for (int b = 0; b < nb; ++b) start[b + 1] = start[b] + cnt[b];
-    fill.assign(start.begin(), start.end() - 1);
-    sorted.resize(E);
-    for (size_t e = 0; e < E; ++e) sorted[fill[eb[e]]++] = static_cast<int32_t>(e);
-    const double sdim = static_cast<double>(dim);
+    first[dim] = static_cast<int32_t>(E);
     auto crit_of = [&](int64_t cs, int64_t cn) {
       return static_cast<double>(S + 2 * cs) / std::sqrt(static_cast<double>(dim + 8 * cn));
     };
     // best value at a bucket boundary: a lower bound of the maximum
-    const double crit0 = static_cast<double>(S) / std::sqrt(sdim);
+    const double crit0 = static_cast<double>(S) / std::sqrt(static_cast<double>(dim));
     double lb = crit0;
     {
       int64_t cs = 0, cn = 0;
@@ -545,19 +541,49 @@ struct Quantizer {
       if (ts > 1.0 && ts < M) u = std::max(u, at(ts));
       return u * (1 + 1e-9);
     };
+    // the buckets whose prefixes may reach lb (swept event by event); the sums at a
+    // bucket's start do not depend on the order inside the buckets before it
+    need.assign(nb, 0);
+    start.assign(nb + 1, 0);
+    {
+      const double lb2 = lb * lb;
+      int64_t cs = 0, cn = 0;
+      for (int b = 0; b < nb; ++b) {
+        if (cnt[b]) {
+          // (P + 2 c t) / sqrt(Q + 8 t) <= (P + 2 c M) / sqrt(Q): no sqrt for most buckets
+          uint64_t gk = key_min + (static_cast<uint64_t>(b) << kShift);
+          double g;
+          std::memcpy(&g, &gk, 8);
+          const double hi = static_cast<double>(S + 2 * cs) + 2 * (scale / g + 0.5) * static_cast<double>(bsum_m[b]);
+          if (hi * hi * (1 + 1e-8) >= lb2 * static_cast<double>(dim + 8 * cn) && bound(b, cs, cn) >= lb) need[b] = 1;
+        }
+        cs += bsum_a[b];
+        cn += bsum_m[b];
+        start[b + 1] = start[b] + (need[b] ? cnt[b] : 0);
+      }
+    }
+    // the events of the swept buckets, bucket by bucket in index order (the others are
+    // written to one spare slot past the end)
+    sorted.resize(start[nb] + 1);
+    cursor.resize(nb);
+    for (int b = 0; b < nb; ++b) cursor[b] = need[b] ? start[b] : start[nb];
+    for (size_t e = 0; e < E; ++e) {
+      const int32_t b = eb[e];
+      sorted[cursor[b]] = static_cast<int32_t>(e);
+      cursor[b] += need[b];
+    }
     double best = crit0;
     int best_b = -1;
     int64_t best_i = 0, cs = 0, cn = 0;
     for (int b = 0; b < nb; ++b) {
       if (!cnt[b]) continue;
-      if (bound(b, cs, cn) >= lb) {
-        int32_t* first = sorted.data() + start[b];
-        std::sort(first, first + cnt[b], [&](int32_t x, int32_t y) {
-          return ef[x] < ef[y] || (ef[x] == ef[y] && eidx[x] < eidx[y]);
-        });
+      if (need[b]) {
+        int32_t* fs = sorted.data() + start[b];
+        // (f, index) order; index order = (j, m) order
+        std::sort(fs, fs + cnt[b], [&](int32_t x, int32_t y) { return ef[x] < ef[y] || (ef[x] == ef[y] && x < y); });
         for (int32_t i = 0; i < cnt[b]; ++i) {
-          cs += A[ej[first[i]]];
-          cn += em[first[i]];
+          cs += A[ej[fs[i]]];
+          cn += em[fs[i]];
           const double c = crit_of(cs, cn);
           if (c > best) {
             best = c;
@@ -577,11 +603,27 @@ struct Quantizer {
       }
     }
     if (best_b >= 0) {
-      const int64_t stop = start[best_b] + best_i;
-      for (int64_t i = 0; i < stop; ++i) ++m[ej[sorted[i]]];
+      // the events taken: every event of a bucket before best_b, and best_b's first best_i
+      // (all of it when it was not swept)
+      for (int64_t j = 0; j < dim; ++j) {
+        int32_t c = 0;
+        for (int32_t e = first[j]; e < first[j + 1]; ++e) c += eb[e] < best_b;
+        m[j] = c;
+      }
+      if (need[best_b]) {
+        const int32_t* fs = sorted.data() + start[best_b];
+        for (int64_t i = 0; i < best_i; ++i) ++m[ej[fs[i]]];
+      } else {
+        for (size_t e = 0; e < E; ++e) m[ej[e]] += eb[e] == best_b;
+      }
     }
-    for (int64_t j = 0; j < dim; ++j) out[j] = static_cast<uint8_t>(v[j] >= 0 ? half + m[j] : half - 1 - m[j]);
+    for (int64_t j = 0; j < dim; ++j) {
+      const int neg = v[j] < 0;  // (branch-free: random signs)
+      out[j] = static_cast<uint8_t>(half + m[j] - neg * (2 * m[j] + 1));
+    }
   }
+
+  std::vector<int32_t> cursor;
 };
 
 void pack_row(const uint8_t* lv, int64_t dim, int bits, uint8_t* out) {
