@@ -1,19 +1,22 @@
-// Float64 inference of a trained Binarizer (layout and arithmetic: infer.h), baseline flags:
-// the scalar matrix-vector kernel, level dispatch, and the element-wise steps every SIMD level
-// shares (compiled once, -ffp-contract=off, so they give the same bits at every level).
+// Inference of a trained Binarizer (layout and arithmetic: infer.h), baseline flags: the
+// scalar kernels, level dispatch, weight packing, the float32 fast pass's element-wise steps
+// and its per-pre-activation float64 fallback, and the element-wise steps of the float64
+// path every SIMD level shares (compiled once, -ffp-contract=off, so they give the same bits
+// at every level). Work items go to the process's HelperPool (thread_pool.h).
 #include "infer.h"
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
 #include <exception>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
-#include <condition_variable>
-#include <memory>
+#include <utility>
 
 #include "dispatch.h"
 #include "thread_pool.h"
@@ -579,8 +582,11 @@ struct Quantizer {
       if (!cnt[b]) continue;
       if (need[b]) {
         int32_t* fs = sorted.data() + start[b];
-        // (f, index) order; index order = (j, m) order
-        std::sort(fs, fs + cnt[b], [&](int32_t x, int32_t y) { return ef[x] < ef[y] || (ef[x] == ef[y] && x < y); });
+        // (f, index) order; index order = (j, m) order (sorted as (f, index) pairs)
+        pairs.resize(cnt[b]);
+        for (int32_t i = 0; i < cnt[b]; ++i) pairs[i] = {ef[fs[i]], fs[i]};
+        std::sort(pairs.begin(), pairs.end());
+        for (int32_t i = 0; i < cnt[b]; ++i) fs[i] = pairs[i].second;
         for (int32_t i = 0; i < cnt[b]; ++i) {
           cs += A[ej[fs[i]]];
           cn += em[fs[i]];
@@ -624,6 +630,7 @@ struct Quantizer {
   }
 
   std::vector<int32_t> cursor;
+  std::vector<std::pair<double, int32_t>> pairs;
 };
 
 void pack_row(const uint8_t* lv, int64_t dim, int bits, uint8_t* out) {
@@ -639,7 +646,8 @@ void pack_row(const uint8_t* lv, int64_t dim, int bits, uint8_t* out) {
 // z (n, dim): the query projection (head < 0) or head's direction of float rows x.
 void query_rows(const Model& model, int head, const float* x, int64_t n, double* z) {
   const int64_t D = model.in_dim, d = model.dim;
-  std::vector<double> xin(n * D);
+  thread_local std::vector<double> xin;
+  xin.resize(n * D);
   if (head < 0) {
     for (int64_t r = 0; r < n; ++r)
       for (int64_t j = 0; j < D; ++j)
@@ -819,27 +827,26 @@ void encode_query_codes(const Model& model, int head, const float* x, int64_t n,
   if (qbits < 1 || qbits > 7) throw std::invalid_argument("query bits must be in [1, 7], got " + std::to_string(qbits));
   const int64_t D = model.in_dim, d = model.dim, cb = qbits * ((d + 7) / 8);
   constexpr int64_t kItem = 16;
-  const int T = std::max(1, threads);
-  std::vector<Quantizer> qz(T);
-  std::vector<std::vector<double>> z(T);
-  std::vector<std::vector<uint8_t>> lv(T);
-  parallel_rows(n, T, kItem, [&](int t, int64_t s, int64_t e) {
-    z[t].resize(kItem * d);
-    lv[t].resize(d);
-    query_rows(model, head, x + s * D, e - s, z[t].data());
+  parallel_rows(n, std::max(1, threads), kItem, [&](int, int64_t s, int64_t e) {
+    // (scratch of the thread running the item, kept warm across calls)
+    thread_local Quantizer qz;
+    thread_local std::vector<double> z;
+    thread_local std::vector<uint8_t> lv;
+    z.resize(kItem * d);
+    lv.resize(d);
+    query_rows(model, head, x + s * D, e - s, z.data());
     for (int64_t r = 0; r < e - s; ++r) {
-      qz[t].row(z[t].data() + r * d, d, qbits, lv[t].data());
-      pack_row(lv[t].data(), d, qbits, out + (s + r) * cb);
+      qz.row(z.data() + r * d, d, qbits, lv.data());
+      pack_row(lv.data(), d, qbits, out + (s + r) * cb);
     }
   });
 }
 
 void quantize_angle(const double* v, int64_t n, int64_t dim, int bits, uint8_t* levels, int threads) {
   if (bits < 1 || bits > 7) throw std::invalid_argument("bits must be in [1, 7], got " + std::to_string(bits));
-  const int T = std::max(1, threads);
-  std::vector<Quantizer> qz(T);
-  parallel_rows(n, T, 8, [&](int t, int64_t s, int64_t e) {
-    for (int64_t r = s; r < e; ++r) qz[t].row(v + r * dim, dim, bits, levels + r * dim);
+  parallel_rows(n, std::max(1, threads), 8, [&](int, int64_t s, int64_t e) {
+    thread_local Quantizer qz;
+    for (int64_t r = s; r < e; ++r) qz.row(v + r * dim, dim, bits, levels + r * dim);
   });
 }
 
