@@ -137,10 +137,11 @@ void normalize_rows(float* x, int64_t n, int64_t d) {
   for (int64_t r = 0; r < n; ++r) {
     float* xr = x + r * d;
     const double nrm = std::max(std::sqrt(sum_sq(xr, d)), 1e-12);
+    // (a division, as the float64 path: a row with one nonzero entry becomes exactly +-1)
     if (nrm < 1e30) {
-      const float inv = static_cast<float>(1.0 / nrm);
-      for (int64_t j = 0; j < d; ++j) xr[j] *= inv;
-    } else {  // (1 / nrm would lose precision as a float32; inf/NaN stay non-finite)
+      const float nf = static_cast<float>(nrm);
+      for (int64_t j = 0; j < d; ++j) xr[j] = xr[j] / nf;
+    } else {  // (past float32's range; inf/NaN stay non-finite)
       for (int64_t j = 0; j < d; ++j) xr[j] = static_cast<float>(xr[j] / nrm);
     }
   }
@@ -216,6 +217,7 @@ struct FastScratch {
   std::vector<double> x64, xn64, xh64, c64, vals;
   std::vector<int32_t> idx;
   std::vector<uint8_t> touched;  // rows with a pre-activation evaluated in float64
+  std::vector<uint8_t> near;     // rows whose residual of this step is nearly 0
 };
 
 // The float32 forward of m over packed weights: rows x (n, m.a) -> y (n, m.c).
@@ -331,7 +333,7 @@ int64_t codes_rows_fast(const Model& model, const float* x, int64_t nb, uint8_t*
       // |pre| <= th (0 included) or a non-finite step: that pre-activation in float64
       // (thf >= th: a float32 |pre| > thf is > th)
       const double th = margin * std::sqrt(sum_sq(p, d) / static_cast<double>(d));
-      const bool all = !(th < 1e30);
+      const bool all = !(th < 1e30) || (t > 0 && s.near[r]);
       const float thf = all ? 0.f : std::nextafter(static_cast<float>(th), 1e30f);
       int any = 0;
       for (int64_t j = 0; j < d; ++j) any |= !(std::fabs(p[j]) > thf);
@@ -372,6 +374,10 @@ int64_t codes_rows_fast(const Model& model, const float* x, int64_t nb, uint8_t*
       }
       normalize_rows(s.xh.data(), nb, D);
       for (int64_t i = 0; i < nb * D; ++i) s.xh[i] = s.xn[i] - s.xh[i];
+      // A residual of two unit vectors shorter than 1/100 (or not finite) has float32
+      // rounding errors that are large relative to itself: its row's step in float64.
+      s.near.resize(nb);
+      for (int64_t r = 0; r < nb; ++r) s.near[r] = !(sum_sq(s.xh.data() + r * D, D) >= 1e-4);
       mlp_forward_f32(model.R[t - 1], s.xh.data(), nb, s.pre.data(), s);
       take(t);
     }

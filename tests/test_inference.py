@@ -136,6 +136,19 @@ def test_float32_pass_with_margin_matches_float64(level, in_dim, dim, bits, dept
             assert 200 <= core.float64_rows(x, FAST_MARGIN) < 400
 
 
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("in_dim,dim,bits,seed", [(1, 1, 3, 0), (2, 1, 4, 3), (1, 5, 2, 1)])
+def test_fast_pass_with_residuals_near_zero(level, in_dim, dim, bits, seed):
+    """Tiny models whose step residuals (input direction minus decoded direction) are often
+    exactly 0 in float64: the float32 pass flags those steps (their rounding is large next
+    to the residual) and gives the float64 codes."""
+    model = make_model(in_dim, dim, bits, hidden=1, depth=0, seed=seed)
+    x = rows(4 * FAST_MIN_ROWS, in_dim, seed)
+    with simd(level):
+        enc = model.to_encoder()
+        assert np.array_equal(enc.encode(x), model.spec.pack(torch64_levels(model, x)))
+
+
 def test_simd_levels_give_identical_float64_projections():
     model = make_model(45, 23, 3, hidden=19, depth=2, heads=[3], seed=5)
     x = rows(37, 45, 2)
