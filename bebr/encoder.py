@@ -10,14 +10,18 @@ serving API of :class:`bebr.Binarizer` (``spec``, ``version``, ``in_dim``, ``dim
 
 What is computed (the guarantee). A code's sign bits are the signs of the model's
 pre-activations evaluated in float64 (weights and inputs are float32, so every product is
-exact; BatchNorm in eval mode with its running statistics). Small batches (and any row the
-fast pass flags) are evaluated so directly, with one fixed summation order at every SIMD
+exact; BatchNorm in eval mode with its running statistics). Small batches (and any pre-activation
+the fast pass flags) are evaluated so directly, with one fixed summation order at every SIMD
 level (8 float64 lanes with fused multiply-add, reduced in a fixed tree: the same bits at
-every level). Batches of ``FAST_MIN_ROWS`` rows or more first take a compiled float32 pass;
-a row's signs are kept from it only if every pre-activation lies at least ``FAST_MARGIN``
-(2^-12) times its step's RMS away from 0, about 100 times the largest float32 error (relative
-to that RMS) measured on random and trained models (2e-6); other rows (2% on the GloVe
-50x2 model) are evaluated in float64. So codes
+every level). Batches of ``FAST_MIN_ROWS`` rows or more first take a compiled float32 pass
+(register-tiled GEMMs over weights packed once at construction; a B stage without hidden
+blocks multiplies its sign inputs by tables of 4-input sign patterns), step by step: a
+pre-activation's sign is kept from it only if it lies more than ``FAST_MARGIN`` (2^-12)
+times its step's RMS (in that row) away from 0, about 100 times the largest float32 error
+(relative to that RMS) measured on random and trained models (2e-6); any other
+pre-activation (in 2% of the rows on the GloVe 50x2 model, 6% on MiniLM 192x2) is evaluated
+alone in float64, from its row's float64 state at that step (which the signs kept so far
+determine), before the next step. So codes
 are the same whatever the batch, the batch size or the SIMD level. Torch's float32 forward
 (``Binarizer`` on a GPU: ``device=``) is refined the same way and gives the same codes; a
 float64 torch forward (``model.double()``) agrees except where a pre-activation is within
@@ -155,7 +159,7 @@ def _batches(arr: np.ndarray, batch_size: int):
     """(start, float32 C-contiguous finite chunk) over the rows of a validated array."""
     for s in range(0, arr.shape[0], batch_size):
         chunk = np.ascontiguousarray(arr[s:s + batch_size], dtype=np.float32)
-        if not np.isfinite(chunk).all():
+        if not _C.all_finite(chunk):
             raise ValueError(f"x has NaN or inf values in rows [{s}, {s + len(chunk)})")
         yield s, chunk
 
@@ -310,8 +314,8 @@ class Encoder(ConfigView):
 
     Build one with :meth:`load` (a directory saved by ``Binarizer.save``) or
     :meth:`from_binarizer` (``Binarizer.to_encoder()``). Immutable; thread-safe.
-    ``threads`` (keyword, default 1) is the number of compiled workers of one call; the
-    float32 pass of large batches uses numpy's BLAS and its threads.
+    ``threads`` (keyword, default 1) is the number of compiled workers of one call (the
+    caller and helper threads, which take work items of 48 rows as they come free).
     """
 
     model_name = MODEL_NAME
@@ -414,7 +418,8 @@ class Encoder(ConfigView):
         th = _check_threads(threads)
         out = np.empty((arr.shape[0], self.spec.code_bytes), dtype=np.uint8)
         for s, chunk in _batches(arr, bs):
-            out[s:s + len(chunk)] = _C.pack_levels(self._levels(chunk, th), self.bits)
+            margin = FAST_MARGIN if chunk.shape[0] >= FAST_MIN_ROWS else 0.0
+            out[s:s + len(chunk)] = self._core.encode_codes(chunk, th, margin)
         return out
 
     def encode_values(self, x, batch_size: int = 8192, *, threads: Optional[int] = None) -> np.ndarray:

@@ -1,7 +1,12 @@
-// AVX-512 float64 matrix-vector kernel of infer.h: one zmm = the 8 lanes of one (output, row)
-// dot product; tiles of 4 outputs x 4 rows share each weight and input load. Per-file flags
+// AVX-512 kernels of infer.h. Float64 matrix-vector: one zmm = the 8 lanes of one (output,
+// row) dot product; tiles of 4 outputs x 4 rows share each weight and input load. Float32
+// GEMM over packed panels: tiles of 8 rows x 32 outputs (two panels); sign tables: blocks of
+// 8 outputs x 8 rows. Per-file flags
 // (CMakeLists.txt); called only after dispatch checked the CPU.
 #include <immintrin.h>
+
+#include <algorithm>
+#include <vector>
 
 #include "infer.h"
 
@@ -55,51 +60,107 @@ void matvec_avx512(const float* w, int64_t out, int64_t in, const double* x, int
   for (; r < n; ++r) rows<1>(w, out, in, x + r * in, y + r * out);
 }
 
-// float32: one zmm = 16 lanes of one (output, row) dot product, tiles of 4 x 4.
-template <int OT, int RT>
-inline void tile_f32(const float* w, int64_t in, const float* x, float* y, int64_t out) {
-  __m512 acc[OT][RT];
-  for (int o = 0; o < OT; ++o)
-    for (int r = 0; r < RT; ++r) acc[o][r] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 16 <= in; k += 16) {
-    __m512 xv[RT];
-    for (int r = 0; r < RT; ++r) xv[r] = _mm512_loadu_ps(x + r * in + k);
-    for (int o = 0; o < OT; ++o) {
-      const __m512 wv = _mm512_loadu_ps(w + o * in + k);
-      for (int r = 0; r < RT; ++r) acc[o][r] = _mm512_fmadd_ps(wv, xv[r], acc[o][r]);
+// float32 GEMM over packed panels (infer.h): register tiles of MR rows x NP panels (one zmm
+// of 16 outputs each); per k NP weight loads and MR broadcasts feed MR * NP FMAs.
+template <int MR, int NP>
+inline void tile_f32(const float* pw, int64_t in, const float* x, float* y, int64_t out, int cols) {
+  __m512 acc[MR][NP];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NP; ++v) acc[r][v] = _mm512_setzero_ps();
+  const float* xr[MR];
+  for (int r = 0; r < MR; ++r) xr[r] = x + r * in;
+  const int64_t pstride = in * kPanel;
+  for (int64_t k = 0; k < in; ++k) {
+    __m512 wv[NP];
+    for (int v = 0; v < NP; ++v) wv[v] = _mm512_load_ps(pw + v * pstride + k * kPanel);
+    for (int r = 0; r < MR; ++r) {
+      const __m512 xb = _mm512_set1_ps(xr[r][k]);
+      for (int v = 0; v < NP; ++v) acc[r][v] = _mm512_fmadd_ps(wv[v], xb, acc[r][v]);
     }
   }
-  if (k < in) {
-    const __mmask16 m = static_cast<__mmask16>((1u << (in - k)) - 1);
-    __m512 xv[RT];
-    for (int r = 0; r < RT; ++r) xv[r] = _mm512_maskz_loadu_ps(m, x + r * in + k);
-    for (int o = 0; o < OT; ++o) {
-      const __m512 wv = _mm512_maskz_loadu_ps(m, w + o * in + k);
-      for (int r = 0; r < RT; ++r) acc[o][r] = _mm512_fmadd_ps(wv, xv[r], acc[o][r]);
-    }
+  for (int v = 0; v < NP; ++v) {
+    const int c = cols - 16 * v;  // valid outputs of this zmm, 1..16
+    const __mmask16 m = c >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << c) - 1);
+    for (int r = 0; r < MR; ++r) _mm512_mask_storeu_ps(y + r * out + 16 * v, m, acc[r][v]);
   }
-  for (int o = 0; o < OT; ++o)
-    for (int r = 0; r < RT; ++r) y[r * out + o] = _mm512_reduce_add_ps(acc[o][r]);
 }
 
-template <int RT>
-inline void rows_f32(const float* w, int64_t out, int64_t in, const float* x, float* y) {
-  int64_t i = 0;
-  for (; i + 4 <= out; i += 4) tile_f32<4, RT>(w + i * in, in, x, y + i, out);
-  for (; i < out; ++i) tile_f32<1, RT>(w + i * in, in, x, y + i, out);
-}
-
-void matvec_f32_avx512(const float* w, int64_t out, int64_t in, const float* x, int64_t n, float* y) {
+template <int NP>
+inline void panels_f32(const float* pw, int64_t in, const float* x, int64_t n, float* y, int64_t out, int cols) {
+  constexpr int MR = 8;
   int64_t r = 0;
-  for (; r + 4 <= n; r += 4) rows_f32<4>(w, out, in, x + r * in, y + r * out);
-  for (; r < n; ++r) rows_f32<1>(w, out, in, x + r * in, y + r * out);
+  for (; r + MR <= n; r += MR) tile_f32<MR, NP>(pw, in, x + r * in, y + r * out, out, cols);
+  switch (n - r) {
+    case 7: tile_f32<7, NP>(pw, in, x + r * in, y + r * out, out, cols); break;
+    case 6: tile_f32<6, NP>(pw, in, x + r * in, y + r * out, out, cols); break;
+    case 5: tile_f32<5, NP>(pw, in, x + r * in, y + r * out, out, cols); break;
+    case 4: tile_f32<4, NP>(pw, in, x + r * in, y + r * out, out, cols); break;
+    case 3: tile_f32<3, NP>(pw, in, x + r * in, y + r * out, out, cols); break;
+    case 2: tile_f32<2, NP>(pw, in, x + r * in, y + r * out, out, cols); break;
+    case 1: tile_f32<1, NP>(pw, in, x + r * in, y + r * out, out, cols); break;
+    default: break;
+  }
+}
+
+void gemm_f32_avx512(const PackedF32& w, const float* x, int64_t n, float* y) {
+  const int64_t in = w.in, out = w.out, np = w.panels();
+  for (int64_t p = 0; p < np;) {
+    const float* pw = w.data.data() + p * in * kPanel;
+    const int64_t left = out - p * kPanel;  // outputs from this panel on
+    if (np - p >= 2) {
+      panels_f32<2>(pw, in, x, n, y + p * kPanel, out, static_cast<int>(std::min<int64_t>(2 * kPanel, left)));
+      p += 2;
+    } else {
+      panels_f32<1>(pw, in, x, n, y + p * kPanel, out, static_cast<int>(std::min<int64_t>(kPanel, left)));
+      p += 1;
+    }
+  }
+}
+
+// Sign tables (infer.h): per block of 8 outputs, 8 rows at a time (one ymm accumulator
+// each), one table entry per row and input group; the block's tables (and the rows' nibbles,
+// 8 rows' side by side per group, as e * 4: the byte offset e * 32 is one scaled index) stay
+// in L1.
+void lut_f32_avx512(const SignLut& lut, const uint8_t* e, int64_t n, float scale, float* y) {
+  const int64_t G = lut.groups, out = lut.out, n8 = (n + 7) / 8;
+  const __m256 sc = _mm256_set1_ps(scale);
+  alignas(32) static const int32_t kMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+  std::vector<uint8_t> off(static_cast<size_t>(n8 * G * 8));
+  for (int64_t r = 0; r < n8 * 8; ++r) {
+    const uint8_t* er = e + std::min(r, n - 1) * G;  // (rows past n repeat the last one)
+    for (int64_t g = 0; g < G; ++g) off[((r / 8) * G + g) * 8 + r % 8] = static_cast<uint8_t>(er[g] * 4);
+  }
+  for (int64_t b = 0; b < lut.blocks; ++b) {
+    const int64_t cb = b * kLutBlock, w = std::min<int64_t>(kLutBlock, out - cb);
+    const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask + 8 - w));
+    const float* tb = lut.entry(b, 0, 0);
+    for (int64_t q = 0; q < n8; ++q) {
+      __m256 acc[8];
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
+      const uint8_t* o = off.data() + q * G * 8;
+      const char* tg = reinterpret_cast<const char*>(tb);
+      for (int64_t g = 0; g < G; ++g, o += 8, tg += 16 * kLutBlock * sizeof(float)) {
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i)
+          acc[i] = _mm256_add_ps(acc[i], _mm256_load_ps(reinterpret_cast<const float*>(tg + static_cast<size_t>(o[i]) * 8)));
+      }
+      const int rows = static_cast<int>(std::min<int64_t>(8, n - 8 * q));
+      for (int i = 0; i < rows; ++i) {
+        float* yr = y + (8 * q + i) * out + cb;
+        if (w == kLutBlock)
+          _mm256_storeu_ps(yr, _mm256_fmadd_ps(acc[i], sc, _mm256_loadu_ps(yr)));
+        else
+          _mm256_maskstore_ps(yr, m, _mm256_fmadd_ps(acc[i], sc, _mm256_maskload_ps(yr, m)));
+      }
+    }
+  }
 }
 
 }  // namespace
 
 const InferKernels& infer_kernels_avx512() {
-  static const InferKernels k{"avx512", &matvec_avx512, &matvec_f32_avx512};
+  static const InferKernels k{"avx512", &matvec_avx512, &gemm_f32_avx512, &lut_f32_avx512};
   return k;
 }
 

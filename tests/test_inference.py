@@ -106,10 +106,12 @@ def test_codes_match_torch_float64(level, in_dim, dim, bits, qbits, depth, hidde
 
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("in_dim,dim,bits,depth", [(50, 50, 2, 0), (33, 17, 4, 1),
-                                                   (64, 31, 3, 2), (9, 70, 1, 1)])
+                                                   (64, 31, 3, 2), (9, 70, 1, 1),
+                                                   (21, 45, 4, 0), (40, 9, 3, 0)])
 def test_float32_pass_with_margin_matches_float64(level, in_dim, dim, bits, depth):
-    """Batches of FAST_MIN_ROWS+ rows take the float32 pass; rows with a pre-activation
-    within the margin of 0 are redone in float64: the same codes as float64 throughout."""
+    """Batches of FAST_MIN_ROWS+ rows take the float32 pass (GEMMs over packed weights; the
+    B stages of a depth-0 model by sign tables); pre-activations within the margin of 0 are
+    evaluated in float64: the same codes as float64 throughout, at 1 and 2 threads."""
     model = make_model(in_dim, dim, bits, hidden=32, depth=depth, seed=dim)
     x = rows(400, in_dim, 1).astype(np.float64)
     w = model.W.skip.weight.detach().double().numpy()[0]
@@ -125,9 +127,26 @@ def test_float32_pass_with_margin_matches_float64(level, in_dim, dim, bits, dept
         assert np.array_equal(core.encode_levels(x, 1, FAST_MARGIN), want)
         assert np.array_equal(core.encode_levels(x, 2, FAST_MARGIN), want)
         assert np.array_equal(model.to_encoder().encode_levels(x, batch_size=37), want)
+        packed = model.spec.pack(want)
+        assert np.array_equal(core.encode_codes(x, 1, FAST_MARGIN), packed)
+        assert np.array_equal(core.encode_codes(x, 3, FAST_MARGIN), packed)
+        assert np.array_equal(core.encode_codes(x, 2, 0.0), packed)
         if depth == 0:  # without the margin the float32 signs differ somewhere
             assert not np.array_equal(core.encode_levels(x, 1, 1e-300), want)
             assert 200 <= core.float64_rows(x, FAST_MARGIN) < 400
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("in_dim,dim,bits,seed", [(1, 1, 3, 0), (2, 1, 4, 3), (1, 5, 2, 1)])
+def test_fast_pass_with_residuals_near_zero(level, in_dim, dim, bits, seed):
+    """Tiny models whose step residuals (input direction minus decoded direction) are often
+    exactly 0 in float64: the float32 pass flags those steps (their rounding is large next
+    to the residual) and gives the float64 codes."""
+    model = make_model(in_dim, dim, bits, hidden=1, depth=0, seed=seed)
+    x = rows(4 * FAST_MIN_ROWS, in_dim, seed)
+    with simd(level):
+        enc = model.to_encoder()
+        assert np.array_equal(enc.encode(x), model.spec.pack(torch64_levels(model, x)))
 
 
 def test_simd_levels_give_identical_float64_projections():
@@ -152,6 +171,21 @@ def test_threads_give_identical_results(threads):
     assert np.array_equal(enc.encode(x, threads=threads), enc.encode(x))
     assert np.array_equal(enc.encode_query_codes(x, 4, target="old0", threads=threads),
                           enc.encode_query_codes(x, 4, target="old0"))
+    assert np.array_equal(enc.encode_query(x, threads=threads), enc.encode_query(x))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_over_many_work_items(threads):
+    """More rows than one work item (48 rows): items handed out over the helper threads,
+    the same codes, levels, query codes and projections as one thread."""
+    model = make_model(24, 19, 3, hidden=16, depth=0, heads=[1], seed=8)
+    enc = model.to_encoder()
+    x = rows(1000, 24, 8)
+    assert np.array_equal(enc.encode(x, threads=threads), enc.encode(x))
+    assert np.array_equal(enc.encode_levels(x, threads=threads), torch64_levels(model, x))
+    assert np.array_equal(enc.encode_query_codes(x, 5, threads=threads), enc.encode_query_codes(x, 5))
+    assert np.array_equal(enc.encode_query_codes(x, 3, target="old0", threads=threads),
+                          enc.encode_query_codes(x, 3, target="old0"))
     assert np.array_equal(enc.encode_query(x, threads=threads), enc.encode_query(x))
 
 

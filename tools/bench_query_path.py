@@ -17,6 +17,7 @@ The 2-bit bebr rows are also timed with plane pruning (``--prune``, ``Index.sear
 approximate; their recall is measured like every row's).
 
     python tools/bench_query_path.py [--data v1 v2] [--single 300] [--write]
+    python tools/bench_query_path.py --encoding [--data v1 v2] [--single 300]
 """
 
 from __future__ import annotations
@@ -91,6 +92,64 @@ def import_cost(code: str, repeats: int = 3) -> dict:
     return dict(wall_s=float(np.median(walls)), rss_mb=float(np.median(rss)))
 
 
+def bulk_encoding(name, model, enc, xb, repeats=2):
+    """Bulk encoding of the base rows: the compiled path (``Encoder.encode``) vs the torch
+    float32 forward (bebr before this path), 1 and 2 threads, each the best of ``repeats``
+    runs (the two alternated, so that the machine's load weighs on both alike); the share of
+    codes that differ between them and of rows with a pre-activation re-evaluated in float64.
+    Returns (the figures, the compiled codes)."""
+    import torch
+
+    info = dict(data=name, model=f"{model.dim}x{model.bits}")
+    for th in (1, 2):
+        best_c = best_t = float("inf")
+        for _ in range(repeats):
+            with blas_threads(th):
+                t = time.perf_counter()
+                codes = enc.encode(xb, threads=th)
+                best_c = min(best_c, time.perf_counter() - t)
+            torch.set_num_threads(th)
+            t = time.perf_counter()
+            old = model.spec.pack(model._encode_levels_torch(xb, refine=False))
+            best_t = min(best_t, time.perf_counter() - t)
+            torch.set_num_threads(1)
+        info[f"compiled_vps_{th}t"] = len(xb) / best_c
+        info[f"torch_vps_{th}t"] = len(xb) / best_t
+    lv_new, lv_old = model.spec.unpack(codes), model.spec.unpack(old)
+    info["rows_differ_vs_torch32"] = float((lv_new != lv_old).any(1).mean())
+    info["dims_differ_vs_torch32"] = float((lv_new != lv_old).mean())
+    info["rows_float64"] = enc._core.float64_rows(xb, FAST_MARGIN) / len(xb)
+    return info, codes
+
+
+def encoding_only(data, args, log):
+    """Only the encoding figures (``--encoding``): bulk encoding of the 98k base rows
+    (``bulk_encoding``) and one float query into query codes (median over ``--single``
+    queries, 1 thread, fine and stored-bit query codes), per model."""
+    import torch
+
+    from _qp_models import cached_model
+
+    torch.set_num_threads(1)
+    words, glove = ds.glove_words(100_000)
+    qi, bi = ds.query_split(len(words), 2000, seed=0)
+    out = []
+    for name in data:
+        x = glove if name == "v1" else ds.minilm_embeddings(words)
+        xb, xq = np.ascontiguousarray(x[bi]), np.ascontiguousarray(x[qi])
+        singles = [xq[i:i + 1] for i in range(args.single)]
+        for dim, bits in CONFIGS[name]:
+            model = cached_model("glove" if name == "v1" else "minilm", xb, dim, bits)
+            enc = model.to_encoder()
+            info, _ = bulk_encoding(name, model, enc, xb)
+            for qb in sorted({bits, max_query_bits(bits)}):
+                info[f"query_encode_us_{qb}bit"] = median_us(
+                    lambda q, qb=qb: enc.encode_query_codes(q, qb), singles)
+            log(json.dumps(info))
+            out.append(info)
+    return out
+
+
 def bench_data(name, x, qi, bi, args, log):
     import faiss
     import torch
@@ -112,22 +171,7 @@ def bench_data(name, x, qi, bi, args, log):
     for dim, bits in CONFIGS[name]:
         model = cached_model("glove" if name == "v1" else "minilm", xb, dim, bits)
         enc = model.to_encoder()
-        # bulk encoding: compiled vs the torch float32 forward (bebr before this path)
-        enc_info = dict(data=name, model=f"{dim}x{bits}")
-        for th in (1, 2):
-            with blas_threads(th):
-                t = time.perf_counter()
-                codes = enc.encode(xb, threads=th)
-                enc_info[f"compiled_vps_{th}t"] = len(xb) / (time.perf_counter() - t)
-            torch.set_num_threads(th)
-            t = time.perf_counter()
-            old = model.spec.pack(model._encode_levels_torch(xb, refine=False))
-            enc_info[f"torch_vps_{th}t"] = len(xb) / (time.perf_counter() - t)
-        torch.set_num_threads(1)
-        lv_new, lv_old = model.spec.unpack(codes), model.spec.unpack(old)
-        enc_info["rows_differ_vs_torch32"] = float((lv_new != lv_old).any(1).mean())
-        enc_info["dims_differ_vs_torch32"] = float((lv_new != lv_old).mean())
-        enc_info["rows_float64"] = enc._core.float64_rows(xb, FAST_MARGIN) / len(xb)
+        enc_info, codes = bulk_encoding(name, model, enc, xb)
         log(json.dumps(enc_info))
         extra.append(enc_info)
         index = bebr.Index(model.spec, "cosine")
@@ -292,6 +336,8 @@ def main(argv=None):
     ap.add_argument("--write", action="store_true", help="write the section of BENCHMARKS.md")
     ap.add_argument("--breakdown", action="store_true",
                     help="only time one query's encoding, scan and both (bebr rows)")
+    ap.add_argument("--encoding", action="store_true",
+                    help="only the bulk encoding and one-query encoding figures")
     ap.add_argument("--render", metavar="LOG", default=None,
                     help="only re-render the tables from the JSON lines of a run's output")
     args = ap.parse_args(argv)
@@ -303,6 +349,19 @@ def main(argv=None):
                   f"| {'GloVe' if r['data'] == 'v1' else 'MiniLM'} | {r['model']} | "
                   f"{r['query_bits']} | {r['encode_us']:.0f} us | {r['scan_us']:.0f} us | "
                   f"{r['total_us']:.0f} us |" for r in res))
+        return
+    if args.encoding:
+        res = encoding_only(args.data, args, log)
+        print("| data | model | compiled vec/s, 1 / 2 threads | torch float32 vec/s, 1 / 2 "
+              "threads | ratio, 1 / 2 threads | rows re-evaluated in float64 | one query |\n"
+              "|---|---|---:|---:|---:|---:|---|\n" + "\n".join(
+                  f"| {'GloVe' if e['data'] == 'v1' else 'MiniLM'} | {e['model']} | "
+                  f"{e['compiled_vps_1t']:,.0f} / {e['compiled_vps_2t']:,.0f} | "
+                  f"{e['torch_vps_1t']:,.0f} / {e['torch_vps_2t']:,.0f} | "
+                  f"{e['compiled_vps_1t'] / e['torch_vps_1t']:.2f}x / "
+                  f"{e['compiled_vps_2t'] / e['torch_vps_2t']:.2f}x | {e['rows_float64']:.1%} | "
+                  + ", ".join(f"{k.split('_')[-1]}: {v:.1f} us" for k, v in e.items()
+                              if k.startswith("query_encode_us")) + " |" for e in res))
         return
     if args.render:
         rows, extra, imports = [], [], {}

@@ -87,7 +87,7 @@ void register_infer(py::module_& m) {
                  hd.nets.push_back(mlp_of(nets[k].cast<py::tuple>(), in_dim, dim, name + ".nets." + std::to_string(k)));
                md->heads.push_back(std::move(hd));
              }
-             md->validate();
+             md->prepare();
              return md;
            }),
            py::arg("in_dim"), py::arg("dim"), py::arg("bits"), py::arg("in_mean"), py::arg("W"), py::arg("B"),
@@ -115,6 +115,24 @@ void register_infer(py::module_& m) {
           py::arg("x"), py::arg("threads") = 1, py::arg("margin") = 0.0,
           "Levels (n, dim) uint8 of float32 rows x (n, in_dim) (margin > 0: float32 pass first).")
       .def(
+          "encode_codes",
+          [](const infer::Model& md, const py::array& x, int threads, double margin) {
+            auto a = checked_array<float>(x, "x", 2, md.in_dim);
+            check_threads(threads);
+            if (!(margin >= 0 && margin < 1)) throw py::value_error("margin must be in [0, 1)");
+            const int64_t n = a.shape(0), cb = md.bits * ((md.dim + 7) / 8);
+            py::array_t<uint8_t> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(cb)});
+            const float* xp = a.data();
+            uint8_t* op = out.mutable_data();
+            {
+              py::gil_scoped_release nogil;
+              infer::encode_codes(md, xp, n, op, threads, margin);
+            }
+            return out;
+          },
+          py::arg("x"), py::arg("threads") = 1, py::arg("margin") = 0.0,
+          "Packed codes (n, bits * ceil(dim / 8)) of float32 rows x (encode_levels, then CodeSpec.pack).")
+      .def(
           "float64_rows",
           [](const infer::Model& md, const py::array& x, double margin, int threads) {
             auto a = checked_array<float>(x, "x", 2, md.in_dim);
@@ -127,7 +145,7 @@ void register_infer(py::module_& m) {
             return infer::encode_levels(md, xp, n, lv.data(), threads, margin);
           },
           py::arg("x"), py::arg("margin"), py::arg("threads") = 1,
-          "How many rows of x the float32 pass with this margin leaves to float64.")
+          "How many rows of x have a pre-activation that the float32 pass with this margin leaves to float64.")
       .def(
           "encode_query",
           [](const infer::Model& md, const py::array& x, int head, int threads) {
