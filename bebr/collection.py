@@ -414,7 +414,6 @@ class Collection:
                                  f"to fit query heads (need >= {MIN_HEAD_ROWS} each)")
             report = {"version": version, "heads": {}, "own_calibration": {},
                       "joint_query": {}}
-            new_own_cal, new_joint = {}, {}
             for i, v in enumerate(present):
                 r = rows[v]
                 share = None  # this version's head: an equal share of the time left
@@ -431,16 +430,9 @@ class Collection:
                 report["heads"][v] = {"rows": int(len(r)), "val_r10@10": info["best_r10@10"],
                                       "calibration": list(new_model.cross_calibration(
                                           v, self.metric))}
-                if v in older:
-                    w, cal, scores = _fit_joint_query(
-                        new_model, self._model(v), v, xn[r], np.asarray(older[v])[r],
-                        codes[r], self.query_bits, self.metric, seed,
-                        head_options.get("val_fraction", 0.05),
-                        JOINT_WEIGHTS if joint_query else (0.0,))
-                    new_own_cal[v] = list(cal)
-                    new_joint[v] = w
-                    report["own_calibration"][v] = list(cal)
-                    report["joint_query"][v] = {"weight": w, "val_r10@10": scores}
+            new_own_cal, new_joint = self._fit_own(
+                new_model, xn, codes, rows, older, joint_query, seed,
+                head_options.get("val_fraction", 0.05), report)
             prev = self.current
             self._manifest["versions"].append({
                 "version": version, "model": f"models/{_model_dir_name(version)}",
@@ -453,6 +445,72 @@ class Collection:
             self._new_models[version] = new_model
             self.save()
             report["seconds"] = time.monotonic() - t0
+            return report
+
+    def _fit_own(self, new_model, xn, codes, rows, older, joint_query, seed, val_fraction,
+                 report) -> tuple:
+        """Per older version of ``older`` with sample rows: the joint query's weight and the
+        calibration of its scores (:func:`_fit_joint_query`), filled into ``report``."""
+        own_cal, joint = {}, {}
+        for v, r in rows.items():
+            if v not in older or v == _model_version(new_model):
+                continue
+            w, cal, scores = _fit_joint_query(
+                new_model, self._model(v), v, xn[r], np.asarray(older[v])[r], codes[r],
+                self.query_bits, self.metric, seed, val_fraction,
+                JOINT_WEIGHTS if joint_query else (0.0,))
+            own_cal[v], joint[v] = list(cal), w
+            report["own_calibration"][v] = list(cal)
+            report["joint_query"][v] = {"weight": w, "val_r10@10": scores}
+        return own_cal, joint
+
+    def calibrate(self, x_new: Any, ids: Any, *, older: Mapping[str, Any],
+                  joint_query: bool = False, seed: int = 0,
+                  val_fraction: float = 0.05) -> dict:
+        """Refit, from a paired sample, how ``search(older=...)`` scores the items of older
+        versions, without touching the query heads: for each version of ``older``, the
+        joint-query weight (``joint_query``, as in :meth:`upgrade`) and the calibration of
+        its scores onto the current model's scale, replacing what :meth:`upgrade` fitted.
+
+        ``x_new`` (n, D): the current model's floats of stored items ``ids``; ``older``:
+        ``{version: floats}`` of the same rows from that version's model (rows of items of
+        other versions are ignored; at least MIN_HEAD_ROWS items of each version given are
+        needed). ``seed`` / ``val_fraction``: the held-out split
+        (:func:`bebr.compat.head_split`), as the upgrade's heads used. Saves the collection.
+        Returns the report's ``own_calibration`` and ``joint_query`` entries."""
+        with self._lock:
+            m = self.model
+            xn = _float_rows(x_new, "x_new", m.in_dim)
+            ids = np.asarray(ids)
+            if ids.ndim != 1 or ids.shape[0] != xn.shape[0] or ids.dtype.kind not in "iu":
+                raise ValueError(f"ids must be 1-d ints, one per row of x_new "
+                                 f"({xn.shape[0]}), got shape {ids.shape} dtype {ids.dtype}")
+            if not isinstance(joint_query, bool):
+                raise TypeError(f"joint_query must be a bool, got {type(joint_query).__name__}")
+            older = dict(older)
+            if not older:
+                raise ValueError("older must name at least one older version's floats")
+            for v, xo in older.items():
+                if v == self.current:
+                    raise ValueError(f"older[{v!r}]: that is the current version")
+                xo = _float_rows(xo, f"older[{v!r}]", self._model(self._entry(v)["version"]).in_dim)
+                if xo.shape[0] != xn.shape[0]:
+                    raise ValueError(f"older[{v!r}] must hold the sample's {xn.shape[0]} "
+                                     f"rows, got {xo.shape[0]}")
+            ids = ids.astype(np.int64)
+            codes = self._index.get_codes(ids)
+            of = np.asarray(self._index.versions_of(ids), dtype=object)
+            rows = {v: np.flatnonzero(of == v) for v in older}
+            short = {v: len(r) for v, r in rows.items() if len(r) < MIN_HEAD_ROWS}
+            if short:
+                raise ValueError(f"the paired sample has too few items of versions {short} "
+                                 f"(need >= {MIN_HEAD_ROWS} each)")
+            report = {"own_calibration": {}, "joint_query": {}}
+            own_cal, joint = self._fit_own(m, xn, codes, rows, older, joint_query, seed,
+                                           val_fraction, report)
+            self._manifest["own_calibration"].update(own_cal)
+            self._manifest.setdefault("joint_weight", {}).update(joint)
+            self.save()
             return report
 
     # ------------------------------------------------------------------ backfill
@@ -663,3 +721,53 @@ def _read_manifest(mpath: Path) -> dict:
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptFileError(f"{mpath}: bad manifest field ({e})") from None
     return man
+
+
+def _topk_cosine(q_values: np.ndarray, g_values: np.ndarray, k: int,
+                 chunk: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` cosine scores and row ids (best first) of decoded query values over
+    decoded code values: ``(scores float32 (nq, k), ids int64 (nq, k))``."""
+    q = _unit(np.asarray(q_values, np.float32)).astype(np.float32)
+    g = _unit(np.asarray(g_values, np.float32)).astype(np.float32)
+    k = min(int(k), g.shape[0])
+    scores = np.empty((q.shape[0], k), np.float32)
+    ids = np.empty((q.shape[0], k), np.int64)
+    for s in range(0, q.shape[0], chunk):
+        sc = q[s:s + chunk] @ g.T
+        part = np.argpartition(-sc, k - 1, axis=1)[:, :k]
+        ps = np.take_along_axis(sc, part, 1)
+        o = np.argsort(-ps, axis=1, kind="stable")
+        ids[s:s + chunk] = np.take_along_axis(part, o, 1)
+        scores[s:s + chunk] = np.take_along_axis(ps, o, 1)
+    return scores, ids
+
+
+def merge_curves_topk(old_topk, new_topk, masks, truth, calibration, k: int = 10):
+    """R10@10 and negative flips of the merged search at each re-encoding state.
+
+    ``old_topk`` / ``new_topk``: ``(scores, ids)`` of :func:`_topk_cosine`, the old
+    version's queries over every item's old code and the new model's queries over every
+    item's new code (deep enough that the top-``k`` of any state is among them);
+    ``masks``: boolean ``(n,)`` per state, True where the item carries its new code;
+    ``truth`` (nq, >= k): true neighbours; ``calibration``: ``(scale, shift)`` applied to
+    the old scores. Flips are counted against the old system (every item old). Returns two
+    lists of floats, one value per mask."""
+    so, io = old_topk
+    sn, inn = new_topk
+    a, b = calibration
+    truth = np.asarray(truth)
+    old_ok = (truth == io[:, :1]).any(1)
+    recalls, flips = [], []
+    for mask in masks:
+        s = np.concatenate([np.where(mask[io], -np.inf, a * so + b),
+                            np.where(mask[inn], sn, -np.inf)], 1)
+        ids = np.concatenate([io, inn], 1)
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        ts = np.take_along_axis(s, top, 1)
+        top = np.take_along_axis(top, np.argsort(-ts, axis=1, kind="stable"), 1)
+        got = np.take_along_axis(ids, top, 1)
+        got = np.where(np.isfinite(np.take_along_axis(s, top, 1)), got, -1)
+        hit = (got[:, :, None] == truth[:, None, :k]).any(2)
+        recalls.append(float(hit.mean()))
+        flips.append(float(np.mean(old_ok & ~hit[:, 0])))
+    return recalls, flips
