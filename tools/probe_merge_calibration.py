@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import bebr  # noqa: E402
 from bebr import datasets as ds, metrics as M  # noqa: E402
-from bebr.collection import merge_curves_topk, _topk_cosine  # noqa: E402
+from bebr.collection import _merge_curves as merge_curves_topk, _topk_scores as _topk_cosine  # noqa: E402
 import eval_upgrade as EU  # noqa: E402
 
 R = tuple(round(0.1 * i, 1) for i in range(1, 10))
