@@ -709,6 +709,11 @@ MERGE_STATES = tuple(round(0.1 * i, 1) for i in range(1, 10))
 #: Scales and shifts of the old scores tried per state, besides the logistic fit and (1, 0).
 MERGE_SCALES = (0.7, 0.8, 0.9, 1.0, 1.1, 1.25)
 MERGE_SHIFTS = tuple(round(-0.2 + 0.025 * i, 3) for i in range(17))
+#: Weight of negative flips against R10@10 in the merge table's objective.
+MERGE_FLIP_WEIGHT = 2.0
+#: States on either side pooled with each state's own in the objective (noise of a few
+#: thousand held-out queries: flip rates near 0.02 are ~40 queries).
+MERGE_WINDOW = 2
 #: Depth of each version's candidate list in the merge simulation.
 _MERGE_DEPTH = 400
 
@@ -716,19 +721,22 @@ _MERGE_DEPTH = 400
 def _fit_merge_table(new, old, version, x_new, x_old, old_codes, weight, cal, query_bits,
                      metric, seed, val_fraction) -> tuple:
     """The merge table of ``version``'s own-query scores: per state r of
-    :data:`MERGE_STATES`, the ``(scale, shift)`` of the old scores that a simulated merge
-    on the held-out rows (:func:`bebr.compat.head_split`: validation queries over the
-    validation gallery, a seeded nested random share r of it carrying the new model's
-    codes, the rest the old ones) scores best in R10@10 among the maps whose negative flips
-    (top-1 right when every item is old, wrong merged) stay at or below the naive merge's
-    (1, 0) at that r; candidates: (1, 0), the logistic ``cal`` and the grid
-    :data:`MERGE_SCALES` x :data:`MERGE_SHIFTS`; ties to fewer flips, then to (1, 0).
+    :data:`MERGE_STATES`, the ``(scale, shift)`` of the old scores that scores best in a
+    simulated merge on the held-out rows (:func:`bebr.compat.head_split`: validation
+    queries over the validation gallery, a seeded nested random share r of it carrying the
+    new model's codes, the rest the old ones); the objective is R10@10 minus
+    :data:`MERGE_FLIP_WEIGHT` x the negative-flip rate (top-1 right when every item is
+    old, wrong merged), averaged over the state and :data:`MERGE_WINDOW` states on either
+    side; candidates: (1, 0) (the naive merge), the logistic ``cal`` and the grid
+    :data:`MERGE_SCALES` x :data:`MERGE_SHIFTS`; ties to (1, 0).
 
     Why per r: one logistic fit of P(true neighbour | score) over the top-50 of each
     version lowers the old model's top scores against the new one's, which lets new items
     take the top-1 while few are re-encoded: MiniLM -> MPNet 128x2, held-out and reported
     queries alike, flipped more than the naive merge and scored below it at r <= 0.3,
-    better above (tools/probe_merge_calibration.py). Returns ``(table, curves)``:
+    better above (tools/probe_merge_calibration.py); a state's own best map alone was
+    noisy (the pooled, flip-weighted choice: BENCHMARKS.md section 3b). Returns
+    ``(table, curves)``:
     ``[[r, scale, shift], ...]`` and the held-out R10@10 / flips of the naive, logistic and
     chosen maps."""
     from .compat import head_split
@@ -751,18 +759,27 @@ def _fit_merge_table(new, old, version, x_new, x_old, old_codes, weight, cal, qu
         m = np.zeros(len(gi), dtype=bool)
         m[order[:int(round(r * len(gi)))]] = True
         masks.append(m)
+    return _choose_merge_table(old_tk, new_tk, masks, truth, cal)
+
+
+def _choose_merge_table(old_tk, new_tk, masks, truth, cal) -> tuple:
+    """:func:`_fit_merge_table`'s choice from the held-out top-k lists and one mask per
+    state of :data:`MERGE_STATES`."""
     naive, logistic = (1.0, 0.0), (float(cal[0]), float(cal[1]))
     cands = [naive, logistic] + [(a, b) for a in MERGE_SCALES for b in MERGE_SHIFTS
                                  if (a, b) != naive]
     res = [_merge_curves(old_tk, new_tk, masks, truth, c) for c in cands]
+    rec = np.array([v[0] for v in res])
+    fl = np.array([v[1] for v in res])
+    obj = rec - MERGE_FLIP_WEIGHT * fl
     table, chosen = [], ([], [])
     for i, r in enumerate(MERGE_STATES):
-        limit = res[0][1][i]
-        best = max((j for j in range(len(cands)) if res[j][1][i] <= limit),
-                   key=lambda j: (res[j][0][i], -res[j][1][i], j == 0))
+        lo, hi = max(0, i - MERGE_WINDOW), min(len(MERGE_STATES), i + MERGE_WINDOW + 1)
+        pooled = obj[:, lo:hi].mean(1)
+        best = int(np.flatnonzero(pooled == pooled.max())[0])  # ties: the first, (1, 0)
         table.append([r, float(cands[best][0]), float(cands[best][1])])
-        chosen[0].append(res[best][0][i])
-        chosen[1].append(res[best][1][i])
+        chosen[0].append(float(rec[best, i]))
+        chosen[1].append(float(fl[best, i]))
     curves = {"states": list(MERGE_STATES),
               "naive": {"r10@10": res[0][0], "flips": res[0][1]},
               "logistic": {"r10@10": res[1][0], "flips": res[1][1]},

@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from bebr import CodeSpec, reference
-from bebr.collection import (JOINT_WEIGHTS, MERGE_STATES, Collection, MANIFEST_NAME,
-                             _merge_curves, _topk_scores, joint_query_codes)
+from bebr.collection import (JOINT_WEIGHTS, MERGE_FLIP_WEIGHT, MERGE_STATES, MERGE_WINDOW,
+                             Collection, MANIFEST_NAME, _fit_merge_table, _merge_curves,
+                             _topk_scores, joint_query_codes)
 from bebr.datasets import glove_words, l2_normalize
 from bebr.fileio import CorruptFileError
 from bebr.train import train_binarizer
@@ -499,16 +500,49 @@ def test_merge_curves_match_oracle(depth, metric_unit):
 
 
 def test_merge_table_flip_aware(upgraded):
-    """At every state the chosen map scored at least the naive merge's held-out recall with
-    at most its flips; the table holds one entry per state."""
+    """The upgrade's report holds one table entry per state and the held-out curves."""
     _, report = upgraded
     mc = report["merge_calibration"]["glove-v1"]
     assert [e[0] for e in mc["table"]] == list(MERGE_STATES)
     assert all(e[1] > 0 for e in mc["table"])
-    val = mc["val"]
-    for i, _ in enumerate(MERGE_STATES):
-        assert val["chosen"]["flips"][i] <= val["naive"]["flips"][i]
-        assert val["chosen"]["r10@10"][i] >= val["naive"]["r10@10"][i]
+    assert set(mc["val"]) == {"states", "naive", "logistic", "chosen"}
+
+
+def test_merge_table_is_pooled_argmax():
+    """Each entry maximises the pooled objective (R10@10 - MERGE_FLIP_WEIGHT x flips over
+    the state and MERGE_WINDOW neighbours) among the candidates, recomputed by brute-force
+    full merges (continuous random scores: no ties)."""
+    from bebr.collection import MERGE_SCALES, MERGE_SHIFTS, _choose_merge_table
+    rng = np.random.default_rng(5)
+    nq, n, d = 60, 300, 8
+    qo, go = rng.standard_normal((nq, d)), rng.standard_normal((n, d))
+    qn = qo @ rng.standard_normal((d, d)) * 0.3 + rng.standard_normal((nq, d))
+    gn = go @ rng.standard_normal((d, d)) * 0.3 + rng.standard_normal((n, d))
+    unit = lambda z: (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)  # noqa
+    s_old, s_new = unit(qo) @ unit(go).T, unit(qn) @ unit(gn).T
+    truth = np.argsort(-s_new - 0.5 * s_old, axis=1, kind="stable")[:, :10]
+    order = rng.permutation(n)
+    masks = []
+    for r in MERGE_STATES:
+        m = np.zeros(n, dtype=bool)
+        m[order[:int(round(r * n))]] = True
+        masks.append(m)
+    cal = (0.8, 0.05)
+    table, curves = _choose_merge_table(_topk_scores(qo, go, n), _topk_scores(qn, gn, n),
+                                        masks, truth, cal)
+    cands = [(1.0, 0.0), cal] + [(a, b) for a in MERGE_SCALES for b in MERGE_SHIFTS
+                                 if (a, b) != (1.0, 0.0)]
+    obj = np.array([[np.subtract(*np.multiply(_merge_oracle(s_old, s_new, m, truth, c),
+                                              (1.0, MERGE_FLIP_WEIGHT))) for m in masks]
+                    for c in cands])
+    for i, (r, a, b) in enumerate(table):
+        pooled = obj[:, max(0, i - MERGE_WINDOW):i + MERGE_WINDOW + 1].mean(1)
+        assert r == MERGE_STATES[i]
+        assert pooled[cands.index((a, b))] == pytest.approx(pooled.max(), abs=1e-9)
+    assert len({(a, b) for _, a, b in table}) > 1  # the data make the choice depend on r
+    naive = [_merge_oracle(s_old, s_new, m, truth, (1.0, 0.0)) for m in masks]
+    np.testing.assert_allclose(curves["naive"]["r10@10"], [v[0] for v in naive])
+    np.testing.assert_allclose(curves["naive"]["flips"], [v[1] for v in naive])
 
 
 def test_search_uses_state_entry(tmp_path, upgraded, floats, models):

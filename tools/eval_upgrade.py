@@ -651,17 +651,38 @@ class Budget:
             n = len(d.go)
             out = {"m_old_old": self.m_oo, "upgrade_s": up["upgrade_s"],
                    "upgrade_rows": up["rows"], "via": "bebr.Collection", "orders": {}}
+            import shutil
+            import tempfile
             base = bebr.Collection.open(path, mmap=False)
             ov = self.old.version
-            own_cal = base._manifest["own_calibration"][ov]
-            out["cal_old"], out["cal_head"] = list(own_cal), list(hm.cross_calibration(ov))
+            # the cached upgrade fitted the opt-in joint query: its figure, then the
+            # default (old queries alone) refitted by this bebr's Collection.calibrate on
+            # the upgrade's own paired rows (re-added with their stored codes), in a copy
             w = base._manifest["joint_weight"].get(ov, 0.0)
             q_joint = joint_query_codes(self.old, d.qo, hm, d.qn, ov, w, QB)
             out["joint_weight"] = w
             out["joint_val"] = up["report"].get("joint_query", {}).get(ov)
             out["m_joint_old"] = self.m_old(q_joint)  # both floats, old codes only
+            tmp = Path(tempfile.mkdtemp(prefix="bebr-eval-coll-")) / "c"
+            shutil.copytree(path, tmp)
+            base = bebr.Collection.open(tmp, mmap=False)
+            pair_ids = n + np.arange(len(d.fit))
+            base.add_codes(self.old_pair, pair_ids, version=ov)
+            cal_rep = base.calibrate(d.xn_t[d.fit], pair_ids, older={ov: d.xo_t[d.fit]})
+            base.remove(pair_ids)
+            base.save()
+            own_cal = base._manifest["own_calibration"][ov]
+            table = base._manifest.get("merge_calibration", {}).get(ov)
+            out["cal_old"], out["cal_head"] = list(own_cal), list(hm.cross_calibration(ov))
+            out["merge_table"] = table
+            out["merge_val"] = cal_rep.get("merge_calibration", {}).get(ov, {}).get("val")
+
+            def cal_at(r):  # what Collection.search applies at re-encoded share r
+                if not table:
+                    return tuple(own_cal)
+                return tuple(min(table, key=lambda e: (abs(e[0] - r), e[0]))[1:])
             for strategy in ("random", "uncertainty"):
-                coll = bebr.Collection.open(path, mmap=False)
+                coll = bebr.Collection.open(tmp, mmap=False)
                 order = coll.backfill_order(n, strategy)
                 done = 0
                 cur = {"old queries given": ([], []), "new queries only": ([], [])}
@@ -679,8 +700,8 @@ class Budget:
                 ref = backfill_curves(
                     self.spec, d.truth, old_ok, q_new=hm.encode_query_codes(d.qn, QB),
                     q_old=q_old, q_head=hm.encode_query_codes(d.qn, QB, target=ov),
-                    old_g=self.old_g, new_g=hm.encode(d.gn), cal_old=own_cal,
-                    cal_head=hm.cross_calibration(ov), order=order, q_given=q_joint)
+                    old_g=self.old_g, new_g=hm.encode(d.gn), cal_old=cal_at,
+                    cal_head=hm.cross_calibration(ov), order=order)
                 curves = {k: {"fractions": list(FRACTIONS), "values": v, "flips": f,
                               "area": M.curve_area(FRACTIONS, v)} for k, (v, f) in cur.items()}
                 curves["naive merge"] = ref["naive merge"]
@@ -689,8 +710,10 @@ class Budget:
                 curves["check: Index, old queries given"] = ref["old queries given"]
                 out["orders"][strategy] = curves
             out["curves"] = out["orders"]["random"]
+            shutil.rmtree(tmp.parent, ignore_errors=True)
             return out
-        return self.record("independent + head: Collection backfill", fn, hname)
+        return self.record("independent + head: Collection backfill", fn,
+                           f"{hname}/{COLLECTION_CODE}")
 
     # ---- (d) upgrader
     def upgrader_row(self, kind: str = "compatible"):
@@ -756,7 +779,7 @@ def backfill_curves(spec, truth, old_ok, *, q_new, q_old, q_head, old_g, new_g, 
     the rest old ones. Curves (R10@10 and negative flips against ``old_ok``):
     "old queries given" (old items scored by ``q_given``, default the old model's own
     queries, calibrated by ``cal_old``; the collection passes its joint query),
-    "naive merge" (the same pass uncalibrated), "RRF" (two indexes, k=60), and
+    "naive merge" (the same pass uncalibrated; ``cal_old`` may be a function of r), "RRF" (two indexes, k=60), and
     "new queries only" (old items scored by the head's codes, calibrated)."""
     n = old_g.shape[0]
     ev = Evaluator(spec, truth)
@@ -779,8 +802,9 @@ def backfill_curves(spec, truth, old_ok, *, q_new, q_old, q_head, old_g, new_g, 
         def s(vq, cal, qb=QB, q=q_new, index=idx, k=10):
             return index.search(q, k, query_bits=qb, version_queries=vq if has_old else None,
                                 version_calibration=cal if has_old else None)[1]
+        c_old = cal_old(r) if callable(cal_old) else cal_old
         res = {"old queries given": s({V_OLD: q_old if q_given is None else q_given},
-                                      {V_OLD: cal_old}),
+                                      {V_OLD: c_old}),
                "naive merge": s({V_OLD: q_old}, None),
                "new queries only": s({V_OLD: q_head}, {V_OLD: cal_head})}
         parts = []
@@ -937,7 +961,11 @@ class Chain:
         pre = self.build()
 
         def fn():
-            coll = bebr.Collection.open(self.path, mmap=False)
+            import shutil
+            import tempfile
+            tmp = Path(tempfile.mkdtemp(prefix="bebr-eval-chain-")) / "c"
+            shutil.copytree(self.path, tmp)  # calibrate() saves: never into the cache
+            coll = bebr.Collection.open(tmp, mmap=False)
             mp = coll.model
             # the own-query calibrations as this bebr fits them (Collection.calibrate, the
             # same rows as upgrade used), then the paired items leave the gallery
@@ -993,10 +1021,12 @@ class Chain:
                     cur[k][1].append(M.negative_flip_rate(pre_ok, self.correct(ids)))
             curves = {k: {"fractions": list(CHAIN_STATES), "values": v, "flips": f,
                           "area": M.curve_area(CHAIN_STATES, v)} for k, (v, f) in cur.items()}
+            shutil.rmtree(tmp.parent, ignore_errors=True)
             return base | {"curves": curves, "counts": counts, "r1": self.r1,
                            "upgrade_s": pre["upgrade_s"], "upgrade_rows": pre["upgrade_rows"],
                            "versions_before": pre["versions_before"],
                            "own_calibration": coll._manifest["own_calibration"],
+                           "merge_table": coll._manifest.get("merge_calibration", {}),
                            "head_calibration": {v: list(mp.cross_calibration(v))
                                                 for v in (self.gv, self.mv)},
                            "head_val": {v: h["val_r10@10"]
@@ -1131,10 +1161,18 @@ def backfill_table(r: dict) -> list:
                f"**{'yes' if above else 'no'}**; monotone: **{'yes' if mono else 'no'}**; "
                f"negative flips below the naive merge at every 0 < r < 1: "
                f"**{'yes' if below['naive merge'] else 'no'}**, below RRF: "
-               f"**{'yes' if below['RRF (k=60)'] else 'no'}** (calibration of the old "
-               f"queries' scores {r['cal_old'][0]:.3f} x {r['cal_old'][1]:+.3f}, fitted on the "
-               f"held-out training rows; the head's {r['cal_head'][0]:.3f} x "
-               f"{r['cal_head'][1]:+.3f}; via {r['via']}).")
+               f"**{'yes' if below['RRF (k=60)'] else 'no'}**, at or below it at every r: "
+               f"**{'yes' if np.all(fl <= np.array(cs['naive merge']['flips'])[1:-1]) else 'no'}"
+               f"** (" + (f"calibration of the old queries' scores: the merge table "
+                          f"fitted by `Collection.calibrate` on held-out paired rows, per r "
+                          + ", ".join(f"{e[0]:g}: {e[1]:g} x {e[2]:+g}"
+                                      for e in r["merge_table"])
+                          + f"; the single logistic fit was {r['cal_old'][0]:.3f} x "
+                            f"{r['cal_old'][1]:+.3f}" if r.get("merge_table") else
+                          f"calibration of the old queries' scores {r['cal_old'][0]:.3f} x "
+                          f"{r['cal_old'][1]:+.3f}, fitted on the held-out training rows")
+               + f"; the head's {r['cal_head'][0]:.3f} x {r['cal_head'][1]:+.3f}; via "
+               f"{r['via']}).")
     if "orders" in r:
         o = r["orders"]
         out.append("")
@@ -1144,8 +1182,8 @@ def backfill_table(r: dict) -> list:
                                for k in ("old queries given", "new queries only")) + ".")
         if "m_joint_old" in r:
             out.append(f"Joint query over the old codes (opt-in, `upgrade(joint_query="
-                       f"True)`, which this Collection run used; the default is the old "
-                       f"queries alone, the bebr.Index table above; `Collection.search(older=)`: "
+                       f"True)`, which the cached upgrade fitted; the curves above use the "
+                       f"default, the old queries alone, recalibrated; `Collection.search(older=)`: "
                        f"unit(old query) + {r['joint_weight']:g} x unit(head), the weight "
                        f"chosen on held-out rows, validation {r.get('joint_val') or {}}): "
                        f"R10@10 **{fmt(r['m_joint_old'])}** against M(old,old) "
@@ -1284,7 +1322,8 @@ def run(args):
 
 
 SECTION = "<!-- section: upgrade (tools/eval_upgrade.py) -->"
-HEADING = "## 3b. Realistic upgrade: MiniLM -> MPNet (and GloVe -> MiniLM)"
+HEADING = ("## 3b. Realistic upgrade: MiniLM -> MPNet (and GloVe -> MiniLM, and the chain "
+           "GloVe -> MiniLM -> MPNet)")
 
 
 def write_section(cmd: str, body: list) -> None:
@@ -1320,6 +1359,7 @@ def write_section(cmd: str, body: list) -> None:
 
 
 def main(argv=None):
+    global ALLOW_MPNET, N_BENCH, N_EXTRA, NQ, VAL, STORE_DIR, CACHED_ONLY, THREADS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--upgrades", default="minilm-mpnet,glove-minilm")
     ap.add_argument("--budgets", default="128x2,256x2")
@@ -1339,6 +1379,8 @@ def main(argv=None):
     ap.add_argument("--chain-reencoded", type=float, default=0.5,
                     help=f"{CHAIN}: share of the items re-encoded by MiniLM when MPNet ships")
     ap.add_argument("--train-source", default="auto", choices=("auto", "extra", "gallery"))
+    ap.add_argument("--threads", type=int, default=THREADS,
+                    help="torch threads of training and heads (1 while others share the CPU)")
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--cached-only", action="store_true",
                     help="report only what is stored (train and measure nothing new)")
@@ -1348,7 +1390,7 @@ def main(argv=None):
                     help="development run on the first N words (N/2 training words, N/10 "
                          "queries), stored apart (upgrade_eval_dev)")
     args = ap.parse_args(argv)
-    global ALLOW_MPNET, N_BENCH, N_EXTRA, NQ, VAL, STORE_DIR, CACHED_ONLY
+    THREADS = args.threads
     ALLOW_MPNET = args.embed_mpnet
     CACHED_ONLY = args.cached_only
     if args.dev:
