@@ -354,11 +354,16 @@ class Collection:
         """(scale, shift) of ``version``'s own-query scores for the collection's present
         state: the entry of its merge table (fitted at upgrade / calibrate) nearest to the
         share of the current version's items among the two versions' items; the single
-        own-query calibration where no table was fitted (collections of earlier bebr)."""
+        own-query calibration where no table was fitted (collections of earlier bebr) or
+        where items of another older version are live too (a table is fitted for one older
+        version merged with the current one; GloVe -> MiniLM -> MPNet with both older
+        versions live scored lower with the tables at r = 0.5 / 0.7, BENCHMARKS.md 3b)."""
         table = self._manifest.get("merge_calibration", {}).get(version)
         if not table:
             return tuple(self._manifest["own_calibration"][version])
         live = self._live_counts()
+        if any(c and v not in (version, self.current) for v, c in live.items()):
+            return tuple(self._manifest["own_calibration"][version])
         n_cur, n_v = live.get(self.current, 0), live.get(version, 0)
         r = n_cur / (n_cur + n_v) if n_cur + n_v else 0.0
         _, a, b = min(table, key=lambda e: (abs(e[0] - r), e[0]))

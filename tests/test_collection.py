@@ -606,3 +606,18 @@ def test_calibrate_refits_without_heads(tmp_path, floats, models):
         c.calibrate(x2[sample], sample, older={"nope": g[sample]})
     with pytest.raises(TypeError, match="joint_query must be a bool"):
         c.calibrate(x2[sample], sample, older={"glove-v1": g[sample]}, joint_query="yes")
+
+
+def test_merge_table_only_with_one_older_version(tmp_path, upgraded):
+    """With items of a second older version live, the single own calibration is used."""
+    shutil.copytree(upgraded[0], tmp_path / "c")
+    c = Collection.open(tmp_path / "c", mmap=False)
+    c._manifest["merge_calibration"]["glove-v1"] = [[r, 1.0, -0.5] for r in MERGE_STATES]
+    assert c._merge_calibration("glove-v1") == (1.0, -0.5)
+    c._manifest["versions"].append({"version": "third", "model": "models/x",
+                                    "config_sha256": "", "lineage": []})
+    c.index.register_version("third")
+    c.add_codes(c.index.get_codes(np.arange(2)), np.array([5000, 5001]), version="third")
+    assert c._merge_calibration("glove-v1") == tuple(c._manifest["own_calibration"]["glove-v1"])
+    c.remove(np.array([5000, 5001]))
+    assert c._merge_calibration("glove-v1") == (1.0, -0.5)
