@@ -104,6 +104,7 @@ class Collection:
         self._index = index
         self._models = models  # version -> loaded model (lazily filled)
         self._new_models: Dict[str, Any] = {}  # version -> model to write at the next save
+        self._counts: Optional[Dict[str, int]] = None  # live counts, None after a change
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ create / open
@@ -133,7 +134,7 @@ class Collection:
             "current": version, "generation": 0, "index": None,
             "versions": [{"version": version, "model": f"models/{_model_dir_name(version)}",
                           "config_sha256": None, "lineage": []}],
-            "own_calibration": {}, "joint_weight": {},
+            "own_calibration": {}, "joint_weight": {}, "merge_calibration": {},
         }
         index = Index(spec, metric)
         index.register_version(version)
@@ -245,28 +246,40 @@ class Collection:
         ValueError if an id is present: use :meth:`upsert`). Returns the ids."""
         m = self.model
         codes = m.encode(_float_rows(x, "x", m.in_dim))
-        return self._index.add(codes, ids, version=self.current)
+        self._counts = None
+        out = self._index.add(codes, ids, version=self.current)
+        self._counts = None
+        return out
 
     def upsert(self, x: Any, ids: Any) -> None:
         """Encode float rows of the current model and replace (or add) these ids: the hot
         refresh of items of older versions."""
         m = self.model
+        self._counts = None
         self._index.upsert(m.encode(_float_rows(x, "x", m.in_dim)), ids, version=self.current)
+        self._counts = None
 
     def add_codes(self, codes: Any, ids: Any = None, *, version: str) -> np.ndarray:
         """Add packed codes made elsewhere (an offline ``bebr encode`` job) by the model of
         ``version``, which must be a version of the collection."""
         self._entry(version)
-        return self._index.add(codes, ids, version=version)
+        self._counts = None
+        out = self._index.add(codes, ids, version=version)
+        self._counts = None
+        return out
 
     def upsert_codes(self, codes: Any, ids: Any, *, version: str) -> None:
         """Replace (or add) ids with packed codes made by the model of ``version``."""
         self._entry(version)
+        self._counts = None
         self._index.upsert(codes, ids, version=version)
+        self._counts = None
 
     def remove(self, ids: Any) -> None:
         """Remove ids (ValueError, nothing removed, if one is absent)."""
+        self._counts = None
         self._index.remove(ids)
+        self._counts = None
 
     # ------------------------------------------------------------------ search
     def search(self, x: Any, k: int, *, older: Optional[Mapping[str, Any]] = None,
@@ -314,7 +327,7 @@ class Collection:
                                      f"got {xo.shape[0]} rows")
                 w = self._manifest.get("joint_weight", {}).get(v, 0.0)
                 vq[v] = joint_query_codes(ov, xo, m if w else None, x, v, w, qb)
-                cal[v] = tuple(own_cal[v])
+                cal[v] = self._merge_calibration(v)
             elif v in heads:
                 vq[v] = m.encode_query_codes(x, qb, target=v)
                 cal[v] = m.cross_calibration(v, self.metric)
@@ -330,6 +343,31 @@ class Collection:
         return self._index.search(q, k, threads=threads, filter=filter, exclude=exclude,
                                   query_bits=qb, version_queries=vq or None,
                                   version_calibration=cal or None)
+
+    def _live_counts(self) -> Dict[str, int]:
+        counts = self._counts
+        if counts is None:  # one scan after each change, not one per search
+            counts = self._counts = dict(self._index.versions())
+        return counts
+
+    def _merge_calibration(self, version: str) -> tuple:
+        """(scale, shift) of ``version``'s own-query scores for the collection's present
+        state: the entry of its merge table (fitted at upgrade / calibrate) nearest to the
+        share of the current version's items among the two versions' items; the single
+        own-query calibration where no table was fitted (collections of earlier bebr) or
+        where items of another older version are live too (a table is fitted for one older
+        version merged with the current one; GloVe -> MiniLM -> MPNet with both older
+        versions live scored lower with the tables at r = 0.5 / 0.7, BENCHMARKS.md 3b)."""
+        table = self._manifest.get("merge_calibration", {}).get(version)
+        if not table:
+            return tuple(self._manifest["own_calibration"][version])
+        live = self._live_counts()
+        if any(c and v not in (version, self.current) for v, c in live.items()):
+            return tuple(self._manifest["own_calibration"][version])
+        n_cur, n_v = live.get(self.current, 0), live.get(version, 0)
+        r = n_cur / (n_cur + n_v) if n_cur + n_v else 0.0
+        _, a, b = min(table, key=lambda e: (abs(e[0] - r), e[0]))
+        return (float(a), float(b))
 
     # ------------------------------------------------------------------ upgrade
     def upgrade(self, new_model, x_new: Any, ids: Any, *,
@@ -413,8 +451,7 @@ class Collection:
                 raise ValueError(f"the paired sample has too few items of versions {short} "
                                  f"to fit query heads (need >= {MIN_HEAD_ROWS} each)")
             report = {"version": version, "heads": {}, "own_calibration": {},
-                      "joint_query": {}}
-            new_own_cal, new_joint = {}, {}
+                      "joint_query": {}, "merge_calibration": {}}
             for i, v in enumerate(present):
                 r = rows[v]
                 share = None  # this version's head: an equal share of the time left
@@ -431,16 +468,9 @@ class Collection:
                 report["heads"][v] = {"rows": int(len(r)), "val_r10@10": info["best_r10@10"],
                                       "calibration": list(new_model.cross_calibration(
                                           v, self.metric))}
-                if v in older:
-                    w, cal, scores = _fit_joint_query(
-                        new_model, self._model(v), v, xn[r], np.asarray(older[v])[r],
-                        codes[r], self.query_bits, self.metric, seed,
-                        head_options.get("val_fraction", 0.05),
-                        JOINT_WEIGHTS if joint_query else (0.0,))
-                    new_own_cal[v] = list(cal)
-                    new_joint[v] = w
-                    report["own_calibration"][v] = list(cal)
-                    report["joint_query"][v] = {"weight": w, "val_r10@10": scores}
+            new_own_cal, new_joint, new_merge = self._fit_own(
+                new_model, xn, codes, rows, older, joint_query, seed,
+                head_options.get("val_fraction", 0.05), report)
             prev = self.current
             self._manifest["versions"].append({
                 "version": version, "model": f"models/{_model_dir_name(version)}",
@@ -448,11 +478,85 @@ class Collection:
             self._manifest["current"] = version
             self._manifest["own_calibration"] = new_own_cal
             self._manifest["joint_weight"] = new_joint
+            self._manifest["merge_calibration"] = new_merge
             self._index.register_version(version, lineage=self.lineage(version))
             self._models[version] = new_model
             self._new_models[version] = new_model
             self.save()
             report["seconds"] = time.monotonic() - t0
+            return report
+
+    def _fit_own(self, new_model, xn, codes, rows, older, joint_query, seed, val_fraction,
+                 report) -> tuple:
+        """Per older version of ``older`` with sample rows: the joint query's weight, the
+        calibration of its scores (:func:`_fit_joint_query`) and the merge table
+        (:func:`_fit_merge_table`), filled into ``report``."""
+        own_cal, joint, merge = {}, {}, {}
+        for v, r in rows.items():
+            if v not in older or v == _model_version(new_model):
+                continue
+            old = self._model(v)
+            xo = np.asarray(older[v])[r]
+            w, cal, scores = _fit_joint_query(
+                new_model, old, v, xn[r], xo, codes[r], self.query_bits, self.metric, seed,
+                val_fraction, JOINT_WEIGHTS if joint_query else (0.0,))
+            table, curves = _fit_merge_table(new_model, old, v, xn[r], xo, codes[r], w, cal,
+                                             self.query_bits, self.metric, seed, val_fraction)
+            own_cal[v], joint[v], merge[v] = list(cal), w, table
+            report["own_calibration"][v] = list(cal)
+            report["joint_query"][v] = {"weight": w, "val_r10@10": scores}
+            report["merge_calibration"][v] = {"table": table, "val": curves}
+        return own_cal, joint, merge
+
+    def calibrate(self, x_new: Any, ids: Any, *, older: Mapping[str, Any],
+                  joint_query: bool = False, seed: int = 0,
+                  val_fraction: float = 0.05) -> dict:
+        """Refit, from a paired sample, how ``search(older=...)`` scores the items of older
+        versions, without touching the query heads: for each version of ``older``, the
+        joint-query weight (``joint_query``, as in :meth:`upgrade`) and the calibration of
+        its scores onto the current model's scale, replacing what :meth:`upgrade` fitted.
+
+        ``x_new`` (n, D): the current model's floats of stored items ``ids``; ``older``:
+        ``{version: floats}`` of the same rows from that version's model (rows of items of
+        other versions are ignored; at least MIN_HEAD_ROWS items of each version given are
+        needed). ``seed`` / ``val_fraction``: the held-out split
+        (:func:`bebr.compat.head_split`), as the upgrade's heads used. Saves the collection.
+        Returns the report's ``own_calibration``, ``joint_query`` and ``merge_calibration``
+        entries."""
+        with self._lock:
+            m = self.model
+            xn = _float_rows(x_new, "x_new", m.in_dim)
+            ids = np.asarray(ids)
+            if ids.ndim != 1 or ids.shape[0] != xn.shape[0] or ids.dtype.kind not in "iu":
+                raise ValueError(f"ids must be 1-d ints, one per row of x_new "
+                                 f"({xn.shape[0]}), got shape {ids.shape} dtype {ids.dtype}")
+            if not isinstance(joint_query, bool):
+                raise TypeError(f"joint_query must be a bool, got {type(joint_query).__name__}")
+            older = dict(older)
+            if not older:
+                raise ValueError("older must name at least one older version's floats")
+            for v, xo in older.items():
+                if v == self.current:
+                    raise ValueError(f"older[{v!r}]: that is the current version")
+                xo = _float_rows(xo, f"older[{v!r}]", self._model(self._entry(v)["version"]).in_dim)
+                if xo.shape[0] != xn.shape[0]:
+                    raise ValueError(f"older[{v!r}] must hold the sample's {xn.shape[0]} "
+                                     f"rows, got {xo.shape[0]}")
+            ids = ids.astype(np.int64)
+            codes = self._index.get_codes(ids)
+            of = np.asarray(self._index.versions_of(ids), dtype=object)
+            rows = {v: np.flatnonzero(of == v) for v in older}
+            short = {v: len(r) for v, r in rows.items() if len(r) < MIN_HEAD_ROWS}
+            if short:
+                raise ValueError(f"the paired sample has too few items of versions {short} "
+                                 f"(need >= {MIN_HEAD_ROWS} each)")
+            report = {"own_calibration": {}, "joint_query": {}, "merge_calibration": {}}
+            own_cal, joint, merge = self._fit_own(m, xn, codes, rows, older, joint_query, seed,
+                                                  val_fraction, report)
+            self._manifest["own_calibration"].update(own_cal)
+            self._manifest.setdefault("joint_weight", {}).update(joint)
+            self._manifest.setdefault("merge_calibration", {}).update(merge)
+            self.save()
             return report
 
     # ------------------------------------------------------------------ backfill
@@ -494,6 +598,7 @@ class Collection:
             self._manifest["versions"].remove(entry)
             self._manifest["own_calibration"].pop(version, None)
             self._manifest.get("joint_weight", {}).pop(version, None)
+            self._manifest.get("merge_calibration", {}).pop(version, None)
             self._models.pop(version, None)
             self.save()
 
@@ -604,6 +709,89 @@ def _fit_joint_query(new, old, version, x_new, x_old, old_codes, query_bits, met
     return float(best), cal, {str(w): float(v) for w, v in scores.items()}
 
 
+#: Re-encoded shares r (of the two versions' items) a merge table holds an entry for.
+MERGE_STATES = tuple(round(0.1 * i, 1) for i in range(1, 10))
+#: Scales and shifts of the old scores tried per state, besides the logistic fit and (1, 0).
+MERGE_SCALES = (0.7, 0.8, 0.9, 1.0, 1.1, 1.25)
+MERGE_SHIFTS = tuple(round(-0.2 + 0.025 * i, 3) for i in range(17))
+#: Weight of negative flips against R10@10 in the merge table's objective.
+MERGE_FLIP_WEIGHT = 2.0
+#: States on either side pooled with each state's own in the objective (noise of a few
+#: thousand held-out queries: flip rates near 0.02 are ~40 queries).
+MERGE_WINDOW = 2
+#: Depth of each version's candidate list in the merge simulation.
+_MERGE_DEPTH = 400
+
+
+def _fit_merge_table(new, old, version, x_new, x_old, old_codes, weight, cal, query_bits,
+                     metric, seed, val_fraction) -> tuple:
+    """The merge table of ``version``'s own-query scores: per state r of
+    :data:`MERGE_STATES`, the ``(scale, shift)`` of the old scores that scores best in a
+    simulated merge on the held-out rows (:func:`bebr.compat.head_split`: validation
+    queries over the validation gallery, a seeded nested random share r of it carrying the
+    new model's codes, the rest the old ones); the objective is R10@10 minus
+    :data:`MERGE_FLIP_WEIGHT` x the negative-flip rate (top-1 right when every item is
+    old, wrong merged), averaged over the state and :data:`MERGE_WINDOW` states on either
+    side; candidates: (1, 0) (the naive merge), the logistic ``cal`` and the grid
+    :data:`MERGE_SCALES` x :data:`MERGE_SHIFTS`; ties to (1, 0).
+
+    Why per r: one logistic fit of P(true neighbour | score) over the top-50 of each
+    version lowers the old model's top scores against the new one's, which lets new items
+    take the top-1 while few are re-encoded: MiniLM -> MPNet 128x2, held-out and reported
+    queries alike, flipped more than the naive merge and scored below it at r <= 0.3,
+    better above (tools/probe_merge_calibration.py); a state's own best map alone was
+    noisy (the pooled, flip-weighted choice: BENCHMARKS.md section 3b). Returns
+    ``(table, curves)``:
+    ``[[r, scale, shift], ...]`` and the held-out R10@10 / flips of the naive, logistic and
+    chosen maps."""
+    from .compat import head_split
+
+    qi, gi, _ = head_split(x_new.shape[0], seed, val_fraction)
+    xn = np.asarray(x_new, np.float32)
+    t = _unit(xn.astype(np.float64))
+    truth = np.argsort(-(t[qi] @ t[gi].T), axis=1, kind="stable")[:, :min(10, len(gi))]
+    qspec = CodeSpec(new.dim, query_bits)
+    q_old = joint_query_codes(old, np.asarray(x_old, np.float32)[qi], new, xn[qi], version,
+                              weight, query_bits)
+    unit = metric == "cosine"
+    old_tk = _topk_scores(qspec.values(q_old), new.spec.values(old_codes[gi]), _MERGE_DEPTH,
+                          unit)
+    new_tk = _topk_scores(qspec.values(new.encode_query_codes(xn[qi], query_bits)),
+                          new.spec.values(new.encode(xn[gi])), _MERGE_DEPTH, unit)
+    order = np.random.default_rng(seed).permutation(len(gi))
+    masks = []
+    for r in MERGE_STATES:
+        m = np.zeros(len(gi), dtype=bool)
+        m[order[:int(round(r * len(gi)))]] = True
+        masks.append(m)
+    return _choose_merge_table(old_tk, new_tk, masks, truth, cal)
+
+
+def _choose_merge_table(old_tk, new_tk, masks, truth, cal) -> tuple:
+    """:func:`_fit_merge_table`'s choice from the held-out top-k lists and one mask per
+    state of :data:`MERGE_STATES`."""
+    naive, logistic = (1.0, 0.0), (float(cal[0]), float(cal[1]))
+    cands = [naive, logistic] + [(a, b) for a in MERGE_SCALES for b in MERGE_SHIFTS
+                                 if (a, b) != naive]
+    res = [_merge_curves(old_tk, new_tk, masks, truth, c) for c in cands]
+    rec = np.array([v[0] for v in res])
+    fl = np.array([v[1] for v in res])
+    obj = rec - MERGE_FLIP_WEIGHT * fl
+    table, chosen = [], ([], [])
+    for i, r in enumerate(MERGE_STATES):
+        lo, hi = max(0, i - MERGE_WINDOW), min(len(MERGE_STATES), i + MERGE_WINDOW + 1)
+        pooled = obj[:, lo:hi].mean(1)
+        best = int(np.flatnonzero(pooled == pooled.max())[0])  # ties: the first, (1, 0)
+        table.append([r, float(cands[best][0]), float(cands[best][1])])
+        chosen[0].append(float(rec[best, i]))
+        chosen[1].append(float(fl[best, i]))
+    curves = {"states": list(MERGE_STATES),
+              "naive": {"r10@10": res[0][0], "flips": res[0][1]},
+              "logistic": {"r10@10": res[1][0], "flips": res[1][1]},
+              "chosen": {"r10@10": chosen[0], "flips": chosen[1]}}
+    return table, curves
+
+
 def _read_manifest(mpath: Path) -> dict:
     """Parse and check ``collection.json``; CorruptFileError names the problem."""
     try:
@@ -660,6 +848,67 @@ def _read_manifest(mpath: Path) -> dict:
                 k in cal and isinstance(w, (int, float)) and not isinstance(w, bool)
                 and np.isfinite(w) and w >= 0 for k, w in jw.items()):
             raise ValueError(f"joint_weight {jw!r}")
+        mc = man.setdefault("merge_calibration", {})  # absent before: own_calibration alone
+        if not isinstance(mc, dict) or not all(
+                k in cal and isinstance(t, list) and t and all(
+                    isinstance(e, list) and len(e) == 3
+                    and all(isinstance(u, (int, float)) and not isinstance(u, bool)
+                            and np.isfinite(u) for u in e)
+                    and 0 <= e[0] <= 1 and e[1] > 0 for e in t)
+                for k, t in mc.items()):
+            raise ValueError(f"merge_calibration {mc!r}")
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptFileError(f"{mpath}: bad manifest field ({e})") from None
     return man
+
+
+def _topk_scores(q_values: np.ndarray, g_values: np.ndarray, k: int, unit: bool = True,
+                 chunk: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` scores and row ids (best first) of decoded query values over decoded code
+    values, cosine (``unit``) or inner product: ``(scores float32 (nq, k), ids int64)``."""
+    q = np.asarray(q_values, np.float32)
+    g = np.asarray(g_values, np.float32)
+    if unit:
+        q, g = _unit(q).astype(np.float32), _unit(g).astype(np.float32)
+    k = min(int(k), g.shape[0])
+    scores = np.empty((q.shape[0], k), np.float32)
+    ids = np.empty((q.shape[0], k), np.int64)
+    for s in range(0, q.shape[0], chunk):
+        sc = q[s:s + chunk] @ g.T
+        part = np.argpartition(-sc, k - 1, axis=1)[:, :k]
+        ps = np.take_along_axis(sc, part, 1)
+        o = np.argsort(-ps, axis=1, kind="stable")
+        ids[s:s + chunk] = np.take_along_axis(part, o, 1)
+        scores[s:s + chunk] = np.take_along_axis(ps, o, 1)
+    return scores, ids
+
+
+def _merge_curves(old_topk, new_topk, masks, truth, calibration, k: int = 10):
+    """R10@10 and negative flips of the merged search at each re-encoding state.
+
+    ``old_topk`` / ``new_topk``: ``(scores, ids)`` of :func:`_topk_scores`, the old
+    version's queries over every item's old code and the new model's queries over every
+    item's new code (deep enough that the top-``k`` of any state is among them);
+    ``masks``: boolean ``(n,)`` per state, True where the item carries its new code;
+    ``truth`` (nq, >= k): true neighbours; ``calibration``: ``(scale, shift)`` applied to
+    the old scores. Flips are counted against the old system (every item old). Returns two
+    lists of floats, one value per mask."""
+    so, io = old_topk
+    sn, inn = new_topk
+    a, b = calibration
+    truth = np.asarray(truth)
+    old_ok = (truth == io[:, :1]).any(1)
+    recalls, flips = [], []
+    for mask in masks:
+        s = np.concatenate([np.where(mask[io], -np.inf, a * so + b),
+                            np.where(mask[inn], sn, -np.inf)], 1)
+        ids = np.concatenate([io, inn], 1)
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        ts = np.take_along_axis(s, top, 1)
+        top = np.take_along_axis(top, np.argsort(-ts, axis=1, kind="stable"), 1)
+        got = np.take_along_axis(ids, top, 1)
+        got = np.where(np.isfinite(np.take_along_axis(s, top, 1)), got, -1)
+        hit = (got[:, :, None] == truth[:, None, :k]).any(2)
+        recalls.append(float(hit.mean()))
+        flips.append(float(np.mean(old_ok & ~hit[:, 0])))
+    return recalls, flips

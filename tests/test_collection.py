@@ -12,7 +12,9 @@ from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from bebr import CodeSpec, reference
-from bebr.collection import JOINT_WEIGHTS, Collection, MANIFEST_NAME, joint_query_codes
+from bebr.collection import (JOINT_WEIGHTS, MERGE_FLIP_WEIGHT, MERGE_STATES, MERGE_WINDOW,
+                             Collection, MANIFEST_NAME, _fit_merge_table, _merge_curves,
+                             _topk_scores, joint_query_codes)
 from bebr.datasets import glove_words, l2_normalize
 from bebr.fileio import CorruptFileError
 from bebr.train import train_binarizer
@@ -79,6 +81,10 @@ def _reference(coll, items, xq, older, k, floats_models):
         else:
             vq = v1.encode_query_codes(older, qs.bits)
         cal = tuple(coll._manifest["own_calibration"]["glove-v1"])
+        table = coll._manifest.get("merge_calibration", {}).get("glove-v1")
+        if table:  # the entry for the share of re-encoded items (nearest state)
+            r = float(np.mean(tags == 0))
+            cal = tuple(min(table, key=lambda e: (abs(e[0] - r), e[0]))[1:])
     else:
         vq = v2.encode_query_codes(xq, qs.bits, target="glove-v1")
         cal = v2.cross_calibration("glove-v1", coll.metric)
@@ -407,6 +413,10 @@ DAMAGE = {
     "manifest calibration": _edit_manifest(
         lambda m: m.update(own_calibration={"glove-v1": [-1, 0]})),
     "manifest missing key": _edit_manifest(lambda m: m.pop("spec")),
+    "manifest merge table": _edit_manifest(
+        lambda m: m.update(merge_calibration={"glove-v1": [[0.5, -1.0, 0.0]]})),
+    "manifest merge state": _edit_manifest(
+        lambda m: m.update(merge_calibration={"glove-v1": [[1.5, 1.0, 0.0]]})),
     "index path escapes": _edit_manifest(lambda m: m["index"].update(file="../../etc/passwd")),
     "model config changed": lambda p: (_model_dir(p) / "config.json").write_text(
         (_model_dir(p) / "config.json").read_text().replace('"hidden": 64', '"hidden": 65')),
@@ -444,3 +454,170 @@ def test_crash_during_save_keeps_previous(floats, models, tmp_path, monkeypatch)
     c.save()  # the next save commits and removes the orphaned index file
     assert len(list((tmp_path / "c").glob("index-*.bebr"))) == 1
     assert Collection.open(tmp_path / "c").versions() == {"glove-v1": 150}
+
+
+def _merge_oracle(s_old, s_new, mask, truth, cal, k=10):
+    """Brute force: every item scored under its version (old scores mapped by ``cal``),
+    one top-k over the whole gallery; R10@k and flips against the all-old top-1."""
+    a, b = cal
+    merged = np.where(mask[None, :], s_new, a * s_old + b)
+    top = np.argsort(-merged, axis=1, kind="stable")[:, :k]
+    old_top = np.argsort(-s_old, axis=1, kind="stable")[:, 0]
+    hit = (top[:, :, None] == truth[:, None, :k]).any(2)
+    old_ok = (old_top[:, None] == truth[:, :k]).any(1)
+    return float(hit.mean()), float(np.mean(old_ok & ~hit[:, 0]))
+
+
+@pytest.mark.parametrize("depth", [60, 200])
+@pytest.mark.parametrize("metric_unit", [True, False])
+def test_merge_curves_match_oracle(depth, metric_unit):
+    """_merge_curves over top-``depth`` lists equals the full merge whenever the lists are
+    deep enough (always at depth = n), for cosine and inner-product scores."""
+    rng = np.random.default_rng(3)
+    nq, n, d = 40, 200, 12
+    qo, go = rng.standard_normal((nq, d)), rng.standard_normal((n, d))
+    qn, gn = rng.standard_normal((nq, d)), rng.standard_normal((n, d))
+    truth = rng.permuted(np.tile(np.arange(n), (nq, 1)), axis=1)[:, :10]
+    tk_o = _topk_scores(qo, go, depth, metric_unit)
+    tk_n = _topk_scores(qn, gn, depth, metric_unit)
+    unit = (lambda z: z / np.linalg.norm(z, axis=1, keepdims=True)) if metric_unit \
+        else (lambda z: z)
+    s_old = (unit(qo) @ unit(go).T).astype(np.float32)
+    s_new = (unit(qn) @ unit(gn).T).astype(np.float32)
+    order = rng.permutation(n)
+    for r in (0.0, 0.1, 0.5, 0.9, 1.0):
+        mask = np.zeros(n, dtype=bool)
+        mask[order[:int(round(r * n))]] = True
+        for cal in ((1.0, 0.0), (0.8, 0.1), (1.2, -0.3)):
+            rec, fl = _merge_curves(tk_o, tk_n, [mask], truth, cal)
+            want = _merge_oracle(s_old, s_new, mask, truth, cal)
+            # deep enough: the top-10 of either side among its masked items is in its list
+            deep = all((~mask[tk_o[1][i]]).sum() >= 10 or (~mask).sum() < 10
+                       for i in range(nq)) and all(
+                (mask[tk_n[1][i]]).sum() >= 10 or mask.sum() < 10 for i in range(nq))
+            if deep or depth >= n:
+                assert rec[0] == pytest.approx(want[0]) and fl[0] == pytest.approx(want[1])
+
+
+def test_merge_table_flip_aware(upgraded):
+    """The upgrade's report holds one table entry per state and the held-out curves."""
+    _, report = upgraded
+    mc = report["merge_calibration"]["glove-v1"]
+    assert [e[0] for e in mc["table"]] == list(MERGE_STATES)
+    assert all(e[1] > 0 for e in mc["table"])
+    assert set(mc["val"]) == {"states", "naive", "logistic", "chosen"}
+
+
+def test_merge_table_is_pooled_argmax():
+    """Each entry maximises the pooled objective (R10@10 - MERGE_FLIP_WEIGHT x flips over
+    the state and MERGE_WINDOW neighbours) among the candidates, recomputed by brute-force
+    full merges (continuous random scores: no ties)."""
+    from bebr.collection import MERGE_SCALES, MERGE_SHIFTS, _choose_merge_table
+    rng = np.random.default_rng(5)
+    nq, n, d = 60, 300, 8
+    qo, go = rng.standard_normal((nq, d)), rng.standard_normal((n, d))
+    qn = qo @ rng.standard_normal((d, d)) * 0.3 + rng.standard_normal((nq, d))
+    gn = go @ rng.standard_normal((d, d)) * 0.3 + rng.standard_normal((n, d))
+    unit = lambda z: (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)  # noqa
+    s_old, s_new = unit(qo) @ unit(go).T, unit(qn) @ unit(gn).T
+    truth = np.argsort(-s_new - 0.5 * s_old, axis=1, kind="stable")[:, :10]
+    order = rng.permutation(n)
+    masks = []
+    for r in MERGE_STATES:
+        m = np.zeros(n, dtype=bool)
+        m[order[:int(round(r * n))]] = True
+        masks.append(m)
+    cal = (0.8, 0.05)
+    table, curves = _choose_merge_table(_topk_scores(qo, go, n), _topk_scores(qn, gn, n),
+                                        masks, truth, cal)
+    cands = [(1.0, 0.0), cal] + [(a, b) for a in MERGE_SCALES for b in MERGE_SHIFTS
+                                 if (a, b) != (1.0, 0.0)]
+    obj = np.array([[np.subtract(*np.multiply(_merge_oracle(s_old, s_new, m, truth, c),
+                                              (1.0, MERGE_FLIP_WEIGHT))) for m in masks]
+                    for c in cands])
+    for i, (r, a, b) in enumerate(table):
+        pooled = obj[:, max(0, i - MERGE_WINDOW):i + MERGE_WINDOW + 1].mean(1)
+        assert r == MERGE_STATES[i]
+        assert pooled[cands.index((a, b))] == pytest.approx(pooled.max(), abs=1e-9)
+    assert len({(a, b) for _, a, b in table}) > 1  # the data make the choice depend on r
+    naive = [_merge_oracle(s_old, s_new, m, truth, (1.0, 0.0)) for m in masks]
+    np.testing.assert_allclose(curves["naive"]["r10@10"], [v[0] for v in naive])
+    np.testing.assert_allclose(curves["naive"]["flips"], [v[1] for v in naive])
+
+
+def test_search_uses_state_entry(tmp_path, upgraded, floats, models):
+    """The old items' scores are mapped by the table entry of the present re-encoded share:
+    an entry that sinks the old items (tiny scale, shift -10) for the share 0.3 pushes every
+    v1 item below every v2 item at that state, not at others; a collection without a table
+    (older bebr) uses the single own calibration."""
+    g, x2 = floats
+    shutil.copytree(upgraded[0], tmp_path / "c")
+    c = Collection.open(tmp_path / "c", mmap=False)  # 300 of 1000 items re-encoded
+    table = [[r, 1.0, 0.0] for r in MERGE_STATES]
+    table[2] = [0.3, 1e-3, -10.0]
+    c._manifest["merge_calibration"]["glove-v1"] = table
+    q = np.arange(1000, 1010)
+    ids = c.search(x2[q], 20, older={"glove-v1": g[q]})[1]
+    assert np.all(ids[:, :20] < 300)  # only the 300 re-encoded items (v2) come first
+    c.upsert(x2[300:500], np.arange(300, 500))  # share 0.5: the naive entry
+    ids = c.search(x2[q], 20, older={"glove-v1": g[q]})[1]
+    assert np.any(ids >= 500)
+    # no table: the single calibration, as collections of earlier bebr stored
+    man = json.loads((tmp_path / "c" / MANIFEST_NAME).read_text())
+    man.pop("merge_calibration")
+    (tmp_path / "c" / MANIFEST_NAME).write_text(json.dumps(man))
+    old = Collection.open(tmp_path / "c")
+    assert old._merge_calibration("glove-v1") == tuple(man["own_calibration"]["glove-v1"])
+
+
+def test_calibrate_refits_without_heads(tmp_path, floats, models):
+    """calibrate() on the upgrade's own sample reproduces the upgrade's calibrations and
+    merge table (heads untouched, saved); bad input is refused."""
+    import copy
+    g, x2 = floats
+    v1, v2 = models
+    c = Collection.create(tmp_path / "c", v1, metric="cosine")
+    c.add(g[:800])
+    sample = np.arange(100, 700)
+    rep = c.upgrade(copy.deepcopy(v2), x2[sample], sample, older={"glove-v1": g[sample]},
+                    members=1, progress=False, head_options=HEAD)
+    head_cal = c.model.cross_calibration("glove-v1", "cosine")
+    man = json.loads((tmp_path / "c" / MANIFEST_NAME).read_text())
+    c._manifest["own_calibration"]["glove-v1"] = [2.0, 1.0]
+    c._manifest["merge_calibration"].pop("glove-v1")
+    again = c.calibrate(x2[sample], sample, older={"glove-v1": g[sample]})
+    assert again["own_calibration"] == rep["own_calibration"]
+    assert again["merge_calibration"]["glove-v1"]["table"] == \
+        rep["merge_calibration"]["glove-v1"]["table"]
+    back = json.loads((tmp_path / "c" / MANIFEST_NAME).read_text())
+    assert back["own_calibration"] == man["own_calibration"]
+    assert back["merge_calibration"] == man["merge_calibration"]
+    assert Collection.open(tmp_path / "c").model.cross_calibration("glove-v1", "cosine") \
+        == head_cal
+    with pytest.raises(ValueError, match="at least one older version"):
+        c.calibrate(x2[sample], sample, older={})
+    with pytest.raises(ValueError, match="that is the current version"):
+        c.calibrate(x2[sample], sample, older={"mixed-v2": x2[sample]})
+    with pytest.raises(ValueError, match="too few items of versions"):
+        c.calibrate(x2[:50], np.arange(50), older={"glove-v1": g[:50]})
+    with pytest.raises(ValueError, match=r"must hold the sample's 600 rows"):
+        c.calibrate(x2[sample], sample, older={"glove-v1": g[:5]})
+    with pytest.raises(ValueError, match="is not in the collection"):
+        c.calibrate(x2[sample], sample, older={"nope": g[sample]})
+    with pytest.raises(TypeError, match="joint_query must be a bool"):
+        c.calibrate(x2[sample], sample, older={"glove-v1": g[sample]}, joint_query="yes")
+
+
+def test_merge_table_only_with_one_older_version(tmp_path, upgraded):
+    """With items of a second older version live, the single own calibration is used."""
+    shutil.copytree(upgraded[0], tmp_path / "c")
+    c = Collection.open(tmp_path / "c", mmap=False)
+    c._manifest["merge_calibration"]["glove-v1"] = [[r, 1.0, -0.5] for r in MERGE_STATES]
+    assert c._merge_calibration("glove-v1") == (1.0, -0.5)
+    c._manifest["versions"].append({"version": "third", "model": "models/x",
+                                    "config_sha256": "", "lineage": []})
+    c.index.register_version("third")
+    c.add_codes(c.index.get_codes(np.arange(2)), np.array([5000, 5001]), version="third")
+    assert c._merge_calibration("glove-v1") == tuple(c._manifest["own_calibration"]["glove-v1"])
+    c.remove(np.array([5000, 5001]))
+    assert c._merge_calibration("glove-v1") == (1.0, -0.5)

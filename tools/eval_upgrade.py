@@ -43,6 +43,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -650,17 +651,38 @@ class Budget:
             n = len(d.go)
             out = {"m_old_old": self.m_oo, "upgrade_s": up["upgrade_s"],
                    "upgrade_rows": up["rows"], "via": "bebr.Collection", "orders": {}}
+            import shutil
+            import tempfile
             base = bebr.Collection.open(path, mmap=False)
             ov = self.old.version
-            own_cal = base._manifest["own_calibration"][ov]
-            out["cal_old"], out["cal_head"] = list(own_cal), list(hm.cross_calibration(ov))
+            # the cached upgrade fitted the opt-in joint query: its figure, then the
+            # default (old queries alone) refitted by this bebr's Collection.calibrate on
+            # the upgrade's own paired rows (re-added with their stored codes), in a copy
             w = base._manifest["joint_weight"].get(ov, 0.0)
             q_joint = joint_query_codes(self.old, d.qo, hm, d.qn, ov, w, QB)
             out["joint_weight"] = w
             out["joint_val"] = up["report"].get("joint_query", {}).get(ov)
             out["m_joint_old"] = self.m_old(q_joint)  # both floats, old codes only
+            tmp = Path(tempfile.mkdtemp(prefix="bebr-eval-coll-")) / "c"
+            shutil.copytree(path, tmp)
+            base = bebr.Collection.open(tmp, mmap=False)
+            pair_ids = n + np.arange(len(d.fit))
+            base.add_codes(self.old_pair, pair_ids, version=ov)
+            cal_rep = base.calibrate(d.xn_t[d.fit], pair_ids, older={ov: d.xo_t[d.fit]})
+            base.remove(pair_ids)
+            base.save()
+            own_cal = base._manifest["own_calibration"][ov]
+            table = base._manifest.get("merge_calibration", {}).get(ov)
+            out["cal_old"], out["cal_head"] = list(own_cal), list(hm.cross_calibration(ov))
+            out["merge_table"] = table
+            out["merge_val"] = cal_rep.get("merge_calibration", {}).get(ov, {}).get("val")
+
+            def cal_at(r):  # what Collection.search applies at re-encoded share r
+                if not table:
+                    return tuple(own_cal)
+                return tuple(min(table, key=lambda e: (abs(e[0] - r), e[0]))[1:])
             for strategy in ("random", "uncertainty"):
-                coll = bebr.Collection.open(path, mmap=False)
+                coll = bebr.Collection.open(tmp, mmap=False)
                 order = coll.backfill_order(n, strategy)
                 done = 0
                 cur = {"old queries given": ([], []), "new queries only": ([], [])}
@@ -678,8 +700,8 @@ class Budget:
                 ref = backfill_curves(
                     self.spec, d.truth, old_ok, q_new=hm.encode_query_codes(d.qn, QB),
                     q_old=q_old, q_head=hm.encode_query_codes(d.qn, QB, target=ov),
-                    old_g=self.old_g, new_g=hm.encode(d.gn), cal_old=own_cal,
-                    cal_head=hm.cross_calibration(ov), order=order, q_given=q_joint)
+                    old_g=self.old_g, new_g=hm.encode(d.gn), cal_old=cal_at,
+                    cal_head=hm.cross_calibration(ov), order=order)
                 curves = {k: {"fractions": list(FRACTIONS), "values": v, "flips": f,
                               "area": M.curve_area(FRACTIONS, v)} for k, (v, f) in cur.items()}
                 curves["naive merge"] = ref["naive merge"]
@@ -688,8 +710,10 @@ class Budget:
                 curves["check: Index, old queries given"] = ref["old queries given"]
                 out["orders"][strategy] = curves
             out["curves"] = out["orders"]["random"]
+            shutil.rmtree(tmp.parent, ignore_errors=True)
             return out
-        return self.record("independent + head: Collection backfill", fn, hname)
+        return self.record("independent + head: Collection backfill", fn,
+                           f"{hname}/{COLLECTION_CODE}")
 
     # ---- (d) upgrader
     def upgrader_row(self, kind: str = "compatible"):
@@ -755,7 +779,7 @@ def backfill_curves(spec, truth, old_ok, *, q_new, q_old, q_head, old_g, new_g, 
     the rest old ones. Curves (R10@10 and negative flips against ``old_ok``):
     "old queries given" (old items scored by ``q_given``, default the old model's own
     queries, calibrated by ``cal_old``; the collection passes its joint query),
-    "naive merge" (the same pass uncalibrated), "RRF" (two indexes, k=60), and
+    "naive merge" (the same pass uncalibrated; ``cal_old`` may be a function of r), "RRF" (two indexes, k=60), and
     "new queries only" (old items scored by the head's codes, calibrated)."""
     n = old_g.shape[0]
     ev = Evaluator(spec, truth)
@@ -778,8 +802,9 @@ def backfill_curves(spec, truth, old_ok, *, q_new, q_old, q_head, old_g, new_g, 
         def s(vq, cal, qb=QB, q=q_new, index=idx, k=10):
             return index.search(q, k, query_bits=qb, version_queries=vq if has_old else None,
                                 version_calibration=cal if has_old else None)[1]
+        c_old = cal_old(r) if callable(cal_old) else cal_old
         res = {"old queries given": s({V_OLD: q_old if q_given is None else q_given},
-                                      {V_OLD: cal_old}),
+                                      {V_OLD: c_old}),
                "naive merge": s({V_OLD: q_old}, None),
                "new queries only": s({V_OLD: q_head}, {V_OLD: cal_head})}
         parts = []
@@ -794,6 +819,271 @@ def backfill_curves(spec, truth, old_ok, *, q_new, q_old, q_head, old_g, new_g, 
             curves[k][1].append(M.negative_flip_rate(old_ok, ev.correct(ids)))
     return {k: {"fractions": list(fractions), "values": v, "flips": f,
                 "area": M.curve_area(fractions, v)} for k, (v, f) in curves.items()}
+
+
+# ---------------------------------------------------------------------------- chain
+CHAIN = "glove-minilm-mpnet"
+
+
+#: Hash of bebr/collection.py as imported: rows measured through a Collection depend on it.
+COLLECTION_CODE = hashlib.sha256((ROOT / "bebr" / "collection.py").read_bytes()).hexdigest()[:8]
+CHAIN_STATES = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+
+
+def _cached(store: Store, name: str, kind=bebr.Binarizer):
+    """A model the chain reuses from the single upgrades' stores (never trained here)."""
+    def missing():
+        raise Skip(f"{store.prefix}/{name} (run the single upgrade at this budget first)")
+    return store.model(name, missing, kind)
+
+
+class Chain:
+    """GloVe -> MiniLM -> MPNet through one ``bebr.Collection`` (three versions coexisting).
+
+    Gallery and queries: those of MiniLM -> MPNet's ``gallery`` source (2,000 queries, the
+    58,000 gallery words outside its 40,000-word paired sample); truth: MPNet's float top-10.
+    Models, all cached by the single upgrades: GloVe and the MiniLM model + its head into the
+    GloVe codes (GloVe -> MiniLM, trained on the 40k extra words), the independent MPNet
+    model (MiniLM -> MPNet, trained on its paired sample). The collection starts as the
+    GloVe -> MiniLM collection (GloVe codes of the 98,000 non-query words, MiniLM current),
+    recalibrated for the default ``search(older=)`` (the GloVe model's own queries;
+    ``Collection.calibrate`` on the extra words); ``r1`` of its items are re-encoded by
+    MiniLM (``backfill_order("random")``), then ``Collection.upgrade`` to MPNet from
+    MPNet's paired sample (its items of either version: heads of MPNet into the GloVe and
+    the MiniLM codes, own-query calibrations of both); then the paired-sample items are
+    removed, and the 58,000 gallery items are re-encoded by MPNet in random order."""
+
+    def __init__(self, dim: int, bits: int, args):
+        self.dim, self.bits, self.args, self.tag = dim, bits, args, f"{dim}x{bits}"
+        self.r1 = args.chain_reencoded
+        self.gm = Store("glove-minilm", "extra")
+        self.mp = Store("minilm-mpnet", "gallery")
+        self.s = Store(CHAIN, "gallery")
+        ep, nep, cap = args.epochs, args.new_epochs or args.epochs, args.head_max_s
+        self.glove = _cached(self.gm, f"old_glove_{self.tag}_e{ep}")
+        self.mini_name = (f"ind_minilm_{self.tag}_e{nep}_head_members3_teacherneighbors"
+                          + (f"_max{cap:g}" if cap else ""))
+        self.minilm = _cached(self.gm, self.mini_name)
+        self.gm_coll = self.gm.root / f"collection_{self.mini_name}_{self.gm.code}"
+        if not (self.gm_coll / "collection.json").exists():
+            raise Skip(f"{self.gm.prefix}/collection_{self.mini_name}")
+        self.mpnet = _cached(self.mp, f"ind_mpnet_{self.tag}_e{nep}")
+        self.gv, self.mv, self.pv = self.glove.version, self.minilm.version, self.mpnet.version
+        # floats: the benchmark words under all three models, the extra words under two
+        xg = _embed_cached("glove", 0, N_BENCH)
+        xm = _embed_cached("minilm", 0, N_BENCH)
+        xp = _embed_cached("mpnet", 0, N_BENCH)
+        qi, bi = ds.query_split(N_BENCH, NQ, seed=0)
+        rng = np.random.default_rng(11)  # MiniLM -> MPNet's "gallery" source, as in Data
+        take = np.zeros(len(bi), dtype=bool)
+        take[rng.choice(len(bi), N_EXTRA, replace=False)] = True
+        perm = np.random.default_rng(5).permutation(N_EXTRA)
+        self.pair_ids = np.flatnonzero(take)[np.sort(perm[VAL:])]  # MPNet's fit rows
+        self.take_ids = np.flatnonzero(take)
+        self.gal_ids = np.flatnonzero(~take)
+        self.words = bi                                    # collection id j <-> word bi[j]
+        self.xg, self.xm, self.xp = xg[bi], xm[bi], xp[bi]
+        self.qg, self.qm, self.qp = xg[qi], xm[qi], xp[qi]
+        t = ds.exact_topk(self.qp, xp[bi[~take]], 10)
+        self.truth = self.gal_ids[t]                       # as collection ids
+        # GloVe -> MiniLM's paired sample (the extra words), for the recalibration
+        self.ex_g = _embed_cached("glove", N_BENCH, N_BENCH + N_EXTRA)
+        self.ex_m = _embed_cached("minilm", N_BENCH, N_BENCH + N_EXTRA)
+        self.ex_fit = np.sort(np.random.default_rng(5).permutation(N_EXTRA)[VAL:])
+        self.path = self.s.root / (f"collection_{self.tag}_r{self.r1:g}_{self.mini_name}_"
+                                   f"max{2 * cap:g}_{self.s.code}")
+        self.rows: dict = {}
+
+    def recall(self, ids):
+        return M.recall_at_k(ids, self.truth)
+
+    def correct(self, ids):
+        return M.top1_correct(ids, self.truth)
+
+    def own_index_recall(self, model, x_items, x_queries, q_codes=None):
+        """R10@10 of one model's queries over its own codes of the evaluation gallery."""
+        idx = bebr.Index(model.spec, metric="cosine")
+        idx.add(model.encode(x_items[self.gal_ids]), self.gal_ids)
+        q = model.encode_query_codes(x_queries, QB) if q_codes is None else q_codes
+        return self.recall(idx.search(q, 10, query_bits=QB)[1])
+
+    def build(self):
+        """The chain collection after the MPNet upgrade (cached), and the pre-MPNet system's
+        results (recorded in ``pre.json`` beside it)."""
+        import shutil
+        pre_file = self.path.parent / f"{self.path.name}.pre.json"
+        if (self.path / "collection.json").exists() and pre_file.exists():
+            return json.loads(pre_file.read_text())
+        if CACHED_ONLY:
+            raise Skip(self.path.name)
+        tmp = self.path.parent / f".tmp-{self.path.name}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        shutil.copytree(self.gm_coll, tmp)
+        coll = bebr.Collection.open(tmp, mmap=False)
+        # the default search(older=) setting: GloVe's own queries, recalibrated
+        ex_ids = len(self.words) + np.arange(len(self.ex_fit))
+        coll.add_codes(self.glove.encode(self.ex_g[self.ex_fit]), ex_ids, version=self.gv)
+        cal1 = coll.calibrate(self.ex_m[self.ex_fit], ex_ids,
+                              older={self.gv: self.ex_g[self.ex_fit]})
+        coll.remove(ex_ids)
+        n = len(coll)
+        order = coll.backfill_order(n, "random")
+        sel = np.sort(order[:int(round(self.r1 * n))])
+        coll.upsert(self.xm[sel], sel)
+        # the system the day before MPNet ships: MiniLM queries (+ GloVe's own queries)
+        excl = self.take_ids
+        ids_pre = coll.search(self.qm, 10, older={self.gv: self.qg}, exclude=excl)[1]
+        ids_pre_new = coll.search(self.qm, 10, exclude=excl)[1]
+        pre = {"versions_before": coll.versions(), "calibration_minilm_stage": cal1,
+               "m_pre": self.recall(ids_pre), "m_pre_new_only": self.recall(ids_pre_new),
+               "pre_ok": self.correct(ids_pre).tolist()}
+        t = time.perf_counter()
+        rep = coll.upgrade(copy.deepcopy(self.mpnet), self.xp[self.pair_ids], self.pair_ids,
+                           older={self.gv: self.xg[self.pair_ids],
+                                  self.mv: self.xm[self.pair_ids]},
+                           members=3, seed=0, max_time_s=2 * self.args.head_max_s or None,
+                           progress=False,
+                           head_options={"threads": THREADS, "teacher": "neighbors"})
+        pre["upgrade_s"] = time.perf_counter() - t
+        pre["upgrade_rows"] = {v: int(c["rows"]) for v, c in rep["heads"].items()}
+        pre["report"] = rep
+        pre["versions_after"] = coll.versions()  # the paired items stay in the saved copy
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(tmp, self.path)
+        atomic_write_bytes(pre_file, json.dumps(pre, default=str).encode())
+        print(f"  chain: Collection.upgrade to MPNet on {len(self.pair_ids)} pairs: "
+              f"{pre['upgrade_s']:.0f} s", flush=True)
+        return pre
+
+    def run(self) -> dict:
+        pre = self.build()
+
+        def fn():
+            import shutil
+            import tempfile
+            tmp = Path(tempfile.mkdtemp(prefix="bebr-eval-chain-")) / "c"
+            shutil.copytree(self.path, tmp)  # calibrate() saves: never into the cache
+            coll = bebr.Collection.open(tmp, mmap=False)
+            mp = coll.model
+            # the own-query calibrations as this bebr fits them (Collection.calibrate, the
+            # same rows as upgrade used), then the paired items leave the gallery
+            of = np.asarray(coll.index.versions_of(self.pair_ids), dtype=object)
+            coll.calibrate(self.xp[self.pair_ids], self.pair_ids,
+                           older={v: x[self.pair_ids] for v, x in ((self.gv, self.xg),
+                                                                  (self.mv, self.xm))
+                                  if (of == v).any()})
+            coll.remove(self.take_ids)
+            base = {"m_glove_glove": self.own_index_recall(self.glove, self.xg, self.qg),
+                    "m_minilm_minilm": self.own_index_recall(self.minilm, self.xm, self.qm),
+                    "m_mpnet_mpnet": self.own_index_recall(self.mpnet, self.xp, self.qp),
+                    "m_pre": pre["m_pre"], "m_pre_new_only": pre["m_pre_new_only"]}
+            for v, x in ((self.gv, self.xg), (self.mv, self.xm)):
+                model = self.glove if v == self.gv else self.minilm
+                base[f"m_mpnet_head_{v}"] = self.own_index_recall(
+                    model, x, None, mp.encode_query_codes(self.qp, QB, target=v))
+            pre_ok = np.array(pre["pre_ok"], dtype=bool)
+            n = len(coll)
+            order = coll.backfill_order(n, "random")
+            qspec_q = {v: m.encode_query_codes(q, QB) for v, m, q in (
+                (self.gv, self.glove, self.qg), (self.mv, self.minilm, self.qm))}
+            q_new = mp.encode_query_codes(self.qp, QB)
+            cur = {k: ([], []) for k in ("old queries given", "new queries only",
+                                         "naive merge", "RRF (k=60)")}
+            counts, done = [], 0
+            for r in CHAIN_STATES:
+                upto = int(round(r * n))
+                if upto > done:
+                    sel = order[done:upto]
+                    coll.upsert(self.xp[sel], sel)
+                    done = upto
+                counts.append(coll.versions())
+                live = {v: c for v, c in coll.versions().items() if c and v != coll.current}
+                res = {"old queries given": coll.search(
+                           self.qp, 10, older={v: {self.gv: self.qg, self.mv: self.qm}[v]
+                                               for v in live})[1],
+                       "new queries only": coll.search(self.qp, 10)[1],
+                       "naive merge": coll.index.search(
+                           q_new, 10, query_bits=QB,
+                           version_queries={v: qspec_q[v] for v in live} or None)[1]}
+                parts = []
+                for v, c in coll.versions().items():
+                    if not c:
+                        continue
+                    vid = coll.index.ids_of_version(v)
+                    sub = bebr.Index(coll.spec, metric="cosine")
+                    sub.add(coll.index.get_codes(vid), vid)
+                    parts.append(sub.search(qspec_q.get(v, q_new), 100, query_bits=QB)[1])
+                res["RRF (k=60)"] = rrf(parts)
+                for k, ids in res.items():
+                    cur[k][0].append(self.recall(ids))
+                    cur[k][1].append(M.negative_flip_rate(pre_ok, self.correct(ids)))
+            curves = {k: {"fractions": list(CHAIN_STATES), "values": v, "flips": f,
+                          "area": M.curve_area(CHAIN_STATES, v)} for k, (v, f) in cur.items()}
+            shutil.rmtree(tmp.parent, ignore_errors=True)
+            return base | {"curves": curves, "counts": counts, "r1": self.r1,
+                           "upgrade_s": pre["upgrade_s"], "upgrade_rows": pre["upgrade_rows"],
+                           "versions_before": pre["versions_before"],
+                           "own_calibration": coll._manifest["own_calibration"],
+                           "merge_table": coll._manifest.get("merge_calibration", {}),
+                           "head_calibration": {v: list(mp.cross_calibration(v))
+                                                for v in (self.gv, self.mv)},
+                           "head_val": {v: h["val_r10@10"]
+                                        for v, h in pre["report"]["heads"].items()}}
+        r = self.s.row(self.tag, f"chain r1={self.r1:g}", fn,
+                       f"{self.path.name}/{COLLECTION_CODE}")
+        self.rows["chain"] = r
+        for k, c in r["curves"].items():
+            print(f"    chain {k}: R10@10 {np.round(c['values'], 4).tolist()} flips "
+                  f"{np.round(c['flips'], 4).tolist()}", flush=True)
+        return r
+
+
+def chain_section(r: dict, tag: str) -> list:
+    cs = r["curves"]
+    fr = cs["old queries given"]["fractions"]
+    out = [f"#### {tag} ({int(tag.split('x')[0]) * int(tag.split('x')[1])} bits/vector)\n",
+           f"Before MPNet ships: the collection holds GloVe and MiniLM codes "
+           f"({r['versions_before']}; r1 = {r['r1']:g} of its items re-encoded by MiniLM), "
+           f"MiniLM current. That system (MiniLM queries, GloVe's own queries given for the "
+           f"GloVe items) scores R10@10 **{fmt(r['m_pre'])}** against MPNet's truth "
+           f"({fmt(r['m_pre_new_only'])} with MiniLM queries only); one model alone over "
+           f"its own codes of the gallery: M(glove,glove) {fmt(r['m_glove_glove'])}, "
+           f"M(minilm,minilm) {fmt(r['m_minilm_minilm'])}, M(mpnet,mpnet) "
+           f"{fmt(r['m_mpnet_mpnet'])}. MPNet's heads alone: into the GloVe codes "
+           + ", ".join(f"{fmt(v)}" for k, v in r.items() if k.startswith("m_mpnet_head_")
+                       and "glove" in k) + ", into the MiniLM codes "
+           + ", ".join(f"{fmt(v)}" for k, v in r.items() if k.startswith("m_mpnet_head_")
+                       and "minilm" in k)
+           + f" (each over that model's codes of the whole gallery). `Collection.upgrade` "
+           f"to MPNet (two 3-member heads + two own-query calibrations, paired items per "
+           f"version {r['upgrade_rows']}): {r['upgrade_s']:.0f} s.\n",
+           "Then the gallery is re-encoded by MPNet (fraction r, `backfill_order(random)`, "
+           "from both older versions); new (MPNet) queries; flips against the pre-MPNet "
+           "system above:\n",
+           "| r (MPNet share) | " + " | ".join(f"{f:g}" for f in fr) + " | area |",
+           "|---|" + "---:|" * (len(fr) + 1)]
+    for k, c in cs.items():
+        out.append(f"| R10@10, {k} | " + " | ".join(fmt(v) for v in c["values"])
+                   + f" | {fmt(c['area'])} |")
+    for k, c in cs.items():
+        out.append(f"| flips, {k} | " + " | ".join(f"{v:.3f}" for v in c["flips"]) + " | |")
+    g = cs["old queries given"]
+    v = np.array(g["values"])
+    fl = np.array(g["flips"])[:-1]
+    below = {k: bool(np.all(fl < np.array(cs[k]["flips"])[:-1]))
+             for k in ("naive merge", "RRF (k=60)")}
+    out.append("")
+    out.append(f"Older queries given: at or above the pre-MPNet system {fmt(r['m_pre'])} at "
+               f"every r: **{'yes' if bool(np.all(v >= r['m_pre'])) else 'no'}**; monotone: "
+               f"**{'yes' if bool(np.all(np.diff(v) >= 0)) else 'no'}**; negative flips below "
+               f"the naive merge at every r < 1: **{'yes' if below['naive merge'] else 'no'}**,"
+               f" below RRF: **{'yes' if below['RRF (k=60)'] else 'no'}** (own-query "
+               f"calibrations onto MPNet's scale: "
+               + ", ".join(f"{k} {c[0]:.3f} x {c[1]:+.3f}" for k, c in
+                           r["own_calibration"].items()) + ").")
+    return out
 
 
 # ---------------------------------------------------------------------------- report
@@ -871,10 +1161,18 @@ def backfill_table(r: dict) -> list:
                f"**{'yes' if above else 'no'}**; monotone: **{'yes' if mono else 'no'}**; "
                f"negative flips below the naive merge at every 0 < r < 1: "
                f"**{'yes' if below['naive merge'] else 'no'}**, below RRF: "
-               f"**{'yes' if below['RRF (k=60)'] else 'no'}** (calibration of the old "
-               f"queries' scores {r['cal_old'][0]:.3f} x {r['cal_old'][1]:+.3f}, fitted on the "
-               f"held-out training rows; the head's {r['cal_head'][0]:.3f} x "
-               f"{r['cal_head'][1]:+.3f}; via {r['via']}).")
+               f"**{'yes' if below['RRF (k=60)'] else 'no'}**, at or below it at every r: "
+               f"**{'yes' if np.all(fl <= np.array(cs['naive merge']['flips'])[1:-1]) else 'no'}"
+               f"** (" + (f"calibration of the old queries' scores: the merge table "
+                          f"fitted by `Collection.calibrate` on held-out paired rows, per r "
+                          + ", ".join(f"{e[0]:g}: {e[1]:g} x {e[2]:+g}"
+                                      for e in r["merge_table"])
+                          + f"; the single logistic fit was {r['cal_old'][0]:.3f} x "
+                            f"{r['cal_old'][1]:+.3f}" if r.get("merge_table") else
+                          f"calibration of the old queries' scores {r['cal_old'][0]:.3f} x "
+                          f"{r['cal_old'][1]:+.3f}, fitted on the held-out training rows")
+               + f"; the head's {r['cal_head'][0]:.3f} x {r['cal_head'][1]:+.3f}; via "
+               f"{r['via']}).")
     if "orders" in r:
         o = r["orders"]
         out.append("")
@@ -884,8 +1182,8 @@ def backfill_table(r: dict) -> list:
                                for k in ("old queries given", "new queries only")) + ".")
         if "m_joint_old" in r:
             out.append(f"Joint query over the old codes (opt-in, `upgrade(joint_query="
-                       f"True)`, which this Collection run used; the default is the old "
-                       f"queries alone, the bebr.Index table above; `Collection.search(older=)`: "
+                       f"True)`, which the cached upgrade fitted; the curves above use the "
+                       f"default, the old queries alone, recalibrated; `Collection.search(older=)`: "
                        f"unit(old query) + {r['joint_weight']:g} x unit(head), the weight "
                        f"chosen on held-out rows, validation {r.get('joint_val') or {}}): "
                        f"R10@10 **{fmt(r['m_joint_old'])}** against M(old,old) "
@@ -914,6 +1212,19 @@ def run(args):
     lines = []
     parts = set(args.parts.split(","))
     for up in args.upgrades.split(","):
+        if up == CHAIN:
+            lines.append("### glove -> minilm -> mpnet (chain)\n")
+            lines.append(Chain.__doc__.split("\n\n", 1)[1].replace("\n    ", " ").strip()
+                         + "\n")
+            for b in args.budgets.split(","):
+                dim, bits = (int(v) for v in b.lower().split("x"))
+                try:
+                    lines.extend(chain_section(Chain(dim, bits, args).run(), b))
+                except Skip as e:
+                    lines.append(f"#### {b}\n")
+                    lines.append(f"Not measured (nothing stored: {e}).")
+                lines.append("")
+            continue
         old_name, new_name = UPGRADES[up]
         source = args.train_source
         if source == "auto":
@@ -1011,7 +1322,8 @@ def run(args):
 
 
 SECTION = "<!-- section: upgrade (tools/eval_upgrade.py) -->"
-HEADING = "## 3b. Realistic upgrade: MiniLM -> MPNet (and GloVe -> MiniLM)"
+HEADING = ("## 3b. Realistic upgrade: MiniLM -> MPNet (and GloVe -> MiniLM, and the chain "
+           "GloVe -> MiniLM -> MPNet)")
 
 
 def write_section(cmd: str, body: list) -> None:
@@ -1047,6 +1359,7 @@ def write_section(cmd: str, body: list) -> None:
 
 
 def main(argv=None):
+    global ALLOW_MPNET, N_BENCH, N_EXTRA, NQ, VAL, STORE_DIR, CACHED_ONLY, THREADS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--upgrades", default="minilm-mpnet,glove-minilm")
     ap.add_argument("--budgets", default="128x2,256x2")
@@ -1063,7 +1376,11 @@ def main(argv=None):
     ap.add_argument("--head-max-s", type=float, default=0,
                     help="bound on a head's training, all members together (Collection."
                          "upgrade(max_time_s=)); 0: none")
+    ap.add_argument("--chain-reencoded", type=float, default=0.5,
+                    help=f"{CHAIN}: share of the items re-encoded by MiniLM when MPNet ships")
     ap.add_argument("--train-source", default="auto", choices=("auto", "extra", "gallery"))
+    ap.add_argument("--threads", type=int, default=THREADS,
+                    help="torch threads of training and heads (1 while others share the CPU)")
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--cached-only", action="store_true",
                     help="report only what is stored (train and measure nothing new)")
@@ -1073,7 +1390,7 @@ def main(argv=None):
                     help="development run on the first N words (N/2 training words, N/10 "
                          "queries), stored apart (upgrade_eval_dev)")
     args = ap.parse_args(argv)
-    global ALLOW_MPNET, N_BENCH, N_EXTRA, NQ, VAL, STORE_DIR, CACHED_ONLY
+    THREADS = args.threads
     ALLOW_MPNET = args.embed_mpnet
     CACHED_ONLY = args.cached_only
     if args.dev:
