@@ -54,6 +54,17 @@ def recall10(ids, truth):
                           for i in range(len(truth))]))
 
 
+def protocol_data(data, single):
+    """Per data name (v1 GloVe, v2 MiniLM) of the protocol: (name, base rows, query rows, the
+    first ``single`` queries as one-row arrays)."""
+    words, glove = ds.glove_words(100_000)
+    qi, bi = ds.query_split(len(words), 2000, seed=0)
+    for name in data:
+        x = glove if name == "v1" else ds.minilm_embeddings(words)
+        xb, xq = np.ascontiguousarray(x[bi]), np.ascontiguousarray(x[qi])
+        yield name, xb, xq, [xq[i:i + 1] for i in range(single)]
+
+
 def median_us(fn, xs):
     ts = []
     for x in xs:
@@ -131,13 +142,8 @@ def encoding_only(data, args, log):
     from _qp_models import cached_model
 
     torch.set_num_threads(1)
-    words, glove = ds.glove_words(100_000)
-    qi, bi = ds.query_split(len(words), 2000, seed=0)
     out = []
-    for name in data:
-        x = glove if name == "v1" else ds.minilm_embeddings(words)
-        xb, xq = np.ascontiguousarray(x[bi]), np.ascontiguousarray(x[qi])
-        singles = [xq[i:i + 1] for i in range(args.single)]
+    for name, xb, xq, singles in protocol_data(data, args.single):
         for dim, bits in CONFIGS[name]:
             model = cached_model("glove" if name == "v1" else "minilm", xb, dim, bits)
             enc = model.to_encoder()
@@ -242,13 +248,8 @@ def breakdown(data, args, log):
     (``Index.search`` of those codes) and of both through ``Searcher.search``."""
     from _qp_models import cached_model
 
-    words, glove = ds.glove_words(100_000)
-    qi, bi = ds.query_split(len(words), 2000, seed=0)
     out = []
-    for name in data:
-        x = glove if name == "v1" else ds.minilm_embeddings(words)
-        xb, xq = np.ascontiguousarray(x[bi]), np.ascontiguousarray(x[qi])
-        singles = [xq[i:i + 1] for i in range(args.single)]
+    for name, xb, xq, singles in protocol_data(data, args.single):
         for dim, bits in CONFIGS[name]:
             enc = cached_model("glove" if name == "v1" else "minilm", xb, dim, bits).to_encoder()
             index = bebr.Index(enc.spec, "cosine")
