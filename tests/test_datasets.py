@@ -71,6 +71,26 @@ def test_minilm_embeddings_cached(tmp_path, monkeypatch):
         ds.minilm_embeddings([])
 
 
+def test_embeddings_cached_in_blocks_shared_by_prefixes(tmp_path, monkeypatch):
+    monkeypatch.setenv("BEBR_DATA", str(tmp_path))
+    monkeypatch.setattr(ds, "EMBED_BLOCK", 2)
+    words = ["king", "queen", "apple", "banana", "car"]
+    e = ds.minilm_embeddings(words)
+    assert e.shape == (5, 384)
+    assert len(list(tmp_path.glob("minilm-*.npy"))) == 3  # blocks of 2, 2 and 1 words
+    whole = ds.minilm_embeddings(words, cache=False)  # one encode call over all five
+    np.testing.assert_allclose(e, whole, atol=1e-5)
+
+    def no_model():
+        raise AssertionError("the model was loaded although every block is cached")
+
+    monkeypatch.setattr(ds, "_minilm_model_dir", no_model)
+    np.testing.assert_array_equal(ds.minilm_embeddings(words[:4]), e[:4])  # prefix: cached
+    np.testing.assert_array_equal(ds.minilm_embeddings(words), e)
+    with pytest.raises(AssertionError, match="was loaded"):
+        ds.minilm_embeddings(words[1:])  # other block boundaries: nothing cached
+
+
 def test_mpnet_missing_packages_named(tmp_path, monkeypatch):
     monkeypatch.setenv("BEBR_DATA", str(tmp_path))
     monkeypatch.setattr(ds, "MPNET_PACKAGES", ("bebr-no-such-package-part-001",))
