@@ -501,19 +501,6 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
   std::vector<TopKSet> local;
   if (T > 1 && !split_queries)
     for (int t = 1; t < T; ++t) local.emplace_back(nq, k);
-  // Shared with the pool's helper threads by shared_ptr: a helper that picks the task up only
-  // after every item is done finds none left and returns without touching this call's stack,
-  // so the caller waits for claimed items only, never for a thread to be scheduled.
-  struct Work {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-    std::atomic<int> active{0};  // threads that processed at least one item
-    std::atomic<bool> failed{false};
-    std::mutex mu;
-    std::condition_variable cv;
-    std::exception_ptr err;
-  };
-  auto work = std::make_shared<Work>();
   auto process = [&](int t, int64_t item) {
     if (item == testing_fail_item.load(std::memory_order_relaxed))
       throw std::runtime_error("injected failure in search work item " + std::to_string(item));
@@ -527,37 +514,11 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
       run(0, nq, b0, b1, t == 0 ? res.heaps.data() : local[t - 1].heaps.data());
     }
   };
-  auto worker = [work, nitems, &process](int t) {
-    for (bool first = true;; first = false) {
-      const int64_t item = work->next.fetch_add(1);
-      if (item >= nitems) return;
-      if (first) work->active.fetch_add(1);
-      if (!work->failed.load()) {  // after a failure the remaining items are only counted
-        try {
-          process(t, item);
-        } catch (...) {
-          std::lock_guard<std::mutex> g(work->mu);
-          if (!work->err) work->err = std::current_exception();
-          work->failed.store(true);
-        }
-      }
-      if (work->done.fetch_add(1) + 1 == nitems) {
-        std::lock_guard<std::mutex> g(work->mu);
-        work->cv.notify_all();
-      }
-    }
-  };
-  if (T > 1) HelperPool::instance().post(std::make_shared<HelperPool::Task>(worker), T);
-  worker(0);
-  {
-    std::unique_lock<std::mutex> lk(work->mu);
-    work->cv.wait(lk, [&] { return work->done.load() == nitems; });
-    t_last_search.workers = T;
-    t_last_search.active_workers = work->active.load();
-    t_last_search.items = nitems;
-    t_last_search.split = T == 1 ? "none" : split_queries ? "queries" : "database";
-    if (work->err) std::rethrow_exception(work->err);
-  }
+  const int active = parallel_items(nitems, T, process);
+  t_last_search.workers = T;
+  t_last_search.active_workers = active;
+  t_last_search.items = nitems;
+  t_last_search.split = T == 1 ? "none" : split_queries ? "queries" : "database";
   for (auto& l : local)
     for (int64_t q = 0; q < nq; ++q) res.heaps[q].merge_from(l.heaps[q]);
 

@@ -69,45 +69,7 @@ template <class Fn>
 void parallel_rows(int64_t n, int threads, int64_t item, Fn fn) {
   const int64_t nitems = (n + item - 1) / item;
   const int T = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, nitems)));
-  if (T <= 1) {
-    for (int64_t s = 0; s < n; s += item) fn(0, s, std::min(n, s + item));
-    return;
-  }
-  struct Work {
-    std::atomic<int64_t> next{0}, done{0};
-    std::atomic<bool> failed{false};
-    std::mutex mu;
-    std::condition_variable cv;
-    std::exception_ptr err;
-  };
-  auto work = std::make_shared<Work>();
-  auto process = [&](int t, int64_t i) { fn(t, i * item, std::min(n, (i + 1) * item)); };
-  // (shared by shared_ptr: a helper that runs only after every item is done finds none left
-  // and returns without touching this call's stack)
-  auto worker = [work, nitems, &process](int t) {
-    for (;;) {
-      const int64_t i = work->next.fetch_add(1);
-      if (i >= nitems) return;
-      if (!work->failed.load()) {
-        try {
-          process(t, i);
-        } catch (...) {
-          std::lock_guard<std::mutex> g(work->mu);
-          if (!work->err) work->err = std::current_exception();
-          work->failed.store(true);
-        }
-      }
-      if (work->done.fetch_add(1) + 1 == nitems) {
-        std::lock_guard<std::mutex> g(work->mu);
-        work->cv.notify_all();
-      }
-    }
-  };
-  HelperPool::instance().post(std::make_shared<HelperPool::Task>(worker), T);
-  worker(0);
-  std::unique_lock<std::mutex> lk(work->mu);
-  work->cv.wait(lk, [&] { return work->done.load() == nitems; });
-  if (work->err) std::rethrow_exception(work->err);
+  parallel_items(nitems, T, [&](int t, int64_t i) { fn(t, i * item, std::min(n, (i + 1) * item)); });
 }
 
 constexpr int64_t kChunk = 48;  // rows per pass through the layers (the scratch stays in L2)

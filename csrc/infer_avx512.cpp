@@ -1,12 +1,10 @@
 // AVX-512 kernels of infer.h. Float64 matrix-vector: one zmm = the 8 lanes of one (output,
 // row) dot product; tiles of 4 outputs x 4 rows share each weight and input load. Float32
-// GEMM over packed panels: tiles of 8 rows x 32 outputs (two panels); sign tables: blocks of
-// 8 outputs x 8 rows. Per-file flags
-// (CMakeLists.txt); called only after dispatch checked the CPU.
+// GEMM over packed panels: tiles of 8 rows x 32 outputs (two panels); sign tables: the AVX2
+// kernel. Per-file flags (CMakeLists.txt); called only after dispatch checked the CPU.
 #include <immintrin.h>
 
 #include <algorithm>
-#include <vector>
 
 #include "infer.h"
 
@@ -117,50 +115,12 @@ void gemm_f32_avx512(const PackedF32& w, const float* x, int64_t n, float* y) {
   }
 }
 
-// Sign tables (infer.h): per block of 8 outputs, 8 rows at a time (one ymm accumulator
-// each), one table entry per row and input group; the block's tables (and the rows' nibbles,
-// 8 rows' side by side per group, as e * 4: the byte offset e * 32 is one scaled index) stay
-// in L1.
-void lut_f32_avx512(const SignLut& lut, const uint8_t* e, int64_t n, float scale, float* y) {
-  const int64_t G = lut.groups, out = lut.out, n8 = (n + 7) / 8;
-  const __m256 sc = _mm256_set1_ps(scale);
-  alignas(32) static const int32_t kMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-  std::vector<uint8_t> off(static_cast<size_t>(n8 * G * 8));
-  for (int64_t r = 0; r < n8 * 8; ++r) {
-    const uint8_t* er = e + std::min(r, n - 1) * G;  // (rows past n repeat the last one)
-    for (int64_t g = 0; g < G; ++g) off[((r / 8) * G + g) * 8 + r % 8] = static_cast<uint8_t>(er[g] * 4);
-  }
-  for (int64_t b = 0; b < lut.blocks; ++b) {
-    const int64_t cb = b * kLutBlock, w = std::min<int64_t>(kLutBlock, out - cb);
-    const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask + 8 - w));
-    const float* tb = lut.entry(b, 0, 0);
-    for (int64_t q = 0; q < n8; ++q) {
-      __m256 acc[8];
-#pragma GCC unroll 8
-      for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
-      const uint8_t* o = off.data() + q * G * 8;
-      const char* tg = reinterpret_cast<const char*>(tb);
-      for (int64_t g = 0; g < G; ++g, o += 8, tg += 16 * kLutBlock * sizeof(float)) {
-#pragma GCC unroll 8
-        for (int i = 0; i < 8; ++i)
-          acc[i] = _mm256_add_ps(acc[i], _mm256_load_ps(reinterpret_cast<const float*>(tg + static_cast<size_t>(o[i]) * 8)));
-      }
-      const int rows = static_cast<int>(std::min<int64_t>(8, n - 8 * q));
-      for (int i = 0; i < rows; ++i) {
-        float* yr = y + (8 * q + i) * out + cb;
-        if (w == kLutBlock)
-          _mm256_storeu_ps(yr, _mm256_fmadd_ps(acc[i], sc, _mm256_loadu_ps(yr)));
-        else
-          _mm256_maskstore_ps(yr, m, _mm256_fmadd_ps(acc[i], sc, _mm256_maskload_ps(yr, m)));
-      }
-    }
-  }
-}
-
 }  // namespace
 
 const InferKernels& infer_kernels_avx512() {
-  static const InferKernels k{"avx512", &matvec_avx512, &gemm_f32_avx512, &lut_f32_avx512};
+  // Sign tables: the AVX2 kernel (its 8-lane table rows fill a ymm; wider registers gain
+  // nothing there).
+  static const InferKernels k{"avx512", &matvec_avx512, &gemm_f32_avx512, infer_kernels_avx2().lut_f32};
   return k;
 }
 

@@ -100,50 +100,6 @@ void float_values(const Geometry& geo, const uint8_t* packed, float* out) {
   for (int j = 0; j < geo.dim; ++j) out[j] = static_cast<float>(v[j]);
 }
 
-// Run fn(t, item) for item in [0, nitems) on up to T threads (the caller is thread 0, helpers
-// from the shared pool are 1..T-1); the first exception is rethrown once all claimed items end.
-template <class Fn>
-void parallel_items(int64_t nitems, int T, Fn&& fn) {
-  if (nitems <= 0) return;
-  if (T <= 1) {
-    for (int64_t i = 0; i < nitems; ++i) fn(0, i);
-    return;
-  }
-  struct Work {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-    std::atomic<bool> failed{false};
-    std::mutex mu;
-    std::condition_variable cv;
-    std::exception_ptr err;
-  };
-  auto work = std::make_shared<Work>();
-  auto worker = [work, nitems, &fn](int t) {
-    for (;;) {
-      const int64_t item = work->next.fetch_add(1);
-      if (item >= nitems) return;
-      if (!work->failed.load()) {
-        try {
-          fn(t, item);
-        } catch (...) {
-          std::lock_guard<std::mutex> g(work->mu);
-          if (!work->err) work->err = std::current_exception();
-          work->failed.store(true);
-        }
-      }
-      if (work->done.fetch_add(1) + 1 == nitems) {
-        std::lock_guard<std::mutex> g(work->mu);
-        work->cv.notify_all();
-      }
-    }
-  };
-  HelperPool::instance().post(std::make_shared<HelperPool::Task>(worker), T);
-  worker(0);
-  std::unique_lock<std::mutex> lk(work->mu);
-  work->cv.wait(lk, [&] { return work->done.load() == nitems; });
-  if (work->err) std::rethrow_exception(work->err);
-}
-
 constexpr uint32_t kDead32 = 0xFFFFFFFFu;  // a removed slot's narrow id
 constexpr int kSlotBits = 40;              // id table entry: list << kSlotBits | slot
 constexpr uint64_t kSlotMask = (uint64_t(1) << kSlotBits) - 1;

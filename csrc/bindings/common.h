@@ -58,6 +58,39 @@ py::array_t<T> to_array(const std::vector<T>& v) {
   return out;
 }
 
+// get_codes of an SdcIndex or IvfIndex: (packed codes (n, code_bytes), versions (n,)) of
+// ids (ValueError if one is absent), looked up with the GIL released.
+template <class IndexT>
+py::tuple codes_of(const IndexT& s, const py::array& ids) {
+  auto i = checked_ids(ids, "ids", -1);
+  const py::ssize_t n = i.shape(0);
+  py::array_t<uint8_t> out({n, static_cast<py::ssize_t>(s.geometry().code_bytes)});
+  py::array_t<int32_t> vers(n);
+  uint8_t* op = out.mutable_data();
+  int32_t* vp = vers.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    s.get_codes(i.data(), n, op, vp);
+  }
+  return py::make_tuple(out, vers);
+}
+
+// SQ8 refine data (bebr.ivf.SQ8): uint8 codes (n, d) and per-column lo and step (d,), checked.
+struct Sq8Data {
+  py::array_t<uint8_t> rows;
+  py::array_t<float> lo, step;
+  py::ssize_t dim = 0;
+
+  Sq8Data(const py::array& r, const py::array& l, const py::array& st)
+      : rows(checked_array<uint8_t>(r, "SQ8 codes", 2)),
+        lo(checked_array<float>(l, "SQ8 lo", 1)),
+        step(checked_array<float>(st, "SQ8 step", 1)),
+        dim(rows.shape(1)) {
+    if (lo.shape(0) != dim || step.shape(0) != dim)
+      throw py::value_error("SQ8 lo and step must have " + std::to_string(dim) + " entries (the codes' columns)");
+  }
+};
+
 // The filter and version-query arguments of a search (SdcIndex and IvfIndex bindings),
 // checked and converted while holding the GIL; the arrays stay alive with this object, so
 // `filter` and `vq` may be used with the GIL released.

@@ -158,19 +158,7 @@ void register_index(py::module_& m) {
       .def("__contains__", &PyIndex::contains)
       .def(
           "get_codes",
-          [](const PyIndex& s, const py::array& ids) {
-            auto i = checked_ids(ids, "ids", -1);
-            const py::ssize_t n = i.shape(0);
-            py::array_t<uint8_t> out({n, static_cast<py::ssize_t>(s.geometry().code_bytes)});
-            py::array_t<int32_t> vers(n);
-            uint8_t* op = out.mutable_data();
-            int32_t* vp = vers.mutable_data();
-            {
-              py::gil_scoped_release nogil;
-              s.get_codes(i.data(), n, op, vp);
-            }
-            return py::make_tuple(out, vers);
-          },
+          [](const PyIndex& s, const py::array& ids) { return codes_of(s, ids); },
           py::arg("ids"), "Packed codes and versions of ids (ValueError if one is absent).")
       .def(
           "write_dense",

@@ -176,12 +176,8 @@ void register_ivf(py::module_& m) {
             if (factor <= 0) throw py::value_error("refine.factor must be >= 1, got " + std::to_string(factor));
             if (static_cast<int64_t>(k) * factor > std::numeric_limits<int>::max() / 2)
               throw py::value_error("k * refine.factor is too large");
-            auto r = checked_array<uint8_t>(rows, "SQ8 codes", 2);
-            const py::ssize_t d = r.shape(1);
-            auto l = checked_array<float>(lo, "SQ8 lo", 1);
-            auto st = checked_array<float>(step, "SQ8 step", 1);
-            if (l.shape(0) != d || st.shape(0) != d)
-              throw py::value_error("SQ8 lo and step must have " + std::to_string(d) + " entries (the codes' columns)");
+            const Sq8Data sq8(rows, lo, step);
+            const py::ssize_t d = sq8.dim;
             auto fq = checked_array<float>(fqueries, "refine.queries", 2);
             const py::ssize_t nq = q.shape(0);
             if (fq.shape(0) != nq || fq.shape(1) != d)
@@ -197,8 +193,8 @@ void register_ivf(py::module_& m) {
               std::vector<float> cs(static_cast<size_t>(nq) * kc);
               std::vector<int64_t> ci(static_cast<size_t>(nq) * kc);
               s.search(q.data(), nq, kc, nprobe, threads, FilterSpec{}, cs.data(), ci.data(), query_bits);
-              rerank_sq8(ci.data(), nq, kc, r.data(), r.shape(0), static_cast<int>(d), l.data(), st.data(), fq.data(),
-                         s.metric() == Metric::kCosine, k, threads, sp, ip);
+              rerank_sq8(ci.data(), nq, kc, sq8.rows.data(), sq8.rows.shape(0), static_cast<int>(d), sq8.lo.data(),
+                         sq8.step.data(), fq.data(), s.metric() == Metric::kCosine, k, threads, sp, ip);
             }
             return py::make_tuple(scores, ids);
           })
@@ -211,19 +207,7 @@ void register_ivf(py::module_& m) {
       .def_property_readonly("id_table_built", &PyIvf::id_table_built)
       .def(
           "get_codes",
-          [](const PyIvf& s, const py::array& ids) {
-            auto i = checked_ids(ids, "ids", -1);
-            const py::ssize_t n = i.shape(0);
-            py::array_t<uint8_t> out({n, static_cast<py::ssize_t>(s.geometry().code_bytes)});
-            py::array_t<int32_t> vers(n);
-            uint8_t* op = out.mutable_data();
-            int32_t* vp = vers.mutable_data();
-            {
-              py::gil_scoped_release nogil;
-              s.get_codes(i.data(), n, op, vp);
-            }
-            return py::make_tuple(out, vers);
-          },
+          [](const PyIvf& s, const py::array& ids) { return codes_of(s, ids); },
           py::arg("ids"), "Packed codes and versions of ids (ValueError if one is absent).")
       .def(
           "export_dense",
@@ -294,20 +278,16 @@ void register_ivf(py::module_& m) {
       [](const py::array& cand, const py::array& rows, const py::array& lo, const py::array& step,
          const py::array& queries, bool cosine, int k, int threads) {
         auto c = checked_array<int64_t>(cand, "candidates", 2);
-        auto r = checked_array<uint8_t>(rows, "SQ8 codes", 2);
-        const py::ssize_t d = r.shape(1);
-        auto l = checked_array<float>(lo, "SQ8 lo", 1);
-        auto st = checked_array<float>(step, "SQ8 step", 1);
-        if (l.shape(0) != d || st.shape(0) != d)
-          throw py::value_error("SQ8 lo and step must have " + std::to_string(d) + " entries (the codes' columns)");
+        const Sq8Data sq8(rows, lo, step);
+        const py::ssize_t d = sq8.dim;
         auto q = checked_array<float>(queries, "refine.queries", 2);
         RerankOutputs out = rerank_outputs(c, q, d, k);
         float* sp = out.scores.mutable_data();
         int64_t* ip = out.ids.mutable_data();
         {
           py::gil_scoped_release nogil;
-          rerank_sq8(c.data(), c.shape(0), static_cast<int>(c.shape(1)), r.data(), r.shape(0), static_cast<int>(d),
-                     l.data(), st.data(), q.data(), cosine, k, threads, sp, ip);
+          rerank_sq8(c.data(), c.shape(0), static_cast<int>(c.shape(1)), sq8.rows.data(), sq8.rows.shape(0),
+                     static_cast<int>(d), sq8.lo.data(), sq8.step.data(), q.data(), cosine, k, threads, sp, ip);
         }
         return py::make_tuple(out.scores, out.ids);
       },
