@@ -422,7 +422,8 @@ def main(argv=None):
     ap.add_argument("--skip-faiss", action="store_true")
     ap.add_argument("--skip-bebr", action="store_true", help="faiss rows only")
     ap.add_argument("--confirm", default=None,
-                    help="re-time the best rows of this result JSON interleaved (--rounds)")
+                    help="re-time the best rows of these result JSONs (','-separated) interleaved "
+                         "(--rounds)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--probe-study", action="store_true",
                     help="only measure probe coverage: query codes vs float projection")
@@ -453,9 +454,11 @@ def main(argv=None):
         Path(a.out).write_text(json.dumps(res, indent=1))
         return
     if a.confirm:
-        prev = json.loads(Path(a.confirm).read_text())
-        picks = {(r["method"], json.dumps(r["params"], sort_keys=True)): r
-                 for t in prev["best"].values() for r in t}
+        picks = {}
+        for f in a.confirm.split(","):  # the best rows of every given grid
+            prev = json.loads(Path(f).read_text())
+            picks.update({(r["method"], json.dumps(r["params"], sort_keys=True)): r
+                          for t in prev["best"].values() for r in t})
         by_budget = {b: m for b, (m, _) in zip(a.budget.split(","), models)}
         rows = confirm(xb, xq, truth, by_budget, key, list(picks.values()), a.rounds, a.single)
         res["rows"] = rows
