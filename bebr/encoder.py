@@ -451,6 +451,15 @@ class Encoder(ConfigView):
         projection (``CodeSpec.quantize_angle``), or with ``target`` to the direction of the
         query head into that older version's code space (``Binarizer.encode_query_codes``)."""
         bits = self.bits if bits is None else bits
+        if (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2
+                and type(bits) is int and 1 <= bits <= MAX_QUERY_BITS
+                and type(batch_size) is int and 0 < x.shape[0] <= batch_size
+                and x.shape[1] == self.in_dim and x.flags.c_contiguous
+                and (threads is None or (type(threads) is int and threads >= 1))):
+            # the common call (float32 rows, one batch): the checks below, cheaply
+            if not _C.all_finite(x):
+                raise ValueError(f"x has NaN or inf values in rows [0, {len(x)})")
+            return self._core.encode_query_codes(x, bits, self._head(target), threads or 1)
         if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) \
                 or not 1 <= bits <= MAX_QUERY_BITS:
             raise ValueError(f"bits must be an int in [1, {MAX_QUERY_BITS}], got {bits!r}")

@@ -455,12 +455,15 @@ void SdcIndex::search(const uint8_t* queries, int64_t nq, int k, int threads, co
       kt.scan_batch(a, qb, heaps);
       return;
     }
-    for (int64_t c0 = b0; c0 < b1; c0 += chunk) {
+    // entries (query, set) in groups of kMaxGroup; every entry of query q feeds heap q - q0.
+    // One group reads each block once whatever the chunks: its whole range in one call (the
+    // seeded plane pruning of one entry picks its seeds over the whole range)
+    const int64_t nent = (q1 - q0) * nsets;
+    const int64_t step = nent <= kMaxGroup ? std::max<int64_t>(1, b1 - b0) : chunk;
+    for (int64_t c0 = b0; c0 < b1; c0 += step) {
       ScanArgs a = base;
       a.block_begin = c0;
-      a.block_end = std::min(b1, c0 + chunk);
-      // entries (query, set) in groups of kMaxGroup; every entry of query q feeds heap q - q0
-      const int64_t nent = (q1 - q0) * nsets;
+      a.block_end = std::min(b1, c0 + step);
       for (int64_t e0 = 0; e0 < nent; e0 += kMaxGroup) {
         QueryGroup qg;
         qg.g = static_cast<int>(std::min<int64_t>(kMaxGroup, nent - e0));

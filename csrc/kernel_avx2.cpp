@@ -42,6 +42,11 @@ static inline bool v_any_gt_u16(V x, V thr1) {
   const V d = _mm256_subs_epu16(x, thr1);
   return !_mm256_testz_si256(d, d);
 }
+// the largest unsigned 16-bit lane of x
+static inline int v_hmax_u16(V x) {
+  const __m128i m = _mm_max_epu16(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
+  return 65535 - _mm_extract_epi16(_mm_minpos_epu16(_mm_xor_si128(m, _mm_set1_epi32(-1))), 0);
+}
 static inline V v_shuffle(V lut, V idx) { return _mm256_shuffle_epi8(lut, idx); }
 static inline V v_unpacklo16z(V a) { return _mm256_unpacklo_epi16(a, _mm256_setzero_si256()); }
 static inline V v_unpackhi16z(V a) { return _mm256_unpackhi_epi16(a, _mm256_setzero_si256()); }

@@ -24,35 +24,46 @@ void scan_scalar(const ScanArgs& a, const QueryGroup& qg, TopK* heaps) {
   const int32_t bias = prune ? lut_bias(geo, qbits) : 0;
   std::vector<SumBound> bound(qg.g);
   bool skip[kMaxGroup] = {};
-  for (int64_t blk = a.block_begin; blk < a.block_end; ++blk) {
+  // cosine: a lower bound of block blk's slots' norms (0: none), as the SIMD kernels take it
+  auto block_norm_min = [&](int64_t blk) {
+    if (a.norm_min) return a.norm_min[blk];
+    float mx = 0.f;
+    for (int r = 0; r < kBlock; ++r) mx = std::max(mx, a.invn[blk * kBlock + r]);
+    return mx > 0.f ? 1.f / mx : 0.f;
+  };
+  // the largest high-plane LUT partial 2 S0 of block B over all its slots for entry g, and
+  // (cosine) whether a slot's key at the allowance reaches th
+  auto high_partial = [&](const uint8_t* B, int64_t blk, int g, int64_t margin, float th, bool* any) {
+    int64_t hi0 = 0;
+    for (int it = 0; it < kBlock; ++it) {
+      int64_t s0 = 0;
+      for (int p = 0; p < P; ++p) {  // plane 0 byte p of slot it: nibble groups 2p, 2p+1
+        const uint8_t c = B[geo.offset(it, p)];
+        s0 += qg.lut[g][32 * p + (c & 15)] + qg.lut[g][32 * p + 16 + (c >> 4)];
+      }
+      hi0 = std::max(hi0, 2 * s0);
+      if (any && a.kind == ScoreKind::kCosine) {
+        const float key = static_cast<float>(static_cast<int32_t>(2 * (2 * s0 + margin) - bias)) *
+                          a.invn[blk * kBlock + kR.r_of_item[it]];
+        *any = *any || key >= th;
+      }
+    }
+    return hi0;
+  };
+  // one block: the skip decisions (decide: plane pruning applies and the block is no seed),
+  // then the exact scores of its live slots for the entries that do not skip it
+  auto visit = [&](int64_t blk, bool decide) {
     uint64_t m = a.alive[blk] & (a.filter ? a.filter[blk] : ~uint64_t(0));
     const uint8_t* B = a.codes + blk * geo.block_bytes;
-    if (prune && m) {
-      auto norm_min = [&] {
-        if (a.norm_min) return a.norm_min[blk];
-        float mx = 0.f;
-        for (int r = 0; r < kBlock; ++r) mx = std::max(mx, a.invn[blk * kBlock + r]);
-        return mx > 0.f ? 1.f / mx : 0.f;
-      };
+    for (int g = 0; g < qg.g; ++g) skip[g] = false;
+    if (decide && m) {
+      auto norm_min = [&] { return block_norm_min(blk); };
       for (int g = 0; g < qg.g; ++g) {
         const float ks = qg.key_scale[g], sh = qg.key_shift[g];
         const int64_t margin = qg.prune_margin[g];
         const float th = unscaled_threshold(heaps[qg.heap[g]].threshold(), ks, sh);
-        int64_t hi0 = 0;
         bool any = false;  // cosine: a slot's key at the allowance reaches th
-        for (int it = 0; it < kBlock; ++it) {
-          int64_t s0 = 0;
-          for (int p = 0; p < P; ++p) {  // plane 0 byte p of slot it: nibble groups 2p, 2p+1
-            const uint8_t c = B[geo.offset(it, p)];
-            s0 += qg.lut[g][32 * p + (c & 15)] + qg.lut[g][32 * p + 16 + (c >> 4)];
-          }
-          hi0 = std::max(hi0, 2 * s0);
-          if (a.kind == ScoreKind::kCosine) {
-            const float key = static_cast<float>(static_cast<int32_t>(2 * (2 * s0 + margin) - bias)) *
-                              a.invn[blk * kBlock + kR.r_of_item[it]];
-            any = any || key >= th;
-          }
-        }
+        const int64_t hi0 = high_partial(B, blk, g, margin, th, &any);
         if (a.kind == ScoreKind::kCosine) {
           skip[g] = !(any || !(th > -std::numeric_limits<float>::infinity()));
         } else {
@@ -83,6 +94,21 @@ void scan_scalar(const ScanArgs& a, const QueryGroup& qg, TopK* heaps) {
         heaps[qg.heap[g]].push(key, id);
       }
     }
+  };
+  if (!(prune && qg.g == 1)) {
+    for (int64_t blk = a.block_begin; blk < a.block_end; ++blk) visit(blk, prune);
+    return;
+  }
+  // one entry: seeded, chunk by chunk (kernels.h SeedPicker)
+  for (int64_t c0 = a.block_begin; c0 < a.block_end; c0 += kSeedChunk) {
+    const int64_t c1 = std::min(c0 + kSeedChunk, a.block_end);
+    SeedPicker seeds;
+    for (int64_t blk = c0; blk < c1; ++blk)
+      if (a.alive[blk] & (a.filter ? a.filter[blk] : ~uint64_t(0)))
+        seeds.push(blk, high_partial(a.codes + blk * geo.block_bytes, blk, 0, 0, 0.f, nullptr));
+    for (int s = 0; s < seeds.n; ++s) visit(seeds.blk[s], false);
+    for (int64_t blk = c0; blk < c1; ++blk)
+      if (!seeds.has(blk)) visit(blk, true);
   }
 }
 

@@ -100,6 +100,45 @@ def test_pruned_scores_are_exact_and_recall_holds(level, metric):
         assert overlap >= 0.95, (prune, overlap)
 
 
+@pytest.mark.parametrize("metric", ["ip", "cosine"])
+def test_single_queries_seeded_exact_scores_and_recall(level, metric):
+    """One query at a time (the seeded scan: kernels.h SeedPicker): exact scores, recall."""
+    spec, qspec, codes, queries = clustered(8, 6000, 128, 30)
+    idx = bebr.Index(spec, metric)
+    idx.add(codes)
+    full = reference._scores(spec, qspec, queries, codes, metric)
+    exact = idx.search(queries, 10, threads=1, query_bits=4)[1]
+    got = [idx.search(queries[i:i + 1], 10, threads=1, query_bits=4, prune=3.0) for i in range(30)]
+    s = np.vstack([g[0] for g in got])
+    ids = np.vstack([g[1] for g in got])
+    np.testing.assert_allclose(s, np.take_along_axis(full, ids, 1), rtol=1e-6)
+    assert (np.diff(s, axis=1) <= 0).all()
+    assert np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(ids, exact)]) >= 0.95
+
+
+def test_seeded_chunks_filters_and_removals_prune_as_scalar():
+    """A single query over more than one seed chunk (2,048 blocks), with removed items (dead
+    blocks) and a filter: every level decides as the scalar reference."""
+    rng = np.random.default_rng(21)
+    spec, qspec = CodeSpec(16, 2), CodeSpec(16, 4)
+    n = 64 * 2048 + 64 * 40 + 5
+    codes = spec.pack(rng.integers(0, 4, (n, 16)))
+    idx = bebr.Index(spec, "cosine")
+    idx.add(codes)
+    idx.remove(np.arange(64 * 100, 64 * 130))          # whole dead blocks
+    allow = rng.random(n) < 0.7
+    q = qspec.pack(rng.integers(0, 16, (2, 16)))
+    for filt in (None, allow):
+        for i in range(2):
+            run = lambda: idx.search(q[i:i + 1], 7, threads=1, query_bits=4, prune=1.0,  # noqa: E731
+                                     filter=filt)
+            want = _at_level("scalar", run)
+            for lv in LEVELS[1:]:
+                got = _at_level(lv, run)
+                np.testing.assert_array_equal(got[1], want[1], err_msg=lv)
+                np.testing.assert_array_equal(got[0], want[0], err_msg=lv)
+
+
 def test_wide_allowance_is_the_exact_search(level):
     """An allowance above the largest low-plane sum skips only what cannot enter: exact."""
     spec, qspec, codes, queries = clustered(5, 4000, 80, 12)
@@ -110,6 +149,10 @@ def test_wide_allowance_is_the_exact_search(level):
         got = idx.search(queries, 10, threads=1, query_bits=4, prune=1e6)
         np.testing.assert_array_equal(got[1], want[1])
         np.testing.assert_array_equal(got[0], want[0])
+        for i in range(3):  # one query: the seeded scan
+            got = idx.search(queries[i:i + 1], 10, threads=1, query_bits=4, prune=1e6)
+            np.testing.assert_array_equal(got[1][0], want[1][i])
+            np.testing.assert_array_equal(got[0][0], want[0][i])
 
 
 @pytest.mark.parametrize("bits", [1, 3, 4])
@@ -153,9 +196,10 @@ def test_property_levels_agree_and_scores_exact(seed, dim, n, prune, k):
     queries = qspec.pack(rng.integers(0, 16, (3, dim)))
     idx = bebr.Index(spec, "cosine")
     idx.add(codes)
-    run = lambda: idx.search(queries, k, threads=1, query_bits=4, prune=prune)  # noqa: E731
+    nq = 1 + seed % 3  # one query: the seeded scan; 2-3: a group
+    run = lambda: idx.search(queries[:nq], k, threads=1, query_bits=4, prune=prune)  # noqa: E731
     want = _at_level("scalar", run)
-    full = reference._scores(spec, qspec, queries, codes, "cosine")
+    full = reference._scores(spec, qspec, queries[:nq], codes, "cosine")
     ok = want[1] >= 0
     np.testing.assert_allclose(want[0][ok], np.take_along_axis(full, np.where(ok, want[1], 0), 1)[ok],
                                rtol=1e-6)

@@ -281,9 +281,10 @@ TEST_P(Levels_, PlanePruningMatchesScalar) {
     std::vector<uint8_t> c(n * idx.geometry().code_bytes);
     for (auto& b : c) b = static_cast<uint8_t>(rng());
     idx.add(c.data(), n, nullptr, 0);
-    const int k = 10, nq = 3;
-    std::vector<uint8_t> q(nq * 4 * 12);
+    const int k = 10;
+    std::vector<uint8_t> q(3 * 4 * 12);
     for (auto& b : q) b = static_cast<uint8_t>(rng());
+    for (int nq : {1, 3})  // one query: the seeded scan (kernels.h SeedPicker); three: a group
     for (float prune : {0.5f, 2.f, 1e6f}) {
       std::vector<float> s(nq * k), want_s(nq * k), exact_s(nq * k);
       std::vector<int64_t> i(nq * k), want_i(nq * k), exact_i(nq * k);
