@@ -460,11 +460,13 @@ class Index(_Base):
         ``prune``: plane pruning over 2-bit codes (approximate; None: exact). The scan reads a
         block's high bit plane first and skips its low plane where no item of the block could
         enter a query's top-k even with its low-plane sum ``prune`` standard deviations above
-        its mean under random bits. Returned scores stay exact; an item whose low plane lies
-        further out is missed, and results may then depend on ``threads``. It pays where
-        the low plane is a large share of the scan (MiniLM 192x2, prune 3: R10@10 0.817 vs
-        0.822 exact, the one-query scan about 0.8x the exact one's; GloVe 50x2: slower,
-        tools/bench_query_path.py). Ignored (exact) over 1-bit or 3-4-bit codes.
+        its mean under random bits (a single query scores the 8 blocks of the largest
+        high-plane partial first: kernels.h SeedPicker). Returned scores stay exact; an item
+        whose low plane lies further out is missed, and results may then depend on
+        ``threads``. It pays where the low plane is a large share of the scan (MiniLM 192x2,
+        prune 3: R10@10 0.816 vs 0.822 exact, the one-query scan about 0.75x the exact
+        one's; GloVe 48x2 / 50x2: no gain, tools/bench_query_path.py). Ignored (exact) over
+        1-bit or 3-4-bit codes.
         """
         args = self._search_args(queries, k, threads, filter, exclude, query_bits,
                                  version_queries, version_calibration)
