@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from typing import Any, Mapping, Optional
@@ -178,6 +179,8 @@ def _calibration_args(calibration: Any, tags: list) -> tuple:
 
 
 def _check_k(k: Any) -> int:
+    if type(k) is int and k > 0:  # the common call, cheaply
+        return k
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     if k <= 0:
@@ -188,6 +191,8 @@ def _check_k(k: Any) -> int:
 def _check_threads(threads: Any) -> int:
     if threads is None:
         return os.cpu_count() or 1
+    if type(threads) is int and threads > 0:
+        return threads
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
         raise TypeError(f"threads must be an int or None, got {type(threads).__name__}")
     if threads <= 0:
@@ -197,6 +202,8 @@ def _check_threads(threads: Any) -> int:
 
 def _check_prune(prune: Any) -> float:
     """``Index.search(prune=)`` checked: a finite number > 0 (standard deviations)."""
+    if type(prune) is float and 0.0 < prune < math.inf:
+        return prune
     if isinstance(prune, bool) or not isinstance(prune, (int, float, np.integer, np.floating)):
         raise TypeError(f"prune must be a number of standard deviations (or None: exact), got "
                         f"{type(prune).__name__}")
