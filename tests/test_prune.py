@@ -186,6 +186,28 @@ def test_threads_prune_scores_stay_exact():
     assert np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(ids, exact)]) >= 0.95
 
 
+def test_threads_single_query_seeded_scores_stay_exact():
+    """One query over two workers (each seeds its own block range): exact scores, recall."""
+    spec, qspec, codes, queries = clustered(12, 20000, 64, 20)
+    idx = bebr.Index(spec, "cosine")
+    idx.add(codes)
+    full = reference._scores(spec, qspec, queries, codes, "cosine")
+    exact = idx.search(queries, 10, threads=1, query_bits=4)[1]
+    before = bindex.min_parallel_work()
+    bindex.set_min_parallel_work(1)
+    try:
+        got = []
+        for i in range(len(queries)):
+            got.append(idx.search(queries[i:i + 1], 10, threads=2, query_bits=4, prune=3.0))
+            assert bindex.last_search_stats()["workers"] == 2
+    finally:
+        bindex.set_min_parallel_work(before)
+    s = np.vstack([g[0] for g in got])
+    ids = np.vstack([g[1] for g in got])
+    np.testing.assert_allclose(s, np.take_along_axis(full, ids, 1), rtol=1e-6)
+    assert np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(ids, exact)]) >= 0.95
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), dim=st.integers(1, 140), n=st.integers(1, 400),
        prune=st.floats(0.01, 8.0), k=st.integers(1, 12))
