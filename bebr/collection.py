@@ -719,6 +719,10 @@ MERGE_FLIP_WEIGHT = 2.0
 #: States on either side pooled with each state's own in the objective (noise of a few
 #: thousand held-out queries: flip rates near 0.02 are ~40 queries).
 MERGE_WINDOW = 2
+#: A state's entry must cut the pooled held-out negative flips of the naive merge (1, 0) by
+#: at least this share, without its R10@10 falling below the all-old search's, whenever any
+#: candidate can; when none can, it must flip no more than (1, 0) (which qualifies).
+MERGE_FLIP_MARGIN = 0.15
 #: Depth of each version's candidate list in the merge simulation.
 _MERGE_DEPTH = 400
 
@@ -733,7 +737,11 @@ def _fit_merge_table(new, old, version, x_new, x_old, old_codes, weight, cal, qu
     :data:`MERGE_FLIP_WEIGHT` x the negative-flip rate (top-1 right when every item is
     old, wrong merged), averaged over the state and :data:`MERGE_WINDOW` states on either
     side; candidates: (1, 0) (the naive merge), the logistic ``cal`` and the grid
-    :data:`MERGE_SCALES` x :data:`MERGE_SHIFTS`; ties to (1, 0).
+    :data:`MERGE_SCALES` x :data:`MERGE_SHIFTS`; ties to (1, 0). The choice is constrained
+    to the candidates whose pooled flips are at most ``1 - MERGE_FLIP_MARGIN`` of the naive
+    merge's and whose R10@10 at the state is at least the all-old search's, when there are
+    any, else to those whose pooled flips are at most the naive merge's: on these rows the
+    merge never flips more results than the naive one, whatever it gains in recall.
 
     Why per r: one logistic fit of P(true neighbour | score) over the top-50 of each
     version lowers the old model's top scores against the new one's, which lets new items
@@ -777,10 +785,14 @@ def _choose_merge_table(old_tk, new_tk, masks, truth, cal) -> tuple:
     rec = np.array([v[0] for v in res])
     fl = np.array([v[1] for v in res])
     obj = rec - MERGE_FLIP_WEIGHT * fl
+    all_old = _merge_curves(old_tk, new_tk, [np.zeros_like(masks[0])], truth, naive)[0][0]
     table, chosen = [], ([], [])
     for i, r in enumerate(MERGE_STATES):
         lo, hi = max(0, i - MERGE_WINDOW), min(len(MERGE_STATES), i + MERGE_WINDOW + 1)
         pooled = obj[:, lo:hi].mean(1)
+        pf, naive_pf = fl[:, lo:hi].mean(1), fl[0, lo:hi].mean()
+        ok = (pf <= (1 - MERGE_FLIP_MARGIN) * naive_pf) & (rec[:, i] >= all_old)
+        pooled = np.where(ok if ok.any() else pf <= naive_pf, pooled, -np.inf)
         best = int(np.flatnonzero(pooled == pooled.max())[0])  # ties: the first, (1, 0)
         table.append([r, float(cands[best][0]), float(cands[best][1])])
         chosen[0].append(float(rec[best, i]))
@@ -788,7 +800,7 @@ def _choose_merge_table(old_tk, new_tk, masks, truth, cal) -> tuple:
     curves = {"states": list(MERGE_STATES),
               "naive": {"r10@10": res[0][0], "flips": res[0][1]},
               "logistic": {"r10@10": res[1][0], "flips": res[1][1]},
-              "chosen": {"r10@10": chosen[0], "flips": chosen[1]}}
+              "chosen": {"r10@10": chosen[0], "flips": chosen[1]}, "all_old": all_old}
     return table, curves
 
 

@@ -166,6 +166,23 @@ def _load_cached(path: Path, name: str, n: int, dim: int) -> np.ndarray:
                            "delete the file to recompute")
 
 
+def _cache_path(name: str, words) -> Path:
+    return data_dir() / f"{name}_{words_hash(words)[:24]}_{len(words)}.npy"
+
+
+def embeddings_cached(name: str, words) -> bool:
+    """Whether the ``name`` ("minilm-l6-v2" or "mpnet-base-v2") embeddings of ``words`` are
+    all in the cache (as one file of the whole list or as its :data:`EMBED_BLOCK` blocks),
+    so that :func:`minilm_embeddings` / :func:`mpnet_embeddings` compute nothing."""
+    words = list(words)
+    if not words:
+        return False
+    if _cache_path(name, words).exists():
+        return True
+    return all(_cache_path(name, words[s:s + EMBED_BLOCK]).exists()
+               for s in range(0, len(words), EMBED_BLOCK))
+
+
 def _st_embeddings(words, *, name: str, dim: int, model_dir, batch_size: int, cache: bool,
                    progress: bool) -> np.ndarray:
     """Sentence-transformers embeddings of ``words`` (float32 (n, dim), L2-normalised) from
@@ -179,7 +196,7 @@ def _st_embeddings(words, *, name: str, dim: int, model_dir, batch_size: int, ca
         raise TypeError("words must be a sequence of str")
 
     def cache_path(ws) -> Path:
-        return data_dir() / f"{name}_{words_hash(ws)[:24]}_{len(ws)}.npy"
+        return _cache_path(name, ws)
 
     whole = cache_path(words)
     if cache and whole.exists():

@@ -505,14 +505,17 @@ def test_merge_table_flip_aware(upgraded):
     mc = report["merge_calibration"]["glove-v1"]
     assert [e[0] for e in mc["table"]] == list(MERGE_STATES)
     assert all(e[1] > 0 for e in mc["table"])
-    assert set(mc["val"]) == {"states", "naive", "logistic", "chosen"}
+    assert set(mc["val"]) == {"states", "naive", "logistic", "chosen", "all_old"}
 
 
 def test_merge_table_is_pooled_argmax():
     """Each entry maximises the pooled objective (R10@10 - MERGE_FLIP_WEIGHT x flips over
-    the state and MERGE_WINDOW neighbours) among the candidates, recomputed by brute-force
+    the state and MERGE_WINDOW neighbours) among the candidates that cut the naive merge's
+    pooled flips by MERGE_FLIP_MARGIN and keep R10@10 at or above the all-old search's (when
+    none does: among those flipping no more than the naive merge), recomputed by brute-force
     full merges (continuous random scores: no ties)."""
-    from bebr.collection import MERGE_SCALES, MERGE_SHIFTS, _choose_merge_table
+    from bebr.collection import (MERGE_FLIP_MARGIN, MERGE_SCALES, MERGE_SHIFTS,
+                                 _choose_merge_table)
     rng = np.random.default_rng(5)
     nq, n, d = 60, 300, 8
     qo, go = rng.standard_normal((nq, d)), rng.standard_normal((n, d))
@@ -532,13 +535,25 @@ def test_merge_table_is_pooled_argmax():
                                         masks, truth, cal)
     cands = [(1.0, 0.0), cal] + [(a, b) for a in MERGE_SCALES for b in MERGE_SHIFTS
                                  if (a, b) != (1.0, 0.0)]
-    obj = np.array([[np.subtract(*np.multiply(_merge_oracle(s_old, s_new, m, truth, c),
-                                              (1.0, MERGE_FLIP_WEIGHT))) for m in masks]
-                    for c in cands])
+    res = np.array([[_merge_oracle(s_old, s_new, m, truth, c) for m in masks] for c in cands])
+    rec, fl = res[..., 0], res[..., 1]
+    obj = rec - MERGE_FLIP_WEIGHT * fl
+    all_old = _merge_oracle(s_old, s_new, np.zeros(n, bool), truth, (1.0, 0.0))[0]
+    assert curves["all_old"] == pytest.approx(all_old)
+    constrained = 0
     for i, (r, a, b) in enumerate(table):
-        pooled = obj[:, max(0, i - MERGE_WINDOW):i + MERGE_WINDOW + 1].mean(1)
+        w = slice(max(0, i - MERGE_WINDOW), i + MERGE_WINDOW + 1)
+        pooled = obj[:, w].mean(1)
+        pf, naive_pf = fl[:, w].mean(1), fl[0, w].mean()
+        ok = (pf <= (1 - MERGE_FLIP_MARGIN) * naive_pf + 1e-12) & (rec[:, i] >= all_old - 1e-12)
+        constrained += bool(ok.any())
+        pooled = np.where(ok if ok.any() else pf <= naive_pf + 1e-12, pooled, -np.inf)
         assert r == MERGE_STATES[i]
         assert pooled[cands.index((a, b))] == pytest.approx(pooled.max(), abs=1e-9)
+        # never more flips than the naive merge on these rows; fewer where any map cuts them
+        chosen_pf = fl[cands.index((a, b)), w].mean()
+        assert chosen_pf < naive_pf if ok.any() else chosen_pf <= naive_pf
+    assert constrained > 0  # the data exercise the constraint
     assert len({(a, b) for _, a, b in table}) > 1  # the data make the choice depend on r
     naive = [_merge_oracle(s_old, s_new, m, truth, (1.0, 0.0)) for m in masks]
     np.testing.assert_allclose(curves["naive"]["r10@10"], [v[0] for v in naive])

@@ -75,9 +75,14 @@ def test_embeddings_cached_in_blocks_shared_by_prefixes(tmp_path, monkeypatch):
     monkeypatch.setenv("BEBR_DATA", str(tmp_path))
     monkeypatch.setattr(ds, "EMBED_BLOCK", 2)
     words = ["king", "queen", "apple", "banana", "car"]
+    assert not ds.embeddings_cached("minilm-l6-v2", words)
     e = ds.minilm_embeddings(words)
     assert e.shape == (5, 384)
     assert len(list(tmp_path.glob("minilm-*.npy"))) == 3  # blocks of 2, 2 and 1 words
+    assert ds.embeddings_cached("minilm-l6-v2", words)
+    assert ds.embeddings_cached("minilm-l6-v2", words[:4])
+    assert not ds.embeddings_cached("minilm-l6-v2", words[1:])
+    assert not ds.embeddings_cached("mpnet-base-v2", words)
     whole = ds.minilm_embeddings(words, cache=False)  # one encode call over all five
     np.testing.assert_allclose(e, whole, atol=1e-5)
 

@@ -175,9 +175,11 @@ def test_threaded_search_paths_match_one_thread(parallel_work, metric, level):
     codes = random_codes(rng, spec, n)
     idx.add(codes)
     idx.remove(np.arange(0, n, 7))
-    queries = random_codes(rng, spec, 64)
+    queries = random_codes(rng, spec, 256)
     parallel_work(10)  # one thread per 10 block-queries
-    for nq, split in ((1, "database"), (3, "database"), (64, "queries")):
+    # many queries split by queries: items of 4 x kMaxGroup, or of 64 where a batched kernel
+    # (amx) scores them, so 256 queries give every one of 4 threads an item at every level
+    for nq, split in ((1, "database"), (3, "database"), (256, "queries")):
         q = queries[:nq]
         s1, i1 = idx.search(q, 10, threads=1)
         one = bindex.last_search_stats()

@@ -116,7 +116,7 @@ def has_cached(name: str, lo: int, hi: int) -> bool:
         return True
     stem = {"minilm": "minilm-l6-v2", "mpnet": "mpnet-base-v2"}[name]
     words, _ = ds.glove_words(hi)
-    if (ds.data_dir() / f"{stem}_{ds.words_hash(words[lo:hi])[:24]}_{hi - lo}.npy").exists():
+    if ds.embeddings_cached(stem, words[lo:hi]):
         return True
     for p in ds.data_dir().glob(f"{stem}_*_*.npy"):
         m = int(p.stem.rsplit("_", 1)[1])
