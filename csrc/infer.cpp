@@ -283,13 +283,15 @@ int64_t codes_rows_fast(const Model& model, const float* x, int64_t nb, uint8_t*
   for (int64_t r = 0; r < nb; ++r)
     for (int64_t j = 0; j < D; ++j) s.xin[r * D + j] = x[r * D + j] - model.in_mean[j];
   s.touched.assign(nb, 0);
-  bool use_lut = bits > 1;
-  for (const Mlp& m : model.B) use_lut = use_lut && !m.skip_lut.data.empty();
   const InferKernels& kern = active_infer_kernels();
+  // steps 1 .. lut_steps by the sign tables (step t costs t table passes, one GEMM otherwise)
+  int lut_steps = std::min(bits - 1, kern.lut_steps);
+  for (const Mlp& m : model.B)
+    if (m.skip_lut.data.empty()) lut_steps = 0;
   // flag, fix and take the signs of step t (pre-activations in s.pre): plane t of the
   // codes, c += +-2^-t, and for the next B's tables the signs as nibbles
   auto take = [&](int t) {
-    if (use_lut && t + 1 < bits) s.nib[t].resize(nb * G);
+    if (t < lut_steps) s.nib[t].resize(nb * G);
     for (int64_t r = 0; r < nb; ++r) {
       float* p = s.pre.data() + r * d;
       // |pre| <= th (0 included) or a non-finite step: that pre-activation in float64
@@ -309,7 +311,7 @@ int64_t codes_rows_fast(const Model& model, const float* x, int64_t nb, uint8_t*
       }
       uint8_t* plane = codes + r * cb + t * pb;
       sign_bits(p, d, plane);
-      if (use_lut && t + 1 < bits) {
+      if (t < lut_steps) {
         uint8_t* e = s.nib[t].data() + r * G;
         for (int64_t g = 0; g < G; ++g) e[g] = static_cast<uint8_t>((plane[g >> 1] >> ((g & 1) * 4)) & 15);
       }
@@ -327,7 +329,7 @@ int64_t codes_rows_fast(const Model& model, const float* x, int64_t nb, uint8_t*
     normalize_rows(s.xn.data(), nb, D);
     s.xh.resize(nb * D);
     for (int t = 1; t < bits; ++t) {
-      if (use_lut) {  // B c = sum_{u < t} 2^-u (B sign_u)
+      if (t <= lut_steps) {  // B c = sum_{u < t} 2^-u (B sign_u)
         std::fill(s.xh.begin(), s.xh.end(), 0.f);
         for (int u = 0; u < t; ++u)
           kern.lut_f32(model.B[t - 1].skip_lut, s.nib[u].data(), nb, std::ldexp(1.f, -u), s.xh.data());
@@ -543,24 +545,46 @@ struct Quantizer {
       sorted[cursor[b]] = static_cast<int32_t>(e);
       cursor[b] += need[b];
     }
-    double best = crit0;
+    double best = crit0, best2 = best * best * (1 - 1e-9);
     int best_b = -1;
     int64_t best_i = 0, cs = 0, cn = 0;
     for (int b = 0; b < nb; ++b) {
       if (!cnt[b]) continue;
       if (need[b]) {
         int32_t* fs = sorted.data() + start[b];
-        // (f, index) order; index order = (j, m) order (sorted as (f, index) pairs)
-        pairs.resize(cnt[b]);
-        for (int32_t i = 0; i < cnt[b]; ++i) pairs[i] = {ef[fs[i]], fs[i]};
-        std::sort(pairs.begin(), pairs.end());
-        for (int32_t i = 0; i < cnt[b]; ++i) fs[i] = pairs[i].second;
+        // (f, index) order; index order = (j, m) order, the order of fs
+        const int32_t nc = cnt[b];
+        if (nc <= 32) {
+          // a small bucket (the usual one) ranked by counting, free of the branch
+          // mispredictions of a sort over its events' random order of f
+          fb.resize(nc);
+          rank.resize(nc);
+          for (int32_t i = 0; i < nc; ++i) fb[i] = ef[fs[i]];
+          for (int32_t i = 0; i < nc; ++i) {
+            const double fi = fb[i];
+            int32_t r = 0;  // events before i in (f, index) order
+            for (int32_t k = 0; k < i; ++k) r += fb[k] <= fi;
+            for (int32_t k = i + 1; k < nc; ++k) r += fb[k] < fi;
+            rank[r] = fs[i];
+          }
+          std::copy(rank.begin(), rank.end(), fs);
+        } else {
+          pairs.resize(nc);
+          for (int32_t i = 0; i < nc; ++i) pairs[i] = {ef[fs[i]], fs[i]};
+          std::sort(pairs.begin(), pairs.end());
+          for (int32_t i = 0; i < nc; ++i) fs[i] = pairs[i].second;
+        }
         for (int32_t i = 0; i < cnt[b]; ++i) {
           cs += A[ej[fs[i]]];
           cn += em[fs[i]];
+          // crit > best needs num^2 >= best^2 den (checked with a relative slack of 1e-9
+          // for rounding): the exact crit (a sqrt and a division) only for those prefixes
+          const double num = static_cast<double>(S + 2 * cs), den = static_cast<double>(dim + 8 * cn);
+          if (num * num < best2 * den) continue;
           const double c = crit_of(cs, cn);
           if (c > best) {
             best = c;
+            best2 = best * best * (1 - 1e-9);
             best_b = b;
             best_i = i + 1;
           }
@@ -568,9 +592,12 @@ struct Quantizer {
       } else {
         cs += bsum_a[b];
         cn += bsum_m[b];
+        const double num = static_cast<double>(S + 2 * cs), den = static_cast<double>(dim + 8 * cn);
+        if (num * num < best2 * den) continue;  // (as above)
         const double c = crit_of(cs, cn);
         if (c > best) {
           best = c;
+          best2 = best * best * (1 - 1e-9);
           best_b = b;
           best_i = cnt[b];
         }
@@ -597,17 +624,32 @@ struct Quantizer {
     }
   }
 
-  std::vector<int32_t> cursor;
+  std::vector<int32_t> cursor, rank;
+  std::vector<double> fb;
   std::vector<std::pair<double, int32_t>> pairs;
 };
 
 void pack_row(const uint8_t* lv, int64_t dim, int bits, uint8_t* out) {
   const int64_t pb = (dim + 7) / 8;
   std::memset(out, 0, static_cast<size_t>(pb * bits));
+  int64_t j0 = 0;
+#if defined(__SSE2__)
+  // 16 levels at a time: shifted left by 7 - sh (as 16-bit words: each byte's top bit is
+  // then its own bit sh), the byte sign mask is bit sh of the 16 levels
+  for (; j0 + 16 <= dim; j0 += 16) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(lv + j0));
+    for (int t = 0; t < bits; ++t) {
+      const int mask = _mm_movemask_epi8(_mm_sll_epi16(v, _mm_cvtsi32_si128(t - bits + 8)));
+      uint8_t* p = out + t * pb + (j0 >> 3);
+      p[0] = static_cast<uint8_t>(mask);
+      p[1] = static_cast<uint8_t>(mask >> 8);
+    }
+  }
+#endif
   for (int t = 0; t < bits; ++t) {
     uint8_t* plane = out + t * pb;
     const int sh = bits - 1 - t;
-    for (int64_t j = 0; j < dim; ++j) plane[j >> 3] |= static_cast<uint8_t>(((lv[j] >> sh) & 1) << (j & 7));
+    for (int64_t j = j0; j < dim; ++j) plane[j >> 3] |= static_cast<uint8_t>(((lv[j] >> sh) & 1) << (j & 7));
   }
 }
 
@@ -652,7 +694,7 @@ void check_head(const Model& model, int head) {
 }  // namespace
 
 const InferKernels& infer_kernels_scalar() {
-  static const InferKernels k{"scalar", &matvec_scalar, &gemm_f32_scalar, &lut_f32_scalar};
+  static const InferKernels k{"scalar", &matvec_scalar, &gemm_f32_scalar, &lut_f32_scalar, kMaxBits};
   return k;
 }
 

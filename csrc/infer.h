@@ -84,6 +84,10 @@ struct InferKernels {
   MatvecFn matvec;
   GemmF32Fn gemm_f32;
   LutF32Fn lut_f32;
+  // The fast pass's B stages of steps t <= lut_steps use the sign tables (t passes of lut_f32),
+  // later ones gemm_f32 (one pass): where the GEMM is fast, its weights (a quarter of the
+  // tables' bytes) win.
+  int lut_steps;
 };
 
 const InferKernels& infer_kernels_scalar();

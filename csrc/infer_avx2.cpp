@@ -177,7 +177,7 @@ void lut_f32_avx2(const SignLut& lut, const uint8_t* e, int64_t n, float scale, 
 }  // namespace
 
 const InferKernels& infer_kernels_avx2() {
-  static const InferKernels k{"avx2", &matvec_avx2, &gemm_f32_avx2, &lut_f32_avx2};
+  static const InferKernels k{"avx2", &matvec_avx2, &gemm_f32_avx2, &lut_f32_avx2, 1};
   return k;
 }
 

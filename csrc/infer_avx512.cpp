@@ -1,7 +1,8 @@
 // AVX-512 kernels of infer.h. Float64 matrix-vector: one zmm = the 8 lanes of one (output,
-// row) dot product; tiles of 4 outputs x 4 rows share each weight and input load. Float32
-// GEMM over packed panels: tiles of 8 rows x 32 outputs (two panels); sign tables: the AVX2
-// kernel. Per-file flags (CMakeLists.txt); called only after dispatch checked the CPU.
+// row) dot product; tiles of 4 outputs x 4 rows share each weight and input load (8 outputs
+// x 1 row for a single row: 8 independent chains). Float32 GEMM over packed panels: tiles of
+// 8 rows x 32 outputs (two panels); sign tables: the AVX2 kernel. Per-file flags
+// (CMakeLists.txt); called only after dispatch checked the CPU.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -48,6 +49,8 @@ inline void tile(const float* w, int64_t in, const double* x, double* y, int64_t
 template <int RT>
 inline void rows(const float* w, int64_t out, int64_t in, const double* x, double* y) {
   int64_t i = 0;
+  if (RT == 1)  // (each output keeps its own accumulator: the same bits as the 4-output tile)
+    for (; i + 8 <= out; i += 8) tile<8, RT>(w + i * in, in, x, y + i, out);
   for (; i + 4 <= out; i += 4) tile<4, RT>(w + i * in, in, x, y + i, out);
   for (; i < out; ++i) tile<1, RT>(w + i * in, in, x, y + i, out);
 }
@@ -119,8 +122,8 @@ void gemm_f32_avx512(const PackedF32& w, const float* x, int64_t n, float* y) {
 
 const InferKernels& infer_kernels_avx512() {
   // Sign tables: the AVX2 kernel (its 8-lane table rows fill a ymm; wider registers gain
-  // nothing there).
-  static const InferKernels k{"avx512", &matvec_avx512, &gemm_f32_avx512, infer_kernels_avx2().lut_f32};
+  // nothing there), but unused by the fast pass: this GEMM is faster than a table pass.
+  static const InferKernels k{"avx512", &matvec_avx512, &gemm_f32_avx512, infer_kernels_avx2().lut_f32, 0};
   return k;
 }
 

@@ -110,8 +110,9 @@ def test_codes_match_torch_float64(level, in_dim, dim, bits, qbits, depth, hidde
                                                    (21, 45, 4, 0), (40, 9, 3, 0)])
 def test_float32_pass_with_margin_matches_float64(level, in_dim, dim, bits, depth):
     """Batches of FAST_MIN_ROWS+ rows take the float32 pass (GEMMs over packed weights; the
-    B stages of a depth-0 model by sign tables); pre-activations within the margin of 0 are
-    evaluated in float64: the same codes as float64 throughout, at 1 and 2 threads."""
+    B stages of a depth-0 model by sign tables at the scalar level, the first one at avx2);
+    pre-activations within the margin of 0 are evaluated in float64: the same codes as float64
+    throughout, at 1 and 2 threads."""
     model = make_model(in_dim, dim, bits, hidden=32, depth=depth, seed=dim)
     x = rows(400, in_dim, 1).astype(np.float64)
     w = model.W.skip.weight.detach().double().numpy()[0]
@@ -218,6 +219,19 @@ def test_quantize_angle_matches_numpy_sweep(dim, bits, n, seed, zeros, ties):
     spec = CodeSpec(dim, bits)
     got = spec.quantize_angle(v)
     assert got.dtype == np.uint8 and got.shape == (n, dim)
+    assert np.array_equal(got, spec.quantize_angle_reference(v))
+    assert np.array_equal(bebr._C.pack_levels(got, bits), spec.pack(got))
+
+
+@pytest.mark.parametrize("dim,bits", [(192, 2), (192, 4), (384, 4), (192, 7), (384, 7)])
+def test_quantize_angle_matches_numpy_sweep_at_query_sizes(dim, bits):
+    """Rows of query size: buckets of a few events (ranked by counting) and, with tied
+    magnitudes, of many (sorted); Gaussian, heavy-tailed and rounded (tied) values."""
+    rng = np.random.default_rng(dim * 10 + bits)
+    v = np.concatenate([rng.standard_normal((6, dim)), rng.standard_t(2, (6, dim)),
+                        np.round(rng.standard_normal((6, dim)) * 4) / 4])
+    spec = CodeSpec(dim, bits)
+    got = spec.quantize_angle(v)
     assert np.array_equal(got, spec.quantize_angle_reference(v))
     assert np.array_equal(bebr._C.pack_levels(got, bits), spec.pack(got))
 
