@@ -7,6 +7,8 @@ A collection is one directory::
                              calibrations, the index file and its size)
     index-<generation>.bebr  the bebr.Index holding every item's code, tagged by version
     models/<name>/           one saved model per version still in the collection
+    memory-<gen>-<tag>.npz   per older version, the query memory of the current model's
+                             queries into its codes (bebr.query_memory), when fitted
 
 A version is the model's version string (``bebr.versions``). New items are encoded by the
 *current* model; after :meth:`Collection.upgrade` to a new model, items of older versions
@@ -30,6 +32,7 @@ collection's own lock and must not be called while another thread mutates it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -44,6 +47,7 @@ import numpy as np
 from .codes import CodeSpec, max_query_bits
 from .fileio import CorruptFileError, atomic_write_bytes, sha256_file
 from .index import Index
+from .query_memory import QueryMemory
 from .searcher import _as_encoder
 from .versions import version_tag
 
@@ -104,6 +108,8 @@ class Collection:
         self._index = index
         self._models = models  # version -> loaded model (lazily filled)
         self._new_models: Dict[str, Any] = {}  # version -> model to write at the next save
+        self._memories: Dict[str, QueryMemory] = {}  # version -> loaded query memory
+        self._new_memories: Dict[str, QueryMemory] = {}  # version -> memory to write at save
         self._counts: Optional[Dict[str, int]] = None  # live counts, None after a change
         self._lock = threading.RLock()
 
@@ -135,6 +141,7 @@ class Collection:
             "versions": [{"version": version, "model": f"models/{_model_dir_name(version)}",
                           "config_sha256": None, "lineage": []}],
             "own_calibration": {}, "joint_weight": {}, "merge_calibration": {},
+            "query_memory": {},
         }
         index = Index(spec, metric)
         index.register_version(version)
@@ -176,6 +183,13 @@ class Collection:
         if stray:
             raise CorruptFileError(f"{ipath}: items of versions {stray} the manifest does "
                                    f"not list")
+        for v, e in manifest["query_memory"].items():
+            f = p / e["file"]
+            if not f.is_file() or f.stat().st_size != e["bytes"]:
+                raise CorruptFileError(f"{mpath}: query memory {f.name} of version {v!r} is "
+                                       f"missing or has the wrong size")
+            if verify and sha256_file(f) != e["sha256"]:
+                raise CorruptFileError(f"{f}: checksum does not match the manifest")
         coll = cls(p, manifest, index, {})
         model = coll._model(manifest["current"])
         if model.spec != spec or model.version != manifest["current"]:
@@ -240,6 +254,21 @@ class Collection:
             self._models[version] = _load_model(self.path / self._entry(version)["model"])
         return self._models[version]
 
+    def _memory(self, version: str) -> Optional[QueryMemory]:
+        """The current model's query memory into ``version``'s codes (None if not fitted)."""
+        e = self._manifest.get("query_memory", {}).get(version)
+        if e is None:
+            return None
+        if version not in self._memories:
+            f = self.path / e["file"]
+            data = f.read_bytes()
+            if hashlib.sha256(data).hexdigest() != e["sha256"]:
+                raise CorruptFileError(f"{f}: checksum does not match the manifest")
+            self._memories[version] = QueryMemory.from_bytes(
+                data, self.spec, k=e["k"], tau=e["tau"], weight=e["weight"],
+                calibration=tuple(e["calibration"]), where=str(f))
+        return self._memories[version]
+
     # ------------------------------------------------------------------ items
     def add(self, x: Any, ids: Any = None) -> np.ndarray:
         """Encode float rows of the current model and add them (ids default: continuing;
@@ -293,8 +322,9 @@ class Collection:
         queries embedded by ``v``'s model, row for row) is given, with the joint query of
         both floats fitted at :meth:`upgrade` (:func:`joint_query_codes`; the old model's
         own query codes where that measured best), else with the current model's query head
-        into ``v``'s codes; each with the
-        calibration fitted for that setting at :meth:`upgrade`, so one top-k merges them.
+        into ``v``'s codes, joined by its query memory where one was fitted
+        (:mod:`bebr.query_memory`); each with the calibration fitted for that setting at
+        :meth:`upgrade` / :meth:`calibrate`, so one top-k merges them.
         ValueError if a version with items has neither (nothing is mixed in silently).
         """
         m = self.model
@@ -306,6 +336,7 @@ class Collection:
                                  f"queries as x")
             self._entry(v)
         qb = self.query_bits
+        q = m.encode_query_codes(x, qb)
         own_cal = self._manifest["own_calibration"]
         heads = set(m.config.cross_versions)
         vq, cal = {}, {}
@@ -329,8 +360,14 @@ class Collection:
                 vq[v] = joint_query_codes(ov, xo, m if w else None, x, v, w, qb)
                 cal[v] = self._merge_calibration(v)
             elif v in heads:
-                vq[v] = m.encode_query_codes(x, qb, target=v)
-                cal[v] = m.cross_calibration(v, self.metric)
+                mem = self._memory(v)
+                if mem is None:
+                    vq[v] = m.encode_query_codes(x, qb, target=v)
+                    cal[v] = m.cross_calibration(v, self.metric)
+                else:
+                    vq[v] = mem.query_codes(_as_encoder(m).encode_query(x, target=v), q, qb,
+                                            threads=threads)
+                    cal[v] = mem.calibration
             else:
                 count = self._index.versions().get(v, 0)
                 if not count:
@@ -339,7 +376,6 @@ class Collection:
                                  f"current model {self.current!r} has no query head for it "
                                  f"and older={{{v!r}: ...}} was not given; upgrade() fits "
                                  f"heads, upsert() re-encodes items")
-        q = m.encode_query_codes(x, qb)
         return self._index.search(q, k, threads=threads, filter=filter, exclude=exclude,
                                   query_bits=qb, version_queries=vq or None,
                                   version_calibration=cal or None)
@@ -395,11 +431,15 @@ class Collection:
         re-encoded): MiniLM -> MPNet 0.380 / 0.425 against 0.359 / 0.382 for the old queries
         alone (128x2 / 256x2), but GloVe -> MiniLM 0.038 against 0.064, where the held-out
         rows (rarer words than the gallery's) chose a weight that hurt.
+        For the searches that give the new floats alone, each older version also gets a
+        *query memory* (:mod:`bebr.query_memory`): the sample rows' new and stored codes,
+        whose nearest rows' old codes join the head's direction, its setting chosen on the
+        held-out rows against the head alone (none is kept where it does not beat it).
         ``max_time_s`` bounds the whole call (TimeoutError, nothing changed, if it cannot
         fit a head in time). ``head_options``: further keyword arguments of
         ``train_cross_queries`` (epochs, negatives, teacher, threads, ...). Saves the
         collection. Returns a report (per version: rows, head validation recall,
-        calibrations; seconds).
+        calibrations, query memory; seconds).
         """
         from .compat import train_cross_queries
 
@@ -451,7 +491,7 @@ class Collection:
                 raise ValueError(f"the paired sample has too few items of versions {short} "
                                  f"to fit query heads (need >= {MIN_HEAD_ROWS} each)")
             report = {"version": version, "heads": {}, "own_calibration": {},
-                      "joint_query": {}, "merge_calibration": {}}
+                      "joint_query": {}, "merge_calibration": {}, "query_memory": {}}
             for i, v in enumerate(present):
                 r = rows[v]
                 share = None  # this version's head: an equal share of the time left
@@ -468,9 +508,11 @@ class Collection:
                 report["heads"][v] = {"rows": int(len(r)), "val_r10@10": info["best_r10@10"],
                                       "calibration": list(new_model.cross_calibration(
                                           v, self.metric))}
+            val_fraction = head_options.get("val_fraction", 0.05)
             new_own_cal, new_joint, new_merge = self._fit_own(
-                new_model, xn, codes, rows, older, joint_query, seed,
-                head_options.get("val_fraction", 0.05), report)
+                new_model, xn, codes, rows, older, joint_query, seed, val_fraction, report)
+            memories = self._fit_memories(new_model, xn, codes, rows, seed, val_fraction,
+                                          report)
             prev = self.current
             self._manifest["versions"].append({
                 "version": version, "model": f"models/{_model_dir_name(version)}",
@@ -479,6 +521,10 @@ class Collection:
             self._manifest["own_calibration"] = new_own_cal
             self._manifest["joint_weight"] = new_joint
             self._manifest["merge_calibration"] = new_merge
+            self._manifest["query_memory"] = {}  # the previous model's, for its own heads
+            self._memories.clear()
+            self._new_memories.clear()
+            self._set_memories(memories)
             self._index.register_version(version, lineage=self.lineage(version))
             self._models[version] = new_model
             self._new_models[version] = new_model
@@ -508,21 +554,51 @@ class Collection:
             report["merge_calibration"][v] = {"table": table, "val": curves}
         return own_cal, joint, merge
 
-    def calibrate(self, x_new: Any, ids: Any, *, older: Mapping[str, Any],
+    def _fit_memories(self, new_model, xn, codes, rows, seed, val_fraction, report) -> dict:
+        """Per older version with sample rows and a head of ``new_model``: its query memory
+        (:func:`_fit_query_memory`; None where it measured no gain), filled into
+        ``report["query_memory"]``."""
+        heads = set(new_model.config.cross_versions)
+        out = {}
+        for v, r in rows.items():
+            if v == _model_version(new_model) or v not in heads:
+                continue
+            mem, rep = _fit_query_memory(new_model, v, xn[r], codes[r], self.query_bits,
+                                         self.metric, seed, val_fraction)
+            out[v] = mem
+            report["query_memory"][v] = rep
+        return out
+
+    def _set_memories(self, memories: Mapping[str, Optional[QueryMemory]]) -> None:
+        """Install fitted memories (None: drop that version's), written at the next save."""
+        table = self._manifest.setdefault("query_memory", {})
+        for v, mem in memories.items():
+            self._memories.pop(v, None)
+            self._new_memories.pop(v, None)
+            table.pop(v, None)
+            if mem is not None:
+                table[v] = {"file": None, "bytes": 0, "sha256": None, "rows": len(mem),
+                            "k": mem.k, "tau": mem.tau, "weight": mem.weight,
+                            "calibration": list(mem.calibration)}
+                self._memories[v] = self._new_memories[v] = mem
+
+    def calibrate(self, x_new: Any, ids: Any, *, older: Optional[Mapping[str, Any]] = None,
                   joint_query: bool = False, seed: int = 0,
                   val_fraction: float = 0.05) -> dict:
-        """Refit, from a paired sample, how ``search(older=...)`` scores the items of older
-        versions, without touching the query heads: for each version of ``older``, the
-        joint-query weight (``joint_query``, as in :meth:`upgrade`) and the calibration of
-        its scores onto the current model's scale, replacing what :meth:`upgrade` fitted.
+        """Refit, from a paired sample, how searches score the items of older versions,
+        without touching the query heads: for each version of ``older``, the joint-query
+        weight (``joint_query``, as in :meth:`upgrade`) and the calibration of its scores
+        onto the current model's scale (``search(older=...)``); for each version with a head
+        and at least MIN_HEAD_ROWS items in the sample, its query memory (searches without
+        its floats); each replacing what :meth:`upgrade` fitted.
 
         ``x_new`` (n, D): the current model's floats of stored items ``ids``; ``older``:
         ``{version: floats}`` of the same rows from that version's model (rows of items of
         other versions are ignored; at least MIN_HEAD_ROWS items of each version given are
         needed). ``seed`` / ``val_fraction``: the held-out split
         (:func:`bebr.compat.head_split`), as the upgrade's heads used. Saves the collection.
-        Returns the report's ``own_calibration``, ``joint_query`` and ``merge_calibration``
-        entries."""
+        Returns the report's ``own_calibration``, ``joint_query``, ``merge_calibration``
+        and ``query_memory`` entries."""
         with self._lock:
             m = self.model
             xn = _float_rows(x_new, "x_new", m.in_dim)
@@ -532,9 +608,7 @@ class Collection:
                                  f"({xn.shape[0]}), got shape {ids.shape} dtype {ids.dtype}")
             if not isinstance(joint_query, bool):
                 raise TypeError(f"joint_query must be a bool, got {type(joint_query).__name__}")
-            older = dict(older)
-            if not older:
-                raise ValueError("older must name at least one older version's floats")
+            older = dict(older or {})
             for v, xo in older.items():
                 if v == self.current:
                     raise ValueError(f"older[{v!r}]: that is the current version")
@@ -550,12 +624,21 @@ class Collection:
             if short:
                 raise ValueError(f"the paired sample has too few items of versions {short} "
                                  f"(need >= {MIN_HEAD_ROWS} each)")
-            report = {"own_calibration": {}, "joint_query": {}, "merge_calibration": {}}
+            headed = {v: np.flatnonzero(of == v) for v in m.config.cross_versions}
+            headed = {v: r for v, r in headed.items() if len(r) >= MIN_HEAD_ROWS}
+            if not older and not headed:
+                raise ValueError(f"nothing to refit: older names no version and the sample "
+                                 f"has fewer than {MIN_HEAD_ROWS} items of every version the "
+                                 f"current model has a head for")
+            report = {"own_calibration": {}, "joint_query": {}, "merge_calibration": {},
+                      "query_memory": {}}
             own_cal, joint, merge = self._fit_own(m, xn, codes, rows, older, joint_query, seed,
                                                   val_fraction, report)
+            memories = self._fit_memories(m, xn, codes, headed, seed, val_fraction, report)
             self._manifest["own_calibration"].update(own_cal)
             self._manifest.setdefault("joint_weight", {}).update(joint)
             self._manifest.setdefault("merge_calibration", {}).update(merge)
+            self._set_memories(memories)
             self.save()
             return report
 
@@ -599,6 +682,7 @@ class Collection:
             self._manifest["own_calibration"].pop(version, None)
             self._manifest.get("joint_weight", {}).pop(version, None)
             self._manifest.get("merge_calibration", {}).pop(version, None)
+            self._set_memories({version: None})
             self._models.pop(version, None)
             self.save()
 
@@ -621,6 +705,12 @@ class Collection:
                 os.replace(tmp, final)
             for e in man["versions"]:
                 e["config_sha256"] = sha256_file(self.path / e["model"] / "config.json")
+            for v, mem in list(self._new_memories.items()):
+                data = mem.to_bytes()
+                fname = f"memory-{gen:06d}-{version_tag(v):08x}.npz"
+                atomic_write_bytes(self.path / fname, data)
+                man["query_memory"][v].update(file=fname, bytes=len(data),
+                                              sha256=hashlib.sha256(data).hexdigest())
             name = f"index-{gen:06d}.bebr"
             self._index.save(self.path / name)
             man["generation"] = gen
@@ -629,12 +719,17 @@ class Collection:
                                (json.dumps(man, indent=2, sort_keys=True) + "\n").encode())
             self._manifest = man
             self._new_models.clear()
+            self._new_memories.clear()
             self._collect_garbage()
 
     def _collect_garbage(self) -> None:
         keep_models = {Path(e["model"]).name for e in self._manifest["versions"]}
         for f in self.path.glob("index-*.bebr"):
             if f.name != self._manifest["index"]["file"]:
+                f.unlink(missing_ok=True)
+        keep_memories = {e["file"] for e in self._manifest.get("query_memory", {}).values()}
+        for f in self.path.glob("memory-*.npz"):
+            if f.name not in keep_memories:
                 f.unlink(missing_ok=True)
         mdir = self.path / "models"
         if mdir.is_dir():
@@ -707,6 +802,73 @@ def _fit_joint_query(new, old, version, x_new, x_old, old_codes, query_bits, met
              torch.from_numpy(new.spec.values(new.encode(xn[gi])))))
     cal = _fit_calibration(sets, truth, CALIBRATION_TOP, metric)
     return float(best), cal, {str(w): float(v) for w, v in scores.items()}
+
+
+#: Query-memory settings tried on the held-out rows (bebr.query_memory): neighbours,
+#: softmax temperature over their cosine scores, weight of the memory direction against the
+#: head's unit direction.
+MEMORY_K = (10, 20, 40)
+MEMORY_TAU = (0.05, 0.1)
+MEMORY_WEIGHTS = (0.5, 1.0, 2.0)
+
+
+def _fit_query_memory(new, version, x_new, old_codes, query_bits, metric, seed,
+                      val_fraction) -> tuple:
+    """The query memory of ``new``'s queries into ``version``'s codes from a paired sample
+    (``x_new``: the new model's floats of items whose stored codes are ``old_codes``), or
+    None where no setting beats the head alone. Chosen on the rows
+    :func:`bebr.compat.head_split` holds out of the head's training: validation queries
+    over the validation gallery's old codes, the memory built from the other rows (so no
+    gallery item is in it), each setting of :data:`MEMORY_K` x :data:`MEMORY_TAU` x
+    :data:`MEMORY_WEIGHTS` against the head alone by R10@10 (truth: the new floats'
+    top-10); the chosen setting's scores calibrated onto the new model's own scale
+    (logistic fits, as a head's). The memory served holds every sample row. Returns
+    ``(memory or None, report)``."""
+    import torch
+
+    from .compat import CALIBRATION_TOP, _fit_calibration, head_split
+
+    qi, gi, tr = head_split(x_new.shape[0], seed, val_fraction)
+    xn = np.asarray(x_new, np.float32)
+    t = _unit(xn.astype(np.float64))
+    truth = np.argsort(-(t[qi] @ t[gi].T), axis=1, kind="stable")[:, :min(10, len(gi))]
+    new_codes = new.encode(xn)
+    z_head = _unit(np.asarray(_as_encoder(new).encode_query(xn[qi], target=version),
+                              np.float64))
+    q_new = new.encode_query_codes(xn[qi], query_bits)
+    qspec = CodeSpec(new.dim, query_bits)
+    g_old = new.spec.values(old_codes[gi])
+
+    def recall(z):
+        codes = qspec.pack(qspec.quantize_angle(z.astype(np.float32)))
+        ids = _topk_scores(qspec.values(codes), g_old, truth.shape[1], metric == "cosine")[1]
+        return float((ids[:, :, None] == truth[:, None, :]).any(2).mean()), codes
+
+    scores = {"head": recall(z_head)[0]}
+    best, chosen = scores["head"], None
+    val_mem = QueryMemory(new.spec, new_codes[tr], old_codes[tr], k=max(MEMORY_K), tau=1.0,
+                          weight=1.0)
+    found = val_mem.neighbours(q_new, query_bits, max(MEMORY_K))
+    for k in MEMORY_K:
+        for tau in MEMORY_TAU:
+            d = val_mem.direction(q_new, query_bits, k=k, tau=tau, found=found)
+            for w in MEMORY_WEIGHTS:
+                r, codes = recall(z_head + w * d)
+                scores[f"k={k} tau={tau:g} w={w:g}"] = r
+                if r > best:
+                    best, chosen = r, (k, tau, w, codes)
+    report = {"rows": int(len(xn)), "val_r10@10": scores, "chosen": None}
+    if chosen is None:
+        return None, report
+    k, tau, w, codes = chosen
+    sets = ((torch.from_numpy(qspec.values(codes)), torch.from_numpy(g_old)),
+            (torch.from_numpy(qspec.values(q_new)),
+             torch.from_numpy(new.spec.values(new_codes[gi]))))
+    cal = _fit_calibration(sets, torch.from_numpy(truth.astype(np.int64)), CALIBRATION_TOP,
+                           metric)
+    report["chosen"] = {"k": k, "tau": tau, "weight": w, "calibration": [float(c) for c in cal]}
+    return QueryMemory(new.spec, new_codes, old_codes, k=k, tau=tau, weight=w,
+                       calibration=cal), report
 
 
 #: Re-encoded shares r (of the two versions' items) a merge table holds an entry for.
@@ -869,6 +1031,24 @@ def _read_manifest(mpath: Path) -> dict:
                     and 0 <= e[0] <= 1 and e[1] > 0 for e in t)
                 for k, t in mc.items()):
             raise ValueError(f"merge_calibration {mc!r}")
+        qm = man.setdefault("query_memory", {})  # absent before: heads alone
+        if not isinstance(qm, dict):
+            raise ValueError(f"query_memory {qm!r}")
+        for v, e in qm.items():
+            if v not in names or v == man["current"] or not isinstance(e, dict) or set(e) != {
+                    "file", "bytes", "sha256", "rows", "k", "tau", "weight", "calibration"} \
+                    or not isinstance(e["file"], str) \
+                    or not re.fullmatch(r"memory-\d{6}-[0-9a-f]{8}\.npz", e["file"]) \
+                    or not isinstance(e["sha256"], str) \
+                    or any(isinstance(e[f], bool) or not isinstance(e[f], int) or e[f] < 1
+                           for f in ("bytes", "rows", "k")) \
+                    or any(isinstance(e[f], bool) or not isinstance(e[f], (int, float))
+                           or not np.isfinite(e[f]) or e[f] <= 0 for f in ("tau", "weight")) \
+                    or not isinstance(e["calibration"], list) or len(e["calibration"]) != 2 \
+                    or not all(isinstance(c, (int, float)) and not isinstance(c, bool)
+                               and np.isfinite(c) for c in e["calibration"]) \
+                    or e["calibration"][0] <= 0:
+                raise ValueError(f"query_memory entry {v!r}: {e!r}")
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptFileError(f"{mpath}: bad manifest field ({e})") from None
     return man

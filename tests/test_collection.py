@@ -85,12 +85,35 @@ def _reference(coll, items, xq, older, k, floats_models):
         if table:  # the entry for the share of re-encoded items (nearest state)
             r = float(np.mean(tags == 0))
             cal = tuple(min(table, key=lambda e: (abs(e[0] - r), e[0]))[1:])
+    elif coll._manifest["query_memory"].get("glove-v1"):
+        mem = coll._memory("glove-v1")
+        z = _unit64(v2.to_encoder().encode_query(xq, target="glove-v1"))
+        z = z + mem.weight * _memory_direction(mem, own, qs)
+        vq = qs.pack(qs.quantize_angle_reference(z.astype(np.float32)))
+        cal = mem.calibration
     else:
         vq = v2.encode_query_codes(xq, qs.bits, target="glove-v1")
         cal = v2.cross_calibration("glove-v1", coll.metric)
     return reference.search_versions(spec, own, codes, ids, tags, k, metric=coll.metric,
                                      version_queries={1: vq}, query_spec=qs,
                                      version_calibration={1: cal})
+
+
+def _unit64(z):
+    z = np.asarray(z, np.float64)
+    return z / np.linalg.norm(z, axis=-1, keepdims=True)
+
+
+def _memory_direction(mem, q_codes, qs):
+    """Brute force of QueryMemory.direction: the k nearest memory rows by exact SDC cosine
+    (bebr.reference, ties to the smaller row), softmax(score / tau) weights, the weighted
+    mean of the rows' unit old code values, unit."""
+    s, rows = reference.search_codes(mem.spec, q_codes, mem.new_codes,
+                                     np.arange(len(mem)), mem.k, metric="cosine",
+                                     query_spec=qs)
+    w = np.exp((s.astype(np.float64) - s[:, :1]) / mem.tau)
+    vals = _unit64(mem.spec.values(mem.old_codes))
+    return _unit64(np.einsum("qk,qkd->qd", w, vals[rows]))
 
 
 def _assert_same_topk(got, want):
@@ -298,6 +321,8 @@ def test_retire_and_lineage(upgraded, floats, tmp_path):
     c.retire("glove-v1")
     back = Collection.open(tmp_path / "c")
     assert back.versions() == {"mixed-v2": 1000}
+    assert back._manifest["query_memory"] == {}  # its memory went with it
+    assert not list((tmp_path / "c").glob("memory-*.npz"))
     assert [d.name for d in (tmp_path / "c" / "models").iterdir()] == \
         [Path(back._entry("mixed-v2")["model"]).name]
     np.testing.assert_array_equal(back.search(x2[:3], 4)[1], c.search(x2[:3], 4)[1])
@@ -402,6 +427,10 @@ def _flip(f, at):
     f.write_bytes(bytes(b))
 
 
+def _memory_file(p):
+    return p / json.loads((p / MANIFEST_NAME).read_text())["query_memory"]["glove-v1"]["file"]
+
+
 DAMAGE = {
     "manifest truncated": lambda p: (p / MANIFEST_NAME).write_bytes(
         (p / MANIFEST_NAME).read_bytes()[:40]),
@@ -424,6 +453,14 @@ DAMAGE = {
     "index truncated": lambda p: _index_file(p).write_bytes(_index_file(p).read_bytes()[:-10]),
     "index codes flipped": lambda p: _flip(_index_file(p), _codes_offset(_index_file(p)) + 3),
     "index missing": lambda p: _index_file(p).unlink(),
+    "memory flipped": lambda p: _flip(_memory_file(p), 200),
+    "memory truncated": lambda p: _memory_file(p).write_bytes(_memory_file(p).read_bytes()[:-5]),
+    "memory missing": lambda p: _memory_file(p).unlink(),
+    "manifest memory file": _edit_manifest(
+        lambda m: m["query_memory"]["glove-v1"].update(file="../x.npz")),
+    "manifest memory k": _edit_manifest(lambda m: m["query_memory"]["glove-v1"].update(k=0)),
+    "manifest memory of current": _edit_manifest(
+        lambda m: m["query_memory"].update({"mixed-v2": m["query_memory"]["glove-v1"]})),
 }
 
 
@@ -609,8 +646,12 @@ def test_calibrate_refits_without_heads(tmp_path, floats, models):
     assert back["merge_calibration"] == man["merge_calibration"]
     assert Collection.open(tmp_path / "c").model.cross_calibration("glove-v1", "cosine") \
         == head_cal
-    with pytest.raises(ValueError, match="at least one older version"):
-        c.calibrate(x2[sample], sample, older={})
+    assert again["query_memory"] == rep["query_memory"]  # the same choice, refitted
+    mem_only = c.calibrate(x2[sample], sample)  # no older floats: the query memory alone
+    assert mem_only["own_calibration"] == {} and mem_only["query_memory"] == rep["query_memory"]
+    assert Collection.open(tmp_path / "c")._manifest["query_memory"] == c._manifest["query_memory"]
+    with pytest.raises(ValueError, match="nothing to refit"):
+        c.calibrate(x2[:50], np.arange(50), older={})
     with pytest.raises(ValueError, match="that is the current version"):
         c.calibrate(x2[sample], sample, older={"mixed-v2": x2[sample]})
     with pytest.raises(ValueError, match="too few items of versions"):
@@ -636,3 +677,75 @@ def test_merge_table_only_with_one_older_version(tmp_path, upgraded):
     assert c._merge_calibration("glove-v1") == tuple(c._manifest["own_calibration"]["glove-v1"])
     c.remove(np.array([5000, 5001]))
     assert c._merge_calibration("glove-v1") == (1.0, -0.5)
+
+
+def test_upgrade_fits_query_memory_chosen_on_held_out_rows(upgraded):
+    """The memory's setting is the held-out best, above the head alone; the manifest holds
+    it, and the memory holds every paired row of the version."""
+    path, report = upgraded
+    rep = report["query_memory"]["glove-v1"]
+    scores = rep["val_r10@10"]
+    ch = rep["chosen"]
+    assert ch is not None  # (this fixture's data: the memory helps on its held-out rows)
+    key = f"k={ch['k']} tau={ch['tau']:g} w={ch['weight']:g}"
+    assert scores[key] == max(scores.values()) > scores["head"]
+    c = Collection.open(path)
+    e = c._manifest["query_memory"]["glove-v1"]
+    assert (e["k"], e["tau"], e["weight"], e["calibration"]) == \
+        (ch["k"], ch["tau"], ch["weight"], ch["calibration"])
+    assert e["rows"] == rep["rows"] == 600 and len(c._memory("glove-v1")) == 600
+
+
+def test_collection_without_memory_searches_with_head(upgraded, floats, models, tmp_path):
+    """A collection of earlier bebr (no query_memory in its manifest) opens and scores the
+    old items with the head alone, as the reference does without a memory."""
+    g, x2 = floats
+    shutil.copytree(upgraded[0], tmp_path / "c")
+    man = json.loads((tmp_path / "c" / MANIFEST_NAME).read_text())
+    man.pop("query_memory")
+    (tmp_path / "c" / MANIFEST_NAME).write_text(json.dumps(man))
+    c = Collection.open(tmp_path / "c", mmap=False)
+    assert c._memory("glove-v1") is None
+    items = {int(i): (v, code) for i, v, code in zip(
+        c.index.ids(), c.index.versions_of(c.index.ids()), c.index.get_codes(c.index.ids()))}
+    xq = x2[900:930]
+    _assert_same_topk(c.search(xq, 10), _reference(c, items, xq, None, 10, models))
+    with_memory = Collection.open(upgraded[0]).search(xq, 10)[1]
+    assert (with_memory != c.search(xq, 10)[1]).any()  # the memory changes the old items' query
+
+
+def test_query_memory_direction_matches_brute_force():
+    """QueryMemory.direction against the numpy brute force (exact SDC cosine neighbours,
+    softmax weights, mean unit old values), memories smaller than k included; round trip
+    through bytes; bad input refused."""
+    from bebr.query_memory import QueryMemory
+    rng = np.random.default_rng(3)
+    spec, qs = CodeSpec(24, 2), CodeSpec(24, 4)
+    for n, k in ((300, 10), (7, 10), (1, 1)):
+        nc = rng.integers(0, 256, (n, spec.code_bytes), dtype=np.uint8)
+        oc = rng.integers(0, 256, (n, spec.code_bytes), dtype=np.uint8)
+        mem = QueryMemory(spec, nc, oc, k=k, tau=0.07, weight=1.5, calibration=(0.9, 0.1))
+        q = qs.pack(rng.integers(0, 16, (20, 24)).astype(np.uint8))
+        got = mem.direction(q, 4)
+        ref = QueryMemory(spec, nc, oc, k=min(k, n), tau=0.07, weight=1.5)
+        np.testing.assert_allclose(got, _memory_direction(ref, q, qs), rtol=1e-5, atol=1e-6)
+        back = QueryMemory.from_bytes(mem.to_bytes(), spec, k=k, tau=0.07, weight=1.5,
+                                      calibration=(0.9, 0.1))
+        np.testing.assert_array_equal(back.direction(q, 4), got)
+        zh = rng.standard_normal((20, 24))
+        want = _unit64(zh) + 1.5 * got
+        np.testing.assert_array_equal(mem.query_codes(zh, q, 4),
+                                      qs.pack(qs.quantize_angle(want.astype(np.float32))))
+    with pytest.raises(ValueError, match="packed codes of the same rows"):
+        QueryMemory(spec, nc, oc[:0], k=3, tau=0.1, weight=1.0)
+    with pytest.raises(ValueError, match="k must be"):
+        QueryMemory(spec, nc, oc, k=0, tau=0.1, weight=1.0)
+    with pytest.raises(ValueError, match="tau and weight"):
+        QueryMemory(spec, nc, oc, k=3, tau=float("nan"), weight=1.0)
+    with pytest.raises(ValueError, match="calibration"):
+        QueryMemory(spec, nc, oc, k=3, tau=0.1, weight=1.0, calibration=(-1.0, 0.0))
+    with pytest.raises(CorruptFileError, match="not a readable query memory"):
+        QueryMemory.from_bytes(b"junk", spec, k=3, tau=0.1, weight=1.0, calibration=(1, 0))
+    with pytest.raises(CorruptFileError, match=r"\(n >= 1, 9\) packed codes"):
+        QueryMemory.from_bytes(mem.to_bytes(), CodeSpec(24, 3), k=3, tau=0.1, weight=1.0,
+                               calibration=(1, 0))

@@ -668,7 +668,10 @@ class Budget:
             base = bebr.Collection.open(tmp, mmap=False)
             pair_ids = n + np.arange(len(d.fit))
             base.add_codes(self.old_pair, pair_ids, version=ov)
+            t_cal = time.perf_counter()
             cal_rep = base.calibrate(d.xn_t[d.fit], pair_ids, older={ov: d.xo_t[d.fit]})
+            out["calibrate_s"] = time.perf_counter() - t_cal
+            out["memory"] = cal_rep["query_memory"].get(ov)
             base.remove(pair_ids)
             base.save()
             own_cal = base._manifest["own_calibration"][ov]
@@ -712,8 +715,21 @@ class Budget:
             out["curves"] = out["orders"]["random"]
             shutil.rmtree(tmp.parent, ignore_errors=True)
             return out
-        return self.record("independent + head: Collection backfill", fn,
-                           f"{hname}/{COLLECTION_CODE}")
+        r = self.record("independent + head: Collection backfill", fn,
+                        f"{hname}/{COLLECTION_CODE}")
+        ih = self.rows.get("independent + head", {})
+
+        def memory_row():  # Collection.search of new queries alone before any re-encoding
+            no = r["orders"]["random"]["new queries only"]["values"][0]
+            nn = ih.get("m_new_new")
+            return {"m_new_old": no, "m_new_new": nn, "m_old_old": self.m_oo,
+                    "gain": gain(no, self.m_oo, nn) if nn is not None else None,
+                    "criterion": no > self.m_oo, "memory": r.get("memory"),
+                    "train_s": ih.get("train_s", 0), "head_s": ih.get("head_s", 0),
+                    "calibrate_s": r.get("calibrate_s")}
+        self.record("independent + head + query memory (Collection)", memory_row,
+                    f"{hname}/{COLLECTION_CODE}")
+        return r
 
     # ---- (d) upgrader
     def upgrader_row(self, kind: str = "compatible"):
@@ -1130,6 +1146,20 @@ def verdicts(rows: dict, m_oo: float) -> list:
         out.append(f"- Head vs the Drift-Adapter baselines over the same old codes: "
                    f"{fmt(ih['m_new_old'])} vs {best[0]} {fmt(best[1]['m_new_old'])}: "
                    f"**{'beats' if ih['m_new_old'] > best[1]['m_new_old'] else 'loses'}**.")
+    mem = rows.get("independent + head + query memory (Collection)")
+    if mem and ih:
+        ch = (mem.get("memory") or {}).get("chosen")
+        how = (f"k {ch['k']}, tau {ch['tau']:g}, weight {ch['weight']:g}, chosen on the "
+               f"held-out paired rows" if ch else "none fitted: no setting beat the head on "
+               "the held-out paired rows")
+        line = (f"- Head + query memory (`Collection.search`, new queries only; {how}) vs "
+                f"the head alone: {fmt(mem['m_new_old'])} vs {fmt(ih['m_new_old'])}: "
+                f"**{'beats' if mem['m_new_old'] > ih['m_new_old'] else 'does not beat'}**")
+        if ads:
+            best_ad = max(v["m_new_old"] for v in ads.values())
+            line += (f"; vs the best Drift-Adapter baseline {fmt(best_ad)}: "
+                     f"**{'beats' if mem['m_new_old'] > best_ad else 'loses'}**")
+        out.append(line + ".")
     paths = {k: v["m_new_old"] for k, v in rows.items() if "m_new_old" in v and
              ("head" in k or "adapter" in k) and "curves" not in v}
     if paths:
@@ -1285,6 +1315,7 @@ def run(args):
             lines.append(f"M(old,old) = {fmt(bud.m_oo)} (old model's {QB}-bit queries over "
                          f"the old codes; research validation {fmt(bud.val_oo)}).\n")
             rank = ["old", "independent codes alone", "independent + head",
+                    "independent + head + query memory (Collection)",
                     "LS adapter + old query encoder", "MLP adapter + old query encoder",
                     "compatible codes alone", "compatible + head"]
             main_rows = {k: bud.rows[k] for k in sorted(
