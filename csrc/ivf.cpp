@@ -25,22 +25,27 @@
 namespace bebr {
 namespace {
 
-// Centroids are stored dimension-major ("columns"): ct[j * lp + l] = dimension j of centroid
-// l, lp = nlist rounded up to 8 (zero columns). A query's scores against every centroid are
-// then sums over j of x[j] * row j, vectorised over lists.
+// Centroids are stored in panels of 8 lists, dimension-major inside a panel: dimension j of
+// centroid l at ct[cidx(dim, j, l)] = ct[(l / 8) * dim * 8 + j * 8 + l % 8], lp = nlist
+// rounded up to 8 (zero columns). A query's scores against every centroid are then sums over
+// j of x[j] * (8 lists' dimension j), vectorised over lists, each panel read as one
+// contiguous stream (a dimension-major table of 1024 lists would put every j of a list 4 KB
+// apart: one L1 set, a miss per load).
 int padded_lists(int nlist) { return (nlist + 7) / 8 * 8; }
+inline size_t cidx(int dim, int j, int l) {
+  return static_cast<size_t>(l / 8) * dim * 8 + static_cast<size_t>(j) * 8 + l % 8;
+}
 
-// out[i * lp + l] = sum_j x[i * dim + j] * ct[j * lp + l] for m rows of x, each sum taken
-// in j order, one multiply and one add per term (no FMA): the AVX2 version gives the same
-// bits as the portable one.
+// out[i * lp + l] = sum_j x[i * dim + j] * ct[cidx(dim, j, l)] for m rows of x, each sum
+// taken in j order, one multiply and one add per term (no FMA): the AVX2 version gives the
+// same bits as the portable one.
 void dot_cols_portable(const float* x, int m, const float* ct, int dim, int lp, float* out) {
   for (int i = 0; i < m; ++i) {
     float* o = out + static_cast<size_t>(i) * lp;
     std::fill_n(o, lp, 0.f);
     for (int j = 0; j < dim; ++j) {
       const float xv = x[static_cast<size_t>(i) * dim + j];
-      const float* c = ct + static_cast<size_t>(j) * lp;
-      for (int l = 0; l < lp; ++l) o[l] += xv * c[l];
+      for (int l = 0; l < lp; ++l) o[l] += xv * ct[cidx(dim, j, l)];
     }
   }
 }
@@ -55,26 +60,41 @@ __attribute__((target("avx2"))) void dot_cols_avx2(const float* x, int m, const 
       for (int v = 0; v < 8; ++v) a[v] = _mm256_setzero_ps();
       for (int j = 0; j < dim; ++j) {
         const __m256 xv = _mm256_broadcast_ss(x + j);
-        const float* c = ct + static_cast<size_t>(j) * lp + l0;
-        for (int v = 0; v < 8; ++v) a[v] = _mm256_add_ps(a[v], _mm256_mul_ps(xv, _mm256_loadu_ps(c + 8 * v)));
+        for (int v = 0; v < 8; ++v)
+          a[v] = _mm256_add_ps(a[v], _mm256_mul_ps(xv, _mm256_loadu_ps(ct + cidx(dim, j, l0 + 8 * v))));
       }
       for (int v = 0; v < 8; ++v) _mm256_storeu_ps(out + l0 + 8 * v, a[v]);
     }
     for (; l0 < lp; l0 += 8) {
       __m256 a = _mm256_setzero_ps();
       for (int j = 0; j < dim; ++j)
-        a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_broadcast_ss(x + j), _mm256_loadu_ps(ct + static_cast<size_t>(j) * lp + l0)));
+        a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_broadcast_ss(x + j), _mm256_loadu_ps(ct + cidx(dim, j, l0))));
       _mm256_storeu_ps(out + l0, a);
     }
     return;
   }
   for (int i0 = 0; i0 < m; i0 += 8) {  // up to 8 rows share each load of 8 lists
     const int mb = std::min(8, m - i0);
+    if (mb == 8) {  // a constant row count keeps the 8 accumulators in registers
+      const float* xr = x + static_cast<size_t>(i0) * dim;
+      for (int l0 = 0; l0 < lp; l0 += 8) {
+        __m256 a[8];
+        for (int i = 0; i < 8; ++i) a[i] = _mm256_setzero_ps();
+        for (int j = 0; j < dim; ++j) {
+          const __m256 c = _mm256_loadu_ps(ct + cidx(dim, j, l0));
+#pragma GCC unroll 8
+          for (int i = 0; i < 8; ++i)
+            a[i] = _mm256_add_ps(a[i], _mm256_mul_ps(_mm256_broadcast_ss(xr + static_cast<size_t>(i) * dim + j), c));
+        }
+        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(out + static_cast<size_t>(i0 + i) * lp + l0, a[i]);
+      }
+      continue;
+    }
     for (int l0 = 0; l0 < lp; l0 += 8) {
       __m256 a[8];
       for (int i = 0; i < 8; ++i) a[i] = _mm256_setzero_ps();
       for (int j = 0; j < dim; ++j) {
-        const __m256 c = _mm256_loadu_ps(ct + static_cast<size_t>(j) * lp + l0);
+        const __m256 c = _mm256_loadu_ps(ct + cidx(dim, j, l0));
         for (int i = 0; i < mb; ++i)
           a[i] = _mm256_add_ps(a[i], _mm256_mul_ps(_mm256_broadcast_ss(x + static_cast<size_t>(i0 + i) * dim + j), c));
       }
@@ -335,7 +355,7 @@ void IvfIndex::set_centroids(const float* c) {
       const float v = c[static_cast<size_t>(l) * geo_.dim + j];
       if (!std::isfinite(v))
         throw std::invalid_argument("centroid " + std::to_string(l) + " has a non-finite value at dim " + std::to_string(j));
-      cp[static_cast<size_t>(j) * lp + l] = v;
+      cp[cidx(geo_.dim, j, l)] = v;
     }
   centroids_.swap(cp);
   cnorm2_.assign(nlist_, 0.f);
@@ -350,10 +370,9 @@ std::vector<float> IvfIndex::centroids() const {
   std::shared_lock lk(mu_);
   std::vector<float> out;
   if (centroids_.empty()) return out;
-  const int lp = padded_lists(nlist_);
   out.resize(static_cast<size_t>(nlist_) * geo_.dim);
   for (int l = 0; l < nlist_; ++l)
-    for (int j = 0; j < geo_.dim; ++j) out[static_cast<size_t>(l) * geo_.dim + j] = centroids_[static_cast<size_t>(j) * lp + l];
+    for (int j = 0; j < geo_.dim; ++j) out[static_cast<size_t>(l) * geo_.dim + j] = centroids_[cidx(geo_.dim, j, l)];
   return out;
 }
 
@@ -392,7 +411,7 @@ void IvfIndex::assign_locked(const uint8_t* codes, int64_t n, int32_t* out, int3
         double xx = 0;
         for (int j = 0; j < geo_.dim; ++j) {
           xx += static_cast<double>(xi[j]) * xi[j];
-          c1[t][j] = centroids_[static_cast<size_t>(j) * lp + best];
+          c1[t][j] = centroids_[cidx(geo_.dim, j, best)];
         }
         dot_cols(c1[t].data(), 1, centroids_.data(), geo_.dim, lp, g[t].data());
         // x holds the scaled values (value * 2^(bits-1)); the centroids are in value / 2^(bits-1)
@@ -421,13 +440,37 @@ void IvfIndex::top_lists(const Geometry& qgeo, const uint8_t* packed, int nprobe
   float* sc = scratch + geo_.dim;
   float_values(qgeo, packed, x);
   dot_cols(x, 1, centroids_.data(), geo_.dim, padded_lists(nlist_), sc);
-  thread_local std::vector<int32_t> order;
-  order.resize(nlist_);
-  for (int l = 0; l < nlist_; ++l) order[l] = l;
-  auto better = [sc](int32_t a, int32_t b) { return sc[a] > sc[b] || (sc[a] == sc[b] && a < b); };
-  if (nprobe < nlist_) std::nth_element(order.begin(), order.begin() + nprobe, order.end(), better);
-  std::sort(order.begin(), order.begin() + nprobe, better);
-  std::copy_n(order.data(), nprobe, out);
+  select_lists(sc, nprobe, out);
+}
+
+void IvfIndex::top_lists_many(const Geometry& qgeo, const uint8_t* const* packed, int m, int nprobe, float* scratch,
+                              int32_t* out) const {
+  const int lp = padded_lists(nlist_);
+  float* x = scratch;
+  float* sc = scratch + static_cast<size_t>(m) * geo_.dim;
+  for (int i = 0; i < m; ++i) float_values(qgeo, packed[i], x + static_cast<size_t>(i) * geo_.dim);
+  // one pass over the centroids for every 8 queries (the centroid table, nlist x dim floats,
+  // is mostly read from L3 or memory); the same sums, in the same order, as one query's
+  dot_cols(x, m, centroids_.data(), geo_.dim, lp, sc);
+  for (int i = 0; i < m; ++i) select_lists(sc + static_cast<size_t>(i) * lp, nprobe, out + static_cast<size_t>(i) * nprobe);
+}
+
+void IvfIndex::select_lists(const float* sc, int nprobe, int32_t* out) const {
+  // one 64-bit key per list, ascending = better: the score's bits mapped to an unsigned order
+  // (larger score first), then the list (ties to the smaller); selecting and sorting plain
+  // integers is several times faster than through a comparator reading the scores
+  thread_local std::vector<uint64_t> keys;
+  keys.resize(nlist_);
+  for (int l = 0; l < nlist_; ++l) {
+    uint32_t u;
+    const float f = sc[l] + 0.f;  // -0 -> +0 (equal scores tie on the list)
+    std::memcpy(&u, &f, 4);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // float order as unsigned order
+    keys[l] = (static_cast<uint64_t>(~u) << 32) | static_cast<uint32_t>(l);
+  }
+  if (nprobe < nlist_) std::nth_element(keys.begin(), keys.begin() + nprobe, keys.end());
+  std::sort(keys.begin(), keys.begin() + nprobe);
+  for (int p = 0; p < nprobe; ++p) out[p] = static_cast<int32_t>(keys[p] & 0xFFFFFFFFu);
 }
 
 void IvfIndex::probe(const uint8_t* queries, int64_t nq, int nprobe, int query_bits, int32_t* out) const {
@@ -949,12 +992,18 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
     const int64_t nitems = (nent + kEntItem - 1) / kEntItem;
     const int64_t cost = nent * static_cast<int64_t>(nlist_) * geo_.dim;  // multiply-adds
     const int T = static_cast<int>(std::min<int64_t>({threads, nitems, std::max<int64_t>(1, cost / (1 << 20))}));
-    std::vector<std::vector<float>> scratch(T, std::vector<float>(geo_.dim + padded_lists(nlist_)));
+    std::vector<std::vector<float>> scratch(T, std::vector<float>(kEntItem * (geo_.dim + padded_lists(nlist_))));
     parallel_items(nitems, T, [&](int t, int64_t item) {
-      for (int64_t e = item * kEntItem; e < std::min(nent, (item + 1) * kEntItem); ++e) {
+      const int64_t e0 = item * kEntItem, e1 = std::min(nent, (item + 1) * kEntItem);
+      const uint8_t* packed[kEntItem];
+      for (int64_t e = e0; e < e1; ++e) {
         build_query_lut(geo_, qgeo, packed_of(e), luts.data() + e * lut_bytes);
-        top_lists(qgeo, packed_of(e), nprobe, scratch[t].data(), probes.data() + e * nprobe);
+        packed[e - e0] = packed_of(e);
       }
+      if (e1 - e0 == 1)
+        top_lists(qgeo, packed[0], nprobe, scratch[t].data(), probes.data() + e0 * nprobe);
+      else
+        top_lists_many(qgeo, packed, static_cast<int>(e1 - e0), nprobe, scratch[t].data(), probes.data() + e0 * nprobe);
     });
   }
   // 2. (list, entry) pairs sorted by list: each probed list is scanned once for its entries

@@ -123,6 +123,11 @@ class IvfIndex {
   // out2 (may be null): the spilled list of each code (spilled indexes).
   void assign_locked(const uint8_t* codes, int64_t n, int32_t* out, int32_t* out2 = nullptr) const;
   void top_lists(const Geometry& qgeo, const uint8_t* packed, int nprobe, float* scratch, int32_t* out) const;
+  // top_lists of m <= 16 query codes at once (scratch: m * (dim + padded nlist) floats)
+  void top_lists_many(const Geometry& qgeo, const uint8_t* const* packed, int m, int nprobe, float* scratch,
+                      int32_t* out) const;
+  // the nprobe best of nlist centroid scores (ties to the smaller list), best first
+  void select_lists(const float* sc, int nprobe, int32_t* out) const;
   void check_new_ids(const int64_t* ids, int64_t n, bool allow_present) const;
   void add_locked(const uint8_t* codes, int64_t n, const int64_t* ids, int32_t version);
   void remove_locked(const int64_t* ids, int64_t n);
