@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <iterator>
@@ -119,6 +120,14 @@ void float_values(const Geometry& geo, const uint8_t* packed, float* out) {
   scaled_values(geo, packed, v.data());
   for (int j = 0; j < geo.dim; ++j) out[j] = static_cast<float>(v[j]);
 }
+
+// Lists each entry of a multi-query search scans alone, its best ones, before the shared
+// list-by-list pass: its heap's threshold is then near its final value when the shared pass
+// starts (that pass visits an entry's lists in no useful order for it). Measured on 325k MiniLM
+// codes, 192x2, nlist 1024, nprobe 192, 2,000 queries, 1 thread: 0 -> 1, 2, 4, 8 seed lists:
+// +11%, +11%, +10%, +10% QPS.
+constexpr int kSeedLists = 2;
+int seed_lists() { return kSeedLists; }
 
 constexpr uint32_t kDead32 = 0xFFFFFFFFu;  // a removed slot's narrow id
 constexpr int kSlotBits = 40;              // id table entry: list << kSlotBits | slot
@@ -1006,15 +1015,20 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
         top_lists_many(qgeo, packed, static_cast<int>(e1 - e0), nprobe, scratch[t].data(), probes.data() + e0 * nprobe);
     });
   }
-  // 2. (list, entry) pairs sorted by list: each probed list is scanned once for its entries
+  // 2. Several entries: each first scans its `seed` best lists alone (its heap then holds good
+  // items and a high threshold before the shared pass), then the other (list, entry) pairs,
+  // sorted by list, each probed list scanned once for its entries. The order does not change
+  // the results (the heaps keep the best keys under a total order).
+  const int seed = nent > 1 ? std::min(nprobe, seed_lists()) : 0;
   std::vector<int64_t> start(nlist_ + 1, 0);
-  for (int64_t i = 0; i < nent * nprobe; ++i) ++start[probes[i] + 1];
+  for (int64_t e = 0; e < nent; ++e)
+    for (int p = seed; p < nprobe; ++p) ++start[probes[e * nprobe + p] + 1];
   for (int l = 0; l < nlist_; ++l) start[l + 1] += start[l];
-  std::vector<int64_t> pair_ent(static_cast<size_t>(nent) * nprobe);
+  std::vector<int64_t> pair_ent(static_cast<size_t>(start[nlist_]));
   {
     std::vector<int64_t> pos(start.begin(), start.end() - 1);
     for (int64_t e = 0; e < nent; ++e)
-      for (int p = 0; p < nprobe; ++p) pair_ent[pos[probes[e * nprobe + p]]++] = e;
+      for (int p = seed; p < nprobe; ++p) pair_ent[pos[probes[e * nprobe + p]]++] = e;
   }
   // The probed lists, scanned best first: by the best rank any entry gives them (a single
   // query: its probe order), so that the heaps fill with good items early and their
@@ -1025,7 +1039,7 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
   {
     std::vector<int32_t> best_rank(nlist_, nprobe);
     for (int64_t e = 0; e < nent; ++e)
-      for (int p = 0; p < nprobe; ++p) {
+      for (int p = seed; p < nprobe; ++p) {
         int32_t& r = best_rank[probes[e * nprobe + p]];
         r = std::min(r, p);
       }
@@ -1040,6 +1054,8 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
                        [&](int32_t x, int32_t y) { return best_rank[x] < best_rank[y]; });
     }
     for (const int l : work_lists) work += (start[l + 1] - start[l]) * lists_[l]->nblocks();
+    for (int64_t e = 0; e < nent; ++e)
+      for (int p = 0; p < seed; ++p) work += lists_[probes[e * nprobe + p]]->nblocks();
   }
 
   const double s2 = static_cast<double>(1 << (query_bits - 1)) * (1 << (geo_.bits - 1));
@@ -1065,7 +1081,8 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
 
   const int64_t min_work = min_parallel_work();
   const int T = static_cast<int>(std::min<int64_t>(
-      {threads, static_cast<int64_t>(work_lists.size()), std::max<int64_t>(1, work / min_work)}));
+      {threads, std::max<int64_t>(static_cast<int64_t>(work_lists.size()), seed > 0 ? nent : 0),
+       std::max<int64_t>(1, work / min_work)}));
   // spilled: an id can enter a heap twice with the same key; 2k entries hold k distinct ids
   const int kh = spilled() ? 2 * k : k;
   TopKSet res(nq, kh);
@@ -1073,15 +1090,17 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
   for (int t = 1; t < T; ++t) local.emplace_back(nq, kh);
   const int64_t chunk = std::max<int64_t>(1, (256 << 10) / static_cast<int64_t>(geo_.block_bytes));
 
-  parallel_items(static_cast<int64_t>(work_lists.size()), std::max(T, 1), [&](int t, int64_t item) {
-    const int l = work_lists[item];
+  // scan list l for the entries ents[0 .. ne) into thread t's heaps; next: the list this
+  // thread most likely scans next (-1: none)
+  auto scan_list = [&](int t, int l, const int64_t* ents, int64_t ne, int next) {
     const List& L = *lists_[l];
+    if (L.nalive == 0) return;
     const int64_t n = L.nslots, nb = L.nblocks();
 #if defined(__x86_64__)
     // the kernel prefetches blocks ahead inside a list only: start the next list's first block
-    // (the next item this thread most likely takes) while this one is scanned
-    if (item + 1 < static_cast<int64_t>(work_lists.size())) {
-      const List& N = *lists_[work_lists[item + 1]];
+    // while this one is scanned
+    if (next >= 0) {
+      const List& N = *lists_[next];
       const size_t bytes = std::min<size_t>(geo_.block_bytes, static_cast<size_t>(N.nblocks()) * geo_.block_bytes);
       for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(reinterpret_cast<const char*>(N.codes + off), _MM_HINT_T0);
     }
@@ -1118,7 +1137,7 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
     base.norm_min = L.norm_min.empty() ? nullptr : L.norm_min.data();
     base.kind = metric_ == Metric::kCosine ? ScoreKind::kCosine : ScoreKind::kInnerProduct;
     base.qbits = query_bits;
-    const int64_t e0 = start[l], e1 = start[l + 1];
+    const int64_t e0 = 0, e1 = ne;
     for (int64_t c0 = 0; c0 < nb; c0 += chunk) {
       ScanArgs a = base;
       a.block_begin = c0;
@@ -1127,7 +1146,7 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
         QueryGroup qg;
         qg.g = static_cast<int>(std::min<int64_t>(kMaxGroup, e1 - p0));
         for (int g = 0; g < qg.g; ++g) {
-          const int64_t e = pair_ent[p0 + g];
+          const int64_t e = ents[p0 + g];
           const int set = static_cast<int>(e % nsets);
           qg.packed[g] = packed_of(e);
           qg.lut[g] = luts.data() + e * lut_bytes;
@@ -1142,6 +1161,16 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
         kt.scan(a, qg, heaps);
       }
     }
+  };
+  if (seed > 0)
+    parallel_items(nent, std::max(T, 1), [&](int t, int64_t e) {
+      for (int p = 0; p < seed; ++p)
+        scan_list(t, probes[e * nprobe + p], &e, 1, p + 1 < seed ? probes[e * nprobe + p + 1] : -1);
+    });
+  parallel_items(static_cast<int64_t>(work_lists.size()), std::max(T, 1), [&](int t, int64_t item) {
+    const int l = work_lists[item];
+    scan_list(t, l, pair_ent.data() + start[l], start[l + 1] - start[l],
+              item + 1 < static_cast<int64_t>(work_lists.size()) ? work_lists[item + 1] : -1);
   });
   for (auto& lh : local)
     for (int64_t q = 0; q < nq; ++q) res.heaps[q].merge_from(lh.heaps[q]);

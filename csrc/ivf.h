@@ -28,7 +28,8 @@
 // own code values and probes its nprobe best lists (ties to the smaller list); the (list,
 // entry) pairs are sorted by list and each list is scanned once for all entries probing it
 // (best first: by the best probe rank an entry gives the list; a single query scans its lists
-// in probe order, so its heap threshold rises early and skips blocks), in groups of kMaxGroup,
+// in probe order, so its heap threshold rises early and skips blocks; with several entries
+// each first scans its 2 best lists alone, for the same reason), in groups of kMaxGroup,
 // by the active SIMD kernel into one top-k heap per query (the same
 // keys, calibration and tie rules as SdcIndex::search, so nprobe = nlist gives the flat
 // index's results bit for bit). Threads take whole lists into their own heaps, merged at the
