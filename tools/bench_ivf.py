@@ -202,6 +202,9 @@ def faiss_index(xb, factory: str, key: str):
     build = time.perf_counter() - t0 + coarse_s
     faiss.write_index(idx, str(path))
     meta.write_text(json.dumps({"build_s": build, "threads": 2}))
+    # builds use 2 threads, every search in this tool 1: a caller that searches right after a
+    # build (confirm) must not inherit the build's 2 OpenMP threads
+    faiss.omp_set_num_threads(1)
     return idx, build
 
 
@@ -280,6 +283,7 @@ def confirm(xb, xq, truth, models, key, picks, rounds, nq_single):
                         faiss.downcast_index(idx).k_factor = p["k_factor"]
                 return idx.search(xq[sl], 10)[1]
         fns.append(fn)
+    faiss.omp_set_num_threads(1)  # (faiss_index restores it after a build too)
     single = [[] for _ in picks]
     batch = [[] for _ in picks]
     for rnd in range(rounds):
