@@ -67,9 +67,11 @@ def cmd_create(args) -> int:
     from .jobs import load_model
 
     c = Collection.create(args.collection, load_model(args.model), metric=args.metric,
-                          query_bits=args.query_bits)
+                          query_bits=args.query_bits, nlist=args.nlist, nprobe=args.nprobe,
+                          spill_lambda=args.spill_lambda)
+    layout = f", IVF {c.nlist} lists, nprobe {c.nprobe}" if c.nlist else ""
     _say(args, f"created collection {args.collection} serving {c.current!r} ({c.spec}, "
-               f"{c.metric}, {c.query_bits}-bit queries)")
+               f"{c.metric}, {c.query_bits}-bit queries{layout})")
     return 0
 
 
@@ -145,7 +147,7 @@ def cmd_search(args) -> int:
     for v, path in _older_pairs(args.older).items():
         older[v] = _read_queries(path, dim=c._model(v).in_dim, column=args.column)
     t0 = time.perf_counter()
-    scores, ids = c.search(x, args.k, older=older, threads=args.threads)
+    scores, ids = c.search(x, args.k, older=older, threads=args.threads, nprobe=args.nprobe)
     dt = time.perf_counter() - t0
     _write_results(args, scores, ids)
     _say(args, f"searched {x.shape[0]} queries, k={args.k}, over {len(c)} items of "
@@ -158,7 +160,7 @@ def cmd_info(args) -> int:
     print(json.dumps({"path": str(args.collection), "current": c.current, "count": len(c),
                       "versions": c.versions(), "lineage": list(c.lineage()),
                       "spec": c.spec.to_dict(), "metric": c.metric,
-                      "query_bits": c.query_bits}))
+                      "query_bits": c.query_bits, "nlist": c.nlist, "nprobe": c.nprobe}))
     return 0
 
 
@@ -217,6 +219,13 @@ def register(sub, fmt, add_common) -> None:
                    help="score (default cosine)")
     q.add_argument("--query-bits", type=int, default=None,
                    help="bits of every search's query codes (default: the finest exact)")
+    q.add_argument("--nlist", type=int, default=None,
+                   help="hold the items in an IVF index of this many lists (trained on the "
+                        "first add; default: a flat index)")
+    q.add_argument("--nprobe", type=int, default=None,
+                   help="IVF: lists a search probes by default (default nlist / 16)")
+    q.add_argument("--spill-lambda", type=float, default=None,
+                   help="IVF: SOAR spilled assignment with this lambda (default: none)")
     verb("add", cmd_add, "encode float rows of the current model and add them", True, True)
     verb("upsert", lambda a: cmd_add(a, upsert=True),
          "encode float rows of the current model and replace (or add) their ids", True, True)
@@ -244,6 +253,8 @@ def register(sub, fmt, add_common) -> None:
                    help="the same queries embedded by an older model (repeatable)")
     q.add_argument("--column", default=None, help="parquet embedding column")
     q.add_argument("--threads", type=int, default=None, help="search threads")
+    q.add_argument("--nprobe", type=int, default=None,
+                   help="IVF collections: lists to probe (default: the collection's nprobe)")
     q.add_argument("-o", "--out", default=None, help="JSON lines file (default: stdout)")
     q.add_argument("--ids-out", default=None, help="write ids (nq, k) int64 to this .npy")
     q.add_argument("--scores-out", default=None, help="write scores (nq, k) float32 .npy")

@@ -47,6 +47,7 @@ import numpy as np
 from .codes import CodeSpec, max_query_bits
 from .fileio import CorruptFileError, atomic_write_bytes, sha256_file
 from .index import Index
+from .ivf import IVFIndex
 from .query_memory import QueryMemory
 from .searcher import _as_encoder
 from .versions import version_tag
@@ -73,6 +74,12 @@ def _load_model(path: Path):
     from .jobs import load_model
 
     return load_model(path, "encoder")
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
 
 
 def _model_version(model) -> str:
@@ -116,12 +123,21 @@ class Collection:
     # ------------------------------------------------------------------ create / open
     @classmethod
     def create(cls, path: "os.PathLike[str] | str", model, metric: str = "cosine", *,
-               query_bits: Optional[int] = None) -> "Collection":
+               query_bits: Optional[int] = None, nlist: Optional[int] = None,
+               nprobe: Optional[int] = None,
+               spill_lambda: Optional[float] = None) -> "Collection":
         """A new, empty collection at ``path`` (which must not exist or be an empty
         directory) serving ``model`` (a trained ``bebr.Binarizer``). ``metric``: "cosine"
         or "ip". ``query_bits``: bits of the query codes every search uses (default: the
         finest the kernel scores exactly over the model's codes, ``max_query_bits``); the
-        calibrations are fitted for exactly this setting. Saved at once."""
+        calibrations are fitted for exactly this setting.
+
+        ``nlist``: hold the items in a ``bebr.IVFIndex`` of that many lists instead of a
+        flat ``bebr.Index`` (``spill_lambda``: its SOAR spilled assignment); its coarse
+        centroids are trained on the codes of the first add (which must then hold at least
+        ``nlist`` rows); ``nprobe``: the lists a search probes unless it says otherwise
+        (default ``max(1, nlist // 16)``). Every version's items are assigned by their own
+        codes and probed with that version's query codes. Saved at once."""
         p = Path(path)
         if p.exists() and (not p.is_dir() or any(p.iterdir())):
             raise ValueError(f"{p} exists and is not an empty directory")
@@ -134,6 +150,17 @@ class Collection:
         if isinstance(qb, bool) or not isinstance(qb, (int, np.integer)) or not 1 <= qb <= top:
             raise ValueError(f"query_bits must be an int in [1, {top}] over {spec.bits}-bit "
                              f"codes, got {query_bits!r}")
+        ivf = None
+        if nlist is not None or nprobe is not None or spill_lambda is not None:
+            if nlist is None:
+                raise ValueError("nprobe and spill_lambda apply to an IVF collection: pass nlist")
+            nl = _positive_int(nlist, "nlist")
+            npb = max(1, nl // 16) if nprobe is None else _positive_int(nprobe, "nprobe")
+            ivf = {"nlist": nl, "nprobe": npb, "spill_lambda": None}
+            index = IVFIndex(spec, nl, metric, spill_lambda=spill_lambda)  # checks spill_lambda
+            ivf["spill_lambda"] = index.spill_lambda
+        else:
+            index = Index(spec, metric)
         manifest = {
             "format": _FORMAT, "format_version": COLLECTION_FORMAT_VERSION,
             "metric": metric, "spec": spec.to_dict(), "query_bits": int(qb),
@@ -143,7 +170,8 @@ class Collection:
             "own_calibration": {}, "joint_weight": {}, "merge_calibration": {},
             "query_memory": {},
         }
-        index = Index(spec, metric)
+        if ivf is not None:
+            manifest["ivf"] = ivf
         index.register_version(version)
         p.mkdir(parents=True, exist_ok=True)
         coll = cls(p, manifest, index, {version: model})
@@ -173,7 +201,14 @@ class Collection:
         if not ipath.is_file() or ipath.stat().st_size != manifest["index"]["bytes"]:
             raise CorruptFileError(f"{mpath}: index file {ipath.name} is missing or has the "
                                    f"wrong size")
-        index = Index.load(ipath, mmap=mmap, verify=verify)
+        ivf = manifest.get("ivf")
+        index = (IVFIndex if ivf else Index).load(ipath, mmap=mmap, verify=verify)
+        if ivf and (not isinstance(index, IVFIndex) or index.nlist != ivf["nlist"]):
+            raise CorruptFileError(f"{ipath}: the manifest says an IVF index of {ivf['nlist']} "
+                                   f"lists, the file holds {index!r}")
+        if not ivf and type(index) is not Index:
+            raise CorruptFileError(f"{ipath}: the manifest says a flat index, the file holds "
+                                   f"{type(index).__name__}")
         spec = CodeSpec.from_dict(manifest["spec"])
         if index.spec != spec or index.metric != manifest["metric"]:
             raise CorruptFileError(f"{ipath}: index holds {index.spec} / {index.metric}, the "
@@ -220,6 +255,18 @@ class Collection:
     @property
     def query_bits(self) -> int:
         return self._manifest["query_bits"]
+
+    @property
+    def nlist(self) -> Optional[int]:
+        """Lists of the collection's IVF index; None for a flat index."""
+        ivf = self._manifest.get("ivf")
+        return ivf["nlist"] if ivf else None
+
+    @property
+    def nprobe(self) -> Optional[int]:
+        """Lists a search probes by default (IVF collections); None for a flat index."""
+        ivf = self._manifest.get("ivf")
+        return ivf["nprobe"] if ivf else None
 
     @property
     def index(self) -> Index:
@@ -270,12 +317,26 @@ class Collection:
         return self._memories[version]
 
     # ------------------------------------------------------------------ items
+    def _train_on(self, codes: Any) -> None:
+        """IVF collections: train the coarse centroids on the first codes that arrive
+        (ValueError, nothing changed, if they are fewer than nlist)."""
+        idx = self._index
+        if not isinstance(idx, IVFIndex) or idx.is_trained:
+            return
+        arr = np.asarray(codes)
+        if arr.ndim != 2 or arr.shape[0] < idx.nlist:
+            n = arr.shape[0] if arr.ndim == 2 else 0
+            raise ValueError(f"the first add of an IVF collection trains its {idx.nlist} coarse "
+                             f"centroids and must hold at least {idx.nlist} rows, got {n}")
+        idx.train(arr)
+
     def add(self, x: Any, ids: Any = None) -> np.ndarray:
         """Encode float rows of the current model and add them (ids default: continuing;
         ValueError if an id is present: use :meth:`upsert`). Returns the ids."""
         m = self.model
         codes = m.encode(_float_rows(x, "x", m.in_dim))
         self._counts = None
+        self._train_on(codes)
         out = self._index.add(codes, ids, version=self.current)
         self._counts = None
         return out
@@ -285,7 +346,9 @@ class Collection:
         refresh of items of older versions."""
         m = self.model
         self._counts = None
-        self._index.upsert(m.encode(_float_rows(x, "x", m.in_dim)), ids, version=self.current)
+        codes = m.encode(_float_rows(x, "x", m.in_dim))
+        self._train_on(codes)
+        self._index.upsert(codes, ids, version=self.current)
         self._counts = None
 
     def add_codes(self, codes: Any, ids: Any = None, *, version: str) -> np.ndarray:
@@ -293,6 +356,7 @@ class Collection:
         ``version``, which must be a version of the collection."""
         self._entry(version)
         self._counts = None
+        self._train_on(codes)
         out = self._index.add(codes, ids, version=version)
         self._counts = None
         return out
@@ -301,6 +365,7 @@ class Collection:
         """Replace (or add) ids with packed codes made by the model of ``version``."""
         self._entry(version)
         self._counts = None
+        self._train_on(codes)
         self._index.upsert(codes, ids, version=version)
         self._counts = None
 
@@ -312,7 +377,8 @@ class Collection:
 
     # ------------------------------------------------------------------ search
     def search(self, x: Any, k: int, *, older: Optional[Mapping[str, Any]] = None,
-               filter: Any = None, exclude: Any = None, threads: Optional[int] = None):
+               filter: Any = None, exclude: Any = None, threads: Optional[int] = None,
+               nprobe: Optional[int] = None):
         """Top-k of float queries ``x`` of the current model over every version's items:
         ``(scores float32 (nq, k), ids int64 (nq, k))``, best first (Index.search's order,
         ties and padding).
@@ -326,6 +392,8 @@ class Collection:
         (:mod:`bebr.query_memory`); each with the calibration fitted for that setting at
         :meth:`upgrade` / :meth:`calibrate`, so one top-k merges them.
         ValueError if a version with items has neither (nothing is mixed in silently).
+        ``nprobe`` (IVF collections only; default :attr:`nprobe`): the lists each version's
+        query codes probe (``nlist``: every list, the flat index's results).
         """
         m = self.model
         x = _float_rows(x, "x", m.in_dim)
@@ -376,9 +444,18 @@ class Collection:
                                  f"current model {self.current!r} has no query head for it "
                                  f"and older={{{v!r}: ...}} was not given; upgrade() fits "
                                  f"heads, upsert() re-encodes items")
+        kw = {}
+        if isinstance(self._index, IVFIndex):
+            kw["nprobe"] = self.nprobe if nprobe is None else nprobe
+            if not self._index.is_trained:  # nothing added yet: the empty result
+                return Index(self.spec, self.metric).search(q, k, threads=threads,
+                                                            query_bits=qb)
+        elif nprobe is not None:
+            raise ValueError("nprobe applies to IVF collections (Collection.create(nlist=...)); "
+                             "this collection holds a flat index")
         return self._index.search(q, k, threads=threads, filter=filter, exclude=exclude,
                                   query_bits=qb, version_queries=vq or None,
-                                  version_calibration=cal or None)
+                                  version_calibration=cal or None, **kw)
 
     def _live_counts(self) -> Dict[str, int]:
         counts = self._counts
@@ -1031,6 +1108,16 @@ def _read_manifest(mpath: Path) -> dict:
                     and 0 <= e[0] <= 1 and e[1] > 0 for e in t)
                 for k, t in mc.items()):
             raise ValueError(f"merge_calibration {mc!r}")
+        ivf = man.get("ivf")  # absent: a flat index
+        if ivf is not None and (
+                not isinstance(ivf, dict) or set(ivf) != {"nlist", "nprobe", "spill_lambda"}
+                or any(isinstance(ivf[f], bool) or not isinstance(ivf[f], int) or ivf[f] < 1
+                       for f in ("nlist", "nprobe"))
+                or not (ivf["spill_lambda"] is None or (
+                    isinstance(ivf["spill_lambda"], (int, float))
+                    and not isinstance(ivf["spill_lambda"], bool)
+                    and np.isfinite(ivf["spill_lambda"]) and ivf["spill_lambda"] >= 0))):
+            raise ValueError(f"ivf {ivf!r}")
         qm = man.setdefault("query_memory", {})  # absent before: heads alone
         if not isinstance(qm, dict):
             raise ValueError(f"query_memory {qm!r}")

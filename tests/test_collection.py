@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+import bebr
 from bebr import CodeSpec, reference
 from bebr.collection import (JOINT_WEIGHTS, MERGE_FLIP_WEIGHT, MERGE_STATES, MERGE_WINDOW,
                              Collection, MANIFEST_NAME, _fit_merge_table, _merge_curves,
@@ -749,3 +750,49 @@ def test_query_memory_direction_matches_brute_force():
     with pytest.raises(CorruptFileError, match=r"\(n >= 1, 9\) packed codes"):
         QueryMemory.from_bytes(mem.to_bytes(), CodeSpec(24, 3), k=3, tau=0.1, weight=1.0,
                                calibration=(1, 0))
+
+
+def test_ivf_collection_matches_flat_at_full_probe(upgraded, floats, models, tmp_path):
+    """An IVF collection (create(nlist=...)) taken through the same steps as the flat
+    ``upgraded`` one: its centroids trained on the first add, each version's items assigned
+    by their own codes; with nprobe = nlist every search (new queries alone, with older
+    floats, threads, filters), after save / open (mmap) too, gives the flat collection's
+    results id for id and score for score; fewer lists give a subset of the items."""
+    g, x2 = floats
+    v1, v2 = models
+    flat = Collection.open(upgraded[0])
+    with pytest.raises(ValueError, match="at least 8 rows"):
+        Collection.create(tmp_path / "small", v1, metric="ip", nlist=8).add(g[:5])
+    c = Collection.create(tmp_path / "ivf", v1, metric="ip", nlist=8, nprobe=3)
+    assert c.nlist == 8 and c.nprobe == 3 and flat.nlist is None
+    empty = c.search(g[:3], 4)
+    assert (empty[1] == -1).all() and np.isneginf(empty[0]).all()
+    c.add(g[:1000])
+    sample = np.arange(200, 800)
+    c.upgrade(v2, x2[sample], sample, older={"glove-v1": g[sample]}, members=1,
+              progress=False, head_options=HEAD, joint_query=True)
+    c.upsert(x2[:300], np.arange(300))
+    c.save()
+    q = np.arange(1000, 1040)
+    for coll in (c, Collection.open(tmp_path / "ivf")):
+        assert isinstance(coll.index, bebr.IVFIndex) and coll.versions() == flat.versions()
+        for older in (None, {"glove-v1": g[q]}):
+            for kw in ({}, dict(threads=2), dict(filter=np.arange(0, 1000, 3))):
+                want = flat.search(x2[q], 7, older=older, **kw)
+                got = coll.search(x2[q], 7, older=older, nprobe=8, **kw)
+                np.testing.assert_array_equal(got[1], want[1])
+                np.testing.assert_array_equal(got[0], want[0])
+            # nprobe 3 of 8: items of the probed lists, each with its full-probe score
+            part = coll.search(x2[q], 7, older=older)
+            every = coll.search(x2[q], 1000, older=older, nprobe=8)
+            for r in range(len(q)):
+                score_of = dict(zip(every[1][r].tolist(), every[0][r].tolist()))
+                assert (part[1][r] >= 0).all()
+                assert [score_of[i] for i in part[1][r]] == part[0][r].tolist()
+                assert (np.diff(part[0][r]) <= 0).all()
+    with pytest.raises(ValueError, match="nprobe applies to IVF"):
+        flat.search(x2[q], 7, nprobe=4)
+    with pytest.raises(ValueError, match="nprobe"):
+        c.search(x2[q], 7, nprobe=0)
+    with pytest.raises(ValueError, match="pass nlist"):
+        Collection.create(tmp_path / "bad", v1, nprobe=4)

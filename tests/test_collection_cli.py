@@ -78,3 +78,33 @@ def test_cli_backfill_upsert_remove_retire(setup, tmp_path):
     assert info["versions"] == {"mixed-v2": 997}
     p = cli("collection", "search", c, d / "q1.npy", check=False)  # floats of the old model
     assert p.returncode == 1 and "dim 50, expected 40" in p.stderr
+
+
+def test_cli_ivf_collection(setup, tmp_path):
+    """`collection create --nlist` builds an IVF collection; `search --nprobe` gives the
+    Python API's results; at nprobe = nlist the flat collection's."""
+    d, flat = setup
+    c = tmp_path / "ivf"
+    cli("collection", "create", c, "--model", d / "v1", "--metric", "ip", "--nlist", 8,
+        "--nprobe", 2)
+    cli("collection", "add", c, d / "g.npy")
+    info = json.loads(cli("collection", "info", c).stdout)
+    assert info["nlist"] == 8 and info["nprobe"] == 2 and info["versions"] == {"glove-v1": 1000}
+    coll = Collection.open(c)
+    q1 = np.load(d / "q1.npy")
+    for extra, nprobe in (((), None), (("--nprobe", 8), 8)):
+        cli("collection", "search", c, d / "q1.npy", "-k", 5, "--ids-out", d / "ii.npy",
+            "--scores-out", d / "ss.npy", *extra)
+        s, i = coll.search(q1, 5, nprobe=nprobe)
+        np.testing.assert_array_equal(np.load(d / "ii.npy"), i)
+        np.testing.assert_array_equal(np.load(d / "ss.npy"), s)
+    # the flat collection before its upgrade held the same glove-v1 codes: a fresh flat one
+    f = tmp_path / "flat"
+    cli("collection", "create", f, "--model", d / "v1", "--metric", "ip")
+    cli("collection", "add", f, d / "g.npy")
+    s, i = coll.search(q1, 5, nprobe=8)
+    s2, i2 = Collection.open(f).search(q1, 5)
+    np.testing.assert_array_equal(i, i2)
+    np.testing.assert_array_equal(s, s2)
+    p = cli("collection", "search", f, d / "q1.npy", "--nprobe", 3, check=False)
+    assert p.returncode != 0 and "nprobe applies to IVF" in p.stderr
