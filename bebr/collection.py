@@ -4,8 +4,10 @@ A collection is one directory::
 
     collection.json          manifest (format version, metric, query bits, the current
                              version, every version's model directory and config digest,
-                             calibrations, the index file and its size)
-    index-<generation>.bebr  the bebr.Index holding every item's code, tagged by version
+                             calibrations, the index file and its size; for an IVF
+                             collection "ivf": nlist, default nprobe, spill_lambda)
+    index-<generation>.bebr  the bebr.Index (or bebr.IVFIndex, create(nlist=)) holding
+                             every item's code, tagged by version
     models/<name>/           one saved model per version still in the collection
     memory-<gen>-<tag>.npz   per older version, the query memory of the current model's
                              queries into its codes (bebr.query_memory), when fitted
