@@ -49,7 +49,7 @@ import numpy as np
 from .codes import CodeSpec, max_query_bits
 from .fileio import CorruptFileError, atomic_write_bytes, sha256_file
 from .index import Index
-from .ivf import IVFIndex
+from .ivf import IVFIndex, _check_positive
 from .query_memory import QueryMemory
 from .searcher import _as_encoder
 from .versions import version_tag
@@ -76,12 +76,6 @@ def _load_model(path: Path):
     from .jobs import load_model
 
     return load_model(path, "encoder")
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
 
 
 def _model_version(model) -> str:
@@ -156,8 +150,8 @@ class Collection:
         if nlist is not None or nprobe is not None or spill_lambda is not None:
             if nlist is None:
                 raise ValueError("nprobe and spill_lambda apply to an IVF collection: pass nlist")
-            nl = _positive_int(nlist, "nlist")
-            npb = max(1, nl // 16) if nprobe is None else _positive_int(nprobe, "nprobe")
+            nl = _check_positive(nlist, "nlist")
+            npb = max(1, nl // 16) if nprobe is None else _check_positive(nprobe, "nprobe")
             ivf = {"nlist": nl, "nprobe": npb, "spill_lambda": None}
             index = IVFIndex(spec, nl, metric, spill_lambda=spill_lambda)  # checks spill_lambda
             ivf["spill_lambda"] = index.spill_lambda
