@@ -443,11 +443,7 @@ void IvfIndex::assign_locked(const uint8_t* codes, int64_t n, int32_t* out, int3
 }
 
 void IvfIndex::top_lists(const Geometry& qgeo, const uint8_t* packed, int nprobe, float* scratch, int32_t* out) const {
-  float* x = scratch;
-  float* sc = scratch + geo_.dim;
-  float_values(qgeo, packed, x);
-  dot_cols(x, 1, centroids_.data(), geo_.dim, padded_lists(nlist_), sc);
-  select_lists(sc, nprobe, out);
+  top_lists_many(qgeo, &packed, 1, nprobe, scratch, out);
 }
 
 void IvfIndex::top_lists_many(const Geometry& qgeo, const uint8_t* const* packed, int m, int nprobe, float* scratch,
@@ -456,8 +452,8 @@ void IvfIndex::top_lists_many(const Geometry& qgeo, const uint8_t* const* packed
   float* x = scratch;
   float* sc = scratch + static_cast<size_t>(m) * geo_.dim;
   for (int i = 0; i < m; ++i) float_values(qgeo, packed[i], x + static_cast<size_t>(i) * geo_.dim);
-  // one pass over the centroids for every 8 queries (the centroid table, nlist x dim floats,
-  // is mostly read from L3 or memory); the same sums, in the same order, as one query's
+  // one pass over the centroids for every 8 queries; the same sums, in the same order, as
+  // one query's
   dot_cols(x, m, centroids_.data(), geo_.dim, lp, sc);
   for (int i = 0; i < m; ++i) select_lists(sc + static_cast<size_t>(i) * lp, nprobe, out + static_cast<size_t>(i) * nprobe);
 }
@@ -1007,10 +1003,7 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
         build_query_lut(geo_, qgeo, packed_of(e), luts.data() + e * lut_bytes);
         packed[e - e0] = packed_of(e);
       }
-      if (e1 - e0 == 1)
-        top_lists(qgeo, packed[0], nprobe, scratch[t].data(), probes.data() + e0 * nprobe);
-      else
-        top_lists_many(qgeo, packed, static_cast<int>(e1 - e0), nprobe, scratch[t].data(), probes.data() + e0 * nprobe);
+      top_lists_many(qgeo, packed, static_cast<int>(e1 - e0), nprobe, scratch[t].data(), probes.data() + e0 * nprobe);
     });
   }
   // 2. Several entries: each first scans its `seed` best lists alone (its heap then holds good
@@ -1135,14 +1128,13 @@ void IvfIndex::search(const uint8_t* queries, int64_t nq, int k, int nprobe, int
     base.norm_min = L.norm_min.empty() ? nullptr : L.norm_min.data();
     base.kind = metric_ == Metric::kCosine ? ScoreKind::kCosine : ScoreKind::kInnerProduct;
     base.qbits = query_bits;
-    const int64_t e0 = 0, e1 = ne;
     for (int64_t c0 = 0; c0 < nb; c0 += chunk) {
       ScanArgs a = base;
       a.block_begin = c0;
       a.block_end = std::min(nb, c0 + chunk);
-      for (int64_t p0 = e0; p0 < e1; p0 += kMaxGroup) {
+      for (int64_t p0 = 0; p0 < ne; p0 += kMaxGroup) {
         QueryGroup qg;
-        qg.g = static_cast<int>(std::min<int64_t>(kMaxGroup, e1 - p0));
+        qg.g = static_cast<int>(std::min<int64_t>(kMaxGroup, ne - p0));
         for (int g = 0; g < qg.g; ++g) {
           const int64_t e = ents[p0 + g];
           const int set = static_cast<int>(e % nsets);
