@@ -33,6 +33,7 @@ calling thread's last search was split.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -104,6 +105,10 @@ def last_search_stats() -> dict:
 
 # ---------------------------------------------------------------------------- input checks
 def _check_codes(spec: CodeSpec, codes: Any, name: str) -> np.ndarray:
+    if (type(codes) is np.ndarray and codes.dtype == np.uint8 and codes.ndim == 2
+            and codes.shape[1] == spec.code_bytes and codes.flags.c_contiguous
+            and spec.dim % 8 == 0):
+        return codes  # the common call, cheaply (whole bytes per plane: no padding bits)
     arr = codes if isinstance(codes, np.ndarray) else np.asarray(codes)
     if arr.dtype != np.uint8:
         raise TypeError(f"{name} must be uint8 packed codes (CodeSpec.pack), got dtype {arr.dtype}")
@@ -117,7 +122,18 @@ def _check_codes(spec: CodeSpec, codes: Any, name: str) -> np.ndarray:
     return spec.check_packed(arr, name)
 
 
+@functools.lru_cache(maxsize=256)
+def _query_spec_of(spec: CodeSpec, query_bits: int) -> CodeSpec:
+    top = max_query_bits(spec.bits)
+    if not 1 <= query_bits <= top:
+        raise ValueError(f"query_bits must be in [1, {top}] over {spec.bits}-bit codes, got "
+                         f"{query_bits}")
+    return CodeSpec(spec.dim, query_bits)
+
+
 def _query_spec(spec: CodeSpec, query_bits: Any) -> CodeSpec:
+    if type(query_bits) is int:  # the common call: one spec per (spec, bits), cached
+        return _query_spec_of(spec, query_bits)
     if isinstance(query_bits, bool) or not isinstance(query_bits, (int, np.integer)):
         raise TypeError(f"query_bits must be an int or None, got {type(query_bits).__name__}")
     top = max_query_bits(spec.bits)

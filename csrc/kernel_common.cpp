@@ -18,16 +18,34 @@ inline int level_at(const Geometry& geo, const uint8_t* packed, int j) {
 
 }  // namespace
 
+// Byte b spread over 8 bytes: byte i of kSpread[b] = bit i of b.
+struct SpreadTable {
+  uint64_t v[256];
+  constexpr SpreadTable() : v() {
+    for (int b = 0; b < 256; ++b)
+      for (int i = 0; i < 8; ++i) v[b] |= static_cast<uint64_t>((b >> i) & 1) << (8 * i);
+  }
+};
+constexpr SpreadTable kSpread{};
+
 void scaled_values(const Geometry& geo, const uint8_t* packed, int32_t* out) {
-  for (int j = 0; j < geo.dim; ++j) out[j] = 2 * level_at(geo, packed, j) - ((1 << geo.bits) - 1);
+  // 8 dims at a time: their levels as 8 bytes (< 128, no carries), plane 0 the most
+  // significant bit (a per-query cost of every search call)
+  const int D = geo.dim, P = geo.plane_bytes, top = (1 << geo.bits) - 1;
+  for (int p = 0; p < P; ++p) {
+    uint64_t lv = 0;
+    for (int t = 0; t < geo.bits; ++t) lv = (lv << 1) | kSpread.v[packed[static_cast<size_t>(t) * P + p]];
+    const int n = std::min(8, D - 8 * p);
+    for (int i = 0; i < n; ++i) out[8 * p + i] = 2 * static_cast<int32_t>((lv >> (8 * i)) & 0xff) - top;
+  }
 }
 
 int64_t sum_squares(const Geometry& geo, const uint8_t* packed) {
+  thread_local std::vector<int32_t> qv;
+  qv.resize(geo.dim);
+  scaled_values(geo, packed, qv.data());
   int64_t s = 0;
-  for (int j = 0; j < geo.dim; ++j) {
-    const int64_t v = 2 * level_at(geo, packed, j) - ((1 << geo.bits) - 1);
-    s += v * v;
-  }
+  for (int j = 0; j < geo.dim; ++j) s += static_cast<int64_t>(qv[j]) * qv[j];
   return s;
 }
 
@@ -89,26 +107,21 @@ void build_query_lut(const Geometry& geo, const Geometry& qgeo, const uint8_t* p
     return;
   }
   // planes: half the signed sum of the 4 dims (made even first: + 1 where the group holds an
-  // odd number of dims, only possible in the last byte), biased by 2Q into [0, 4Q]
+  // odd number of dims, only possible in the last byte), biased by 2Q into [0, 4Q]; the 16
+  // signed sums of a group as subset sums: s(n) = odd - sum(qv) + 2 sum_{j in n} qv_j
   const int groups = 2 * geo.plane_bytes;
   const int b0 = lut_entry_bias(qgeo.bits);
-  int32_t qv[4];
+  thread_local std::vector<int32_t> qv;
+  qv.assign(static_cast<size_t>(4) * groups, 0);  // 0 past dim
+  scaled_values(qgeo, packed, qv.data());
   for (int g = 0; g < groups; ++g) {
-    int valid = 0;
-    for (int j = 0; j < 4; ++j) {
-      const int d = 4 * g + j;
-      if (d >= geo.dim) {
-        qv[j] = 0;
-        continue;
-      }
-      ++valid;
-      qv[j] = 2 * level_at(qgeo, packed, d) - ((1 << qgeo.bits) - 1);
-    }
-    for (int n = 0; n < 16; ++n) {
-      int s = valid % 2;
-      for (int j = 0; j < 4; ++j) s += (n >> j & 1) ? qv[j] : -qv[j];
-      lut[g * 16 + n] = static_cast<uint8_t>(b0 + s / 2);
-    }
+    const int32_t* v = qv.data() + 4 * g;
+    const int valid = std::max(0, std::min(4, geo.dim - 4 * g));
+    int32_t sub[16];
+    sub[0] = valid % 2 - (v[0] + v[1] + v[2] + v[3]);
+    for (int j = 0; j < 4; ++j)
+      for (int n = 0; n < (1 << j); ++n) sub[n | (1 << j)] = sub[n] + 2 * v[j];
+    for (int n = 0; n < 16; ++n) lut[g * 16 + n] = static_cast<uint8_t>(b0 + (sub[n] >> 1));  // (sub even)
   }
 }
 
