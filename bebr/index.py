@@ -487,7 +487,7 @@ class Index(_Base):
         high-plane partial first: kernels.h SeedPicker). Returned scores stay exact; an item
         whose low plane lies further out is missed, and results may then depend on
         ``threads``. It pays where the low plane is a large share of the scan (MiniLM 192x2,
-        prune 3: R10@10 0.816 vs 0.822 exact, the one-query scan about 0.8x the exact
+        prune 3: R10@10 0.814 vs 0.820 exact, the one-query scan about 0.7x the exact
         one's; GloVe 48x2 / 50x2: no gain, tools/bench_query_path.py). Ignored (exact) over
         1-bit or 3-4-bit codes.
         """
