@@ -132,15 +132,11 @@ def _query_spec_of(spec: CodeSpec, query_bits: int) -> CodeSpec:
 
 
 def _query_spec(spec: CodeSpec, query_bits: Any) -> CodeSpec:
-    if type(query_bits) is int:  # the common call: one spec per (spec, bits), cached
-        return _query_spec_of(spec, query_bits)
-    if isinstance(query_bits, bool) or not isinstance(query_bits, (int, np.integer)):
-        raise TypeError(f"query_bits must be an int or None, got {type(query_bits).__name__}")
-    top = max_query_bits(spec.bits)
-    if not 1 <= query_bits <= top:
-        raise ValueError(f"query_bits must be in [1, {top}] over {spec.bits}-bit codes, got "
-                         f"{query_bits}")
-    return CodeSpec(spec.dim, int(query_bits))
+    if type(query_bits) is not int:
+        if isinstance(query_bits, bool) or not isinstance(query_bits, (int, np.integer)):
+            raise TypeError(f"query_bits must be an int or None, got {type(query_bits).__name__}")
+        query_bits = int(query_bits)
+    return _query_spec_of(spec, query_bits)  # one spec per (spec, bits), cached
 
 
 def _check_ids(ids: Any, name: str, n: Optional[int] = None) -> np.ndarray:

@@ -36,11 +36,10 @@ MODELS = {"v1": ("glove", 50), "v2": ("minilm", 192)}  # the issue's 2-bit singl
 
 def run(data: str, prunes, n_queries: int, rounds: int) -> dict:
     from _qp_models import cached_model
+    from bench_query_path import protocol_data
 
-    words, glove = ds.glove_words(100_000)
-    qi, bi = ds.query_split(len(words), 2000, seed=0)
-    x = glove if data == "v1" else ds.minilm_embeddings(words)
-    xb, xq = np.ascontiguousarray(x[bi]), np.ascontiguousarray(x[qi[:n_queries]])
+    _, xb, xq, _ = next(protocol_data([data], 0))
+    xq = xq[:n_queries]
     name, dim = MODELS[data]
     enc = cached_model(name, xb, dim, 2).to_encoder()
     index = bebr.Index(enc.spec, "cosine")
